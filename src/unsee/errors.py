@@ -1,0 +1,10 @@
+"""The one exception type for bad user input.
+
+Library code raises `UnseeError` when what it was given cannot work (a missing
+model folder, an empty prompt file). The CLI prints its message on one line and
+exits with code 2; any other exception is a bug and keeps its traceback.
+"""
+
+
+class UnseeError(ValueError):
+    """User input that cannot work; the message says what is wrong and how to fix it."""

@@ -1,0 +1,62 @@
+"""Atomic file writes: a reader (or a crash) never sees a half-written file."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from unsee.errors import UnseeError
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> None:
+    """Call `write(tmp_path)` then rename tmp over `path` (same folder, so the rename is atomic)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    atomic_write(path, lambda p: p.write_bytes(data))
+
+
+def append_line_group(path: str | Path, lines: list[str]) -> None:
+    """Append lines with one O_APPEND write and fsync: a crash keeps all of them or none.
+
+    One `write` on an O_APPEND file is not interleaved with other writers' on Linux
+    local filesystems, so several processes may append to the same file.
+    """
+    data = "".join(line.rstrip("\n") + "\n" for line in lines).encode("utf-8")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def ensure_writable_dir(path: str | Path, what: str = "output folder") -> Path:
+    """Check that `path` is, or can be created as, a writable folder, without creating it."""
+    path = Path(path)
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise UnseeError(f"{what} {str(path)!r} cannot be created: {str(probe)!r} is a file, not a folder; choose another path")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UnseeError(f"{what} {str(path)!r} is not writable (no write permission on {str(probe)!r}); choose another path")
+    return path

@@ -1,0 +1,222 @@
+"""The one place pipelines are loaded: hub id, local folder, single file, or `toyworld`.
+
+Every stage calls `load_pipeline`. It settles dtype, device, attention backend,
+gradient checkpointing and the scheduler a stage needs, and refuses what unsee
+does not support yet (SDXL, SD3, Flux, ...) with a one-line message.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from unsee.errors import UnseeError
+
+logger = logging.getLogger(__name__)
+
+Dtype = Literal["fp32", "fp16", "bf16"]
+SchedulerName = Literal["ddim", "pipeline", "dpm", "euler", "pndm"]
+Attention = Literal["sdpa", "eager"]
+
+DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+SUPPORTED_PIPELINES = ("StableDiffusionPipeline",)
+TOYWORLD = "toyworld"
+_PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """What a model argument resolved to."""
+
+    kind: Literal["folder", "hub", "single_file"]
+    location: str  # a path or a hub id
+
+
+def toyworld_path() -> Path:
+    """Folder of the shipped toy-world pipeline (see `unsee.toyworld`)."""
+    return Path(__file__).resolve().parent / "toyworld" / "assets" / "pipeline"
+
+
+def resolve_model(spec: str) -> ModelSource:
+    """Map a model argument to a folder, a single file or a hub id, refusing what cannot work."""
+    if not spec or not spec.strip():
+        raise UnseeError("model is empty; give a hub id, a local diffusers folder, a .safetensors file, or 'toyworld'")
+    if spec == TOYWORLD:
+        path = toyworld_path()
+        if not (path / "model_index.json").exists():
+            raise UnseeError(
+                "the toy-world pipeline is not in this installation; build it with `unsee toyworld build`"
+            )
+        return ModelSource("folder", str(path))
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if not (path / "model_index.json").exists():
+            raise UnseeError(
+                f"folder {spec!r} is not a diffusers pipeline (no model_index.json); "
+                "save one with pipe.save_pretrained(folder) or pass a hub id"
+            )
+        return ModelSource("folder", str(path))
+    if path.is_file():
+        if path.suffix.lower() in _PICKLE_SUFFIXES:
+            raise UnseeError(
+                f"{spec!r} is a pickle checkpoint, which can run code when loaded; unsee only loads .safetensors "
+                "single files (convert it on a trusted machine)"
+            )
+        if path.suffix.lower() != ".safetensors":
+            raise UnseeError(f"{spec!r} is not a .safetensors file or a diffusers folder")
+        return ModelSource("single_file", str(path))
+    if not _HUB_ID.fullmatch(spec):
+        raise UnseeError(f"model {spec!r} does not exist; give an existing folder, a .safetensors file, or a hub id like org/name")
+    return ModelSource("hub", spec)
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """One TCP connect to the hub endpoint, so an offline machine fails in seconds, not after retries."""
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        with socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _hub_offline(local_files_only: bool) -> str | None:
+    """Why the hub cannot be used now, or None when it can."""
+    if local_files_only or os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return "offline mode is on"
+    if not hub_reachable():
+        return "the hub cannot be reached"
+    return None
+
+
+def _pipeline_class_name(source: ModelSource, offline_why: str | None) -> str:
+    if source.kind == "folder":
+        index = json.loads((Path(source.location) / "model_index.json").read_text())
+        return index.get("_class_name", "?")
+    from diffusers import DiffusionPipeline
+
+    try:  # the local cache first: works offline and costs no request
+        return DiffusionPipeline.load_config(source.location, local_files_only=True).get("_class_name", "?")
+    except Exception:  # not cached
+        pass
+    if offline_why:
+        why = f"not in the local cache and {offline_why}"
+    else:
+        try:
+            return DiffusionPipeline.load_config(source.location).get("_class_name", "?")
+        except Exception as e:  # hub errors come in many types; all mean "cannot get it"
+            why = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+    raise UnseeError(
+        f"could not load {source.location!r} from the Hugging Face Hub ({why}); check the id, download it where "
+        "there is network (`hf download ID`), or pass a local folder"
+    )
+
+
+def _make_scheduler(name: SchedulerName, config):
+    from diffusers import (
+        DDIMScheduler,
+        DPMSolverMultistepScheduler,
+        EulerDiscreteScheduler,
+        PNDMScheduler,
+    )
+
+    cls = {"ddim": DDIMScheduler, "dpm": DPMSolverMultistepScheduler, "euler": EulerDiscreteScheduler, "pndm": PNDMScheduler}[name]
+    return cls.from_config(config)
+
+
+def load_pipeline(
+    spec: str,
+    *,
+    dtype: Dtype = "fp32",
+    device: str | torch.device = "cpu",
+    scheduler: SchedulerName = "ddim",
+    attention: Attention = "sdpa",
+    gradient_checkpointing: bool = False,
+    channels_last: bool = True,
+    single_file_config: str | None = None,
+    local_files_only: bool = False,
+):
+    """Load a Stable Diffusion 1.x/2.x pipeline ready for unsee's own sampling and training loops.
+
+    Args:
+        spec: hub id (`CompVis/stable-diffusion-v1-4`), local diffusers folder,
+            `.safetensors` single file, or `toyworld`.
+        dtype: weights dtype; training code keeps trainable params in fp32 itself.
+        scheduler: `ddim` (default: deterministic with eta=0, and the one DDPO and
+            the erasers step through), `pipeline` keeps the pipeline's own.
+        attention: `sdpa` (torch scaled-dot-product attention) or `eager`
+            (plain matmuls, for debugging and double-backward).
+        channels_last: UNet and VAE in channels-last memory format (~1.2x faster
+            convolutions on CPU, and diffusers' advice on GPU; same results to ~1e-4).
+        single_file_config: a diffusers folder or hub id whose configs a single
+            file is read with (needed offline).
+    """
+    from diffusers import StableDiffusionPipeline
+    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+    if dtype not in DTYPES:
+        raise UnseeError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    source = resolve_model(spec)
+    torch_dtype = DTYPES[dtype]
+
+    # 1. Refuse pipelines we do not support, before loading any weights.
+    offline_why = _hub_offline(local_files_only) if source.kind != "folder" else None
+    if source.kind != "single_file":
+        cls_name = _pipeline_class_name(source, offline_why)
+        if cls_name not in SUPPORTED_PIPELINES:
+            raise UnseeError(
+                f"{spec!r} is a {cls_name}; unsee supports Stable Diffusion 1.x/2.x (StableDiffusionPipeline) "
+                "and not this architecture yet"
+            )
+
+    # 2. Load, without the safety checker: unsee measures and removes content itself.
+    common = dict(dtype=torch_dtype, safety_checker=None, requires_safety_checker=False)
+    try:
+        if source.kind == "single_file":
+            kw = dict(common)
+            if single_file_config:
+                kw["config"] = single_file_config
+            pipe = StableDiffusionPipeline.from_single_file(source.location, local_files_only=offline_why is not None, **kw)
+        else:
+            pipe = StableDiffusionPipeline.from_pretrained(
+                source.location, local_files_only=offline_why is not None, **common
+            )
+    except UnseeError:
+        raise
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UnseeError(f"could not load model {spec!r}: {first}") from None
+    pipe.set_progress_bar_config(disable=True)
+
+    # 3. Scheduler, attention, checkpointing, device.
+    if scheduler != "pipeline":
+        pipe.scheduler = _make_scheduler(scheduler, pipe.scheduler.config)
+    pipe.unet.set_attn_processor(AttnProcessor2_0() if attention == "sdpa" else AttnProcessor())
+    if gradient_checkpointing:
+        pipe.unet.enable_gradient_checkpointing()
+        pipe.text_encoder.gradient_checkpointing_enable()
+    pipe.to(device)
+    if channels_last:
+        pipe.unet.to(memory_format=torch.channels_last)
+        pipe.vae.to(memory_format=torch.channels_last)
+    logger.info("loaded %s (%s) as %s on %s", spec, source.kind, dtype, device)
+    return pipe
+
+
+def model_id(spec: str) -> str:
+    """A stable name for a model argument, recorded in manifests (absolute path for folders)."""
+    if spec == TOYWORLD:
+        return TOYWORLD
+    path = Path(spec).expanduser()
+    return str(path.resolve()) if path.exists() else spec

@@ -1,0 +1,92 @@
+"""Which UNet parameters train: one helper for erase, RL and every later trainer.
+
+- `xattn`: cross-attention (`attn2`) only (ESD-x; SDD's default, ~5% of SD 1.x).
+- `noxattn`: everything but cross-attention (ESD-u, for global concepts).
+- `full`: every UNet parameter.
+- `lora`: a PEFT LoRA adapter on attention projections; the base stays frozen
+  and `unet.disable_adapters()` gives the original model back (STYLE.md, 6).
+  Saved so that diffusers' `pipe.load_lora_weights(dir)` reads it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from unsee.config import field
+from unsee.errors import UnseeError
+
+ParamSet = Literal["xattn", "noxattn", "full", "lora"]
+PARAM_SETS: tuple[str, ...] = ("xattn", "noxattn", "full", "lora")
+LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+
+
+@dataclasses.dataclass
+class LoraSettings:
+    rank: int = field(4, help="LoRA rank r.")
+    alpha: float = field(4.0, help="LoRA alpha; the update is scaled by alpha / r.")
+    target_modules: tuple[str, ...] = field(("to_q", "to_k", "to_v", "to_out.0"), help="Module names that get LoRA layers.")
+
+    def __post_init__(self) -> None:
+        if self.rank <= 0:
+            raise UnseeError(f"LoRA rank must be > 0, got {self.rank}")
+        if not self.target_modules:
+            raise UnseeError("LoRA needs at least one target module")
+
+
+def _is_xattn(name: str) -> bool:
+    return ".attn2." in f".{name}"
+
+
+def select_parameters(unet: torch.nn.Module, which: ParamSet, lora: LoraSettings | None = None) -> list[torch.nn.Parameter]:
+    """Freeze the UNet except the chosen set (adding a LoRA adapter for `lora`); return the trainable params."""
+    if which not in PARAM_SETS:
+        raise UnseeError(f"params must be one of {', '.join(PARAM_SETS)}, got {which!r}")
+    unet.requires_grad_(False)
+    if which == "lora":
+        from peft import LoraConfig
+
+        lora = lora or LoraSettings()
+        config = LoraConfig(
+            r=lora.rank,
+            lora_alpha=lora.alpha,
+            init_lora_weights="gaussian",
+            target_modules=list(lora.target_modules),
+        )
+        unet.add_adapter(config)
+        params = [p for n, p in unet.named_parameters() if "lora_" in n]
+    else:
+        keep = {"xattn": _is_xattn, "noxattn": lambda n: not _is_xattn(n), "full": lambda n: True}[which]
+        params = [p for n, p in unet.named_parameters() if keep(n)]
+    if not params:
+        raise UnseeError(f"params {which!r} selects no parameter of this UNet")
+    for p in params:
+        p.requires_grad_(True)
+    return params
+
+
+def trainable_state_dict(unet: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Name -> tensor of the parameters that currently train (for checkpoints and EMA)."""
+    return {n: p.detach() for n, p in unet.named_parameters() if p.requires_grad}
+
+
+def save_lora(unet: torch.nn.Module, out_dir: str | Path) -> Path:
+    """Save the UNet's LoRA adapter where `StableDiffusionPipeline.load_lora_weights(out_dir)` reads it."""
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+
+    state = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+    config = unet.peft_config["default"].to_dict()
+    config = {k: (sorted(v) if isinstance(v, set) else v) for k, v in config.items()}
+    StableDiffusionPipeline.save_lora_weights(
+        save_directory=str(out_dir),
+        unet_lora_layers=state,
+        safe_serialization=True,
+        weight_name=LORA_WEIGHT_NAME,
+        unet_lora_adapter_metadata=config,
+    )
+    return Path(out_dir) / LORA_WEIGHT_NAME

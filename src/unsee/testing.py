@@ -1,0 +1,120 @@
+"""Tiny random-weight Stable Diffusion pipelines, built offline, for tests and benchmarks.
+
+Same approach as diffusers' own `get_dummy_components()`: real component
+classes with tiny configs, so every code path that runs on Stable Diffusion
+runs here in seconds on a CPU.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+TEST_WORDS = (
+    "a photo of an the with and in on painting portrait landscape person cat dog tree house car "
+    "red green blue yellow black white nude naked gore blood style artist flower sky sea mountain "
+    "city street night day man woman child beach forest"
+).split()
+
+
+def tiny_tokenizer(cache_dir: str | Path | None = None, model_max_length: int = 77):
+    from unsee.tokenizer import build_clip_tokenizer
+
+    cache_dir = Path(cache_dir or tempfile.mkdtemp(prefix="unsee-tok-"))
+    return build_clip_tokenizer(TEST_WORDS, cache_dir, model_max_length)
+
+
+def tiny_components(
+    *,
+    seed: int = 0,
+    prediction_type: Literal["epsilon", "v_prediction"] = "epsilon",
+    sd2: bool = False,
+    unet_channels: tuple[int, ...] = (32, 64),
+    cross_attention_dim: int = 32,
+    sample_size: int = 8,
+) -> dict:
+    """Components of a tiny `StableDiffusionPipeline`; images are 2 x `sample_size` px (16 px by default).
+
+    `sd2=True` gives an SD 2.x-style UNet (linear projections, per-block head
+    dims); `prediction_type="v_prediction"` an SD 2.x-768-style scheduler.
+    """
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    n = len(unet_channels)
+    unet = UNet2DConditionModel(
+        sample_size=sample_size,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=unet_channels,
+        layers_per_block=1,
+        down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (n - 1),
+        up_block_types=("CrossAttnUpBlock2D",) * (n - 1) + ("UpBlock2D",),
+        cross_attention_dim=cross_attention_dim,
+        attention_head_dim=(2, 4) if sd2 and n == 2 else 8,
+        use_linear_projection=sd2,
+        norm_num_groups=8,
+    )
+    torch.manual_seed(seed + 1)
+    vae = AutoencoderKL(
+        block_out_channels=(16, 32),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=sample_size * 2,
+    )
+    tokenizer = tiny_tokenizer()
+    torch.manual_seed(seed + 2)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=cross_attention_dim,
+            intermediate_size=37,
+            num_hidden_layers=5,
+            num_attention_heads=4,
+            max_position_embeddings=tokenizer.model_max_length,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            projection_dim=cross_attention_dim,
+        )
+    )
+    scheduler = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        prediction_type=prediction_type,
+    )
+    return {
+        "unet": unet,
+        "vae": vae,
+        "text_encoder": text_encoder,
+        "tokenizer": tokenizer,
+        "scheduler": scheduler,
+        "safety_checker": None,
+        "feature_extractor": None,
+        "image_encoder": None,
+    }
+
+
+def tiny_pipeline(**kwargs):
+    from diffusers import StableDiffusionPipeline
+
+    return StableDiffusionPipeline(**tiny_components(**kwargs), requires_safety_checker=False)
+
+
+def save_tiny_pipeline(path: str | Path, **kwargs) -> Path:
+    """Save a tiny pipeline as a diffusers folder (what `unsee generate --model DIR` takes)."""
+    path = Path(path)
+    tiny_pipeline(**kwargs).save_pretrained(path)
+    return path

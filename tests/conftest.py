@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Tests never reach the hub; a missing model must fail fast.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A tiny random-weight SD pipeline saved as a diffusers folder, shared by the session."""
+    from unsee.testing import save_tiny_pipeline
+
+    return save_tiny_pipeline(tmp_path_factory.mktemp("tiny") / "pipe")
+
+
+@pytest.fixture(scope="session")
+def tiny_vpred_dir(tmp_path_factory) -> Path:
+    """An SD 2.x-style tiny pipeline (linear projections, v-prediction)."""
+    from unsee.testing import save_tiny_pipeline
+
+    return save_tiny_pipeline(tmp_path_factory.mktemp("tiny2") / "pipe", sd2=True, prediction_type="v_prediction", seed=3)
+
+
+@pytest.fixture()
+def prompt_file(tmp_path) -> Path:
+    p = tmp_path / "prompts.txt"
+    p.write_text("a photo of a red cat\n\n# a comment\na blue house at night\n")
+    return p

@@ -1,0 +1,80 @@
+"""The CLI as a user meets it: real processes, real exit codes, one-line errors."""
+
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from unsee.imageset import ImageSet
+
+
+def run(*args, timeout=180):
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    return subprocess.run([sys.executable, "-m", "unsee", *args], capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def test_help_lists_the_stages_and_each_command_has_examples():
+    r = run("--help")
+    assert r.returncode == 0
+    assert "generate" in r.stdout
+    g = run("generate", "--help")
+    assert g.returncode == 0 and "Examples:" in g.stdout and "--images-per-prompt" in g.stdout
+
+
+def test_generate_end_to_end_and_resume(tiny_model_dir, prompt_file, tmp_path):
+    out = tmp_path / "set"
+    args = ("generate", "--model", str(tiny_model_dir), "--prompts", str(prompt_file), "--out", str(out),
+            "--steps", "3", "--images-per-prompt", "2", "--no-progress")
+    r = run(*args)
+    assert r.returncode == 0, r.stderr
+    assert len(ImageSet.load(out)) == 4
+    mtimes = {p.name: p.stat().st_mtime_ns for p in out.glob("*.png")}
+    r = run(*args)
+    assert r.returncode == 0
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.png")} == mtimes  # nothing redone
+
+
+BAD = [
+    ("missing model path", lambda d, m: ["--model", str(d / "nope"), "--prompts", str(d / "p.txt")], "does not exist"),
+    ("unknown hub id offline", lambda d, m: ["--model", "nobody/nothing", "--prompts", str(d / "p.txt")], "Hugging Face Hub"),
+    ("empty prompt file", lambda d, m: ["--model", m, "--prompts", str(d / "empty.txt")], "has no prompts"),
+    ("csv without prompt column", lambda d, m: ["--model", m, "--prompts", str(d / "nocol.csv")], "'prompt' column"),
+    ("non-numeric seed in csv", lambda d, m: ["--model", m, "--prompts", str(d / "badseed.csv")], "must be a number"),
+    ("non-numeric seed flag", lambda d, m: ["--model", m, "--prompts", str(d / "p.txt"), "--seed", "abc"], "not a valid integer"),
+    ("steps <= 0", lambda d, m: ["--model", m, "--prompts", str(d / "p.txt"), "--steps", "0"], "--steps must be > 0"),
+    ("unwritable output", lambda d, m: ["--model", m, "--prompts", str(d / "p.txt"), "--out", str(d / "p.txt" / "x")], "is a file, not a folder"),
+    ("sdxl folder", lambda d, m: ["--model", str(d / "sdxl"), "--prompts", str(d / "p.txt")], "not this architecture yet"),
+]
+
+
+@pytest.fixture()
+def bad_inputs(tmp_path):
+    (tmp_path / "p.txt").write_text("a red cat\n")
+    (tmp_path / "empty.txt").write_text("\n")
+    (tmp_path / "nocol.csv").write_text("text\nhello\n")
+    (tmp_path / "badseed.csv").write_text("prompt,sd_seed\nhello,abc\n")
+    (tmp_path / "sdxl").mkdir()
+    (tmp_path / "sdxl" / "model_index.json").write_text('{"_class_name": "StableDiffusionXLPipeline"}')
+    return tmp_path
+
+
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(bad_inputs, tiny_model_dir):
+    def one(case):
+        name, make, message = case
+        out = bad_inputs / f"out-{name.replace(' ', '-')}"
+        args = make(bad_inputs, str(tiny_model_dir))
+        if "--out" not in args:
+            args += ["--out", str(out)]
+        return name, message, out, run("generate", *args)
+
+    with ThreadPoolExecutor(3) as pool:
+        results = list(pool.map(one, BAD))
+    for name, message, out, r in results:
+        assert r.returncode == 2, (name, r.stderr)
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), (name, r.stderr)
+        assert message in lines[0], (name, lines[0])
+        assert "Traceback" not in r.stderr
+        assert not out.exists(), name  # nothing half-written
