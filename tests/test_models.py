@@ -90,3 +90,32 @@ def test_toyworld_name_resolves_or_says_how_to_build(monkeypatch, tmp_path):
     monkeypatch.setattr(m, "toyworld_path", lambda: tmp_path / "none")
     with pytest.raises(UnseeError, match="unsee toyworld build"):
         resolve_model("toyworld")
+
+
+def _write_safetensors(path, keys):
+    from safetensors.torch import save_file
+
+    save_file({k: torch.zeros(1) for k in keys}, str(path))
+    return path
+
+
+@pytest.mark.parametrize(
+    "keys, message",
+    [
+        (["conditioner.embedders.0.transformer.x", "model.diffusion_model.input_blocks.0.0.weight"], "Stable Diffusion XL"),
+        (["model.diffusion_model.joint_blocks.0.x"], "Stable Diffusion 3"),
+        (["double_blocks.0.img_attn.x"], "Flux"),
+        (["first_stage_model.encoder.conv_in.weight"], "no Stable Diffusion UNet weights"),
+    ],
+)
+def test_single_files_of_other_architectures_are_refused_from_the_header(tmp_path, keys, message):
+    path = _write_safetensors(tmp_path / "m.safetensors", keys)
+    with pytest.raises(UnseeError, match=message):
+        load_pipeline(str(path))
+
+
+def test_single_file_offline_without_config_says_how_to_fix(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    path = _write_safetensors(tmp_path / "m.safetensors", ["model.diffusion_model.input_blocks.0.0.weight"])
+    with pytest.raises(UnseeError, match="--model-config"):
+        load_pipeline(str(path))

@@ -39,6 +39,7 @@ class GenerateConfig:
     model: str = field(help="Hub id, local diffusers folder, .safetensors file, or 'toyworld'.")
     prompts: str = field(help="Prompt file: .txt (one prompt a line) or .csv with I2P columns.")
     out: str = field(help="Output folder for the image set (PNGs + manifest.jsonl); a rerun resumes it.")
+    model_config: str | None = field(None, help="For a .safetensors single file: a diffusers folder or hub id of the same architecture to read its configs from (needed offline).")
     images_per_prompt: int = field(1, help="Images per prompt; image i of a prompt uses its own seed.")
     steps: int = field(25, help="Sampling steps.")
     guidance: float = field(7.5, help="CFG scale, unless the prompt file gives one per prompt; 1 disables CFG.")
@@ -186,7 +187,8 @@ def generate(cfg: GenerateConfig, *, progress: bool = True, pipe=None) -> Path:
     state = PartialState()
     if pipe is None:
         device = state.device if state.num_processes > 1 else resolve_device(cfg.device)
-        pipe = load_pipeline(cfg.model, dtype=cfg.dtype, device=device, scheduler=cfg.scheduler)
+        pipe = load_pipeline(cfg.model, dtype=cfg.dtype, device=device, scheduler=cfg.scheduler,
+                             single_file_config=cfg.model_config)
     model = model_id(cfg.model)
     native = pipe.unet.config.sample_size * pipe.vae_scale_factor
     items = plan_items(cfg, prompts, native)

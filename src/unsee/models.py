@@ -41,8 +41,10 @@ class ModelSource:
 
 
 def toyworld_path() -> Path:
-    """Folder of the shipped toy-world pipeline (see `unsee.toyworld`)."""
-    return Path(__file__).resolve().parent / "toyworld" / "assets" / "pipeline"
+    """Folder of the toy-world pipeline: the shipped build, or UNSEE_TOYWORLD's (see `unsee.toyworld`)."""
+    from unsee.toyworld import PIPELINE, assets_path
+
+    return assets_path() / PIPELINE
 
 
 def resolve_model(spec: str) -> ModelSource:
@@ -123,6 +125,31 @@ def _pipeline_class_name(source: ModelSource, offline_why: str | None) -> str:
     )
 
 
+# Key prefixes that mark single files of architectures unsee does not support yet.
+_SINGLE_FILE_ARCHS = {
+    "conditioner.embedders.": "Stable Diffusion XL",
+    "model.diffusion_model.joint_blocks.": "Stable Diffusion 3",
+    "double_blocks.": "Flux",
+    "model.diffusion_model.double_blocks.": "Flux",
+}
+
+
+def _check_single_file(path: str) -> None:
+    """Refuse single files of unsupported architectures from their header alone (no weights read)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(path, framework="pt") as f:
+            keys = list(f.keys())
+    except Exception as e:  # not a readable safetensors file
+        raise UnseeError(f"{path!r} is not a readable .safetensors file ({type(e).__name__})") from None
+    for prefix, arch in _SINGLE_FILE_ARCHS.items():
+        if any(k.startswith(prefix) for k in keys):
+            raise UnseeError(f"{path!r} is a {arch} checkpoint; unsee supports Stable Diffusion 1.x/2.x and not this architecture yet")
+    if not any(k.startswith("model.diffusion_model.") for k in keys):
+        raise UnseeError(f"{path!r} has no Stable Diffusion UNet weights (no model.diffusion_model.* keys)")
+
+
 def _make_scheduler(name: SchedulerName, config):
     from diffusers import (
         DDIMScheduler,
@@ -171,8 +198,11 @@ def load_pipeline(
     torch_dtype = DTYPES[dtype]
 
     # 1. Refuse pipelines we do not support, before loading any weights.
-    offline_why = _hub_offline(local_files_only) if source.kind != "folder" else None
-    if source.kind != "single_file":
+    local_config = source.kind == "single_file" and bool(single_file_config) and Path(single_file_config).is_dir()
+    offline_why = _hub_offline(local_files_only) if source.kind != "folder" and not local_config else None
+    if source.kind == "single_file":
+        _check_single_file(source.location)
+    else:
         cls_name = _pipeline_class_name(source, offline_why)
         if cls_name not in SUPPORTED_PIPELINES:
             raise UnseeError(
@@ -187,6 +217,12 @@ def load_pipeline(
             kw = dict(common)
             if single_file_config:
                 kw["config"] = single_file_config
+            elif offline_why:
+                # diffusers would fetch its default config repo from the hub, even with local_files_only=True.
+                raise UnseeError(
+                    f"{spec!r} is a single file and {offline_why}; pass a diffusers folder of the same architecture "
+                    "as its config (--model-config DIR) so its configs are read locally"
+                )
             pipe = StableDiffusionPipeline.from_single_file(source.location, local_files_only=offline_why is not None, **kw)
         else:
             pipe = StableDiffusionPipeline.from_pretrained(
