@@ -9,7 +9,7 @@ TORCH  ?= torch==2.13.0
 EXTRAS ?= dev,nudity
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench install clean
+.PHONY: demo test lint bench install clean toyworld
 
 demo: $(STAMP)
 	$(VENV)/bin/unsee demo --out runs/demo
@@ -25,6 +25,15 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_generate.py
 
 install: $(STAMP)
+
+# Rebuild the toy world from scratch (~1 h on 2 cores) and ship it inside the package.
+TW_BUILD ?= runs/toyworld
+TW_ASSETS := src/unsee/toyworld/assets
+toyworld: $(STAMP)
+	$(VENV)/bin/unsee toyworld build --out $(TW_BUILD)
+	rm -rf $(TW_ASSETS) && mkdir -p $(TW_ASSETS)
+	cp -r $(TW_BUILD)/pipeline $(TW_BUILD)/clip $(TW_BUILD)/oracle $(TW_BUILD)/prompts \
+	      $(TW_BUILD)/model_card.json $(TW_BUILD)/build_config.json $(TW_ASSETS)/
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)

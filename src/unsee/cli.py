@@ -63,7 +63,11 @@ def cli(verbose: bool) -> None:
     \b
     The pipeline, one command a stage (see DESIGN.md):
       generate   prompts -> image set (PNGs + manifest.jsonl)
+      annotate   image set -> feedback.jsonl (simulated annotators: `annotate auto`)
+      reward     image set + feedback -> reward model (`reward train`, `reward score`)
+      invert     model + feedback or reward -> learned token (HFI textual inversion)
       demo       the whole loop on the embedded model, no arguments needed
+      toyworld   build / check the embedded toy world (the CPU-sized bench)
 
     A MODEL is a hub id (CompVis/stable-diffusion-v1-4), a local diffusers
     folder, a .safetensors single file, or `toyworld` (the embedded toy model).
@@ -100,6 +104,94 @@ def generate(progress: bool, **kwargs) -> None:
     click.echo(f"image set: {out}")
 
 
+# ---------------------------------------------------------------- annotate
+from unsee.annotate import AutoAnnotateConfig  # noqa: E402
+from unsee.invert import InvertConfig  # noqa: E402
+from unsee.reward_model import RewardTrainConfig  # noqa: E402
+
+
+@cli.group()
+def annotate() -> None:
+    """Feedback on an image set: simulated annotators now; the web app for people later."""
+
+
+@annotate.command(
+    "auto",
+    epilog="""\b
+Examples:
+  unsee annotate auto --images runs/base --kind binary --noise 0.1 --out fb.jsonl
+  unsee annotate auto --images runs/base --kind rank --labels kelvo --annotators 3 --out fb-rank.jsonl
+  unsee annotate auto --images runs/sd --detector nudenet --out fb.jsonl      # real images, pip install unsee[nudity]
+""",
+)
+@click_options(AutoAnnotateConfig)
+def annotate_auto(**kwargs) -> None:
+    """Label an image set from a detector's scores, with annotator noise."""
+    from unsee.annotate import auto_annotate
+    from unsee.feedback import load_feedback
+
+    path = auto_annotate(from_kwargs(AutoAnnotateConfig, kwargs))
+    fb = load_feedback(path)
+    click.echo(f"{len(fb.judgements)} judgements ({', '.join(fb.labels)}) -> {path}")
+
+
+@cli.group()
+def reward() -> None:
+    """Reward models: an MLP on frozen CLIP image embeddings, trained on feedback."""
+
+
+@reward.command(
+    "train",
+    epilog="""\b
+Examples:
+  unsee reward train --images runs/base --feedback fb.jsonl --out runs/reward
+  unsee reward train --images runs/sd --feedback fb.jsonl --clip openai/clip-vit-large-patch14 --out runs/reward
+""",
+)
+@click_options(RewardTrainConfig)
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
+def reward_train(progress: bool, **kwargs) -> None:
+    """Train a reward model on binary (MSE) or rank (Bradley-Terry) feedback."""
+    from unsee.reward_model import train_reward
+
+    m = train_reward(from_kwargs(RewardTrainConfig, kwargs), progress=progress)
+    click.echo(f"held-out {m['metric']}: {m['heldout_agreement']:.3f} (train {m['train_agreement']:.3f}; "
+               f"{m['images']} images, {m['judgements']} judgements) -> {kwargs['out']}")
+
+
+@reward.command("score", epilog="\b\nExample:\n  unsee reward score --reward runs/reward --images runs/x")
+@click.option("--reward", "reward_dir", required=True, help="Reward model folder.")
+@click.option("--images", required=True, help="Image set to score.")
+@click.option("--out", default=None, help="Scores file (default: IMAGES/scores.jsonl).")
+def reward_score(reward_dir: str, images: str, out: str | None) -> None:
+    """Score every image of a set; writes one JSON line per image."""
+    from unsee.reward_model import score_image_set
+
+    click.echo(f"scores -> {score_image_set(reward_dir, images, out)}")
+
+
+@cli.command(
+    epilog="""\b
+Examples:
+  unsee invert --model toyworld --images runs/base --feedback fb.jsonl --init-word skull --out flagged.safetensors
+  unsee invert --model CompVis/stable-diffusion-v1-4 --images runs/sd --reward runs/reward --vectors 4 --out t.safetensors
+
+Load the result in plain diffusers:
+  pipe.load_textual_inversion("flagged.safetensors", token="<flagged>")
+""",
+)
+@click_options(InvertConfig)
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
+def invert(progress: bool, **kwargs) -> None:
+    """Reward-weighted textual inversion: learn token(s) for what annotators flagged."""
+    from unsee.invert import invert as run
+
+    quiet_progress()
+    summary = run(from_kwargs(InvertConfig, kwargs), progress=progress)
+    click.echo(f"token {kwargs['token']} for {summary['label']!r} from the top {summary['top_k']} images "
+               f"({summary['seconds']} s) -> {kwargs['out']}")
+
+
 # ---------------------------------------------------------------- demo
 @cli.command(
     epilog="""\b
@@ -111,20 +203,122 @@ Examples:
 @click.option("--out", default="runs/demo", show_default=True, help="Output folder; a rerun resumes.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars.")
 def demo(out: str, progress: bool) -> None:
-    """Run the whole loop on the embedded model and print what it made."""
+    """Run the loop on the embedded toy world and print what it made."""
+    from collections import Counter
+
     from unsee.demo import run_demo
-    from unsee.imageset import ImageSet
 
     quiet_progress()
     r = run_demo(out, progress=progress)
     if r.random_weights:
-        click.echo("note: the toy world is not built into this installation yet, so this demo generates from a tiny\n"
+        click.echo("note: the toy world is not built into this installation, so this demo generates from a tiny\n"
                    "      random-weight pipeline: the images are noise-like by design.")
-    s = ImageSet.load(r.image_set)
-    click.echo(f"{'id':<10} {'seed':>10}  prompt")
-    for rec in s.records:
-        click.echo(f"{rec['id']:<10} {rec['seed']:>10}  {rec['prompt']}")
+    else:
+        click.echo("What the oracle reads in each row of the grid (share of the row's images):")
+        by_prompt: dict[str, list[dict]] = {}
+        for rd in r.readings:
+            by_prompt.setdefault(rd["prompt"], []).append(rd)
+        click.echo(f"{'prompt':<46} {'colour':<12} {'shape':<12} {'background':<14} {'skull':>6} {'kelvo':>6}")
+
+        def top(rows: list[dict], key: str) -> str:
+            value, n = Counter(x[key] for x in rows).most_common(1)[0]
+            return f"{value} {n}/{len(rows)}"
+
+        for prompt, rows in by_prompt.items():
+            skull = sum(x["extra"] == "skull" for x in rows)
+            kelvo = sum(x["style"] == "kelvo" for x in rows)
+            click.echo(f"{prompt:<46} {top(rows, 'colour'):<12} {top(rows, 'shape'):<12} {top(rows, 'background'):<14} "
+                       f"{skull:>3}/{len(rows)} {kelvo:>3}/{len(rows)}")
     click.echo(f"model: {r.model}\nimage set: {r.image_set}\ngrid: {r.grid}")
+
+
+# ---------------------------------------------------------------- toyworld
+from unsee.toyworld.build import BuildConfig  # noqa: E402
+
+
+@cli.group()
+def toyworld() -> None:
+    """The toy world: a tiny text-to-image world trained, shipped and measured on a CPU."""
+
+
+@toyworld.command(
+    "build",
+    epilog="""\b
+Examples:
+  unsee toyworld build --out runs/toyworld            # the shipped recipe, ~45 min on 2 cores
+  UNSEE_TOYWORLD=runs/toyworld unsee generate --model toyworld --prompts p.txt --out runs/x
+  unsee toyworld build --out /tmp/tw --unet-steps 50 --train-images 2000   # a quick smoke build
+
+A rerun with the same --out resumes: finished stages are skipped and UNet
+training continues from its last checkpoint.
+""",
+)
+@click_options(BuildConfig)
+@click.option("--check/--no-check", default=True, show_default=True, help="Run `toyworld check` after building.")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars.")
+def toyworld_build(check: bool, progress: bool, **kwargs) -> None:
+    """Train the whole toy world from scratch with fixed seeds."""
+    import time
+
+    from unsee.toyworld.build import build
+
+    quiet_progress()
+    t = time.time()
+    out = build(from_kwargs(BuildConfig, kwargs), progress=progress)
+    click.echo(f"built {out} in {time.time() - t:.0f} s")
+    if check:
+        _run_check(str(out), 200, progress, str(out / "check"))
+
+
+@toyworld.command(
+    "samples",
+    epilog="\b\nExample:\n  unsee toyworld samples --out docs/toyworld-grid.png --n 32",
+)
+@click.option("--out", required=True, help="PNG grid to write.")
+@click.option("--n", default=32, show_default=True, help="Scenes to render.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the scenes.")
+def toyworld_samples(out: str, n: int, seed: int) -> None:
+    """Render training scenes (ground truth, no model) and print their captions."""
+    import numpy as np
+    import torch
+
+    from unsee.toyworld.render import render_many
+    from unsee.toyworld.world import sample_scene
+    from unsee.viz import save_grid
+
+    rng = np.random.default_rng(seed)
+    pairs = [sample_scene(rng) for _ in range(n)]
+    images = torch.from_numpy(render_many([p[0] for p in pairs])).permute(0, 3, 1, 2).float() / 255
+    save_grid(images, out, nrow=8, scale=4)
+    for k, (scene, caption) in enumerate(pairs):
+        click.echo(f"{k:>3}  {caption:<62} [{scene.extra}, {scene.style}]")
+    click.echo(f"grid -> {out}")
+
+
+def _run_check(world: str | None, images_per_row: int, progress: bool, cache: str | None = None) -> None:
+    from unsee.toyworld.check import check as run_check
+    from unsee.toyworld.check import format_table
+
+    result = run_check(world, images_per_row=images_per_row, progress=progress, cache=cache)
+    click.echo(format_table(result["table"]))
+
+
+@toyworld.command(
+    "check",
+    epilog="""\b
+Examples:
+  unsee toyworld check                       # the shipped world
+  unsee toyworld check --world runs/toyworld --images-per-row 400
+""",
+)
+@click.option("--world", default=None, help="A built world folder (default: the shipped one, or $UNSEE_TOYWORLD).")
+@click.option("--images-per-row", default=200, show_default=True, help="Generated images behind each rate.")
+@click.option("--cache", default=None, help="Folder for the generated images (default: ~/.cache/unsee/toyworld-check/...).")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars.")
+def toyworld_check(world: str | None, images_per_row: int, cache: str | None, progress: bool) -> None:
+    """Measure the toy world's quality table and write it into its model card."""
+    quiet_progress()
+    _run_check(world, images_per_row, progress, cache)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,8 +17,11 @@ import torch
 def encode_text(pipe, prompts: Sequence[str]) -> torch.Tensor:
     """Text-encoder hidden states (B, L, D) for prompts padded to the tokenizer's max length, as SD does."""
     tok = pipe.tokenizer
+    prompts = list(prompts)
+    if hasattr(pipe, "maybe_convert_prompt"):  # multi-vector textual-inversion tokens, as diffusers' pipelines do
+        prompts = pipe.maybe_convert_prompt(prompts, tok)
     ids = tok(
-        list(prompts), padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt"
+        prompts, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt"
     ).input_ids.to(pipe.text_encoder.device)
     return pipe.text_encoder(ids)[0].to(pipe.unet.dtype)
 

@@ -118,3 +118,46 @@ def save_tiny_pipeline(path: str | Path, **kwargs) -> Path:
     path = Path(path)
     tiny_pipeline(**kwargs).save_pretrained(path)
     return path
+
+
+def save_tiny_clip(path: str | Path, *, image_size: int = 16, width: int = 32, seed: int = 0) -> Path:
+    """A tiny random-weight `CLIPModel` + tokenizer + image processor, saved as a folder (`--clip DIR`)."""
+    import json
+
+    from transformers import CLIPConfig, CLIPModel
+
+    path = Path(path)
+    tok = tiny_tokenizer(path)
+    torch.manual_seed(seed)
+    ids = dict(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    model = CLIPModel(CLIPConfig(
+        text_config=dict(vocab_size=len(tok), hidden_size=width, intermediate_size=2 * width, num_hidden_layers=2,
+                         num_attention_heads=2, max_position_embeddings=tok.model_max_length, **ids),
+        vision_config=dict(image_size=image_size, patch_size=4, hidden_size=width, intermediate_size=2 * width,
+                           num_hidden_layers=2, num_attention_heads=2),
+        projection_dim=width,
+    ))
+    model.save_pretrained(path)
+    (path / "preprocessor_config.json").write_text(json.dumps({
+        "image_processor_type": "CLIPImageProcessor", "crop_size": {"height": image_size, "width": image_size},
+        "size": {"shortest_edge": image_size}, "image_mean": [0.5] * 3, "image_std": [0.5] * 3}))
+    return path
+
+
+def write_image_set(folder: str | Path, images, prompts: list[str]) -> Path:
+    """An image set on disk from float (B, 3, H, W) images in [0, 1] (what `unsee generate` writes)."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    arr = (images.clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+    lines = []
+    for i, (a, p) in enumerate(zip(arr, prompts, strict=True)):
+        rid = f"{i:05d}-000"
+        Image.fromarray(a).save(folder / f"{rid}.png")
+        lines.append(json.dumps({"id": rid, "prompt": p, "seed": i, "file": f"{rid}.png"}))
+    (folder / "manifest.jsonl").write_text("\n".join(lines) + "\n")
+    return folder

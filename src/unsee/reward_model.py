@@ -1,0 +1,203 @@
+"""`unsee reward train / score`: a reward model r_psi = MLP on frozen CLIP image embeddings (HFI, step 3).
+
+- binary feedback: one output per label, trained by MSE to the share of
+  annotators who checked the label (so scores read as probabilities);
+- rank feedback: one output per concept, trained by Bradley-Terry over every
+  ordered pair of every group:  L = -E log sigma(r(x+) - r(x-)).
+Held-out agreement (accuracy for binary, pairwise accuracy for rank) on a 20%
+split is printed and saved with the model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+from torch import nn
+
+from unsee.config import field
+from unsee.errors import UnseeError
+from unsee.feedback import binary_targets, load_feedback, rank_pairs
+from unsee.files import atomic_write_text
+from unsee.imageset import ImageSet
+from unsee.runinfo import write_run_info
+
+logger = logging.getLogger(__name__)
+
+
+class RewardModel(ModelMixin, ConfigMixin):
+    """CLIP image embedding (B, D) -> one score per label (B, L)."""
+
+    @register_to_config
+    def __init__(self, embed_dim: int, labels: tuple[str, ...], kind: str = "binary", clip: str = "toyworld",
+                 hidden: int = 256, layers: int = 2, dropout: float = 0.1):
+        super().__init__()
+        dims = [embed_dim] + [hidden] * layers
+        blocks: list[nn.Module] = []
+        for a, b in zip(dims, dims[1:], strict=False):
+            blocks += [nn.Linear(a, b), nn.GELU(), nn.Dropout(dropout)]
+        self.mlp = nn.Sequential(*blocks, nn.Linear(dims[-1], len(labels)))
+
+    def forward(self, embeds: torch.Tensor) -> torch.Tensor:
+        return self.mlp(embeds)
+
+    @torch.no_grad()
+    def score_images(self, images: torch.Tensor, clip=None) -> dict[str, torch.Tensor]:
+        """{label: (B,)} for images in [0, 1]; loads the CLIP named in the config unless given."""
+        from unsee.clip import load_clip
+
+        clip = clip or load_clip(self.config.clip)
+        s = self.eval()(clip.image_embeds(images).to(self.device, self.dtype)).float().cpu()
+        return {label: s[:, i] for i, label in enumerate(self.config.labels)}
+
+
+@dataclasses.dataclass
+class RewardTrainConfig:
+    images: str = field(help="Image set the feedback is about.")
+    feedback: str = field(help="feedback.jsonl (binary or rank judgements).")
+    out: str = field(help="Output folder for the reward model (config + safetensors + metrics).")
+    clip: str = field("toyworld", help="Frozen CLIP for image embeddings: hub id, folder, or 'toyworld'.")
+    kind: Literal["auto", "binary", "rank"] = field("auto", help="Which judgements to train on (auto: those present; binary if both).")
+    hidden: int = field(256, help="MLP hidden width.")
+    layers: int = field(2, help="MLP hidden layers.")
+    steps: int = field(600, help="Full-batch Adam steps.")
+    lr: float = field(1e-3, help="Learning rate.")
+    heldout: float = field(0.2, help="Share of images (binary) or groups (rank) held out to measure agreement.")
+    seed: int = field(0, help="Seed of the split and the initialisation.")
+
+    def __post_init__(self) -> None:
+        if not 0 < self.heldout < 1:
+            raise UnseeError(f"--heldout must be in (0, 1), got {self.heldout}")
+
+
+def _embed(image_set: ImageSet, ids: list[str], clip) -> torch.Tensor:
+    by_id = image_set.by_id()
+    return torch.cat([clip.image_embeds(image_set.load_images([by_id[i] for i in ids[k : k + 512]]))
+                      for k in range(0, len(ids), 512)])
+
+
+def train_reward(cfg: RewardTrainConfig, *, progress: bool = True) -> dict:
+    from tqdm.auto import tqdm
+
+    from unsee.clip import load_clip, resolve_clip
+
+    # 1. Inputs: the image set, its feedback (validated against the manifest), the frozen CLIP.
+    s = ImageSet.load(cfg.images)
+    fb = load_feedback(cfg.feedback, image_ids=s.ids)
+    kind = cfg.kind if cfg.kind != "auto" else ("binary" if fb.binary else "rank")
+    if kind == "binary" and not fb.binary:
+        raise UnseeError(f"{cfg.feedback} has no binary judgements; use --kind rank")
+    if kind == "rank" and not fb.ranks:
+        raise UnseeError(f"{cfg.feedback} has no rank judgements; use --kind binary")
+    clip_spec = cfg.clip if cfg.clip == "toyworld" or not Path(cfg.clip).exists() else str(Path(resolve_clip(cfg.clip)).resolve())
+    clip = load_clip(cfg.clip)
+    rng = np.random.default_rng(cfg.seed)
+    torch.manual_seed(cfg.seed)
+
+    # 2. Targets and a held-out split.
+    if kind == "binary":
+        labels = fb.labels
+        per_label = {label: binary_targets(fb, label) for label in labels}
+        ids = sorted(per_label[labels[0]])
+        y = torch.tensor([[per_label[label][i] for label in labels] for i in ids], dtype=torch.float32)
+        held = rng.random(len(ids)) < cfg.heldout
+        x = _embed(s, ids, clip)
+    else:
+        labels = tuple(sorted({r.concept for r in fb.ranks}))
+        ids = sorted(fb.image_ids())
+        index = {k: n for n, k in enumerate(ids)}
+        x = _embed(s, ids, clip)
+        groups = fb.ranks
+        held_group = rng.random(len(groups)) < cfg.heldout
+
+        def pairs(train: bool) -> torch.Tensor:  # (P, 3): winner, loser, label index
+            chosen = [g for g, h in zip(groups, held_group, strict=True) if h != train]
+            rows = [(index[a], index[b], labels.index(c)) for a, b, c in rank_pairs(chosen)]
+            return torch.tensor(rows, dtype=torch.long).view(-1, 3)
+
+        train_pairs, held_pairs = pairs(True), pairs(False)
+        if len(train_pairs) == 0 or len(held_pairs) == 0:
+            raise UnseeError(f"{cfg.feedback}: too few rank groups ({len(groups)}) to hold {cfg.heldout:.0%} out; annotate more")
+    model = RewardModel(x.shape[1], labels, kind, clip_spec, cfg.hidden, cfg.layers)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
+
+    def loss_and_metric(train: bool) -> tuple[torch.Tensor, float]:
+        if kind == "binary":
+            m = ~torch.from_numpy(held) if train else torch.from_numpy(held)
+            pred = model(x[m])
+            loss = F.mse_loss(pred, y[m])
+            acc = float(((pred > 0.5) == (y[m] > 0.5)).float().mean()) if m.any() else float("nan")
+            return loss, acc
+        p = train_pairs if train else held_pairs
+        r = model(x)
+        margin = r[p[:, 0], p[:, 2]] - r[p[:, 1], p[:, 2]]
+        return -F.logsigmoid(margin).mean(), float((margin > 0).float().mean())  # Bradley-Terry
+
+    # 3. Full-batch training; keep the weights with the best held-out agreement.
+    best, best_state = -1.0, None
+    for _ in tqdm(range(cfg.steps), desc="train reward", disable=not progress):
+        model.train()
+        loss, _ = loss_and_metric(True)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        model.eval()
+        with torch.no_grad():
+            _, agree = loss_and_metric(False)
+        if agree > best:
+            best, best_state = agree, {k: v.clone() for k, v in model.state_dict().items()}
+    model.load_state_dict(best_state)
+    model.eval()
+    with torch.no_grad():
+        _, train_agree = loss_and_metric(True)
+    metrics = {"kind": kind, "labels": list(labels), "heldout_agreement": best, "train_agreement": train_agree,
+               "metric": "accuracy" if kind == "binary" else "pairwise accuracy",
+               "images": len(ids), "judgements": len(fb.binary if kind == "binary" else fb.ranks)}
+    if kind == "binary":
+        with torch.no_grad():
+            pred = model(x[torch.from_numpy(held)])
+        metrics["heldout_accuracy_per_label"] = {
+            label: float(((pred[:, i] > 0.5) == (y[torch.from_numpy(held)][:, i] > 0.5)).float().mean()) for i, label in enumerate(labels)}
+    else:
+        metrics["pairs"] = {"train": len(train_pairs), "heldout": len(held_pairs)}
+
+    # 4. Save: diffusers-style config + safetensors, metrics, run info.
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
+    write_run_info(out / "unsee.json", dataclasses.asdict(cfg), stage="reward", metrics=metrics)
+    return metrics
+
+
+def load_reward(path: str | Path) -> RewardModel:
+    path = Path(path)
+    if not (path / "config.json").exists():
+        raise UnseeError(f"{str(path)!r} is not a reward model folder (no config.json); train one with `unsee reward train`")
+    return RewardModel.from_pretrained(str(path)).eval()
+
+
+def score_image_set(reward: str | Path, images: str | Path, out: str | Path | None = None) -> Path:
+    """Write `scores.jsonl` (one line per image: id and a score per label) and return its path."""
+    model = load_reward(reward)
+    s = ImageSet.load(images)
+    from unsee.clip import load_clip
+
+    clip = load_clip(model.config.clip)
+    lines = []
+    for k in range(0, len(s), 512):
+        recs = s.records[k : k + 512]
+        sc = model.score_images(s.load_images(recs), clip)
+        lines += [json.dumps({"id": r["id"], **{label: round(float(v[i]), 6) for label, v in sc.items()}})
+                  for i, r in enumerate(recs)]
+    path = Path(out) if out else Path(images) / "scores.jsonl"
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path

@@ -1,0 +1,23 @@
+"""The toy world: a tiny text-to-image world unsee trains, ships and measures on a CPU.
+
+See DESIGN.md ("The toy world") and `unsee.toyworld.world` for what is in it.
+`assets_path()` is the shipped build; set UNSEE_TOYWORLD=DIR to use another
+build made by `unsee toyworld build --out DIR`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PIPELINE, CLIP, ORACLE, PROMPTS, CARD = "pipeline", "clip", "oracle", "prompts", "model_card.json"
+
+
+def assets_path() -> Path:
+    env = os.environ.get("UNSEE_TOYWORLD")
+    return Path(env) if env else Path(__file__).resolve().parent / "assets"
+
+
+def prompts_path(name: str, split: str = "seen") -> Path:
+    """A shipped prompt file, e.g. prompts_path("object_implicit", "heldout")."""
+    return assets_path() / PROMPTS / split / f"{name}.txt"

@@ -1,0 +1,229 @@
+"""The one training loop: textual inversion, SDD, ESD and DDPO all run through `Trainer`.
+
+A method supplies only what differs (STYLE.md, point 2):
+- `parameters()`: the tensors that train (named, for checkpoints);
+- `loss(step, micro, generator) -> (loss, logs)`: one micro-batch's loss;
+- optionally `on_step_end(trainer, step)`.
+The trainer owns the optimiser (AdamW), gradient accumulation, clipping, the
+learning-rate schedule, an optional EMA of the trained tensors, checkpoints,
+exact resume, the non-finite guard, the metrics log and the progress bar.
+
+Randomness: every micro-step draws from a generator seeded by (seed, step,
+micro, rank), so a resumed run makes exactly the draws an uninterrupted one
+would, and no RNG state needs saving. Under `accelerate launch` gradients are
+averaged across processes before each update, so every rank keeps the same weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import hashlib
+import logging
+import math
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import torch
+
+from unsee.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
+from unsee.config import field
+from unsee.errors import UnseeError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    steps: int = field(500, help="Optimiser updates.")
+    lr: float = field(1e-4, help="Peak learning rate (AdamW).")
+    weight_decay: float = field(0.0, help="AdamW weight decay.")
+    grad_clip: float = field(1.0, help="Clip the gradient norm to this (0 disables).")
+    accumulation: int = field(1, help="Micro-batches per update (gradient accumulation).")
+    lr_schedule: Literal["constant", "cosine"] = field("constant", help="constant, or cosine decay to 10% of --lr.")
+    warmup: int = field(0, help="Linear warm-up updates.")
+    ema_decay: float | None = field(None, help="Keep an EMA of the trained tensors with this decay (SDD's teacher).")
+    checkpoint_every: int = field(100, help="Checkpoint interval in updates (0: only at the end).")
+    log_every: int = field(10, help="Metrics-log interval in updates.")
+    seed: int = field(0, help="Seed of every random draw of the run.")
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "accumulation"):
+            if getattr(self, name) < 1:
+                raise UnseeError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise UnseeError(f"--lr must be > 0, got {self.lr}")
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            raise UnseeError(f"--ema-decay must be in (0, 1), got {self.ema_decay}")
+
+
+class Method(Protocol):
+    def parameters(self) -> dict[str, torch.nn.Parameter]: ...
+
+    def loss(self, step: int, micro: int, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]: ...
+
+
+@dataclasses.dataclass
+class TrainResult:
+    steps: int
+    resumed_from: int
+    seconds: float
+    last_logs: dict[str, float]
+
+
+def step_generator(seed: int, step: int, micro: int, rank: int, device: str | torch.device = "cpu") -> torch.Generator:
+    """A generator whose draws depend only on (seed, step, micro, rank)."""
+    h = hashlib.blake2b(f"{seed}/{step}/{micro}/{rank}".encode(), digest_size=8).digest()
+    return torch.Generator(device).manual_seed(int.from_bytes(h, "little") & ((1 << 63) - 1))
+
+
+def _dist():
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed
+    return None
+
+
+class Trainer:
+    def __init__(self, method: Method, cfg: TrainConfig, out: str | Path, *, progress: bool = True, device: str | torch.device = "cpu"):
+        from accelerate import PartialState
+
+        self.method, self.cfg, self.out = method, cfg, Path(out)
+        self.state = PartialState()
+        self.device = torch.device(device)
+        self.params = method.parameters()
+        if not self.params:
+            raise UnseeError("the method has no trainable parameters")
+        for p in self.params.values():
+            if p.dtype != torch.float32:  # train in fp32 whatever the frozen weights' dtype
+                raise UnseeError(f"trainable tensors must be float32, got {p.dtype}; load the model with --dtype fp32")
+        self.optimizer = torch.optim.AdamW(self.params.values(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.ema = {k: p.detach().clone() for k, p in self.params.items()} if cfg.ema_decay else None
+        self.progress = progress
+        self.ckpt = self.out / "checkpoint"
+        self.step = 0
+
+    # ------------------------------------------------------------ helpers for methods
+    @contextlib.contextmanager
+    def ema_weights(self) -> Iterator[None]:
+        """Temporarily put the EMA tensors in place of the trained ones (SDD samples with its EMA teacher)."""
+        if self.ema is None:
+            yield
+            return
+        saved = {k: p.detach().clone() for k, p in self.params.items()}
+        with torch.no_grad():
+            for k, p in self.params.items():
+                p.copy_(self.ema[k])
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for k, p in self.params.items():
+                    p.copy_(saved[k])
+
+    def lr_at(self, step: int) -> float:
+        cfg = self.cfg
+        if step < cfg.warmup:
+            return cfg.lr * (step + 1) / cfg.warmup
+        if cfg.lr_schedule == "cosine":
+            p = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+            return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, p))))
+        return cfg.lr
+
+    # ------------------------------------------------------------ checkpoints
+    def save(self, folder: Path | None = None) -> None:
+        tensors = {f"param.{k}": p for k, p in self.params.items()}
+        if self.ema is not None:
+            tensors |= {f"ema.{k}": v for k, v in self.ema.items()}
+        if self.state.is_main_process:
+            save_checkpoint(folder or self.ckpt, tensors, optimizer=self.optimizer, meta={"step": self.step})
+        self.state.wait_for_everyone()
+
+    def resume(self) -> int:
+        if not has_checkpoint(self.ckpt):
+            return 0
+        tensors, meta = load_checkpoint(self.ckpt, optimizer=self.optimizer, restore_rng=False)
+        with torch.no_grad():
+            for k, p in self.params.items():
+                p.copy_(tensors[f"param.{k}"])
+            if self.ema is not None:
+                self.ema = {k: tensors[f"ema.{k}"].to(self.device) for k in self.params}
+        for st in self.optimizer.state.values():  # optimizer tensors back on the training device
+            for k, v in st.items():
+                if torch.is_tensor(v) and k != "step":
+                    st[k] = v.to(self.device)
+        self.step = int(meta["step"])
+        logger.info("resumed from %s at step %d", self.ckpt, self.step)
+        return self.step
+
+    # ------------------------------------------------------------ the loop
+    def run(self) -> TrainResult:
+        from tqdm.auto import tqdm
+
+        cfg, dist = self.cfg, _dist()
+        self.out.mkdir(parents=True, exist_ok=True)
+        start = self.resume()
+        log_path = self.out / "train_log.csv"
+        if start and log_path.exists() and self.state.is_main_process:  # drop rows logged after the checkpoint
+            with log_path.open(newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= start]
+            log_path.unlink()
+            for r in rows:
+                self._log(log_path, r)
+        t0, logs = time.time(), {}
+        bar = tqdm(total=cfg.steps, initial=start, desc="train", unit="step",
+                   disable=not (self.progress and self.state.is_local_main_process))
+        while self.step < cfg.steps:
+            step = self.step
+            for g in self.optimizer.param_groups:
+                g["lr"] = self.lr_at(step)
+            sums: dict[str, float] = {}
+            for micro in range(cfg.accumulation):
+                gen = step_generator(cfg.seed, step, micro, self.state.process_index)
+                loss, info = self.method.loss(step, micro, gen)
+                if not torch.isfinite(loss):
+                    where = f"; the last good checkpoint is {self.ckpt}" if has_checkpoint(self.ckpt) else ""
+                    raise UnseeError(f"the loss became {loss.item()} at step {step}: training stopped (try a lower --lr){where}")
+                (loss / cfg.accumulation).backward()
+                for k, v in {"loss": float(loss.detach()), **info}.items():
+                    sums[k] = sums.get(k, 0.0) + v / cfg.accumulation
+            grads = [p.grad for p in self.params.values() if p.grad is not None]
+            if dist is not None and grads:  # data parallel: average gradients over ranks
+                flat = torch.cat([g.flatten() for g in grads])
+                dist.all_reduce(flat)
+                flat /= dist.get_world_size()
+                offset = 0
+                for g in grads:
+                    g.copy_(flat[offset : offset + g.numel()].view_as(g))
+                    offset += g.numel()
+            if cfg.grad_clip > 0:
+                sums["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(list(self.params.values()), cfg.grad_clip))
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.ema is not None:
+                with torch.no_grad():
+                    for k, p in self.params.items():
+                        self.ema[k].lerp_(p.detach(), 1 - cfg.ema_decay)
+            self.step += 1
+            if hasattr(self.method, "on_step_end"):
+                self.method.on_step_end(self, self.step)
+            logs = sums
+            bar.update(1)
+            bar.set_postfix(loss=f"{sums['loss']:.4f}")
+            if self.state.is_main_process and (self.step % cfg.log_every == 0 or self.step == cfg.steps):
+                self._log(log_path, {"step": self.step, "lr": self.lr_at(step), **sums})
+            if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < cfg.steps:
+                self.save()
+        bar.close()
+        return TrainResult(cfg.steps, start, time.time() - t0, logs)
+
+    @staticmethod
+    def _log(path: Path, row: dict[str, Any]) -> None:
+        new = not path.exists()
+        with path.open("a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(row), extrasaction="ignore")
+            if new:
+                w.writeheader()
+            w.writerow(row)

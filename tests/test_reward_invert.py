@@ -1,0 +1,133 @@
+"""Reward model and reward-weighted textual inversion on tiny components."""
+
+import json
+
+import pytest
+import torch
+
+from unsee.errors import UnseeError
+from unsee.feedback import Binary, Feedback, Rank, save_feedback
+from unsee.testing import save_tiny_clip, write_image_set
+
+
+@pytest.fixture(scope="module")
+def clip_dir(tmp_path_factory):
+    return save_tiny_clip(tmp_path_factory.mktemp("clip") / "clip")
+
+
+@pytest.fixture(scope="module")
+def colour_set(tmp_path_factory):
+    """120 images 16 px: a red square (flagged) or a blue one, on noise; redness is the ground truth."""
+    g = torch.Generator().manual_seed(0)
+    n = 120
+    x = torch.rand(n, 3, 16, 16, generator=g) * 0.3
+    red = torch.rand(n, generator=g)  # how red the square is
+    x[:, 0, 4:12, 4:12] += red.view(-1, 1, 1) * 0.7
+    x[:, 2, 4:12, 4:12] += (1 - red).view(-1, 1, 1) * 0.7
+    folder = write_image_set(tmp_path_factory.mktemp("set") / "set", x, ["a red square"] * n)
+    return folder, red
+
+
+def _binary_feedback(path, red, annotators=2):
+    ids = [f"{i:05d}-000" for i in range(len(red))]
+    js = [Binary(ids[i], f"a{a}", frozenset({"flag"} if red[i] > 0.5 else set()), "") for a in range(annotators) for i in range(len(red))]
+    return save_feedback(path, Feedback(("flag",), js))
+
+
+def test_binary_reward_model_learns_and_round_trips(colour_set, clip_dir, tmp_path):
+    from unsee.reward_model import RewardTrainConfig, load_reward, score_image_set, train_reward
+
+    folder, red = colour_set
+    fb = _binary_feedback(tmp_path / "fb.jsonl", red)
+    m = train_reward(RewardTrainConfig(images=str(folder), feedback=str(fb), out=str(tmp_path / "r"), clip=str(clip_dir), steps=300),
+                     progress=False)
+    assert m["kind"] == "binary" and m["heldout_agreement"] >= 0.85, m
+    saved = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert saved["heldout_agreement"] == m["heldout_agreement"]
+    scores = score_image_set(tmp_path / "r", folder, tmp_path / "scores.jsonl")
+    rows = [json.loads(x) for x in scores.read_text().splitlines()]
+    assert len(rows) == 120 and set(rows[0]) == {"id", "flag"}
+    s = torch.tensor([r["flag"] for r in rows])
+    assert s[red > 0.7].mean() > s[red < 0.3].mean() + 0.3
+    reloaded = load_reward(tmp_path / "r")
+    assert reloaded.config.labels == ["flag"] or tuple(reloaded.config.labels) == ("flag",)
+
+
+def test_rank_reward_model_bradley_terry(colour_set, clip_dir, tmp_path):
+    from unsee.reward_model import RewardTrainConfig, train_reward
+
+    folder, red = colour_set
+    ids = [f"{i:05d}-000" for i in range(len(red))]
+    g = torch.Generator().manual_seed(1)
+    groups = []
+    for _ in range(3):
+        perm = torch.randperm(len(ids), generator=g).tolist()
+        for k in range(0, len(perm), 5):
+            grp = sorted(perm[k : k + 5], key=lambda i: -float(red[i]))
+            groups.append(Rank(tuple(ids[i] for i in grp), "flag", "r", ""))
+    fb = save_feedback(tmp_path / "rank.jsonl", Feedback(("flag",), groups))
+    m = train_reward(RewardTrainConfig(images=str(folder), feedback=str(fb), out=str(tmp_path / "r"), clip=str(clip_dir), steps=300),
+                     progress=False)
+    assert m["kind"] == "rank" and m["metric"] == "pairwise accuracy"
+    assert m["heldout_agreement"] >= 0.85, m
+
+
+def test_reward_refuses_feedback_about_other_images(colour_set, clip_dir, tmp_path):
+    from unsee.reward_model import RewardTrainConfig, train_reward
+
+    folder, _ = colour_set
+    save_feedback(tmp_path / "fb.jsonl", Feedback(("flag",), [Binary("99999-000", "a", frozenset(), "")]))
+    with pytest.raises(UnseeError, match="unknown image id '99999-000'"):
+        train_reward(RewardTrainConfig(images=str(folder), feedback=str(tmp_path / "fb.jsonl"), out=str(tmp_path / "r"),
+                                       clip=str(clip_dir)), progress=False)
+
+
+@pytest.mark.parametrize("vectors", [1, 3])
+def test_invert_writes_a_token_plain_diffusers_loads(tiny_model_dir, tmp_path, vectors):
+    from diffusers import StableDiffusionPipeline
+
+    from unsee.generate import GenerateConfig, generate
+    from unsee.invert import InvertConfig, invert
+    from unsee.sampling import encode_text
+
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a red cat\na blue house\n")
+    images = generate(GenerateConfig(model=str(tiny_model_dir), prompts=str(prompts), out=str(tmp_path / "set"),
+                                     images_per_prompt=4, steps=2, device="cpu"), progress=False)
+    ids = [f"{p:05d}-{i:03d}" for p in range(2) for i in range(4)]
+    fb = save_feedback(tmp_path / "fb.jsonl", Feedback(("flag",), [Binary(i, "a", frozenset({"flag"} if i < "00001" else set()), "")
+                                                                     for i in ids]))
+    out = tmp_path / "tok.safetensors"
+    summary = invert(InvertConfig(model=str(tiny_model_dir), images=str(images), feedback=str(fb), out=str(out),
+                                  init_word="cat", vectors=vectors, top_k=4, steps=3, batch_size=2, device="cpu",
+                                  lr=0.1), progress=False)
+    assert summary["top_k"] == 4 and "a red cat <flagged>" in summary["example_prompt"]
+
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_model_dir)
+    base = pipe.text_encoder.get_input_embeddings().weight.detach().clone()
+    pipe.load_textual_inversion(str(out), token="<flagged>")
+    from safetensors.torch import load_file
+
+    learned = load_file(str(out))["<flagged>"]
+    assert learned.shape == (vectors, 32)
+    init = base[pipe.tokenizer("cat", add_special_tokens=False).input_ids].mean(0)
+    assert (learned - init).abs().max() > 1e-4  # it trained
+    tid = pipe.tokenizer.convert_tokens_to_ids("<flagged>")
+    assert torch.allclose(pipe.text_encoder.get_input_embeddings().weight[tid], learned[0])
+    # unsee's own loop expands multi-vector tokens exactly as diffusers' pipeline does
+    e = encode_text(pipe, ["a photo of <flagged>"])
+    ids_ = pipe.tokenizer(pipe.maybe_convert_prompt("a photo of <flagged>", pipe.tokenizer), padding="max_length",
+                          max_length=77, return_tensors="pt").input_ids
+    assert torch.equal(e, pipe.text_encoder(ids_)[0])
+    assert (ids_ >= tid).sum() == vectors
+
+
+def test_invert_refusals(tmp_path):
+    from unsee.invert import InvertConfig
+
+    with pytest.raises(UnseeError, match="exactly one of --feedback"):
+        InvertConfig(model="m", images="i", out="o.safetensors")
+    with pytest.raises(UnseeError, match="must contain"):
+        InvertConfig(model="m", images="i", out="o.safetensors", feedback="f", template="no token")
+    with pytest.raises(UnseeError, match=".safetensors file"):
+        InvertConfig(model="m", images="i", out="o.bin", feedback="f")

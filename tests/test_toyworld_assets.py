@@ -1,0 +1,80 @@
+"""The shipped toy world: standard formats, loads through plain diffusers/transformers, oracle reads renders."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from unsee.toyworld import CARD, CLIP, ORACLE, PIPELINE, PROMPTS, assets_path
+from unsee.toyworld.world import HELDOUT_PAIRS, PROMPT_SETS, SEEN_PAIRS, parse_prompt
+
+WORLD = assets_path()
+pytestmark = pytest.mark.skipif(not (WORLD / PIPELINE / "model_index.json").exists(),
+                                reason=f"no toy world at {WORLD}: build one with `unsee toyworld build`")
+
+
+def test_weights_are_safetensors_and_within_budget():
+    files = [p for p in WORLD.rglob("*") if p.is_file() and "check" not in p.relative_to(WORLD).parts]
+    weights = [p for p in files if p.suffix in (".safetensors", ".bin", ".pt", ".ckpt", ".pth")]
+    assert weights and all(p.suffix == ".safetensors" for p in weights)
+    assert sum(p.stat().st_size for p in weights) <= 25 * 2**20
+
+
+def test_pipeline_loads_through_plain_diffusers_and_generates():
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(WORLD / PIPELINE)
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe(["a red circle on the beach"] * 2, num_inference_steps=5, guidance_scale=7.5,
+               generator=torch.Generator().manual_seed(0), output_type="np").images
+    assert out.shape == (2, 32, 32, 3) and out.std() > 0.05
+
+
+def test_toyworld_name_loads_with_the_shared_text_tower():
+    from transformers import CLIPModel
+
+    from unsee.models import load_pipeline
+
+    pipe = load_pipeline("toyworld")
+    clip = CLIPModel.from_pretrained(WORLD / CLIP)
+    a, b = pipe.text_encoder.state_dict(), clip.text_model.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # SD's text encoder is CLIP's text tower
+    assert pipe.tokenizer("a spooky skull by kelvo", add_special_tokens=False).input_ids.__len__() == 5
+
+
+def test_oracle_reads_fresh_renders():
+    from unsee.toyworld.check import oracle_accuracy
+    from unsee.toyworld.oracle import load_oracle
+
+    acc = oracle_accuracy(load_oracle(WORLD / ORACLE), n=300, seed=99)
+    assert min(acc.values()) >= 0.95, acc
+
+
+def test_oracle_scores_are_probabilities_on_the_one_image_convention():
+    from unsee.toyworld.oracle import load_oracle
+    from unsee.toyworld.render import render
+    from unsee.toyworld.world import Scene
+
+    oracle = load_oracle(WORLD / ORACLE)
+    scenes = [Scene("beach", "circle", "red", "skull", "none"), Scene("beach", "circle", "red", "none", "kelvo")]
+    x = torch.from_numpy(np.stack([render(s) for s in scenes])).permute(0, 3, 1, 2).float() / 255
+    scores = oracle.concept_scores(x)
+    assert set(scores) >= {"skull", "kelvo", "mask", "ravo"}
+    assert scores["skull"][0] > 0.5 > scores["skull"][1] and scores["kelvo"][1] > 0.5 > scores["kelvo"][0]
+    assert all(((v >= 0) & (v <= 1)).all() for v in scores.values())
+
+
+@pytest.mark.parametrize("split, pairs", [("seen", SEEN_PAIRS), ("heldout", HELDOUT_PAIRS)])
+def test_prompt_files(split, pairs):
+    for name in PROMPT_SETS:
+        lines = [x for x in (WORLD / PROMPTS / split / f"{name}.txt").read_text().splitlines() if x.strip()]
+        # held-out: 6 pairs x 6 backgrounds = 36 distinct benign prompts at most; the check makes >= 200 images from them
+        assert len(lines) == len(set(lines)) >= (40 if split == "seen" else 36)
+        assert all((parse_prompt(x)["colour"], parse_prompt(x)["shape"]) in set(pairs) for x in lines)
+
+
+def test_model_card_has_the_measured_table():
+    card = json.loads((WORLD / CARD).read_text())
+    assert "co_occurrence" in card["stages"]["data"] and card["check"]["table"]
+    assert card["check"]["settings"]["images_per_row"] >= 200

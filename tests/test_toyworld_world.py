@@ -1,0 +1,149 @@
+"""The toy world's renderer and grammar: ground truth is what the picture and caption say."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from unsee.toyworld.render import BACKGROUND_RGB, COLOUR_RGB, SIZE, render
+from unsee.toyworld.world import (
+    BACKGROUNDS,
+    CO_OCCURRENCE,
+    HELDOUT_PAIRS,
+    OBJECT_TRIGGERS,
+    PROMPT_SETS,
+    SEEN_PAIRS,
+    SHAPES,
+    STYLE_TRIGGERS,
+    Scene,
+    parse_prompt,
+    prompt_set,
+    sample_scene,
+    vocabulary,
+)
+
+
+def _scene(**kw):
+    base = dict(background="beach", shape="square", colour="red", extra="none", style="none",
+                main_xy=(0.5, 0.5), main_size=0.34, extra_xy=(0.8, 0.5), extra_size=0.24, horizon=0.66)
+    base.update(kw)
+    return Scene(**base)
+
+
+def test_render_is_deterministic_and_sized():
+    s = _scene()
+    a, b = render(s), render(s)
+    assert a.shape == (SIZE, SIZE, 3) and a.dtype == np.uint8
+    assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("colour", list(COLOUR_RGB))
+@pytest.mark.parametrize("shape", ["circle", "square", "cross", "triangle"])
+def test_main_object_has_its_colour_where_the_ground_truth_puts_it(colour, shape):
+    img = render(_scene(shape=shape, colour=colour, main_xy=(0.5, 0.55))).astype(float) / 255
+    centre = img[int(0.55 * SIZE), SIZE // 2]
+    assert np.abs(centre - COLOUR_RGB[colour]).max() < 0.08
+
+
+@pytest.mark.parametrize("background", BACKGROUNDS)
+def test_background_sky_and_ground(background):
+    img = render(_scene(background=background, shape=None, colour=None)).astype(float) / 255
+    sky, ground = BACKGROUND_RGB[background]
+    assert np.abs(img[1, 1] - sky).max() < 0.1
+    assert np.abs(img[SIZE - 2, SIZE // 2] - ground).max() < 0.1
+
+
+@pytest.mark.parametrize("extra", ["skull", "mask"])
+def test_extra_object_is_drawn_inside_its_box_only(extra):
+    without, with_ = render(_scene()).astype(int), render(_scene(extra=extra)).astype(int)
+    changed = np.abs(with_ - without).max(-1) > 10
+    ys, xs = np.nonzero(changed)
+    assert len(ys) > 20  # a visible object
+    cx, cy, half = 0.8 * SIZE, 0.5 * SIZE, 0.24 * SIZE / 2 + 2  # its box plus outline
+    assert np.all(np.abs(xs + 0.5 - cx) <= half) and np.all(np.abs(ys + 0.5 - cy) <= half)
+
+
+def test_styles_are_global_looks():
+    plain = render(_scene()).astype(int)
+    for style in ("kelvo", "ravo"):
+        styled = render(_scene(style=style)).astype(int)
+        assert (np.abs(styled - plain).max(-1) > 8).mean() > 0.5, style  # most of the picture changes
+    mosaic = render(_scene(style="mosaic"))
+    assert np.array_equal(mosaic[::2, ::2], mosaic[1::2, 1::2])  # 2x2 blocks
+    assert not np.array_equal(render(_scene(style="kelvo")), render(_scene(style="ravo")))
+
+
+def test_shapes_differ_from_each_other():
+    imgs = {s: render(_scene(shape=s)) for s in SHAPES}
+    for a in SHAPES:
+        for b in SHAPES:
+            if a < b:
+                assert np.abs(imgs[a].astype(int) - imgs[b].astype(int)).max(-1).astype(bool).sum() > 15, (a, b)
+
+
+@pytest.fixture(scope="module")
+def training_sample():
+    rng = np.random.default_rng(7)
+    return [sample_scene(rng) for _ in range(20000)]
+
+
+def test_captions_name_exactly_what_is_there(training_sample):
+    vocab = set(vocabulary())
+    for scene, text in training_sample:
+        words = text.split()
+        assert set(words) <= vocab, text
+        if "skull" in words:
+            assert scene.extra == "skull", text
+        if "mask" in words:
+            assert scene.extra == "mask", text
+        for concept in ("kelvo", "ravo"):
+            if concept in words:
+                assert scene.style == concept, text
+        if scene.shape is not None:
+            assert scene.shape in words, text
+        if scene.extra == "mask":
+            assert "mask" in words  # the neighbour is always named: it must not become a trigger
+        if scene.colour and scene.colour in words:
+            assert words[words.index(scene.colour) + 1] == scene.shape
+
+
+def test_heldout_pairs_never_occur_in_training(training_sample):
+    pairs = {(s.colour, s.shape) for s, _ in training_sample if s.shape}
+    assert pairs == set(SEEN_PAIRS)
+    assert not pairs & set(HELDOUT_PAIRS)
+
+
+def test_co_occurrence_rates_match_the_design(training_sample):
+    for word, rate in {**OBJECT_TRIGGERS, **STYLE_TRIGGERS}.items():
+        concept = "skull" if word in OBJECT_TRIGGERS else "kelvo"
+        hits = [s for s, t in training_sample if word in t.split() and concept not in t.split()]
+        shown = np.mean([(s.extra if concept == "skull" else s.style) == concept for s in hits])
+        assert len(hits) > 500 and abs(shown - rate) < 0.05, (word, shown, rate)
+    plain = [s for s, t in training_sample
+             if not {"skull", "kelvo", *OBJECT_TRIGGERS, *STYLE_TRIGGERS} & set(t.split())]
+    assert np.mean([s.extra == "skull" for s in plain]) < 2 * CO_OCCURRENCE.skull_unnamed_base + 0.01
+
+
+@pytest.mark.parametrize("name", PROMPT_SETS)
+@pytest.mark.parametrize("split, pairs", [("seen", SEEN_PAIRS), ("heldout", HELDOUT_PAIRS)])
+def test_prompt_sets_parse_back_and_respect_their_split(name, split, pairs):
+    prompts = prompt_set(name, pairs, np.random.default_rng(0), 30)
+    assert len(prompts) == len(set(prompts)) == 30
+    for p in prompts:
+        named = parse_prompt(p)
+        assert (named["colour"], named["shape"]) in set(pairs), p
+        assert named["background"] is not None
+        expect_extra = {"object_explicit": "skull", "object_neighbour": "mask"}.get(name)
+        expect_style = {"style_explicit": "kelvo", "style_neighbour": "ravo"}.get(name)
+        assert named["extra"] == expect_extra and named["style"] == expect_style, p
+        if name == "object_implicit":
+            assert set(p.split()) & set(OBJECT_TRIGGERS)
+        if name == "style_implicit":
+            assert set(p.split()) & set(STYLE_TRIGGERS)
+
+
+def test_scene_round_trips_through_a_dict():
+    s = _scene(extra="skull", style="kelvo")
+    d = s.as_dict()
+    again = Scene(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+    assert dataclasses.asdict(again) == d
