@@ -18,7 +18,7 @@ from typing import Literal
 import numpy as np
 
 from unsee.config import field
-from unsee.detectors import batched, make_detector
+from unsee.detectors import make_detector
 from unsee.errors import UnseeError
 from unsee.feedback import Binary, Feedback, Rank, now, save_feedback
 from unsee.imageset import ImageSet
@@ -53,8 +53,8 @@ def score_image_set(image_set: ImageSet, detector: str, batch_size: int = 256):
     parts: dict[str, list] = {}
     for k in range(0, len(image_set), batch_size):
         x = image_set.load_images(image_set.records[k : k + batch_size])
-        for label, s in batched(detect, x).items():
-            parts.setdefault(label, []).append(s.numpy())
+        for label, s in detect(x).items():
+            parts.setdefault(label, []).append(s.float().cpu().numpy())
     return {label: np.concatenate(v) for label, v in parts.items()}, info
 
 

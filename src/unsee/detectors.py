@@ -84,10 +84,3 @@ def make_detector(name: str, **kwargs) -> tuple[Detector, DetectorInfo]:
         return nudenet_detector(**kwargs)
     raise UnseeError(f"detector must be 'oracle' or 'nudenet', got {name!r}")
 
-
-def batched(detect: Detector, images: torch.Tensor, batch_size: int = 256) -> dict[str, torch.Tensor]:
-    parts: dict[str, list[torch.Tensor]] = {}
-    for k in range(0, len(images), batch_size):
-        for label, s in detect(images[k : k + batch_size]).items():
-            parts.setdefault(label, []).append(s.float().cpu())
-    return {label: torch.cat(v) for label, v in parts.items()}

@@ -216,8 +216,7 @@ def stage_oracle(cfg: BuildConfig, out: Path, progress: Callable) -> None:
     torch.manual_seed(cfg.seed + 20)
     work = out / "work"
     x = _to_float(np.load(work / "oracle_images.npy"))
-    scenes = [Scene(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
-              for d in json.loads((work / "oracle_scenes.json").read_text())]
+    scenes = [Scene.from_dict(d) for d in json.loads((work / "oracle_scenes.json").read_text())]
     y = targets(scenes)
     vae = _load_vae(out)
     x_rec = torch.cat([_reconstruct(vae, x[k : k + 2048]) for k in progress(range(0, len(x), 2048), "VAE views for oracle")])

@@ -108,6 +108,11 @@ class Scene:
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_dict(cls, d: dict) -> Scene:
+        """Inverse of `as_dict` (JSON turns the layout tuples into lists)."""
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
 
 def _layout(rng: np.random.Generator, has_main: bool, has_extra: bool) -> dict:
     horizon = float(rng.uniform(0.58, 0.72))
