@@ -78,3 +78,27 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(bad_inputs, tiny_model_
         assert message in lines[0], (name, lines[0])
         assert "Traceback" not in r.stderr
         assert not out.exists(), name  # nothing half-written
+
+
+def _commands(group, prefix=()):
+    import click
+
+    for name, cmd in group.commands.items():
+        if isinstance(cmd, click.Group):
+            yield from _commands(cmd, prefix + (name,))
+        else:
+            yield prefix + (name,)
+
+
+def test_every_command_has_examples_in_its_help():
+    from click.testing import CliRunner
+
+    from unsee.cli import cli
+
+    paths = list(_commands(cli))
+    assert {("generate",), ("annotate", "auto"), ("reward", "train"), ("reward", "score"), ("invert",),
+            ("toyworld", "build"), ("toyworld", "check"), ("toyworld", "samples"), ("demo",)} <= set(paths)
+    for path in paths:
+        r = CliRunner().invoke(cli, [*path, "--help"])
+        assert r.exit_code == 0, path
+        assert "Example" in r.output, f"`unsee {' '.join(path)} --help` has no example"

@@ -19,9 +19,6 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers.configuration_utils import ConfigMixin, register_to_config
-from diffusers.models.modeling_utils import ModelMixin
-from torch import nn
 
 from unsee.config import field
 from unsee.errors import UnseeError
@@ -31,32 +28,6 @@ from unsee.imageset import ImageSet
 from unsee.runinfo import write_run_info
 
 logger = logging.getLogger(__name__)
-
-
-class RewardModel(ModelMixin, ConfigMixin):
-    """CLIP image embedding (B, D) -> one score per label (B, L)."""
-
-    @register_to_config
-    def __init__(self, embed_dim: int, labels: tuple[str, ...], kind: str = "binary", clip: str = "toyworld",
-                 hidden: int = 256, layers: int = 2, dropout: float = 0.1):
-        super().__init__()
-        dims = [embed_dim] + [hidden] * layers
-        blocks: list[nn.Module] = []
-        for a, b in zip(dims, dims[1:], strict=False):
-            blocks += [nn.Linear(a, b), nn.GELU(), nn.Dropout(dropout)]
-        self.mlp = nn.Sequential(*blocks, nn.Linear(dims[-1], len(labels)))
-
-    def forward(self, embeds: torch.Tensor) -> torch.Tensor:
-        return self.mlp(embeds)
-
-    @torch.no_grad()
-    def score_images(self, images: torch.Tensor, clip=None) -> dict[str, torch.Tensor]:
-        """{label: (B,)} for images in [0, 1]; loads the CLIP named in the config unless given."""
-        from unsee.clip import load_clip
-
-        clip = clip or load_clip(self.config.clip)
-        s = self.eval()(clip.image_embeds(images).to(self.device, self.dtype)).float().cpu()
-        return {label: s[:, i] for i, label in enumerate(self.config.labels)}
 
 
 @dataclasses.dataclass
@@ -88,6 +59,7 @@ def train_reward(cfg: RewardTrainConfig, *, progress: bool = True) -> dict:
     from tqdm.auto import tqdm
 
     from unsee.clip import load_clip, resolve_clip
+    from unsee.reward_net import RewardModel
 
     # 1. Inputs: the image set, its feedback (validated against the manifest), the frozen CLIP.
     s = ImageSet.load(cfg.images)
@@ -178,7 +150,10 @@ def train_reward(cfg: RewardTrainConfig, *, progress: bool = True) -> dict:
     return metrics
 
 
-def load_reward(path: str | Path) -> RewardModel:
+def load_reward(path: str | Path):
+    """The reward model (`unsee.reward_net.RewardModel`) saved in a folder."""
+    from unsee.reward_net import RewardModel
+
     path = Path(path)
     if not (path / "config.json").exists():
         raise UnseeError(f"{str(path)!r} is not a reward model folder (no config.json); train one with `unsee reward train`")

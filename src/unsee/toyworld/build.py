@@ -29,7 +29,6 @@ from unsee.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 from unsee.config import field
 from unsee.files import atomic_write_text
 from unsee.toyworld import CARD, CLIP, ORACLE, PIPELINE, PROMPTS
-from unsee.toyworld.oracle import Oracle, loss_fn, targets
 from unsee.toyworld.render import SIZE, render_many
 from unsee.toyworld.world import (
     CO_OCCURRENCE,
@@ -211,6 +210,7 @@ def _reconstruct(vae, x01: torch.Tensor, batch: int = 256) -> torch.Tensor:
 
 # ---------------------------------------------------------------- 4. oracle
 def stage_oracle(cfg: BuildConfig, out: Path, progress: Callable) -> None:
+    from unsee.toyworld.oracle import Oracle, loss_fn, targets
     from unsee.toyworld.world import Scene
 
     torch.manual_seed(cfg.seed + 20)
