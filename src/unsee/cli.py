@@ -66,6 +66,7 @@ def cli(verbose: bool) -> None:
       annotate   image set -> feedback.jsonl (simulated annotators: `annotate auto`)
       reward     image set + feedback -> reward model (`reward train`, `reward score`)
       invert     model + feedback or reward -> learned token (HFI textual inversion)
+      erase      model + concept (text or learned token) -> erased model (SDD, ESD)
       demo       the whole loop on the embedded model, no arguments needed
       toyworld   build / check the embedded toy world (the CPU-sized bench)
 
@@ -190,6 +191,33 @@ def invert(progress: bool, **kwargs) -> None:
     summary = run(from_kwargs(InvertConfig, kwargs), progress=progress)
     click.echo(f"token {kwargs['token']} for {summary['label']!r} from the top {summary['top_k']} images "
                f"({summary['seconds']} s) -> {kwargs['out']}")
+
+
+# ---------------------------------------------------------------- erase
+from unsee.erase import EraseConfig  # noqa: E402
+
+
+@cli.command(
+    epilog="""\b
+Examples:
+  unsee erase --model CompVis/stable-diffusion-v1-4 --method sdd --concept nudity --out runs/sdd
+  unsee erase --model toyworld --method esd --params xattn --concept "by kelvo" --guidance 1 --out runs/esd-x
+  unsee erase --model toyworld --method sdd --token flagged.safetensors --out runs/hfi-sdd     # HFI: erase the learned token
+  unsee erase --model ./sd15 --method esd --params lora --concept nudity --out runs/esd-lora   # pipe.load_lora_weights(out)
+
+A rerun with the same --out resumes from the last checkpoint.
+""",
+)
+@click_options(EraseConfig)
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
+def erase(progress: bool, **kwargs) -> None:
+    """Erase a concept from the UNet (SDD or ESD), keyed on text or a learned token."""
+    from unsee.erase import erase as run
+
+    quiet_progress()
+    summary = run(from_kwargs(EraseConfig, kwargs), progress=progress)
+    click.echo(f"{summary['method']} erased {', '.join(summary['concepts'])} in {summary['seconds']} s "
+               f"({summary['unet_passes_per_update']:.1f} UNet evaluations per update) -> {kwargs['out']}")
 
 
 # ---------------------------------------------------------------- demo

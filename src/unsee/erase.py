@@ -1,0 +1,228 @@
+"""`unsee erase`: remove a concept from the UNet with SDD or ESD, keyed on text or a learned token.
+
+Both run on the shared `Trainer`; they differ only in their target:
+- SDD (arXiv 2307.05977): student theta, teacher = EMA of the student. z_t comes
+  from the teacher's CFG trajectory on the concept prompt c_p; loss
+  || sg[eps_theta(z_t, t, 0)] - eps_theta(z_t, t, c_s) ||^2. The EMA model is the output.
+- ESD (arXiv 2303.07345): frozen original theta*; z_t from the trained model's
+  trajectory; target eps*(z_t, t, 0) - eta (eps*(z_t, t, c) - eps*(z_t, t, 0)).
+Cost: `batch_size` trajectories are sampled at once with every DDIM step kept,
+and the next `reuse` updates each draw a fresh random step k from them while the
+EMA teacher moves slowly (the public SDD code samples a fresh trajectory, up to
+50 CFG steps, for every single update).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from unsee.config import field
+from unsee.errors import UnseeError
+from unsee.params import LoraSettings, ParamSet, save_lora, select_parameters
+from unsee.runinfo import write_run_info
+from unsee.sampling import cfg_noise, encode_text
+from unsee.trainer import TrainConfig, Trainer
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class EraseConfig:
+    model: str = field(help="Model to erase from: hub id, folder, .safetensors, or 'toyworld'.")
+    out: str = field(help="Output: a diffusers pipeline folder, or LoRA weights with --params lora.")
+    method: Literal["sdd", "esd"] = field("sdd", help="sdd: self-distillation to the unconditional; esd: negative guidance.")
+    concept: tuple[str, ...] = field((), help="Concept text (repeatable); several are joined by ', ' for sampling.")
+    token: str | None = field(None, help="A learned token file from `unsee invert` to use as the concept instead.")
+    params: ParamSet = field("xattn", help="Which UNet parameters train: xattn (ESD-x, SDD), noxattn (ESD-u), full, lora.")
+    steps: int = field(1500, help="Updates.")
+    lr: float = field(1e-5, help="AdamW learning rate.")
+    guidance: float | None = field(None, help="SDD: teacher CFG scale (default 3.0); ESD: negative guidance eta (default 1.0).")
+    timesteps: Literal["uniform", "beta"] = field("uniform", help="Which trajectory step to train on: uniform or Beta(3, 3).")
+    ema_decay: float = field(0.999, help="SDD: EMA decay of the teacher (also the output).")
+    batch_size: int = field(1, help="Latents per update.")
+    reuse: int = field(16, help="Updates drawn from one batch of teacher trajectories, each at a fresh random step (1 = fresh every update).")
+    ddim_steps: int = field(50, help="DDIM steps K of a trajectory.")
+    lora_rank: int = field(4, help="LoRA rank (--params lora).")
+    seed: int = field(0, help="Seed of every draw.")
+    device: str = field("auto", help="auto, cpu, cuda, cuda:N.")
+    checkpoint_every: int = field(160, help="Checkpoint interval (a multiple of --reuse); a rerun resumes.")
+
+    def __post_init__(self) -> None:
+        if bool(self.concept) == bool(self.token):
+            raise UnseeError("give --concept TEXT (repeatable) or --token FILE, not both and not neither")
+        for name in ("steps", "batch_size", "reuse", "ddim_steps"):
+            if getattr(self, name) < 1:
+                raise UnseeError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.checkpoint_every % self.reuse:
+            raise UnseeError(f"--checkpoint-every ({self.checkpoint_every}) must be a multiple of --reuse ({self.reuse}) "
+                             "so a resumed run samples the same trajectories")
+        if self.guidance is None:
+            self.guidance = 3.0 if self.method == "sdd" else 1.0
+
+
+@contextlib.contextmanager
+def _swapped(params: dict[str, torch.nn.Parameter], values: dict[str, torch.Tensor]) -> Iterator[None]:
+    """Temporarily load `values` into `params` (ESD's frozen original when not training a LoRA)."""
+    saved = {k: p.detach().clone() for k, p in params.items()}
+    with torch.no_grad():
+        for k, p in params.items():
+            p.copy_(values[k])
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for k, p in params.items():
+                p.copy_(saved[k])
+
+
+class EraseMethod:
+    """SDD or ESD as a `Trainer` method: a trajectory cache plus the method's target."""
+
+    def __init__(self, pipe, cfg: EraseConfig, concepts: list[str], params: dict[str, torch.nn.Parameter]):
+        self.pipe, self.cfg, self.params = pipe, cfg, params
+        self.trainer: Trainer | None = None
+        dev = pipe.unet.device
+        self.c_p = encode_text(pipe, [", ".join(concepts)])  # sampling prompt: all concepts
+        self.c_s = encode_text(pipe, concepts)  # training prompts: one concept per update, cycled
+        self.uncond = encode_text(pipe, [""])
+        self.original = None
+        if cfg.method == "esd" and cfg.params != "lora":
+            self.original = {k: p.detach().clone() for k, p in params.items()}
+        self.cache: torch.Tensor | None = None  # (batch, K, C, h, w): z after k DDIM steps
+        self.cache_cycle = -1
+        self.sched = pipe.scheduler
+        self.sched.set_timesteps(cfg.ddim_steps, device=dev)
+        self.ddim_t = self.sched.timesteps.clone()  # (K,), descending
+        self.n_train = self.sched.config.num_train_timesteps
+        self.unet_passes = 0
+
+    def parameters(self) -> dict[str, torch.nn.Parameter]:
+        return self.params
+
+    @contextlib.contextmanager
+    def _original(self) -> Iterator[None]:
+        if self.cfg.params == "lora":
+            self.pipe.unet.disable_adapters()
+            try:
+                yield
+            finally:
+                self.pipe.unet.enable_adapters()
+        else:
+            with _swapped(self.params, self.original):
+                yield
+
+    @torch.no_grad()
+    def _sample_cache(self, cycle: int) -> None:
+        """K DDIM steps (eta = 0, CFG on c_p) for `batch_size` trajectories; every step's z is kept."""
+        cfg, pipe = self.cfg, self.pipe
+        n = cfg.batch_size
+        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + cycle)
+        shape = (n, pipe.unet.config.in_channels, pipe.unet.config.sample_size, pipe.unet.config.sample_size)
+        z = torch.randn(shape, generator=g).to(pipe.unet.device, pipe.unet.dtype) * self.sched.init_noise_sigma
+        teacher = self.trainer.ema_weights() if cfg.method == "sdd" else contextlib.nullcontext()
+        cond, unc = self.c_p.expand(n, -1, -1), self.uncond.expand(n, -1, -1)
+        s = torch.full((n,), cfg.guidance if cfg.method == "sdd" else 3.0, device=z.device)
+        zs = []
+        with teacher:
+            self.sched.set_timesteps(cfg.ddim_steps, device=z.device)
+            for t in self.sched.timesteps:
+                zs.append(z)
+                eps = cfg_noise(pipe, z, t, cond, unc, s)
+                self.unet_passes += 2 * n
+                z = self.sched.step(eps, t, z).prev_sample
+        self.cache = torch.stack(zs, 1)  # z_k is the latent at DDIM timestep ddim_t[k]
+        self.cache_cycle = cycle
+
+    def _draw(self, step: int, g: torch.Generator):
+        cfg = self.cfg
+        cycle = step // cfg.reuse
+        if self.cache_cycle != cycle:
+            self._sample_cache(cycle)
+        z_traj = self.cache  # (B, K, ...)
+        if cfg.timesteps == "beta":  # mid-trajectory (HFI's variant): Beta(3, 3) = the median of 5 uniforms
+            u = torch.rand(len(z_traj), 5, generator=g).median(1).values
+            k = (u * cfg.ddim_steps).long().clamp(max=cfg.ddim_steps - 1)
+        else:
+            k = torch.randint(cfg.ddim_steps, (len(z_traj),), generator=g)
+        z = z_traj[torch.arange(len(k)), k]
+        # a training timestep inside k's DDIM interval: t in [T - w(k+1), T - 1 - wk], w = T / K
+        w = self.n_train // cfg.ddim_steps
+        t = self.n_train - w * (k + 1) + torch.randint(w, (len(k),), generator=g)
+        return z, t.to(z.device)
+
+    def loss(self, step: int, micro: int, g: torch.Generator):
+        cfg, unet = self.cfg, self.pipe.unet
+        z, t = self._draw(step, g)
+        c = self.c_s[(step * cfg.batch_size + torch.arange(len(z))) % len(self.c_s)].to(z.device)
+        unc = self.uncond.expand(len(z), -1, -1)
+        if cfg.method == "sdd":
+            with torch.no_grad():
+                target = unet(z, t, encoder_hidden_states=unc).sample.float()  # sg[eps_theta(z_t, t, 0)]
+            self.unet_passes += len(z)
+        else:
+            with torch.no_grad(), self._original():
+                e_u, e_c = unet(torch.cat([z, z]), torch.cat([t, t]), encoder_hidden_states=torch.cat([unc, c])).sample.float().chunk(2)
+            target = e_u - cfg.guidance * (e_c - e_u)  # ESD's negative guidance
+            self.unet_passes += 2 * len(z)
+        pred = unet(z, t, encoder_hidden_states=c).sample.float()
+        self.unet_passes += len(z)
+        return F.mse_loss(pred, target), {}
+
+
+def erase(cfg: EraseConfig, *, progress: bool = True) -> dict:
+    from unsee.generate import resolve_device
+    from unsee.models import load_pipeline
+
+    # 1. Model, concept, trainable parameters.
+    device = resolve_device(cfg.device)
+    pipe = load_pipeline(cfg.model, device=device)
+    pipe.vae.requires_grad_(False)
+    pipe.text_encoder.requires_grad_(False)
+    concepts = list(cfg.concept)
+    if cfg.token:
+        from safetensors.torch import load_file
+
+        if not Path(cfg.token).is_file():
+            raise UnseeError(f"--token {cfg.token!r} does not exist; make one with `unsee invert`")
+        embeddings = load_file(cfg.token)
+        if len(embeddings) != 1:
+            raise UnseeError(f"--token {cfg.token!r} holds {len(embeddings)} embeddings; expected one (from `unsee invert`)")
+        name = next(iter(embeddings))
+        pipe.load_textual_inversion(cfg.token, token=name)
+        concepts = [name]
+    trained = select_parameters(pipe.unet, cfg.params, LoraSettings(rank=cfg.lora_rank, alpha=float(cfg.lora_rank)))
+    names = {id(p): n for n, p in pipe.unet.named_parameters()}
+    params = {names[id(p)]: p for p in trained}
+
+    # 2. Train on the shared loop.
+    out = Path(cfg.out)
+    method = EraseMethod(pipe, cfg, concepts, params)
+    tcfg = TrainConfig(steps=cfg.steps, lr=cfg.lr, weight_decay=1e-4, grad_clip=1.0, seed=cfg.seed,
+                       ema_decay=cfg.ema_decay if cfg.method == "sdd" else None, checkpoint_every=cfg.checkpoint_every)
+    trainer = Trainer(method, tcfg, out / "run", progress=progress, device=device)
+    method.trainer = trainer
+    result = trainer.run()
+
+    # 3. Output: the EMA (SDD) or trained (ESD) weights, as LoRA or as a full pipeline without the token.
+    final = trainer.ema_weights() if cfg.method == "sdd" else contextlib.nullcontext()
+    with final:
+        if cfg.params == "lora":
+            save_lora(pipe.unet, out)
+        else:
+            clean = load_pipeline(cfg.model, scheduler="pipeline")  # the base pipeline, without the token
+            clean.unet.load_state_dict(pipe.unet.state_dict())
+            clean.save_pretrained(out)
+    summary = {"method": cfg.method, "concepts": concepts, "seconds": round(result.seconds, 1),
+               "unet_passes_per_update": method.unet_passes / max(1, cfg.steps - result.resumed_from), "final": result.last_logs}
+    write_run_info(out / "unsee.json", dataclasses.asdict(cfg), stage="erase", base_model=cfg.model, summary=summary)
+    (out / "run" / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
