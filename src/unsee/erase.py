@@ -30,7 +30,7 @@ from unsee.errors import UnseeError
 from unsee.params import LoraSettings, ParamSet, save_lora, select_parameters
 from unsee.runinfo import write_run_info
 from unsee.sampling import cfg_noise, encode_text
-from unsee.trainer import TrainConfig, Trainer
+from unsee.trainer import TrainConfig, Trainer, swapped
 
 logger = logging.getLogger(__name__)
 
@@ -69,21 +69,6 @@ class EraseConfig:
             self.guidance = 3.0 if self.method == "sdd" else 1.0
 
 
-@contextlib.contextmanager
-def _swapped(params: dict[str, torch.nn.Parameter], values: dict[str, torch.Tensor]) -> Iterator[None]:
-    """Temporarily load `values` into `params` (ESD's frozen original when not training a LoRA)."""
-    saved = {k: p.detach().clone() for k, p in params.items()}
-    with torch.no_grad():
-        for k, p in params.items():
-            p.copy_(values[k])
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for k, p in params.items():
-                p.copy_(saved[k])
-
-
 class EraseMethod:
     """SDD or ESD as a `Trainer` method: a trajectory cache plus the method's target."""
 
@@ -117,7 +102,7 @@ class EraseMethod:
             finally:
                 self.pipe.unet.enable_adapters()
         else:
-            with _swapped(self.params, self.original):
+            with swapped(self.params, self.original):
                 yield
 
     @torch.no_grad()

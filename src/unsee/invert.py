@@ -140,21 +140,13 @@ def image_weights(cfg: InvertConfig, s: ImageSet) -> tuple[dict[str, float], str
                 for pos, image in enumerate(g.images):
                     wins.setdefault(image, []).append((len(g.images) - 1 - pos) / (len(g.images) - 1))
         return {k: float(np.mean(v)) for k, v in wins.items()}, label
-    from unsee.reward_model import load_reward
+    from unsee.reward_model import load_reward, reward_scores
 
     reward = load_reward(cfg.reward)
     label = cfg.label or reward.config.labels[0]
     if label not in reward.config.labels:
         raise UnseeError(f"--label {label!r} is not an output of the reward model ({', '.join(reward.config.labels)})")
-    from unsee.clip import load_clip
-
-    clip = load_clip(reward.config.clip)
-    scores: dict[str, float] = {}
-    for k in range(0, len(s), 512):
-        recs = s.records[k : k + 512]
-        sc = reward.score_images(s.load_images(recs), clip)[label]
-        scores |= {r["id"]: float(v) for r, v in zip(recs, sc, strict=True)}
-    return scores, label
+    return {i: sc[label] for i, sc in reward_scores(reward, s).items()}, label
 
 
 class InversionMethod:

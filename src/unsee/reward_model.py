@@ -160,19 +160,23 @@ def load_reward(path: str | Path):
     return RewardModel.from_pretrained(str(path)).eval()
 
 
-def score_image_set(reward: str | Path, images: str | Path, out: str | Path | None = None) -> Path:
-    """Write `scores.jsonl` (one line per image: id and a score per label) and return its path."""
-    model = load_reward(reward)
-    s = ImageSet.load(images)
+def reward_scores(model, image_set: ImageSet, batch_size: int = 512) -> dict[str, dict[str, float]]:
+    """{image id: {label: score}} for every image of a set, with the CLIP named in the model's config."""
     from unsee.clip import load_clip
 
     clip = load_clip(model.config.clip)
-    lines = []
-    for k in range(0, len(s), 512):
-        recs = s.records[k : k + 512]
-        sc = model.score_images(s.load_images(recs), clip)
-        lines += [json.dumps({"id": r["id"], **{label: round(float(v[i]), 6) for label, v in sc.items()}})
-                  for i, r in enumerate(recs)]
+    scores: dict[str, dict[str, float]] = {}
+    for k in range(0, len(image_set), batch_size):
+        recs = image_set.records[k : k + batch_size]
+        sc = model.score_images(image_set.load_images(recs), clip)
+        scores |= {r["id"]: {label: float(v[i]) for label, v in sc.items()} for i, r in enumerate(recs)}
+    return scores
+
+
+def score_image_set(reward: str | Path, images: str | Path, out: str | Path | None = None) -> Path:
+    """Write `scores.jsonl` (one line per image: id and a score per label) and return its path."""
+    scores = reward_scores(load_reward(reward), ImageSet.load(images))
+    lines = [json.dumps({"id": i, **{label: round(v, 6) for label, v in sc.items()}}) for i, sc in scores.items()]
     path = Path(out) if out else Path(images) / "scores.jsonl"
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path

@@ -80,6 +80,21 @@ def step_generator(seed: int, step: int, micro: int, rank: int, device: str | to
     return torch.Generator(device).manual_seed(int.from_bytes(h, "little") & ((1 << 63) - 1))
 
 
+@contextlib.contextmanager
+def swapped(params: dict[str, torch.nn.Parameter], values: dict[str, torch.Tensor]) -> Iterator[None]:
+    """Temporarily load `values` into `params` (an EMA teacher, a frozen original), restoring them after."""
+    saved = {k: p.detach().clone() for k, p in params.items()}
+    with torch.no_grad():
+        for k, p in params.items():
+            p.copy_(values[k])
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for k, p in params.items():
+                p.copy_(saved[k])
+
+
 def _dist():
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed
@@ -106,22 +121,9 @@ class Trainer:
         self.step = 0
 
     # ------------------------------------------------------------ helpers for methods
-    @contextlib.contextmanager
-    def ema_weights(self) -> Iterator[None]:
+    def ema_weights(self) -> contextlib.AbstractContextManager[None]:
         """Temporarily put the EMA tensors in place of the trained ones (SDD samples with its EMA teacher)."""
-        if self.ema is None:
-            yield
-            return
-        saved = {k: p.detach().clone() for k, p in self.params.items()}
-        with torch.no_grad():
-            for k, p in self.params.items():
-                p.copy_(self.ema[k])
-        try:
-            yield
-        finally:
-            with torch.no_grad():
-                for k, p in self.params.items():
-                    p.copy_(saved[k])
+        return swapped(self.params, self.ema) if self.ema is not None else contextlib.nullcontext()
 
     def lr_at(self, step: int) -> float:
         cfg = self.cfg
