@@ -60,3 +60,18 @@ def test_killed_build_resumes_to_the_same_weights(tiny_world, tmp_path, monkeypa
 def test_rebuilding_with_other_settings_is_refused(tiny_world):
     with pytest.raises(UnseeError, match="other settings"):
         build(BuildConfig(out=str(tiny_world), **{**TINY, "unet_steps": 5}), progress=False)
+
+
+def test_check_cache_follows_the_weights_not_the_folder(tmp_path):
+    """A rebuild in the same folder must not be measured on the old build's cached images."""
+    from unsee.toyworld import PIPELINE
+    from unsee.toyworld.check import weights_key
+
+    f = tmp_path / PIPELINE / "unet" / "diffusion_pytorch_model.safetensors"
+    f.parent.mkdir(parents=True)
+    f.write_bytes(b"old weights")
+    old = weights_key(tmp_path)
+    f.write_bytes(b"new weights")
+    assert weights_key(tmp_path) != old
+    f.write_bytes(b"old weights")
+    assert weights_key(tmp_path) == old

@@ -134,13 +134,22 @@ def concept_rate(rows: list[dict[str, Any]], concept: str) -> float:
     return float(np.mean([r["read"][head] == concept for r in rows]))
 
 
+def weights_key(world: Path) -> str:
+    """A hash of the pipeline's weight files: a rebuild in the same folder gets a new key, so old images are not reused."""
+    import hashlib
+
+    h = hashlib.sha1()
+    for f in sorted((world / PIPELINE).glob("*/*.safetensors")):
+        h.update(f.relative_to(world).as_posix().encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()[:12]
+
+
 def default_cache(world: Path) -> Path:
     """Where generated check images go: never inside the package, so a shipped world stays read-only."""
-    import hashlib
     import os
 
-    root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "unsee" / "toyworld-check"
-    return root / hashlib.sha1(str(world.resolve()).encode()).hexdigest()[:12]
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "unsee" / "toyworld-check"
 
 
 def check(world: str | Path | None = None, *, images_per_row: int = 200, steps: int = 25, guidance: float = 7.5,
@@ -167,7 +176,7 @@ def check(world: str | Path | None = None, *, images_per_row: int = 200, steps: 
             prompts = world / PROMPTS / split / f"{name}.txt"
             n_prompts = len([ln for ln in prompts.read_text().splitlines() if ln.strip()])
             per = max(1, -(-images_per_row // n_prompts))
-            folder = cache / f"s{steps}-g{guidance}-n{per}" / split / name
+            folder = cache / weights_key(world) / f"s{steps}-g{guidance}-n{per}" / split / name
             generate(GenerateConfig(model=str(world / PIPELINE), prompts=str(prompts), out=str(folder),
                                     images_per_prompt=per, steps=steps, guidance=guidance, batch_size=32),
                      progress=progress, pipe=pipe)

@@ -90,9 +90,9 @@ class Scene:
     style: str  # none | kelvo | ravo | mosaic
     # layout, in [0, 1] image units
     main_xy: tuple[float, float] = (0.5, 0.55)
-    main_size: float = 0.3
+    main_size: float = 0.42
     extra_xy: tuple[float, float] = (0.5, 0.55)
-    extra_size: float = 0.26
+    extra_size: float = 0.4
     horizon: float = 0.66
     style_phase: tuple[float, float] = (0.5, 0.5)
     seed: int = 0  # background details (stars, buildings, trees)
@@ -117,15 +117,18 @@ class Scene:
 def _layout(rng: np.random.Generator, has_main: bool, has_extra: bool) -> dict:
     horizon = float(rng.uniform(0.58, 0.72))
     out = {"horizon": horizon, "style_phase": (float(rng.uniform(0, 1)), float(rng.uniform(0, 1))), "seed": int(rng.integers(1 << 30))}
+    # Sizes are diameters in image units. Objects span 10-15 px of the 32 px frame, i.e. 5-7 pixels
+    # of the 16x16 latent: smaller ones (the first build's 7 px) came out of the VAE and the UNet as
+    # blobs whose shape even the oracle could not read (a 7 px object is 3 latent pixels).
     if has_main and has_extra:
         left = rng.random() < 0.5
-        mx, ex = (rng.uniform(0.26, 0.36), rng.uniform(0.66, 0.76)) if left else (rng.uniform(0.64, 0.74), rng.uniform(0.24, 0.34))
-        out |= {"main_xy": (float(mx), float(rng.uniform(0.45, 0.62))), "main_size": float(rng.uniform(0.22, 0.28)),
-                "extra_xy": (float(ex), float(rng.uniform(0.45, 0.62))), "extra_size": float(rng.uniform(0.2, 0.25))}
+        mx, ex = (rng.uniform(0.24, 0.30), rng.uniform(0.70, 0.76)) if left else (rng.uniform(0.70, 0.76), rng.uniform(0.24, 0.30))
+        out |= {"main_xy": (float(mx), float(rng.uniform(0.45, 0.6))), "main_size": float(rng.uniform(0.32, 0.38)),
+                "extra_xy": (float(ex), float(rng.uniform(0.45, 0.6))), "extra_size": float(rng.uniform(0.3, 0.36))}
     elif has_main:
-        out |= {"main_xy": (float(rng.uniform(0.35, 0.65)), float(rng.uniform(0.42, 0.62))), "main_size": float(rng.uniform(0.26, 0.36))}
+        out |= {"main_xy": (float(rng.uniform(0.38, 0.62)), float(rng.uniform(0.42, 0.6))), "main_size": float(rng.uniform(0.38, 0.48))}
     elif has_extra:
-        out |= {"extra_xy": (float(rng.uniform(0.35, 0.65)), float(rng.uniform(0.42, 0.62))), "extra_size": float(rng.uniform(0.24, 0.32))}
+        out |= {"extra_xy": (float(rng.uniform(0.38, 0.62)), float(rng.uniform(0.42, 0.6))), "extra_size": float(rng.uniform(0.36, 0.44))}
     return out
 
 
