@@ -31,3 +31,18 @@ def prompt_file(tmp_path) -> Path:
     p = tmp_path / "prompts.txt"
     p.write_text("a photo of a red cat\n\n# a comment\na blue house at night\n")
     return p
+
+
+def two_cpu_processes() -> list[str]:
+    """`python -m accelerate launch` arguments for two CPU processes, on a free port.
+
+    `--cpu` would start a single process (accelerate's multi-CPU path goes through mpirun);
+    `--multi_gpu` starts them through torch.distributed.run, and on a machine without CUDA unsee
+    joins them over gloo (unsee.generate.process_state)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+            "--main_process_port", str(port), "--mixed_precision", "no", "--dynamo_backend", "no"]

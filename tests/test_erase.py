@@ -6,6 +6,7 @@ import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 
+from conftest import two_cpu_processes
 from unsee.erase import EraseConfig, erase
 from unsee.errors import UnseeError
 
@@ -80,6 +81,31 @@ def test_sdd_pulls_the_concept_to_the_unconditional(tiny_model_dir, tmp_path):
     assert _gap(erased) < 0.5 * _gap(base)
 
 
+def test_preserve_prompts_keep_their_predictions_closer_to_the_original(tiny_model_dir, tmp_path):
+    """Erasing hard moves other prompts too (over-erasure); the --preserve term holds them near the original."""
+    keep = tmp_path / "keep.txt"
+    keep.write_text("a blue house at night\na green tree on a mountain\n")
+    kw = dict(steps=40, reuse=8, checkpoint_every=40, lr=3e-3, ema_decay=0.5)
+    erase(_cfg(tiny_model_dir, tmp_path / "plain", **kw), progress=False)
+    summary = erase(_cfg(tiny_model_dir, tmp_path / "kept", preserve=(f"@{keep}",), preserve_weight=10.0, **kw), progress=False)
+    assert {"erase_loss", "keep_loss"} <= set(summary["final"])
+
+    def drift(folder, prompt):
+        from unsee.sampling import encode_text
+
+        base, other = StableDiffusionPipeline.from_pretrained(tiny_model_dir), StableDiffusionPipeline.from_pretrained(folder)
+        g = torch.Generator().manual_seed(1)
+        z, t = torch.randn(8, 4, 8, 8, generator=g), torch.randint(0, 1000, (8,), generator=g)
+        with torch.no_grad():
+            a = base.unet(z, t, encoder_hidden_states=encode_text(base, [prompt] * 8)).sample
+            b = other.unet(z, t, encoder_hidden_states=encode_text(other, [prompt] * 8)).sample
+        return float((a - b).norm())
+
+    for prompt in ("a blue house at night", "a green tree on a mountain"):
+        assert drift(tmp_path / "kept", prompt) < 0.5 * drift(tmp_path / "plain", prompt)
+    assert _gap(StableDiffusionPipeline.from_pretrained(tmp_path / "kept")) < _gap(StableDiffusionPipeline.from_pretrained(tiny_model_dir))
+
+
 def test_a_learned_token_can_be_the_concept(tiny_model_dir, tmp_path):
     from unsee.invert import save_embedding
 
@@ -99,3 +125,35 @@ def test_a_learned_token_can_be_the_concept(tiny_model_dir, tmp_path):
 def test_bad_settings(tiny_model_dir, tmp_path, kw, message):
     with pytest.raises(UnseeError, match=message):
         _cfg(tiny_model_dir, tmp_path / "o", **kw)
+
+
+def test_two_processes_under_accelerate_end_with_the_same_weights(tiny_model_dir, tmp_path):
+    """ESD-x on 2 CPU processes: each rank reports the digest of its own final weights; both equal the saved ones."""
+    import os
+    import subprocess
+    import sys
+
+    from unsee.trainer import weights_digest
+
+    out = tmp_path / "acc"
+    script = tmp_path / "run_erase.py"
+    script.write_text(
+        "import json, sys\n"
+        "from accelerate import PartialState\n"
+        "from unsee.erase import EraseConfig, erase\n"
+        f"cfg = EraseConfig(model={str(tiny_model_dir)!r}, out={str(out)!r}, method='esd', concept=('a red cat',), steps=4,\n"
+        "                  reuse=2, checkpoint_every=2, ddim_steps=5, lr=1e-3, device='cpu', batch_size=2)\n"
+        "summary = erase(cfg, progress=False)\n"
+        f"open({str(tmp_path)!r} + f'/rank{{PartialState().process_index}}.json', 'w').write(json.dumps(summary))\n"
+    )
+    cmd = [sys.executable, *two_cpu_processes(), str(script)]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    ranks = [json.loads((tmp_path / f"rank{k}.json").read_text()) for k in (0, 1)]
+    assert [s["processes"] for s in ranks] == [2, 2]
+    assert ranks[0]["weights_digest"] == ranks[1]["weights_digest"]
+    saved = StableDiffusionPipeline.from_pretrained(out).unet.state_dict()
+    trained = {f"param.{k}": v for k, v in saved.items() if ".attn2." in k}
+    assert weights_digest(trained) == ranks[1]["weights_digest"]
+    base = StableDiffusionPipeline.from_pretrained(tiny_model_dir).unet.state_dict()
+    assert any(not torch.equal(base[k[len("param."):]], v) for k, v in trained.items())  # it did train

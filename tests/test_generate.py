@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import two_cpu_processes
 from unsee.errors import UnseeError
 from unsee.generate import GenerateConfig, generate
 from unsee.imageset import ImageSet, read_manifest
@@ -149,13 +150,13 @@ def test_sd2_v_prediction_pipeline_generates(tiny_vpred_dir, prompt_file, tmp_pa
 def test_two_processes_under_accelerate_share_the_work(tiny_model_dir, prompt_file, tmp_path):
     """`accelerate launch` on 2 CPU processes: every image made once, none missing, same pixels as 1 process."""
     out = tmp_path / "acc"
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "unsee", "generate", "--model", str(tiny_model_dir),
+    cmd = [sys.executable, *two_cpu_processes(), "-m", "unsee", "generate", "--model", str(tiny_model_dir),
            "--prompts", str(prompt_file), "--out", str(out), "--images-per-prompt", "3", "--steps", "4",
            "--batch-size", "4", "--device", "cpu", "--no-progress"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
+    assert "process 1 of 2" in r.stdout and "process 2 of 2" in r.stdout  # two processes did join
     lines = [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines()]
     assert sorted(x["id"] for x in lines) == sorted({x["id"] for x in lines})  # no duplicate
     assert len(lines) == 6  # no gap

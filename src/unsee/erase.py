@@ -30,7 +30,7 @@ from unsee.errors import UnseeError
 from unsee.params import LoraSettings, ParamSet, save_lora, select_parameters
 from unsee.runinfo import write_run_info
 from unsee.sampling import cfg_noise, encode_text
-from unsee.trainer import TrainConfig, Trainer, swapped
+from unsee.trainer import TrainConfig, Trainer, step_generator, swapped
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +55,10 @@ class EraseConfig:
     seed: int = field(0, help="Seed of every draw.")
     device: str = field("auto", help="auto, cpu, cuda, cuda:N.")
     checkpoint_every: int = field(160, help="Checkpoint interval (a multiple of --reuse); a rerun resumes.")
+    preserve: tuple[str, ...] = field((), help="A prompt to keep as it was (repeatable; @FILE reads one a line): adds "
+                                          "--preserve-weight x ||eps(z, t, c_keep) - eps_original(z, t, c_keep)||^2, "
+                                          "an anchor against over-erasure that the original SDD and ESD do not have.")
+    preserve_weight: float = field(1.0, help="Weight of the --preserve term.")
 
     def __post_init__(self) -> None:
         if bool(self.concept) == bool(self.token):
@@ -67,6 +71,19 @@ class EraseConfig:
                              "so a resumed run samples the same trajectories")
         if self.guidance is None:
             self.guidance = 3.0 if self.method == "sdd" else 1.0
+        if self.preserve_weight < 0:
+            raise UnseeError(f"--preserve-weight must be >= 0, got {self.preserve_weight}")
+
+    def preserve_prompts(self) -> list[str]:
+        out: list[str] = []
+        for p in self.preserve:
+            if p.startswith("@"):
+                from unsee.prompts import read_prompts
+
+                out += [x.text for x in read_prompts(p[1:])]
+            else:
+                out.append(p)
+        return out
 
 
 class EraseMethod:
@@ -79,8 +96,10 @@ class EraseMethod:
         self.c_p = encode_text(pipe, [", ".join(concepts)])  # sampling prompt: all concepts
         self.c_s = encode_text(pipe, concepts)  # training prompts: one concept per update, cycled
         self.uncond = encode_text(pipe, [""])
+        keep = cfg.preserve_prompts()
+        self.c_keep = encode_text(pipe, keep) if keep else None
         self.original = None
-        if cfg.method == "esd" and cfg.params != "lora":
+        if (cfg.method == "esd" or keep) and cfg.params != "lora":
             self.original = {k: p.detach().clone() for k, p in params.items()}
         self.cache: torch.Tensor | None = None  # (batch, K, C, h, w): z after k DDIM steps
         self.cache_cycle = -1
@@ -110,7 +129,8 @@ class EraseMethod:
         """K DDIM steps (eta = 0, CFG on c_p) for `batch_size` trajectories; every step's z is kept."""
         cfg, pipe = self.cfg, self.pipe
         n = cfg.batch_size
-        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + cycle)
+        # Each rank samples its own trajectories (data parallelism over latents), reproducibly per cycle.
+        g = step_generator(cfg.seed, cycle, -1, self.trainer.state.process_index)
         shape = (n, pipe.unet.config.in_channels, pipe.unet.config.sample_size, pipe.unet.config.sample_size)
         z = torch.randn(shape, generator=g).to(pipe.unet.device, pipe.unet.dtype) * self.sched.init_noise_sigma
         teacher = self.trainer.ema_weights() if cfg.method == "sdd" else contextlib.nullcontext()
@@ -147,20 +167,35 @@ class EraseMethod:
     def loss(self, step: int, micro: int, g: torch.Generator):
         cfg, unet = self.cfg, self.pipe.unet
         z, t = self._draw(step, g)
-        c = self.c_s[(step * cfg.batch_size + torch.arange(len(z))) % len(self.c_s)].to(z.device)
-        unc = self.uncond.expand(len(z), -1, -1)
-        if cfg.method == "sdd":
-            with torch.no_grad():
+        n = len(z)
+        c = self.c_s[(step * cfg.batch_size + torch.arange(n)) % len(self.c_s)].to(z.device)
+        unc = self.uncond.expand(n, -1, -1)
+        keep = None if self.c_keep is None else self.c_keep[(step * cfg.batch_size + torch.arange(n)) % len(self.c_keep)].to(z.device)
+        # Every no-grad target comes before the trained forward: swapping in the original weights
+        # rewrites the parameters in place, which a graph already built would refuse.
+        with torch.no_grad():
+            if cfg.method == "sdd":
                 target = unet(z, t, encoder_hidden_states=unc).sample.float()  # sg[eps_theta(z_t, t, 0)]
-            self.unet_passes += len(z)
-        else:
-            with torch.no_grad(), self._original():
-                e_u, e_c = unet(torch.cat([z, z]), torch.cat([t, t]), encoder_hidden_states=torch.cat([unc, c])).sample.float().chunk(2)
-            target = e_u - cfg.guidance * (e_c - e_u)  # ESD's negative guidance
-            self.unet_passes += 2 * len(z)
-        pred = unet(z, t, encoder_hidden_states=c).sample.float()
-        self.unet_passes += len(z)
-        return F.mse_loss(pred, target), {}
+                self.unet_passes += n
+            if cfg.method == "esd" or keep is not None:
+                conds = ([unc, c] if cfg.method == "esd" else []) + ([keep] if keep is not None else [])
+                with self._original():
+                    out = unet(torch.cat([z] * len(conds)), torch.cat([t] * len(conds)),
+                               encoder_hidden_states=torch.cat(conds)).sample.float().chunk(len(conds))
+                self.unet_passes += n * len(conds)
+                if cfg.method == "esd":
+                    e_u, e_c = out[0], out[1]
+                    target = e_u - cfg.guidance * (e_c - e_u)  # ESD's negative guidance
+                keep_target = out[-1]
+        if keep is None:
+            pred = unet(z, t, encoder_hidden_states=c).sample.float()
+            self.unet_passes += n
+            return F.mse_loss(pred, target), {}
+        # Preservation: on the same z_t, the prompts to keep predict what the original model predicted.
+        pred, keep_pred = unet(torch.cat([z, z]), torch.cat([t, t]), encoder_hidden_states=torch.cat([c, keep])).sample.float().chunk(2)
+        self.unet_passes += 2 * n
+        loss, keep_loss = F.mse_loss(pred, target), F.mse_loss(keep_pred, keep_target)
+        return loss + cfg.preserve_weight * keep_loss, {"erase_loss": float(loss.detach()), "keep_loss": float(keep_loss.detach())}
 
 
 def erase(cfg: EraseConfig, *, progress: bool = True) -> dict:
@@ -184,7 +219,8 @@ def erase(cfg: EraseConfig, *, progress: bool = True) -> dict:
         name = next(iter(embeddings))
         pipe.load_textual_inversion(cfg.token, token=name)
         concepts = [name]
-    trained = select_parameters(pipe.unet, cfg.params, LoraSettings(rank=cfg.lora_rank, alpha=float(cfg.lora_rank)))
+    trained = select_parameters(pipe.unet, cfg.params, LoraSettings(rank=cfg.lora_rank, alpha=float(cfg.lora_rank)),
+                                seed=cfg.seed)
     names = {id(p): n for n, p in pipe.unet.named_parameters()}
     params = {names[id(p)]: p for p in trained}
 
@@ -198,6 +234,12 @@ def erase(cfg: EraseConfig, *, progress: bool = True) -> dict:
     result = trainer.run()
 
     # 3. Output: the EMA (SDD) or trained (ESD) weights, as LoRA or as a full pipeline without the token.
+    # Every rank holds the same weights (checked by the trainer); only the main process writes.
+    summary = {"method": cfg.method, "concepts": concepts, "seconds": round(result.seconds, 1),
+               "unet_passes_per_update": method.unet_passes / max(1, cfg.steps - result.resumed_from),
+               "processes": trainer.state.num_processes, "weights_digest": result.digest, "final": result.last_logs}
+    if not trainer.state.is_main_process:
+        return summary
     final = trainer.ema_weights() if cfg.method == "sdd" else contextlib.nullcontext()
     with final:
         if cfg.params == "lora":
@@ -206,8 +248,6 @@ def erase(cfg: EraseConfig, *, progress: bool = True) -> dict:
             clean = load_pipeline(cfg.model, scheduler="pipeline")  # the base pipeline, without the token
             clean.unet.load_state_dict(pipe.unet.state_dict())
             clean.save_pretrained(out)
-    summary = {"method": cfg.method, "concepts": concepts, "seconds": round(result.seconds, 1),
-               "unet_passes_per_update": method.unet_passes / max(1, cfg.steps - result.resumed_from), "final": result.last_logs}
     write_run_info(out / "unsee.json", dataclasses.asdict(cfg), stage="erase", base_model=cfg.model, summary=summary)
     (out / "run" / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary

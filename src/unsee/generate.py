@@ -20,10 +20,10 @@ from typing import Any
 import torch
 
 from unsee.config import check_positive, field, to_dict
-from unsee.errors import UnseeError
+from unsee.errors import StaleImageSet, UnseeError
 from unsee.files import append_line_group, atomic_write, ensure_writable_dir
 from unsee.imageset import INFO, MANIFEST, read_manifest, repair_manifest
-from unsee.models import Dtype, SchedulerName, load_pipeline, model_id
+from unsee.models import Dtype, SchedulerName, load_pipeline, model_id, weights_fingerprint
 from unsee.prompts import Prompt, read_prompts
 from unsee.runinfo import run_info
 from unsee.sampling import decode, encode_text, initial_latents, sample_latents, to_uint8
@@ -88,6 +88,14 @@ def image_seed(base_seed: int, prompt: Prompt, i: int) -> int:
     return zlib.crc32(f"{base_seed}/{prompt.index}/{i}".encode()) & 0x7FFFFFFF
 
 
+def process_state():
+    """accelerate's process state. Without CUDA, processes started by `accelerate launch --multi_gpu` or
+    `torchrun` join over gloo only if accelerate is told cpu=True; otherwise each would run alone."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -146,6 +154,7 @@ def _record(it: Item, cfg: GenerateConfig, model: str) -> dict[str, Any]:
 def _settings(cfg: GenerateConfig, model: str, prompts: list[Prompt]) -> dict[str, Any]:
     s = {k: getattr(cfg, k) for k in _IMAGE_SETTINGS}
     s["model"] = model
+    s["weights"] = weights_fingerprint(cfg.model)
     s["images_per_prompt"] = cfg.images_per_prompt
     s["prompts_sha256"] = hashlib.sha256(json.dumps([dataclasses.astuple(p) for p in prompts]).encode()).hexdigest()
     return s
@@ -163,7 +172,7 @@ def _check_resumable(out: Path, settings: dict[str, Any]) -> None:
         diff.append("prompts")
     if diff:
         what = ", ".join(f"{k} ({old.get(k)!r} there, {settings.get(k)!r} now)" if k != "prompts" else "prompts" for k in diff)
-        raise UnseeError(f"{str(out)!r} holds an image set made with other settings: {what}; use another --out")
+        raise StaleImageSet(f"{str(out)!r} holds an image set made with other settings: {what}; use another --out")
 
 
 def _save_png(array, path: Path) -> None:
@@ -178,13 +187,12 @@ def generate(cfg: GenerateConfig, *, progress: bool = True, pipe=None) -> Path:
     `pipe` may be given to reuse a loaded pipeline (its weights must be what
     `cfg.model` names: that name is what the manifest records).
     """
-    from accelerate import PartialState
     from tqdm.auto import tqdm
 
     # 1. Check inputs before touching the output folder.
     prompts = read_prompts(cfg.prompts)
     out = ensure_writable_dir(cfg.out)
-    state = PartialState()
+    state = process_state()
     if pipe is None:
         device = state.device if state.num_processes > 1 else resolve_device(cfg.device)
         pipe = load_pipeline(cfg.model, dtype=cfg.dtype, device=device, scheduler=cfg.scheduler,

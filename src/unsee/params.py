@@ -41,8 +41,12 @@ def _is_xattn(name: str) -> bool:
     return ".attn2." in f".{name}"
 
 
-def select_parameters(unet: torch.nn.Module, which: ParamSet, lora: LoraSettings | None = None) -> list[torch.nn.Parameter]:
-    """Freeze the UNet except the chosen set (adding a LoRA adapter for `lora`); return the trainable params."""
+def select_parameters(unet: torch.nn.Module, which: ParamSet, lora: LoraSettings | None = None,
+                      seed: int = 0) -> list[torch.nn.Parameter]:
+    """Freeze the UNet except the chosen set (adding a LoRA adapter for `lora`); return the trainable params.
+
+    The LoRA initialisation draws from its own generator seeded by `seed`, not the global one, so a run is
+    reproducible whatever ran before it in the process."""
     if which not in PARAM_SETS:
         raise UnseeError(f"params must be one of {', '.join(PARAM_SETS)}, got {which!r}")
     unet.requires_grad_(False)
@@ -56,7 +60,9 @@ def select_parameters(unet: torch.nn.Module, which: ParamSet, lora: LoraSettings
             init_lora_weights="gaussian",
             target_modules=list(lora.target_modules),
         )
-        unet.add_adapter(config)
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            unet.add_adapter(config)
         params = [p for n, p in unet.named_parameters() if "lora_" in n]
     else:
         keep = {"xattn": _is_xattn, "noxattn": lambda n: not _is_xattn(n), "full": lambda n: True}[which]

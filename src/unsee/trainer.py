@@ -72,12 +72,22 @@ class TrainResult:
     resumed_from: int
     seconds: float
     last_logs: dict[str, float]
+    digest: str = ""  # of the trained (and EMA) tensors; equal on every rank, checked at the end
 
 
 def step_generator(seed: int, step: int, micro: int, rank: int, device: str | torch.device = "cpu") -> torch.Generator:
     """A generator whose draws depend only on (seed, step, micro, rank)."""
     h = hashlib.blake2b(f"{seed}/{step}/{micro}/{rank}".encode(), digest_size=8).digest()
     return torch.Generator(device).manual_seed(int.from_bytes(h, "little") & ((1 << 63) - 1))
+
+
+def weights_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """A hash of named tensors' fp32 bytes: equal weights, equal digest."""
+    h = hashlib.blake2b(digest_size=16)
+    for k in sorted(tensors):
+        h.update(k.encode())
+        h.update(tensors[k].detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 @contextlib.contextmanager
@@ -103,10 +113,10 @@ def _dist():
 
 class Trainer:
     def __init__(self, method: Method, cfg: TrainConfig, out: str | Path, *, progress: bool = True, device: str | torch.device = "cpu"):
-        from accelerate import PartialState
+        from unsee.generate import process_state
 
         self.method, self.cfg, self.out = method, cfg, Path(out)
-        self.state = PartialState()
+        self.state = process_state()
         self.device = torch.device(device)
         self.params = method.parameters()
         if not self.params:
@@ -139,8 +149,11 @@ class Trainer:
         tensors = {f"param.{k}": p for k, p in self.params.items()}
         if self.ema is not None:
             tensors |= {f"ema.{k}": v for k, v in self.ema.items()}
+        meta: dict[str, Any] = {"step": self.step}
+        if hasattr(self.method, "state_dict"):  # a method's own state (DDPO's reward buffers), JSON only
+            meta["method"] = self.method.state_dict()
         if self.state.is_main_process:
-            save_checkpoint(folder or self.ckpt, tensors, optimizer=self.optimizer, meta={"step": self.step})
+            save_checkpoint(folder or self.ckpt, tensors, optimizer=self.optimizer, meta=meta)
         self.state.wait_for_everyone()
 
     def resume(self) -> int:
@@ -157,6 +170,10 @@ class Trainer:
                 if torch.is_tensor(v) and k != "step":
                     st[k] = v.to(self.device)
         self.step = int(meta["step"])
+        if "method" in meta and hasattr(self.method, "load_state_dict"):
+            self.method.load_state_dict(meta["method"])
+        if hasattr(self.method, "on_resume"):
+            self.method.on_resume(self, self.step)
         logger.info("resumed from %s at step %d", self.ckpt, self.step)
         return self.step
 
@@ -219,7 +236,22 @@ class Trainer:
             if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < cfg.steps:
                 self.save()
         bar.close()
-        return TrainResult(cfg.steps, start, time.time() - t0, logs)
+        return TrainResult(cfg.steps, start, time.time() - t0, logs, self._check_ranks_agree(dist))
+
+    def digest(self) -> str:
+        return weights_digest({f"param.{k}": p for k, p in self.params.items()} | {f"ema.{k}": v for k, v in (self.ema or {}).items()})
+
+    def _check_ranks_agree(self, dist) -> str:
+        """Data parallelism keeps every rank's weights equal; a difference means a rank skipped an update."""
+        mine = self.digest()
+        if dist is None:
+            return mine
+        everyone: list[str | None] = [None] * dist.get_world_size()
+        dist.all_gather_object(everyone, mine)
+        if len(set(everyone)) != 1:
+            raise UnseeError(f"the {len(everyone)} processes ended with different weights ({everyone}); rerun single-process "
+                             "and report this as a bug")
+        return mine
 
     @staticmethod
     def _log(path: Path, row: dict[str, Any]) -> None:
