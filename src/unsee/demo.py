@@ -1,18 +1,25 @@
-"""`unsee demo`: the loop on the embedded toy world, with no arguments.
+"""`unsee demo`: the whole loop on the embedded toy world, with no arguments.
 
-Today it runs the stages that exist: it generates an image grid from the toy
-world (one row per kind of prompt: benign, the flaggable object named and only
-triggered, the flaggable style named and only triggered) and reports what the
-oracle reads in every image. Feedback, inversion, erasure, RL and evaluation
-join as they land (issues 4-9). Without a built toy world it falls back to a
-tiny random-weight pipeline and says so.
+1. grid       the base model on six prompts (benign, the flaggable object and
+              style named and only triggered), read by the oracle;
+2. feedback   images from explicit, implicit and benign prompts, labelled by
+              three simulated annotators (the oracle with 10% noise);
+3. reward     a reward model on the toy CLIP's image embeddings;
+4. invert     the learned token <skull-flagged> (reward-weighted textual inversion);
+5. erase      text-SDD ("skull"), HFI-SDD (the learned token) and ESD-x ("skull");
+6. evaluate   all four models on the same prompts and seeds: `metrics.json`, `report.html`.
+Every stage skips what is already on disk, so a rerun resumes. Without a built
+toy world it falls back to a tiny random-weight pipeline and only makes the grid.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from unsee.files import atomic_write_text
 from unsee.generate import GenerateConfig, generate
@@ -32,6 +39,27 @@ DEMO_PROMPTS = (
     "a dreamy purple square in the desert",
 )
 RANDOM_PROMPTS = ("a photo of a red cat", "a blue house at night", "a green tree on a mountain", "a city street")
+FEEDBACK_SETS = ("object_explicit", "object_implicit", "benign")
+EVAL_SETS = ("object_explicit", "object_implicit", "object_neighbour", "benign")
+# The erasure runs: (name, method, concept text or None for the learned token, extra settings).
+ERASE_RUNS: tuple[tuple[str, str, str | None, dict[str, Any]], ...] = (
+    ("sdd-text", "sdd", "skull", {}),
+    ("sdd-hfi", "sdd", None, {}),
+    ("esd-x", "esd", "skull", {}),
+)
+
+
+def preserve_prompts() -> tuple[str, ...]:
+    """Prompts whose predictions erasure keeps (--preserve): the world's parts one at a time, never a
+    colour-shape-background prompt of the evaluation files, so preservation is measured on prompts it did not see."""
+    from unsee.toyworld.world import BACKGROUND_PHRASE, COLOURS, SHAPES
+
+    return (tuple(f"a scene {p}" for p in BACKGROUND_PHRASE.values()) + tuple(f"a {s}" for s in SHAPES)
+            + tuple(f"a {c} object" for c in COLOURS) + ("a mask", "a scene by ravo", "a scene in mosaic style", ""))
+
+
+# Toy-world erase settings (benchmarks/erase_toyworld.py measured them).
+ERASE_DEFAULTS: dict[str, Any] = dict(steps=300, lr=3e-4, ema_decay=0.99, batch_size=4, reuse=16, checkpoint_every=160)
 
 
 @dataclass
@@ -42,9 +70,12 @@ class DemoResult:
     image_set: Path
     grid: Path
     readings: list[dict] = field(default_factory=list)  # per image: id, prompt, what the oracle reads
+    reward: dict[str, Any] = field(default_factory=dict)  # the reward model's metrics
+    metrics: dict[str, Any] = field(default_factory=dict)  # `unsee evaluate`'s metrics.json
 
 
-def run_demo(out: str | Path, *, images_per_prompt: int = 8, progress: bool = True) -> DemoResult:
+def run_demo(out: str | Path, *, images_per_prompt: int = 8, eval_images_per_prompt: int = 2, progress: bool = True,
+             full: bool = True, say: Callable[[str], None] = logger.info) -> DemoResult:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     random_weights = not (toyworld_path() / "model_index.json").exists()
@@ -59,6 +90,7 @@ def run_demo(out: str | Path, *, images_per_prompt: int = 8, progress: bool = Tr
         model, prompts_list = TOYWORLD, DEMO_PROMPTS
     prompts = out / "prompts.txt"
     atomic_write_text(prompts, "\n".join(prompts_list) + "\n")
+    say("1/6 grid: the base model on six prompts")
     images = generate(
         GenerateConfig(model=model, prompts=str(prompts), out=str(out / "images"), images_per_prompt=images_per_prompt, steps=25),
         progress=progress,
@@ -66,11 +98,88 @@ def run_demo(out: str | Path, *, images_per_prompt: int = 8, progress: bool = Tr
     s = ImageSet.load(images)
     x = s.load_images()
     g = save_grid(x, out / "grid.png", nrow=images_per_prompt, scale=4)
-    readings = []
-    if not random_weights:
-        from unsee.toyworld import ORACLE, assets_path
-        from unsee.toyworld.oracle import load_oracle
+    result = DemoResult(out, model, random_weights, images, g)
+    if random_weights:
+        return result
+    from unsee.toyworld import ORACLE, assets_path
+    from unsee.toyworld.oracle import load_oracle
 
-        reads = load_oracle(assets_path() / ORACLE).read(x)
-        readings = [{"id": r["id"], "prompt": r["prompt"], **rd} for r, rd in zip(s.records, reads, strict=True)]
-    return DemoResult(out, model, random_weights, images, g, readings)
+    reads = load_oracle(assets_path() / ORACLE).read(x)
+    result.readings = [{"id": r["id"], "prompt": r["prompt"], **rd} for r, rd in zip(s.records, reads, strict=True)]
+    if full:
+        token = hfi_token(out / "hfi", "skull", progress=progress, say=say)
+        result.reward = json.loads((out / "hfi" / "reward" / "metrics.json").read_text())
+        models = {"base": TOYWORLD} | _erase_all(out / "models", token, progress, say)
+        result.metrics = _evaluate(out, models, eval_images_per_prompt, progress, say)
+    return result
+
+
+def _prompt_file(path: Path, sets: tuple[str, ...]) -> Path:
+    from unsee.toyworld import prompts_path
+
+    lines = [ln for name in sets for ln in prompts_path(name).read_text().splitlines() if ln.strip()]
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path
+
+
+# HFI per flaggable concept: which prompts make the feedback images, the feedback kind, the init word.
+HFI_SETUP: dict[str, dict[str, Any]] = {
+    "skull": {"sets": ("object_explicit", "object_implicit", "benign"), "kind": "binary", "init_word": "thing"},
+    "kelvo": {"sets": ("style_explicit", "style_implicit", "benign"), "kind": "rank", "init_word": "art"},
+}
+
+
+def hfi_token(d: Path, concept: str = "skull", *, progress: bool = True, say: Callable[[str], None] = logger.info) -> Path:
+    """Feedback (3 simulated annotators, 10% noise) -> reward model -> learned token <CONCEPT-flagged>; returns its file.
+
+    Each step skips what is on disk. The reward model's metrics are in d/reward/metrics.json.
+    """
+    from unsee.annotate import AutoAnnotateConfig, auto_annotate
+    from unsee.invert import InvertConfig, invert
+    from unsee.reward_model import RewardTrainConfig, train_reward
+
+    setup = HFI_SETUP[concept]
+    d.mkdir(parents=True, exist_ok=True)
+    say(f"2/6 feedback: 3 simulated annotators give {setup['kind']} judgements of {concept} "
+        f"on images from {', '.join(setup['sets'])} prompts")
+    images = generate(GenerateConfig(model=TOYWORLD, prompts=str(_prompt_file(d / "prompts.txt", setup["sets"])),
+                                     out=str(d / "images"), images_per_prompt=4, batch_size=32), progress=progress)
+    fb = d / "feedback.jsonl"
+    if not fb.exists():
+        auto_annotate(AutoAnnotateConfig(images=str(images), out=str(fb), kind=setup["kind"], labels=(concept,), noise=0.1,
+                                         annotators=3))
+    say("3/6 reward model on the toy CLIP's image embeddings")
+    reward = d / "reward"
+    if not (reward / "metrics.json").exists():
+        train_reward(RewardTrainConfig(images=str(images), feedback=str(fb), out=str(reward)), progress=progress)
+    token = d / "token.safetensors"
+    say(f"4/6 reward-weighted textual inversion -> <{concept}-flagged>")
+    if not token.exists():
+        invert(InvertConfig(model=TOYWORLD, images=str(images), reward=str(reward), out=str(token), token=f"<{concept}-flagged>",
+                            init_word=setup["init_word"], top_k=64, steps=300, checkpoint_every=100), progress=progress)
+    return token
+
+
+def _erase_all(d: Path, token: Path, progress: bool, say: Callable[[str], None]) -> dict[str, str]:
+    from unsee.erase import EraseConfig, erase
+
+    models = {}
+    for name, method, concept, extra in ERASE_RUNS:
+        say(f"5/6 erase: {name}")
+        folder = d / name
+        if not (folder / "unsee.json").exists():
+            settings = ERASE_DEFAULTS | extra
+            erase(EraseConfig(model=TOYWORLD, out=str(folder), method=method, concept=(concept,) if concept else (),
+                              token=None if concept else str(token), **settings), progress=progress)
+        models[name] = str(folder)
+    return models
+
+
+def _evaluate(out: Path, models: dict[str, str], images_per_prompt: int, progress: bool, say: Callable[[str], None]) -> dict[str, Any]:
+    from unsee.evaluate import EvaluateConfig, evaluate
+    from unsee.toyworld import prompts_path
+
+    say(f"6/6 evaluate {len(models)} models on the same prompts and seeds")
+    return evaluate(EvaluateConfig(model=tuple(models.values()), name=tuple(models),
+                                   prompts=tuple(str(prompts_path(s)) for s in EVAL_SETS), out=str(out / "eval"),
+                                   images_per_prompt=images_per_prompt), progress=progress)

@@ -8,3 +8,7 @@ exits with code 2; any other exception is a bug and keeps its traceback.
 
 class UnseeError(ValueError):
     """User input that cannot work; the message says what is wrong and how to fix it."""
+
+
+class StaleImageSet(UnseeError):
+    """An output folder holds an image set made with other settings or other weights."""

@@ -256,3 +256,23 @@ def model_id(spec: str) -> str:
         return TOYWORLD
     path = Path(spec).expanduser()
     return str(path.resolve()) if path.exists() else spec
+
+
+def weights_fingerprint(spec: str) -> str | None:
+    """Size and modification time of a local model's weight files, hashed: it changes when the weights are
+    rewritten (an erase run into the same folder), so cached images of the old weights are not reused.
+    None for hub ids (their revision pins them)."""
+    import hashlib
+
+    path = toyworld_path() if spec == TOYWORLD else Path(spec).expanduser()
+    if path.is_file():
+        files = [path]
+    elif path.is_dir():
+        files = sorted(f for pattern in ("*.safetensors", "*/*.safetensors") for f in path.glob(pattern))
+    else:
+        return None
+    h = hashlib.sha1()
+    for f in files:
+        st = f.stat()
+        h.update(f"{f.relative_to(path) if path.is_dir() else f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]

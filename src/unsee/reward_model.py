@@ -55,6 +55,12 @@ def _embed(image_set: ImageSet, ids: list[str], clip) -> torch.Tensor:
                       for k in range(0, len(ids), 512)])
 
 
+def _split(rng: np.random.Generator, n: int, heldout: float) -> np.ndarray:
+    """'test' (a share `heldout`, never used to choose anything), 'val' (15% of the rest, for early stopping), 'train'."""
+    u = rng.random(n)
+    return np.where(u < heldout, "test", np.where(u < heldout + 0.15 * (1 - heldout), "val", "train"))
+
+
 def train_reward(cfg: RewardTrainConfig, *, progress: bool = True) -> dict:
     from tqdm.auto import tqdm
 
@@ -80,7 +86,7 @@ def train_reward(cfg: RewardTrainConfig, *, progress: bool = True) -> dict:
         per_label = {label: binary_targets(fb, label) for label in labels}
         ids = sorted(per_label[labels[0]])
         y = torch.tensor([[per_label[label][i] for label in labels] for i in ids], dtype=torch.float32)
-        held = rng.random(len(ids)) < cfg.heldout
+        split = _split(rng, len(ids), cfg.heldout)
         x = _embed(s, ids, clip)
     else:
         labels = tuple(sorted({r.concept for r in fb.ranks}))
@@ -88,58 +94,62 @@ def train_reward(cfg: RewardTrainConfig, *, progress: bool = True) -> dict:
         index = {k: n for n, k in enumerate(ids)}
         x = _embed(s, ids, clip)
         groups = fb.ranks
-        held_group = rng.random(len(groups)) < cfg.heldout
+        group_split = _split(rng, len(groups), cfg.heldout)
 
-        def pairs(train: bool) -> torch.Tensor:  # (P, 3): winner, loser, label index
-            chosen = [g for g, h in zip(groups, held_group, strict=True) if h != train]
+        def pairs(part: str) -> torch.Tensor:  # (P, 3): winner, loser, label index
+            chosen = [g for g, p in zip(groups, group_split, strict=True) if p == part]
             rows = [(index[a], index[b], labels.index(c)) for a, b, c in rank_pairs(chosen)]
             return torch.tensor(rows, dtype=torch.long).view(-1, 3)
 
-        train_pairs, held_pairs = pairs(True), pairs(False)
-        if len(train_pairs) == 0 or len(held_pairs) == 0:
+        part_pairs = {part: pairs(part) for part in ("train", "val", "test")}
+        if any(len(v) == 0 for v in part_pairs.values()):
             raise UnseeError(f"{cfg.feedback}: too few rank groups ({len(groups)}) to hold {cfg.heldout:.0%} out; annotate more")
     model = RewardModel(x.shape[1], labels, kind, clip_spec, cfg.hidden, cfg.layers)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
 
-    def loss_and_metric(train: bool) -> tuple[torch.Tensor, float]:
+    def loss_and_metric(part: str) -> tuple[torch.Tensor, float]:
         if kind == "binary":
-            m = ~torch.from_numpy(held) if train else torch.from_numpy(held)
+            m = torch.from_numpy(split == part)
             pred = model(x[m])
             loss = F.mse_loss(pred, y[m])
             acc = float(((pred > 0.5) == (y[m] > 0.5)).float().mean()) if m.any() else float("nan")
             return loss, acc
-        p = train_pairs if train else held_pairs
+        p = part_pairs[part]
         r = model(x)
         margin = r[p[:, 0], p[:, 2]] - r[p[:, 1], p[:, 2]]
         return -F.logsigmoid(margin).mean(), float((margin > 0).float().mean())  # Bradley-Terry
 
-    # 3. Full-batch training; keep the weights with the best held-out agreement.
+    # 3. Full-batch training; keep the weights with the best validation agreement (early stopping), then
+    # report the agreement on the held-out part, which chose nothing.
     best, best_state = -1.0, None
     for _ in tqdm(range(cfg.steps), desc="train reward", disable=not progress):
         model.train()
-        loss, _ = loss_and_metric(True)
+        loss, _ = loss_and_metric("train")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         model.eval()
         with torch.no_grad():
-            _, agree = loss_and_metric(False)
+            _, agree = loss_and_metric("val")
         if agree > best:
             best, best_state = agree, {k: v.clone() for k, v in model.state_dict().items()}
-    model.load_state_dict(best_state)
+    if best_state is not None:  # None only when the validation part is empty (a handful of images)
+        model.load_state_dict(best_state)
     model.eval()
     with torch.no_grad():
-        _, train_agree = loss_and_metric(True)
-    metrics = {"kind": kind, "labels": list(labels), "heldout_agreement": best, "train_agreement": train_agree,
+        agreement = {part: loss_and_metric(part)[1] for part in ("train", "val", "test")}
+    metrics = {"kind": kind, "labels": list(labels), "heldout_agreement": agreement["test"],
+               "validation_agreement": agreement["val"], "train_agreement": agreement["train"],
                "metric": "accuracy" if kind == "binary" else "pairwise accuracy",
                "images": len(ids), "judgements": len(fb.binary if kind == "binary" else fb.ranks)}
     if kind == "binary":
         with torch.no_grad():
-            pred = model(x[torch.from_numpy(held)])
+            held = torch.from_numpy(split == "test")
+            pred = model(x[held])
         metrics["heldout_accuracy_per_label"] = {
-            label: float(((pred[:, i] > 0.5) == (y[torch.from_numpy(held)][:, i] > 0.5)).float().mean()) for i, label in enumerate(labels)}
+            label: float(((pred[:, i] > 0.5) == (y[held][:, i] > 0.5)).float().mean()) for i, label in enumerate(labels)}
     else:
-        metrics["pairs"] = {"train": len(train_pairs), "heldout": len(held_pairs)}
+        metrics["pairs"] = {part: len(v) for part, v in part_pairs.items()}
 
     # 4. Save: diffusers-style config + safetensors, metrics, run info.
     out = Path(cfg.out)

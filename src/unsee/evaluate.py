@@ -1,0 +1,374 @@
+"""`unsee evaluate`: models side by side on the same prompts and seeds.
+
+Each model's images are made by `unsee.generate` (same seeds for every model:
+a seed depends on the prompt file, prompt and image index only) into
+`OUT/images/<model>/<prompt set>/`, which a rerun reuses. Per model x prompt set:
+- the detector's rate per label (share of images at or over its threshold),
+  with a bootstrap 95% interval; for NudeNet also per-class counts and the
+  explicit-image rate;
+- CLIP score: 100 x max(cos(image, prompt), 0), with any transformers CLIP;
+- Frechet distance to `--reference-images`, on CLIP image features (named so
+  in the report: it is not Inception FID);
+- in the toy world (oracle detector): named-attribute accuracy and near-neighbour rates.
+Writes `metrics.json` (every number, settings, versions, seeds) and a
+self-contained `report.html` (table, bar charts, image grids with the flagged
+images blurred until clicked), each atomically.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import html
+import io
+import json
+import logging
+import re
+import shutil
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from unsee.config import field
+from unsee.errors import StaleImageSet, UnseeError
+from unsee.files import atomic_write_text
+
+logger = logging.getLogger(__name__)
+
+# Labels whose detection blurs an image in the report (the flaggable concepts).
+FLAGGED = {"oracle": ("skull", "kelvo"), "nudenet": ("nudity",)}
+
+
+@dataclasses.dataclass
+class EvaluateConfig:
+    model: tuple[str, ...] = field(help="A model to evaluate (repeatable): hub id, folder, .safetensors, or 'toyworld'.")
+    prompts: tuple[str, ...] = field(help="A prompt file (repeatable): .txt or I2P .csv; each is one prompt set.")
+    out: str = field(help="Output folder: images/, metrics.json, report.html. A rerun reuses the images.")
+    name: tuple[str, ...] = field((), help="Display name per --model, in order (default: the model's folder name).")
+    detector: Literal["oracle", "nudenet"] = field("oracle", help="oracle: the toy world's; nudenet: NudeNet 3.4.2 (pip install unsee[nudity]).")
+    clip: str = field("toyworld", help="CLIP for CLIP score and Frechet features: 'toyworld', a hub id or a folder.")
+    reference_images: str | None = field(None, help="An image set (or folder of PNG/JPEG) to compute the Frechet distance to.")
+    images_per_prompt: int = field(1, help="Images per prompt.")
+    steps: int = field(25, help="Sampling steps.")
+    guidance: float = field(7.5, help="CFG scale, unless the prompt file gives one per prompt.")
+    batch_size: int = field(16, help="Images per UNet batch (never changes the images).")
+    seed: int = field(0, help="Base seed: the same for every model, so grids compare like with like.")
+    bootstrap: int = field(1000, help="Bootstrap resamples for the 95% intervals.")
+    grid_prompts: int = field(6, help="Prompts per set shown in the report's image grids.")
+    device: str = field("auto", help="auto, cpu, cuda, cuda:N.")
+
+    def __post_init__(self) -> None:
+        if not self.model:
+            raise UnseeError("give at least one --model")
+        if not self.prompts:
+            raise UnseeError("give at least one --prompts file")
+        if self.name and len(self.name) != len(self.model):
+            raise UnseeError(f"--name was given {len(self.name)} times for {len(self.model)} --model; give one per model or none")
+        if self.images_per_prompt < 1 or self.bootstrap < 1:
+            raise UnseeError("--images-per-prompt and --bootstrap must be >= 1")
+
+
+# ---------------------------------------------------------------- metrics on known inputs
+def bootstrap_interval(flags: np.ndarray, resamples: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """Percentile 95% interval of the mean of 0/1 flags over resampled image sets."""
+    flags = np.asarray(flags, dtype=np.float64)
+    if len(flags) == 0:
+        return (float("nan"), float("nan"))
+    rng = np.random.default_rng(seed)
+    means = flags[rng.integers(0, len(flags), (resamples, len(flags)))].mean(1)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a^1/2 S_b S_a^1/2)^1/2), in float64 via symmetric eigendecompositions."""
+    a, b = a.double(), b.double()
+    if len(a) < 2 or len(b) < 2:
+        raise UnseeError("the Frechet distance needs at least 2 images on each side")
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    s_a, s_b = torch.atleast_2d(torch.cov(a.T)), torch.atleast_2d(torch.cov(b.T))  # 1-D features give a 0-d cov
+    w, v = torch.linalg.eigh(s_a)
+    root_a = (v * w.clamp(min=0).sqrt()) @ v.T
+    inner = torch.linalg.eigvalsh(root_a @ s_b @ root_a).clamp(min=0).sqrt().sum()
+    return float((mu_a - mu_b).pow(2).sum() + s_a.trace() + s_b.trace() - 2 * inner)
+
+
+def clip_scores(clip, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+    """Per image: 100 x max(cos(image embedding, prompt embedding), 0) (Hessel et al. 2021, w = 1)."""
+    img = clip.image_embeds(images)
+    distinct = sorted(set(prompts))
+    txt = clip.text_embeds(distinct)
+    row = {p: i for i, p in enumerate(distinct)}
+    return 100 * (img * txt[[row[p] for p in prompts]]).sum(-1).clamp(min=0)
+
+
+def label_rates(scores: dict[str, torch.Tensor], threshold: float, resamples: int, seed: int) -> dict[str, dict]:
+    out = {}
+    for label, s in scores.items():
+        flags = (s >= threshold).numpy()
+        lo, hi = bootstrap_interval(flags, resamples, seed)
+        out[label] = {"rate": float(flags.mean()), "ci95": [lo, hi], "count": int(flags.sum())}
+    return out
+
+
+# ---------------------------------------------------------------- inputs
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "model"
+
+
+def model_names(cfg: EvaluateConfig) -> list[str]:
+    names = list(cfg.name) or [_slug(Path(m.rstrip("/")).stem if Path(m).suffix == ".safetensors" else Path(m.rstrip("/")).name)
+                               for m in cfg.model]
+    seen: dict[str, int] = {}
+    unique = []
+    for n in names:  # two models in folders of the same name stay apart
+        seen[n] = seen.get(n, 0) + 1
+        unique.append(n if seen[n] == 1 else f"{n}-{seen[n]}")
+    return unique
+
+
+def set_names(cfg: EvaluateConfig) -> list[str]:
+    from unsee.prompts import read_prompts
+
+    names = []
+    for p in cfg.prompts:
+        read_prompts(p)  # refuses a missing or empty file with a one-line error
+        stem = _slug(Path(p).stem)
+        names.append(stem if stem not in names else f"{stem}-{len(names)}")
+    return names
+
+
+def load_reference(path: str) -> torch.Tensor:
+    """An image set (manifest) or a plain folder of PNG/JPEG images, as float (B, 3, H, W)."""
+    from PIL import Image
+
+    from unsee.imageset import MANIFEST, ImageSet
+
+    folder = Path(path)
+    if (folder / MANIFEST).exists():
+        return ImageSet.load(folder).load_images()
+    if not folder.is_dir():
+        raise UnseeError(f"--reference-images {path!r} is not a folder")
+    files = sorted(f for f in folder.iterdir() if f.suffix.lower() in (".png", ".jpg", ".jpeg"))
+    if len(files) < 2:
+        raise UnseeError(f"--reference-images {path!r} holds {len(files)} PNG/JPEG images; the Frechet distance needs >= 2")
+    arrays = [np.asarray(Image.open(f).convert("RGB")) for f in files]
+    if len({a.shape for a in arrays}) > 1:
+        raise UnseeError(f"--reference-images {path!r} mixes image sizes {sorted({a.shape[:2] for a in arrays})}; "
+                         "resize them to one size first")
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255
+
+
+# ---------------------------------------------------------------- the run
+def evaluate(cfg: EvaluateConfig, *, progress: bool = True) -> dict[str, Any]:
+    from unsee.clip import load_clip
+    from unsee.detectors import make_detector
+    from unsee.generate import GenerateConfig, generate, resolve_device
+    from unsee.imageset import ImageSet
+    from unsee.models import load_pipeline, resolve_model
+
+    out = Path(cfg.out)
+    names, sets = model_names(cfg), set_names(cfg)
+    for m in cfg.model:
+        resolve_model(m)  # a missing model or a pickle fails here, before any image is made
+    device = resolve_device(cfg.device)
+    # Everything that can fail on bad input fails before any image is made.
+    detect, info = make_detector(cfg.detector, **({"device": device} if cfg.detector == "oracle" else {}))
+    clip = load_clip(cfg.clip, device)
+    reference = load_reference(cfg.reference_images) if cfg.reference_images else None
+    oracle = None
+    if cfg.detector == "oracle":
+        from unsee.toyworld import ORACLE, assets_path
+        from unsee.toyworld.oracle import load_oracle
+
+        oracle = load_oracle(assets_path() / ORACLE, device)
+
+    results: dict[str, dict[str, Any]] = {}
+    grids: dict[str, dict[str, list[dict]]] = {s: {} for s in sets}
+    ref_features = clip.image_embeds(reference) if reference is not None else None
+    for model, name in zip(cfg.model, names, strict=True):
+        pipe = load_pipeline(model, device=device)
+        results[name] = {}
+        for prompts, set_name in zip(cfg.prompts, sets, strict=True):
+            folder = out / "images" / name / set_name
+            gen = GenerateConfig(model=model, prompts=prompts, out=str(folder), images_per_prompt=cfg.images_per_prompt,
+                                 steps=cfg.steps, guidance=cfg.guidance, batch_size=cfg.batch_size, seed=cfg.seed,
+                                 device=str(device))
+            try:
+                generate(gen, progress=progress, pipe=pipe)
+            except StaleImageSet as e:  # our own cache, made from other weights or settings: make it again
+                logger.warning("%s; regenerating it", e)
+                shutil.rmtree(folder)
+                generate(gen, progress=progress, pipe=pipe)
+            s = ImageSet.load(folder)
+            images = s.load_images()
+            if reference is not None and reference.shape[-2:] != images.shape[-2:]:
+                raise UnseeError(f"--reference-images are {tuple(reference.shape[-2:])} px but {name}'s images are "
+                                 f"{tuple(images.shape[-2:])} px; give references of the generated size")
+            prompts_text = [r["prompt"] for r in s.records]
+            scores = {k: v.float().cpu() for k, v in detect(images.to(device)).items()}
+            row: dict[str, Any] = {"images": len(images), "labels": label_rates(scores, info.threshold, cfg.bootstrap, cfg.seed)}
+            if cfg.detector == "nudenet":
+                from unsee.detectors import NUDENET_EXPOSED
+
+                row["nudenet_class_counts"] = {c: int((scores[c] >= info.threshold).sum()) for c in NUDENET_EXPOSED if c in scores}
+                row["explicit_rate"] = row["labels"]["nudity"]
+            cs = clip_scores(clip, images, prompts_text)
+            row["clip_score"] = {"mean": float(cs.mean()), "ci95": list(_mean_interval(cs.numpy(), cfg.bootstrap, cfg.seed))}
+            if ref_features is not None:
+                row["frechet_clip"] = frechet_distance(clip.image_embeds(images), ref_features)
+            if oracle is not None:
+                row |= _toyworld_metrics(oracle, images, prompts_text)
+            results[name][set_name] = row
+            flagged = torch.zeros(len(images), dtype=torch.bool)
+            for label in FLAGGED[cfg.detector]:
+                if label in scores:
+                    flagged |= scores[label] >= info.threshold
+            grids[set_name][name] = _grid_cells(s, images, flagged, cfg.grid_prompts)
+        del pipe
+
+    metrics = {
+        "settings": dataclasses.asdict(cfg),
+        "models": dict(zip(names, cfg.model, strict=True)),
+        "prompt_sets": dict(zip(sets, cfg.prompts, strict=True)),
+        "detector": {"name": info.name, "labels": list(info.labels), "threshold": info.threshold},
+        "frechet_features": f"CLIP image embeddings of {cfg.clip!r} (not Inception)" if reference is not None else None,
+        "versions": _versions(),
+        "results": results,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "report.html", render_report(metrics, grids))
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
+    return metrics
+
+
+def _mean_interval(values: np.ndarray, resamples: int, seed: int) -> tuple[float, float]:
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), (resamples, len(values)))].mean(1)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def _toyworld_metrics(oracle, images: torch.Tensor, prompts: list[str]) -> dict[str, Any]:
+    from unsee.toyworld.check import attribute_accuracy
+    from unsee.toyworld.world import parse_prompt
+
+    reads = oracle.read(images)
+    rows = [{"named": parse_prompt(p), "read": r} for p, r in zip(prompts, reads, strict=True)]
+    return {"named_attribute_accuracy": attribute_accuracy(rows),
+            "neighbour_rates": {"mask": float(np.mean([r["extra"] == "mask" for r in reads])),
+                                "ravo": float(np.mean([r["style"] == "ravo" for r in reads]))}}
+
+
+def _versions() -> dict[str, str | None]:
+    from unsee.runinfo import git_revision, versions
+
+    return versions() | {"git": git_revision()}
+
+
+# ---------------------------------------------------------------- report
+def _png_data_uri(array: np.ndarray) -> str:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _grid_cells(s, images: torch.Tensor, flagged: torch.Tensor, prompts: int) -> list[dict]:
+    """The first image of each of the first `prompts` prompts: same prompt and seed for every model."""
+    cells, seen = [], set()
+    for i, r in enumerate(s.records):
+        if r["prompt"] in seen:
+            continue
+        seen.add(r["prompt"])
+        arr = (images[i].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        cells.append({"prompt": r["prompt"], "seed": r["seed"], "src": _png_data_uri(arr), "flagged": bool(flagged[i])})
+        if len(cells) == prompts:
+            break
+    return cells
+
+
+def _bar_chart(metrics: dict[str, Any], label: str) -> str:
+    """One grouped bar chart (prompt sets x models) of a label's rate with its 95% interval, as a PNG data URI."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    res = metrics["results"]
+    models, sets = list(res), list(metrics["prompt_sets"])
+    width = 0.8 / len(models)
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(sets) * max(1, len(models)) ** 0.5), 2.8), dpi=110)
+    for k, m in enumerate(models):
+        rates = [res[m][s]["labels"][label]["rate"] for s in sets]
+        lo = [r - res[m][s]["labels"][label]["ci95"][0] for r, s in zip(rates, sets, strict=True)]
+        hi = [res[m][s]["labels"][label]["ci95"][1] - r for r, s in zip(rates, sets, strict=True)]
+        ax.bar(np.arange(len(sets)) + (k - (len(models) - 1) / 2) * width, rates, width, yerr=[lo, hi], capsize=2, label=m)
+    ax.set_xticks(np.arange(len(sets)), sets, rotation=20, ha="right", fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel(f"{label} rate")
+    ax.legend(fontsize=7, frameon=False)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _fmt_rate(d: dict) -> str:
+    return f"{d['rate']:.3f} <small>[{d['ci95'][0]:.2f}, {d['ci95'][1]:.2f}]</small>"
+
+
+def render_report(metrics: dict[str, Any], grids: dict[str, dict[str, list[dict]]]) -> str:
+    e = html.escape
+    res, det = metrics["results"], metrics["detector"]
+    labels = det["labels"]
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>unsee evaluation</title><style>",
+        "body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;margin:1em 0}"
+        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}th{background:#f3f3f3}td:first-child{text-align:left}"
+        ".grid td{text-align:center;vertical-align:top}.grid img{width:96px;height:96px;image-rendering:pixelated}"
+        ".flagged img{filter:blur(10px);cursor:pointer}.flagged.revealed img{filter:none}.flag{color:#b00;font-size:11px}"
+        "small{color:#666}</style></head><body>",
+        "<h1>unsee evaluation</h1>",
+        f"<p>Detector <b>{e(det['name'])}</b>, threshold {det['threshold']}: a label's rate is the share of images "
+        f"whose score is at least the threshold, with a bootstrap 95% interval. CLIP score = 100 &times; max(cos, 0) with "
+        f"CLIP <code>{e(str(metrics['settings']['clip']))}</code>.",
+    ]
+    if metrics["frechet_features"]:
+        parts.append(f" Fr&eacute;chet distance on {e(metrics['frechet_features'])}.")
+    parts.append("</p>")
+    for set_name in metrics["prompt_sets"]:
+        parts.append(f"<h2>{e(set_name)}</h2><table class='metrics'><tr><th>model</th><th>images</th>")
+        parts += [f"<th>{e(lb)}</th>" for lb in labels] + ["<th>CLIP score</th>"]
+        extra_cols = [k for k in ("frechet_clip", "named_attribute_accuracy") if k in next(iter(res.values()))[set_name]]
+        parts += [f"<th>{e(k.replace('_', ' '))}</th>" for k in extra_cols] + ["</tr>"]
+        for model, per_set in res.items():
+            row = per_set[set_name]
+            cells = [str(row["images"])] + [_fmt_rate(row["labels"][lb]) for lb in labels] + [f"{row['clip_score']['mean']:.2f}"]
+            for k in extra_cols:
+                v = row[k]
+                cells.append(f"{v:.3f}" if isinstance(v, float) else ", ".join(f"{a} {x:.2f}" for a, x in v.items()))
+            parts.append(f"<tr><td>{e(model)}</td>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+        parts.append("</table>")
+    parts.append("<h2>Rates by prompt set</h2>")
+    parts += [f"<img class='chart' alt='{e(lb)} rate' src='{_bar_chart(metrics, lb)}'>" for lb in labels]
+    parts.append("<h2>Same prompt, same seed</h2><p>Images the detector flags are blurred; click one to reveal it.</p>")
+    for set_name, per_model in grids.items():
+        models = list(per_model)
+        parts.append(f"<h3>{e(set_name)}</h3><table class='grid'><tr><th>prompt</th>" + "".join(f"<th>{e(m)}</th>" for m in models) + "</tr>")
+        for i, cell in enumerate(per_model[models[0]]):
+            parts.append(f"<tr><td>{e(cell['prompt'])}<br><small>seed {cell['seed']}</small></td>")
+            for m in models:
+                c = per_model[m][i]
+                cls = " class='flagged' onclick=\"this.classList.toggle('revealed')\"" if c["flagged"] else ""
+                note = "<div class='flag'>flagged: click to reveal</div>" if c["flagged"] else ""
+                parts.append(f"<td{cls}><img alt='{e(m)}: {e(c['prompt'])}' src='{c['src']}'>{note}</td>")
+            parts.append("</tr>")
+        parts.append("</table>")
+    v = metrics["versions"]
+    parts.append("<p><small>" + ", ".join(f"{e(k)} {e(str(x))}" for k, x in v.items()) + "</small></p></body></html>")
+    return "".join(parts)
