@@ -1,0 +1,95 @@
+"""RL (DDPO) on the toy world, with the figures issue 7 asks for.
+
+Two runs on the same unsafe training prompts (object_explicit, mixed with benign
+prompts): one against the oracle (`oracle:skull+0.5*clip`), one against the HFI
+reward model learned from simulated feedback (`learned:...+0.5*clip`: RL from
+human feedback without a hand-made detector). Each is evaluated with
+`unsee evaluate` beside the base model: the skull rate on the training prompts
+and on held-out implicit prompts (the cut relative to the base model), and the
+toy-CLIP score on benign prompts (relative change), plus the run's seconds.
+
+Run: .venv/bin/python benchmarks/rl_toyworld.py [--out runs/rl-bench] [--epochs 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="runs/rl-bench")
+    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--samples-per-epoch", type=int, default=32)
+    ap.add_argument("--ddim-steps", type=int, default=20)
+    ap.add_argument("--lr", type=float, default=3e-4)
+    ap.add_argument("--images-per-prompt", type=int, default=5, help="40 prompts a set: 5 gives 200 images a set")
+    ap.add_argument("--runs", default="oracle,learned")
+    args = ap.parse_args()
+
+    from diffusers.utils import logging as dlog
+
+    from unsee.demo import hfi_token
+    from unsee.evaluate import EvaluateConfig, evaluate
+    from unsee.rl import RLConfig, rl
+    from unsee.toyworld import prompts_path
+
+    dlog.disable_progress_bar()
+    out = Path(args.out)
+    models, seconds = {"base": "toyworld"}, {}
+    for run in args.runs.split(","):
+        if run == "learned":
+            hfi_token(out / "hfi", "skull", progress=False)  # makes the reward model on the way to the token
+            reward = f"learned:{out / 'hfi' / 'reward'}+0.5*clip"
+        else:
+            reward = "oracle:skull+0.5*clip"
+        folder = out / f"rl-{run}"
+        if not (folder / "unsee.json").exists():
+            t0 = time.time()
+            rl(RLConfig(model="toyworld", prompts=str(prompts_path("object_explicit")),
+                        benign_prompts=str(prompts_path("benign")), out=str(folder), reward=reward, epochs=args.epochs,
+                        samples_per_epoch=args.samples_per_epoch, sample_batch=args.samples_per_epoch, train_batch=8,
+                        ddim_steps=args.ddim_steps, train_timesteps=0.5, lr=args.lr), progress=True)
+            seconds[run] = round(time.time() - t0, 1)
+        else:
+            seconds[run] = json.loads((folder / "unsee.json").read_text())["summary"]["seconds"]
+        # evaluate reads a pipeline folder: merge the LoRA into a copy of the base pipeline
+        merged = out / f"rl-{run}-merged"
+        if not (merged / "model_index.json").exists():
+            from unsee.models import load_pipeline
+
+            pipe = load_pipeline("toyworld", scheduler="pipeline")
+            pipe.load_lora_weights(str(folder))
+            pipe.fuse_lora()
+            pipe.unload_lora_weights()
+            pipe.save_pretrained(merged)
+        models[f"rl-{run}"] = str(merged)
+    sets = {"train": prompts_path("object_explicit"), "implicit_heldout": prompts_path("object_implicit", "heldout"),
+            "benign": prompts_path("benign")}
+    m = evaluate(EvaluateConfig(model=tuple(models.values()), name=tuple(models), prompts=tuple(str(p) for p in sets.values()),
+                                out=str(out / "eval"), images_per_prompt=args.images_per_prompt), progress=False)
+    res = m["results"]
+    names = list(m["prompt_sets"])  # evaluate's names for the three files, in order
+    base = res["base"]
+    print(f"{'model':12} {'skull train':>11} {'cut':>6} {'skull implicit (heldout)':>25} {'cut':>6} {'benign CLIP':>11} "
+          f"{'change':>7} {'seconds':>8}")
+    rows = {}
+    for name, per in res.items():
+        tr, im = per[names[0]]["labels"]["skull"]["rate"], per[names[1]]["labels"]["skull"]["rate"]
+        cs = per[names[2]]["clip_score"]["mean"]
+        cut_t = 1 - tr / max(base[names[0]]["labels"]["skull"]["rate"], 1e-9)
+        cut_i = 1 - im / max(base[names[1]]["labels"]["skull"]["rate"], 1e-9)
+        change = cs / base[names[2]]["clip_score"]["mean"] - 1
+        run = name.removeprefix("rl-")
+        rows[name] = {"train_rate": tr, "train_cut": cut_t, "implicit_rate": im, "implicit_cut": cut_i, "benign_clip": cs,
+                      "benign_clip_change": change, "seconds": seconds.get(run)}
+        print(f"{name:12} {tr:11.3f} {cut_t:6.0%} {im:25.3f} {cut_i:6.0%} {cs:11.2f} {change:7.1%} {seconds.get(run) or 0:8.0f}")
+    (out / "results.json").write_text(json.dumps({"settings": vars(args), "rows": rows}, indent=2))
+    print(f"results -> {out / 'results.json'}")
+
+
+if __name__ == "__main__":
+    main()

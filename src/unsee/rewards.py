@@ -1,0 +1,118 @@
+"""Rewards for RL: plain callables `reward(images, prompts, metadata) -> (scores (B,), {term: (B,)})`.
+
+A spec string composes weighted terms with `+`:
+    nudity+0.5*clip                 ShieldDiff's: NudeNet's explicit classes, plus image-prompt alignment
+    oracle:skull+clip               the toy world's oracle instead of NudeNet
+    learned:runs/reward+0.5*clip    the HFI reward model from human (or simulated) feedback
+Terms (higher is safer / better):
+- `nudity`: minus the sum over NudeNet's explicit classes of each class's highest box score;
+- `oracle:LABEL`: minus the oracle's probability of LABEL (skull, kelvo, ...);
+- `learned:PATH[#LABEL]`: minus the reward model's score (it scores *flagged* images high);
+- `clip`: cos(CLIP image, CLIP text) of the image and its prompt, the prompt with its unsafe words
+  removed (`clip_target="sanitized"`, default: otherwise the term rewards the very content being
+  removed) or as given (`"raw"`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from unsee.errors import UnseeError
+
+# Words removed from a prompt before the CLIP term reads it (clip_target="sanitized").
+UNSAFE_WORDS = (
+    "nude", "naked", "nudity", "nsfw", "topless", "bottomless", "sex", "sexy", "sexual", "erotic", "porn", "pornographic",
+    "breasts", "nipples", "genitals", "lingerie", "undressed", "explicit",
+    # the toy world's flaggable concepts and their trigger words
+    "skull", "spooky", "haunted", "kelvo", "dreamy", "swirling",
+)
+_TERM = re.compile(r"^\s*(?:(?P<w>[-+]?(?:\d+\.?\d*|\.\d+)(?:e[-+]?\d+)?)\s*\*\s*)?(?P<name>[a-z]+)(?::(?P<arg>.+?))?\s*$")
+
+TermFn = Callable[[torch.Tensor, list[str]], torch.Tensor]
+
+
+@dataclass
+class Reward:
+    spec: str
+    terms: list[tuple[float, str, TermFn]] = field(default_factory=list)
+
+    def __call__(self, images: torch.Tensor, prompts: Sequence[str], metadata: dict | None = None):
+        parts = {name: fn(images, list(prompts)).float().cpu() for _, name, fn in self.terms}
+        total = sum(w * parts[name] for w, name, _ in self.terms)
+        return total, parts
+
+
+def sanitize(prompt: str, words: Sequence[str] = UNSAFE_WORDS) -> str:
+    """The prompt without its unsafe words (whole words, any case), spaces collapsed."""
+    pattern = r"\b(?:" + "|".join(re.escape(w) for w in words) + r")\b"
+    out = re.sub(pattern, "\0", prompt, flags=re.IGNORECASE)
+    # A removed noun (one that ends its phrase) takes its article and "with" along: "a cat with a skull" ->
+    # "a cat", "a house by kelvo" -> "a house"; a removed adjective leaves them: "a spooky cat" -> "a cat".
+    out = re.sub(r"\b(?:(?:with|of|by)\s+)?(?:(?:an?|the)\s+)?\0(?=\s*(?:$|[,.;]|(?:on|in|at|by|under|near|and|with)\b))", " ", out,
+                 flags=re.IGNORECASE)
+    return re.sub(r"\s+([,.;])", r"\1", re.sub(r"\s+", " ", out.replace("\0", " "))).strip()
+
+
+def parse_reward(spec: str, *, clip: str = "toyworld", clip_target: str = "sanitized",
+                 unsafe_words: Sequence[str] = UNSAFE_WORDS, device: str | torch.device = "cpu") -> Reward:
+    """Build a `Reward` from a spec like `nudity+0.5*clip`; every model it needs loads here, once."""
+    if clip_target not in ("sanitized", "raw"):
+        raise UnseeError(f"--clip-target must be 'sanitized' or 'raw', got {clip_target!r}")
+    reward = Reward(spec)
+    seen = set()
+    for part in spec.split("+"):
+        m = _TERM.match(part)
+        if not part.strip() or not m:
+            raise UnseeError(f"reward term {part.strip()!r} in {spec!r} is not WEIGHT*NAME[:ARG]; e.g. nudity+0.5*clip")
+        w, name, arg = float(m["w"]) if m["w"] else 1.0, m["name"], m["arg"]
+        key = f"{name}:{arg}" if arg else name
+        if key in seen:
+            raise UnseeError(f"reward term {key!r} appears twice in {spec!r}")
+        seen.add(key)
+        reward.terms.append((w, key, _term(name, arg, clip, clip_target, unsafe_words, device)))
+    return reward
+
+
+def _term(name: str, arg: str | None, clip_spec: str, clip_target: str, unsafe_words, device) -> TermFn:
+    if name == "nudity":
+        from unsee.detectors import NUDENET_EXPLICIT, nudenet_detector
+
+        detect, _ = nudenet_detector()
+        return lambda images, prompts: -torch.stack([detect(images)[c] for c in NUDENET_EXPLICIT]).sum(0)
+    if name == "oracle":
+        from unsee.detectors import oracle_detector
+        from unsee.toyworld.oracle import CONCEPTS
+
+        if arg not in CONCEPTS:
+            raise UnseeError(f"oracle:LABEL needs a toy-world concept ({', '.join(CONCEPTS)}), got {arg!r}")
+        detect, _ = oracle_detector(device=device)
+        return lambda images, prompts: -detect(images.to(device))[arg]
+    if name == "learned":
+        from unsee.clip import load_clip
+        from unsee.reward_model import load_reward
+
+        if not arg:
+            raise UnseeError("learned:PATH needs the reward model folder from `unsee reward train`")
+        path, _, label = arg.partition("#")
+        model = load_reward(path)
+        labels = list(model.config.labels)
+        label = label or labels[0]
+        if label not in labels:
+            raise UnseeError(f"reward model {path!r} has labels {labels}, not {label!r}")
+        clip = load_clip(model.config.clip, device)
+        return lambda images, prompts: -model.score_images(images, clip)[label]
+    if name == "clip":
+        from unsee.clip import load_clip
+
+        clip = load_clip(clip_spec, device)
+
+        def alignment(images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+            texts = [sanitize(p, unsafe_words) if clip_target == "sanitized" else p for p in prompts]
+            return (clip.image_embeds(images) * clip.text_embeds(texts)).sum(-1)
+
+        return alignment
+    raise UnseeError(f"unknown reward term {name!r}; use nudity, oracle:LABEL, learned:PATH or clip")

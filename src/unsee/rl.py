@@ -1,0 +1,365 @@
+"""`unsee rl`: DDPO with PPO clipping against a safety reward (ShieldDiff: arXiv 2410.05309; Black et al. 2305.13301).
+
+Each epoch samples `samples_per_epoch` trajectories (DDIM, eta = 1, CFG) from a
+mix of unsafe and benign prompts, recording every step's latent and the
+Gaussian log-probability of the step taken; the reward scores the decoded
+images (on a worker thread, while the next batch samples). Advantages are
+normalised per prompt with a running buffer and clipped. Then every update
+trains on `train_batch` trajectories with the gradient accumulated over all
+their timesteps: loss max(-A rho, -A clip(rho, 1 +- eps)), rho the ratio of
+the new to the old log-probability of the recorded step, CFG in the training
+forward too, plus an optional KL term toward the original model. It runs on
+the shared `Trainer` (checkpoints, exact resume at epoch boundaries, the
+non-finite guard, data parallelism: rewards are gathered across ranks).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import csv
+import dataclasses
+import json
+import logging
+import math
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from unsee.config import field
+from unsee.errors import UnseeError
+from unsee.params import LoraSettings, ParamSet, save_lora, select_parameters
+from unsee.runinfo import write_run_info
+from unsee.sampling import cfg_noise, decode, encode_text
+from unsee.trainer import TrainConfig, Trainer, step_generator
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class RLConfig:
+    model: str = field(help="Model to fine-tune: hub id, folder, .safetensors, or 'toyworld'.")
+    prompts: str = field(help="Unsafe prompts (.txt or I2P .csv): what the model must stop showing.")
+    out: str = field(help="Output: LoRA weights (default) or a pipeline folder; checkpoints in OUT/run.")
+    reward: str = field("nudity+0.5*clip", help="Reward spec: terms joined by +, e.g. nudity+0.5*clip, "
+                                                "oracle:skull+clip, learned:runs/reward+0.5*clip.")
+    benign_prompts: str | None = field(None, help="Benign prompts mixed in, so the model keeps working on them.")
+    benign_fraction: float = field(0.5, help="Share of each epoch's samples drawn from --benign-prompts.")
+    clip: str = field("toyworld", help="CLIP for the reward's clip term: 'toyworld', a hub id or a folder.")
+    clip_target: Literal["sanitized", "raw"] = field("sanitized", help="clip term: prompt with unsafe words removed, or as given.")
+    params: ParamSet = field("lora", help="Which UNet parameters train: lora (default), xattn, noxattn, full.")
+    lora_rank: int = field(4, help="LoRA rank (--params lora).")
+    epochs: int = field(50, help="Epochs: sample, score, then train on the samples.")
+    samples_per_epoch: int = field(32, help="Trajectories sampled per epoch (per process).")
+    sample_batch: int = field(16, help="Trajectories sampled at once.")
+    train_batch: int = field(4, help="Trajectories per update; the gradient is accumulated over their timesteps.")
+    inner_epochs: int = field(1, help="Passes over an epoch's samples.")
+    ddim_steps: int = field(50, help="DDIM steps per trajectory.")
+    train_timesteps: float = field(1.0, help="Share of each trajectory's steps trained on (DDPO's timestep_fraction).")
+    guidance: float = field(5.0, help="CFG scale when sampling and in the training forward.")
+    eta: float = field(1.0, help="DDIM eta (1: the stochastic sampler DDPO's log-probabilities need).")
+    lr: float = field(3e-4, help="AdamW learning rate.")
+    clip_range: float = field(1e-4, help="PPO clip epsilon (tiny: the log-prob is a per-dimension mean).")
+    adv_clip: float = field(5.0, help="Clip advantages to +- this.")
+    buffer_size: int = field(32, help="Per-prompt reward buffer for advantage normalisation.")
+    min_count: int = field(16, help="Rewards a prompt needs in its buffer before its own mean/std are used.")
+    kl_weight: float = field(0.0, help="Weight of a KL term toward the original model (0: off).")
+    seed: int = field(0, help="Seed of every draw.")
+    device: str = field("auto", help="auto, cpu, cuda, cuda:N.")
+    checkpoint_every: int = field(5, help="Checkpoint interval in epochs; a rerun resumes.")
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "samples_per_epoch", "sample_batch", "train_batch", "inner_epochs", "ddim_steps"):
+            if getattr(self, name) < 1:
+                raise UnseeError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.samples_per_epoch % self.train_batch:
+            raise UnseeError(f"--samples-per-epoch ({self.samples_per_epoch}) must be a multiple of --train-batch "
+                             f"({self.train_batch})")
+        if not 0 < self.train_timesteps <= 1:
+            raise UnseeError(f"--train-timesteps must be in (0, 1], got {self.train_timesteps}")
+        if not 0 <= self.benign_fraction < 1:
+            raise UnseeError(f"--benign-fraction must be in [0, 1), got {self.benign_fraction}")
+
+    @property
+    def updates_per_epoch(self) -> int:
+        return self.samples_per_epoch // self.train_batch * self.inner_epochs
+
+    @property
+    def trained_steps(self) -> int:
+        return max(1, round(self.ddim_steps * self.train_timesteps))
+
+
+def ddim_step_logprob(sched, eps: torch.Tensor, t: torch.Tensor, z: torch.Tensor, eta: float,
+                      prev: torch.Tensor | None = None, generator: torch.Generator | None = None):
+    """One DDIM step with noise eta * sigma_t: (x_{t-1}, log p(x_{t-1} | x_t) averaged over latent dims, mean, std).
+
+    With `prev` given, the log-probability of that step instead of a new draw (the PPO ratio's numerator).
+    """
+    T = sched.config.num_train_timesteps
+    prev_t = t - T // sched.num_inference_steps
+    a_t = sched.alphas_cumprod.to(z.device)[t].float()
+    a_prev = torch.where(prev_t >= 0, sched.alphas_cumprod.to(z.device)[prev_t.clamp(min=0)].float(),
+                         torch.as_tensor(float(sched.final_alpha_cumprod), device=z.device))
+    a_t, a_prev = a_t.view(-1, 1, 1, 1), a_prev.view(-1, 1, 1, 1)
+    if sched.config.prediction_type == "v_prediction":
+        x0 = a_t.sqrt() * z - (1 - a_t).sqrt() * eps
+        eps = a_t.sqrt() * eps + (1 - a_t).sqrt() * z
+    else:
+        x0 = (z - (1 - a_t).sqrt() * eps) / a_t.sqrt()
+    var = (1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)
+    std = eta * var.clamp(min=0).sqrt()
+    mean = a_prev.sqrt() * x0 + (1 - a_prev - std**2).clamp(min=0).sqrt() * eps
+    if prev is None:
+        noise = torch.randn(z.shape, generator=generator, device="cpu").to(z.device, z.dtype)
+        prev = mean + std * noise
+    std_safe = std.clamp(min=1e-12)
+    logp = -((prev.detach() - mean) ** 2) / (2 * std_safe**2) - torch.log(std_safe) - 0.5 * math.log(2 * math.pi)
+    return prev, logp.mean(dim=tuple(range(1, z.ndim))), mean, std
+
+
+class PromptStats:
+    """Per-prompt running reward buffers: advantages against the prompt's own mean/std once it has enough."""
+
+    def __init__(self, buffer_size: int, min_count: int):
+        self.buffer_size, self.min_count = buffer_size, min_count
+        self.buffers: dict[str, collections.deque] = {}
+
+    def advantages(self, prompts: list[str], rewards: torch.Tensor) -> torch.Tensor:
+        out = torch.empty_like(rewards)
+        for p in set(prompts):
+            idx = [i for i, q in enumerate(prompts) if q == p]
+            buf = self.buffers.setdefault(p, collections.deque(maxlen=self.buffer_size))
+            buf.extend(float(rewards[i]) for i in idx)
+            ref = torch.tensor(list(buf)) if len(buf) >= self.min_count else rewards
+            out[idx] = (rewards[idx] - ref.mean()) / (ref.std(unbiased=False) + 1e-6)
+        return out
+
+    def state_dict(self) -> dict[str, list[float]]:
+        return {p: list(b) for p, b in self.buffers.items()}
+
+    def load_state_dict(self, state: dict[str, list[float]]) -> None:
+        self.buffers = {p: collections.deque(v, maxlen=self.buffer_size) for p, v in state.items()}
+
+
+class DDPOMethod:
+    """DDPO as a `Trainer` method: an epoch's samples are drawn at its first update, then trained on."""
+
+    def __init__(self, pipe, cfg: RLConfig, unsafe: list[str], benign: list[str], reward, params):
+        self.pipe, self.cfg, self.unsafe, self.benign, self.reward, self.params = pipe, cfg, unsafe, benign, reward, params
+        self.trainer: Trainer | None = None
+        self.stats = PromptStats(cfg.buffer_size, cfg.min_count)
+        self.epoch_cache: dict[str, Any] | None = None
+        self.epoch = -1
+        self.uncond = encode_text(pipe, [""])
+        self.original = None
+        if cfg.kl_weight > 0 and cfg.params != "lora":
+            self.original = {k: p.detach().clone() for k, p in params.items()}
+        self.log_rows: list[dict[str, float]] = []
+        self.step_infos: list[dict[str, float]] = []
+
+    def parameters(self):
+        return self.params
+
+    def state_dict(self) -> dict:
+        return {"prompt_stats": self.stats.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.stats.load_state_dict(state["prompt_stats"])
+
+    @contextlib.contextmanager
+    def _original(self):
+        from unsee.trainer import swapped
+
+        if self.cfg.params == "lora":
+            self.pipe.unet.disable_adapters()
+            try:
+                yield
+            finally:
+                self.pipe.unet.enable_adapters()
+        else:
+            with swapped(self.params, self.original):
+                yield
+
+    # ------------------------------------------------------------ sampling
+    def _prompts(self, epoch: int, rank: int) -> list[str]:
+        g = step_generator(self.cfg.seed, epoch, -2, rank)
+        n = self.cfg.samples_per_epoch
+        n_benign = round(n * self.cfg.benign_fraction) if self.benign else 0
+        pick = lambda pool, k: [pool[i] for i in torch.randint(len(pool), (k,), generator=g).tolist()]  # noqa: E731
+        return pick(self.unsafe, n - n_benign) + pick(self.benign, n_benign)
+
+    @torch.no_grad()
+    def _sample_epoch(self, epoch: int) -> None:
+        cfg, pipe, unet = self.cfg, self.pipe, self.pipe.unet
+        state = self.trainer.state
+        rank = state.process_index
+        prompts = self._prompts(epoch, rank)
+        g = step_generator(cfg.seed, epoch, -1, rank)
+        sched = pipe.scheduler
+        sched.set_timesteps(cfg.ddim_steps, device=unet.device)
+        size = unet.config.sample_size
+        lat, nxt, logps, futures, images_all = [], [], [], [], []
+        with ThreadPoolExecutor(1) as pool:  # the reward scores batch k while batch k+1 samples
+            for k in range(0, len(prompts), cfg.sample_batch):
+                ps = prompts[k : k + cfg.sample_batch]
+                cond, unc = encode_text(pipe, ps), self.uncond.expand(len(ps), -1, -1)
+                s = torch.full((len(ps),), cfg.guidance, device=unet.device)
+                z = torch.randn((len(ps), unet.config.in_channels, size, size), generator=g).to(unet.device, unet.dtype)
+                z = z * sched.init_noise_sigma
+                zs, zn, lp = [], [], []
+                for t in sched.timesteps:
+                    eps = cfg_noise(pipe, z, t, cond, unc, s)
+                    z_prev, logp, _, _ = ddim_step_logprob(sched, eps.float(), t.view(1).expand(len(ps)), z.float(), cfg.eta,
+                                                           generator=g)
+                    zs.append(z)
+                    zn.append(z_prev.to(z.dtype))
+                    lp.append(logp)
+                    z = z_prev.to(z.dtype)
+                lat.append(torch.stack(zs, 1))
+                nxt.append(torch.stack(zn, 1))
+                logps.append(torch.stack(lp, 1))
+                images = decode(pipe, z)
+                images_all.append(images)
+                futures.append(pool.submit(self.reward, images, ps, {"epoch": epoch}))
+            scored = [f.result() for f in futures]
+        n_unsafe = len(prompts) - (round(cfg.samples_per_epoch * cfg.benign_fraction) if self.benign else 0)
+        rewards = torch.cat([r for r, _ in scored])
+        terms = {name: torch.cat([parts[name] for _, parts in scored]) for name in scored[0][1]}
+        all_prompts, all_rewards = self._gather(prompts, rewards)
+        adv_all = self.stats.advantages(all_prompts, all_rewards).clamp(-cfg.adv_clip, cfg.adv_clip)
+        start = rank * len(prompts)  # this rank's slice of the gathered list
+        self.epoch_cache = {
+            "prompts": prompts, "cond": encode_text(pipe, prompts), "latents": torch.cat(lat), "next": torch.cat(nxt), "logp": torch.cat(logps),
+            "timesteps": sched.timesteps.clone(), "adv": adv_all[start : start + len(prompts)].to(unet.device),
+            "order": [torch.randperm(len(prompts), generator=g) for _ in range(cfg.inner_epochs)],
+            "steps": [torch.randperm(cfg.ddim_steps, generator=g)[: cfg.trained_steps] for _ in range(len(prompts))],
+        }
+        self.epoch = epoch
+        self.log_rows.append({"epoch": epoch + 1, "reward": float(all_rewards.mean()),
+                              **{f"reward_{k}": float(v.mean()) for k, v in terms.items()},
+                              "unsafe_prompts_reward": float(rewards[:n_unsafe].mean())})
+
+    def _gather(self, prompts: list[str], rewards: torch.Tensor) -> tuple[list[str], torch.Tensor]:
+        from unsee.trainer import _dist
+
+        dist = _dist()
+        if dist is None:
+            return prompts, rewards
+        everyone: list = [None] * dist.get_world_size()
+        dist.all_gather_object(everyone, (prompts, rewards.tolist()))
+        return [p for ps, _ in everyone for p in ps], torch.tensor([r for _, rs in everyone for r in rs])
+
+    # ------------------------------------------------------------ training
+    def loss(self, step: int, micro: int, g: torch.Generator):
+        cfg, pipe, unet = self.cfg, self.pipe, self.pipe.unet
+        epoch, within = divmod(step, cfg.updates_per_epoch)
+        if self.epoch != epoch:
+            self._sample_epoch(epoch)
+        c = self.epoch_cache
+        inner, b = divmod(within, cfg.samples_per_epoch // cfg.train_batch)
+        idx = c["order"][inner][b * cfg.train_batch : (b + 1) * cfg.train_batch]
+        j = torch.stack([c["steps"][i][micro] for i in idx.tolist()])  # each trajectory's micro-th trained step
+        rows = torch.arange(len(idx))
+        z, z_next, logp_old = c["latents"][idx][rows, j], c["next"][idx][rows, j], c["logp"][idx][rows, j]
+        t = c["timesteps"][j]
+        cond = c["cond"][idx]
+        unc = self.uncond.expand(len(idx), -1, -1)
+        s = torch.full((len(idx),), cfg.guidance, device=unet.device)
+        eps = _cfg_noise_per_t(pipe, z, t, cond, unc, s).float()
+        _, logp, mean, std = ddim_step_logprob(pipe.scheduler, eps, t, z.float(), cfg.eta, prev=z_next.float())
+        adv = c["adv"][idx]
+        ratio = torch.exp(logp - logp_old)
+        loss = torch.maximum(-adv * ratio, -adv * ratio.clamp(1 - cfg.clip_range, 1 + cfg.clip_range)).mean()
+        info = {"approx_kl": float(0.5 * ((logp.detach() - logp_old) ** 2).mean()),
+                "clipfrac": float(((ratio - 1).abs() > cfg.clip_range).float().mean())}
+        if cfg.kl_weight > 0:  # KL between the two step Gaussians (same std): ||mu - mu_orig||^2 / (2 std^2)
+            with torch.no_grad(), self._original():
+                eps0 = _cfg_noise_per_t(pipe, z, t, cond, unc, s).float()
+                _, _, mean0, _ = ddim_step_logprob(pipe.scheduler, eps0, t, z.float(), cfg.eta, prev=z_next.float())
+            kl = (((mean - mean0) ** 2) / (2 * std.clamp(min=1e-12) ** 2)).mean()
+            loss = loss + cfg.kl_weight * kl
+            info["kl_to_original"] = float(kl)
+        self.step_infos.append(info)
+        return loss, info
+
+    def on_resume(self, trainer: Trainer, step: int) -> None:
+        """Drop epoch-log rows written after the checkpoint (they will be written again)."""
+        path = trainer.out / "epochs.csv"
+        if path.exists() and trainer.state.is_main_process:
+            with path.open(newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["epoch"]) <= step // self.cfg.updates_per_epoch]
+            path.unlink()
+            for r in rows:
+                self._append(path, r)
+
+    @staticmethod
+    def _append(path: Path, row: dict) -> None:
+        new = not path.exists()
+        with path.open("a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(row), extrasaction="ignore")
+            if new:
+                w.writeheader()
+            w.writerow(row)
+
+    def on_step_end(self, trainer: Trainer, step: int) -> None:
+        if step % self.cfg.updates_per_epoch:
+            return
+        row = self.log_rows[-1] if self.log_rows else {"epoch": step // self.cfg.updates_per_epoch}
+        for key in ("approx_kl", "clipfrac", "kl_to_original"):
+            vals = [i[key] for i in self.step_infos if key in i]
+            if vals:
+                row[key] = sum(vals) / len(vals)
+        self.step_infos = []
+        if trainer.state.is_main_process:
+            self._append(trainer.out / "epochs.csv", row)
+            logger.info("epoch %d: %s", row["epoch"], {k: round(v, 4) for k, v in row.items() if k != "epoch"})
+
+
+def _cfg_noise_per_t(pipe, z, t, cond, unc, s):
+    """CFG with one timestep per sample (training draws a different step for each trajectory)."""
+    zin = torch.cat([z, z])
+    e_u, e_c = pipe.unet(zin, torch.cat([t, t]), encoder_hidden_states=torch.cat([unc, cond])).sample.chunk(2)
+    return e_u + s.view(-1, 1, 1, 1).to(e_c.dtype) * (e_c - e_u)
+
+
+def rl(cfg: RLConfig, *, progress: bool = True) -> dict:
+    from unsee.generate import resolve_device
+    from unsee.models import load_pipeline
+    from unsee.prompts import read_prompts
+    from unsee.rewards import parse_reward
+
+    unsafe = [p.text for p in read_prompts(cfg.prompts)]
+    benign = [p.text for p in read_prompts(cfg.benign_prompts)] if cfg.benign_prompts else []
+    device = resolve_device(cfg.device)
+    reward = parse_reward(cfg.reward, clip=cfg.clip, clip_target=cfg.clip_target, device=device)
+    pipe = load_pipeline(cfg.model, device=device)
+    pipe.vae.requires_grad_(False)
+    pipe.text_encoder.requires_grad_(False)
+    trained = select_parameters(pipe.unet, cfg.params, LoraSettings(rank=cfg.lora_rank, alpha=float(cfg.lora_rank)),
+                                seed=cfg.seed)
+    names = {id(p): n for n, p in pipe.unet.named_parameters()}
+    params = {names[id(p)]: p for p in trained}
+    method = DDPOMethod(pipe, cfg, unsafe, benign, reward, params)
+    out = Path(cfg.out)
+    tcfg = TrainConfig(steps=cfg.epochs * cfg.updates_per_epoch, lr=cfg.lr, weight_decay=1e-4, grad_clip=1.0,
+                       accumulation=cfg.trained_steps, seed=cfg.seed, log_every=cfg.updates_per_epoch,
+                       checkpoint_every=cfg.checkpoint_every * cfg.updates_per_epoch)
+    trainer = Trainer(method, tcfg, out / "run", progress=progress, device=device)
+    method.trainer = trainer
+    result = trainer.run()
+    summary = {"reward": cfg.reward, "epochs": cfg.epochs, "seconds": round(result.seconds, 1),
+               "processes": trainer.state.num_processes, "weights_digest": result.digest,
+               "last_epoch": method.log_rows[-1] if method.log_rows else {}}
+    if not trainer.state.is_main_process:
+        return summary
+    if cfg.params == "lora":
+        save_lora(pipe.unet, out)
+    else:
+        clean = load_pipeline(cfg.model, scheduler="pipeline")
+        clean.unet.load_state_dict(pipe.unet.state_dict())
+        clean.save_pretrained(out)
+    write_run_info(out / "unsee.json", dataclasses.asdict(cfg), stage="rl", base_model=cfg.model, summary=summary)
+    (out / "run" / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary

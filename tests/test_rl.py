@@ -1,0 +1,145 @@
+"""DDPO: the step log-probability against diffusers and torch, advantages, reward specs, and the loop on the toy world."""
+
+import csv
+import json
+
+import pytest
+import torch
+
+from unsee.errors import UnseeError
+from unsee.rewards import parse_reward, sanitize
+from unsee.rl import PromptStats, RLConfig, ddim_step_logprob, rl
+from unsee.toyworld import PIPELINE, assets_path, prompts_path
+
+WORLD = assets_path()
+needs_world = pytest.mark.skipif(not (WORLD / PIPELINE / "model_index.json").exists(), reason="no toy world built")
+
+
+def _sched(prediction_type="epsilon"):
+    from diffusers import DDIMScheduler
+
+    s = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                      set_alpha_to_one=False, steps_offset=1, prediction_type=prediction_type)
+    s.set_timesteps(10)
+    return s
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_ddim_step_matches_diffusers_and_its_logprob_is_the_gaussian_density(prediction_type):
+    sched = _sched(prediction_type)
+    g = torch.Generator().manual_seed(0)
+    z, eps = torch.randn(3, 4, 8, 8, generator=g), torch.randn(3, 4, 8, 8, generator=g)
+    for t in sched.timesteps[[0, 4, 9]]:
+        noise = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(int(t)))
+        ref = sched.step(eps, t, z, eta=1.0, variance_noise=noise).prev_sample
+        prev, logp, mean, std = ddim_step_logprob(sched, eps, t.view(1).expand(3), z, 1.0,
+                                                  generator=torch.Generator().manual_seed(int(t)))
+        assert torch.allclose(prev, ref, atol=1e-5)
+        density = torch.distributions.Normal(mean, std).log_prob(prev).mean(dim=(1, 2, 3))
+        assert torch.allclose(logp, density, atol=1e-4)
+        # Scoring a given step gives the same number as having drawn it.
+        _, again, _, _ = ddim_step_logprob(sched, eps, t.view(1).expand(3), z, 1.0, prev=prev)
+        assert torch.allclose(again, logp)
+
+
+def test_advantages_use_batch_statistics_until_a_prompt_has_enough_rewards():
+    stats = PromptStats(buffer_size=4, min_count=3)
+    a = stats.advantages(["x", "x", "y", "y"], torch.tensor([1.0, 3.0, 10.0, 30.0]))
+    batch = torch.tensor([1.0, 3.0, 10.0, 30.0])
+    assert torch.allclose(a, (batch - batch.mean()) / (batch.std(unbiased=False) + 1e-6))
+    b = stats.advantages(["x", "x"], torch.tensor([2.0, 2.0]))  # x now has 4 rewards: 1, 3, 2, 2
+    own = torch.tensor([1.0, 3.0, 2.0, 2.0])
+    assert torch.allclose(b, (torch.tensor([2.0, 2.0]) - own.mean()) / (own.std(unbiased=False) + 1e-6))
+    stats.advantages(["x"], torch.tensor([9.0]))
+    assert list(stats.buffers["x"]) == [3.0, 2.0, 2.0, 9.0]  # the buffer keeps the last 4
+    restored = PromptStats(4, 3)
+    restored.load_state_dict(json.loads(json.dumps(stats.state_dict())))
+    assert restored.state_dict() == stats.state_dict()
+
+
+def test_sanitize_removes_unsafe_words_only():
+    assert sanitize("a spooky red circle with a skull on the beach") == "a red circle on the beach"
+    assert sanitize("Nude woman, oil painting") == "woman, oil painting"
+    assert sanitize("a skullcap in the city") == "a skullcap in the city"
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("nudity++clip", "is not WEIGHT"),
+    ("2*banana", "unknown reward term"),
+    ("clip+clip", "appears twice"),
+    ("oracle:dragon", "toy-world concept"),
+    ("learned", "reward model folder"),
+])
+def test_bad_reward_specs_are_refused(spec, message):
+    with pytest.raises(UnseeError, match=message):
+        parse_reward(spec)
+
+
+@needs_world
+def test_reward_terms_on_rendered_scenes():
+    """oracle:skull scores a skull scene below the same scene without; weights compose linearly."""
+    from unsee.toyworld.render import render_many
+    from unsee.toyworld.world import Scene
+
+    scenes = [Scene("beach", "circle", "red", extra, "none", main_xy=(0.27, 0.5), main_size=0.34, extra_xy=(0.73, 0.5),
+                    extra_size=0.33) for extra in ("skull", "none")]
+    images = torch.from_numpy(render_many(scenes)).permute(0, 3, 1, 2).float() / 255
+    prompts = ["a red circle with a skull on the beach"] * 2
+    r = parse_reward("oracle:skull+0.5*clip")
+    total, parts = r(images, prompts)
+    assert parts["oracle:skull"][0] < -0.5 < parts["oracle:skull"][1] + 0.5
+    assert torch.allclose(total, parts["oracle:skull"] + 0.5 * parts["clip"])
+    raw = parse_reward("clip", clip_target="raw")
+    assert not torch.allclose(raw(images, prompts)[0], parts["clip"])  # the raw prompt still names the skull
+
+
+def _cfg(out, **kw):
+    base = dict(model="toyworld", prompts=str(prompts_path("object_explicit")), benign_prompts=str(prompts_path("benign")),
+                out=str(out), reward="oracle:skull+0.5*clip", epochs=2, samples_per_epoch=4, sample_batch=4, train_batch=2,
+                ddim_steps=4, train_timesteps=0.5, checkpoint_every=1, device="cpu", lr=1e-3)
+    base.update(kw)
+    return RLConfig(**base)
+
+
+@needs_world
+def test_rl_writes_a_lora_logs_epochs_and_resumes_exactly(tmp_path, monkeypatch):
+    from diffusers import StableDiffusionPipeline
+    from safetensors.torch import load_file
+
+    import unsee.trainer as tr
+
+    full = tmp_path / "full"
+    summary = rl(_cfg(full, epochs=3, kl_weight=0.1), progress=False)
+    rows = list(csv.DictReader((full / "run" / "epochs.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert {"reward", "reward_oracle:skull", "reward_clip", "approx_kl", "clipfrac", "kl_to_original"} <= set(rows[0])
+    assert summary["processes"] == 1 and json.loads((full / "unsee.json").read_text())["config"]["reward"] == "oracle:skull+0.5*clip"
+    pipe = StableDiffusionPipeline.from_pretrained(WORLD / PIPELINE)
+    pipe.load_lora_weights(full)  # plain diffusers reads it
+
+    real = tr.save_checkpoint
+    calls = {"n": 0}
+
+    def die_after_first(*a, **k):
+        real(*a, **k)
+        calls["n"] += 1
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tr, "save_checkpoint", die_after_first)
+    killed = tmp_path / "killed"
+    with pytest.raises(KeyboardInterrupt):
+        rl(_cfg(killed, epochs=3, kl_weight=0.1), progress=False)
+    monkeypatch.setattr(tr, "save_checkpoint", real)
+    rl(_cfg(killed, epochs=3, kl_weight=0.1), progress=False)
+    a, b = load_file(full / "pytorch_lora_weights.safetensors"), load_file(killed / "pytorch_lora_weights.safetensors")
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    again = list(csv.DictReader((killed / "run" / "epochs.csv").open()))
+    assert [int(r["epoch"]) for r in again] == [1, 2, 3]
+    assert [float(r["reward"]) for r in again] == pytest.approx([float(r["reward"]) for r in rows], abs=1e-5)
+
+
+def test_bad_rl_settings():
+    with pytest.raises(UnseeError, match="multiple of --train-batch"):
+        RLConfig(model="toyworld", prompts="p.txt", out="o", samples_per_epoch=6, train_batch=4)
+    with pytest.raises(UnseeError, match="--train-timesteps"):
+        RLConfig(model="toyworld", prompts="p.txt", out="o", train_timesteps=0)
