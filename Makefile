@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.13.0
-EXTRAS ?= dev,nudity
+EXTRAS ?= dev,nudity,annotate
 STAMP  := $(VENV)/.installed
 
 .PHONY: demo test lint bench install clean toyworld
@@ -26,7 +26,7 @@ bench: $(STAMP)
 
 install: $(STAMP)
 
-# Rebuild the toy world from scratch (~1 h on 2 cores) and ship it inside the package.
+# Rebuild the toy world from scratch (26-52 min on 2 cores) and ship it inside the package.
 TW_BUILD ?= runs/toyworld
 TW_ASSETS := src/unsee/toyworld/assets
 toyworld: $(STAMP)
@@ -42,6 +42,11 @@ $(PY):
 $(STAMP): $(PY) pyproject.toml
 	$(PY) -m pip install -q "$(TORCH)"
 	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
+	@# Headless Chromium for the report and web-app tests: Debian's package (Playwright drives it;
+	@# its own browser download cannot work offline).
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "note: install Chromium (sudo apt-get install chromium) for the browser tests"; fi; }
 	touch $(STAMP)
 
 clean:

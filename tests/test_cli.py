@@ -97,7 +97,7 @@ def test_every_command_has_examples_in_its_help():
 
     paths = list(_commands(cli))
     assert {("generate",), ("annotate", "auto"), ("reward", "train"), ("reward", "score"), ("invert",),
-            ("toyworld", "build"), ("toyworld", "check"), ("toyworld", "samples"), ("demo",), ("erase",)} <= set(paths)
+            ("toyworld", "build"), ("toyworld", "check"), ("toyworld", "samples"), ("demo",), ("erase",), ("evaluate",), ("rl",)} <= set(paths)
     for path in paths:
         r = CliRunner().invoke(cli, [*path, "--help"])
         assert r.exit_code == 0, path

@@ -67,6 +67,8 @@ def cli(verbose: bool) -> None:
       reward     image set + feedback -> reward model (`reward train`, `reward score`)
       invert     model + feedback or reward -> learned token (HFI textual inversion)
       erase      model + concept (text or learned token) -> erased model (SDD, ESD)
+      rl         model + prompts + reward -> fine-tuned model (DDPO, ShieldDiff)
+      evaluate   models + prompts -> metrics.json + report.html, side by side
       demo       the whole loop on the embedded model, no arguments needed
       toyworld   build / check the embedded toy world (the CPU-sized bench)
 
@@ -98,11 +100,13 @@ finished images; a crash loses at most the batch in flight.
 def generate(progress: bool, **kwargs) -> None:
     """Generate an image set from a prompt file."""
     from unsee.generate import generate as run
+    from unsee.generate import process_state
 
     cfg = from_kwargs(GenerateConfig, kwargs)
     quiet_progress()
     out = run(cfg, progress=progress)
-    click.echo(f"image set: {out}")
+    state = process_state()
+    click.echo(f"image set: {out}" + (f" (process {state.process_index + 1} of {state.num_processes})" if state.num_processes > 1 else ""))
 
 
 # ---------------------------------------------------------------- annotate
@@ -113,7 +117,7 @@ from unsee.reward_model import RewardTrainConfig  # noqa: E402
 
 @cli.group()
 def annotate() -> None:
-    """Feedback on an image set: simulated annotators now; the web app for people later."""
+    """Feedback on an image set: simulated annotators (`auto`) or people in a web app (`serve`)."""
 
 
 @annotate.command(
@@ -134,6 +138,134 @@ def annotate_auto(**kwargs) -> None:
     path = auto_annotate(from_kwargs(AutoAnnotateConfig, kwargs))
     fb = load_feedback(path)
     click.echo(f"{len(fb.judgements)} judgements ({', '.join(fb.labels)}) -> {path}")
+
+
+from unsee.annotate_app.config import (  # noqa: E402  (no web imports: `unsee --help` stays fast)
+    ExportConfig,
+    InviteConfig,
+    RevokeConfig,
+    ServeConfig,
+    StatusConfig,
+)
+
+
+@annotate.command(
+    "serve",
+    epilog="""\b
+Examples:
+  unsee annotate serve --images runs/base --db study.db --labels "skull,kelvo"
+  unsee annotate serve --images runs/sd --db study.db --labels "nudity,gore,style-x" --per-image 3 \\
+      --detector nudenet                       # flagged images start blurred; pip install unsee[nudity]
+  unsee annotate serve --images runs/sd --db study.db --labels "nudity,gore,style-x" --kind rank \\
+      --references examples/                   # examples/<label>/*.png shown beside each group
+  unsee annotate invite --db study.db --name ann-1   # prints ann-1's personal link
+
+\b
+The database is made on first start and resumed after (answers are committed as
+they arrive, so a crash loses nothing answered). It belongs to one image set and
+one list of labels. Annotators open their link, accept the consent page, then
+judge: binary = check the labels an image shows, or none; rank = order a group
+of up to 5 images by how strongly they show a label. Each image goes to
+--per-image different annotators. Installs with `pip install unsee[annotate]`.
+""",
+)
+@click_options(ServeConfig)
+def annotate_serve(**kwargs) -> None:
+    """Run the annotation web app: people label or rank an image set."""
+    from unsee.annotate_app.server import bind, prepare, run
+
+    cfg = from_kwargs(ServeConfig, kwargs)
+    study = prepare(cfg)  # detector scores are kept in the db, so a rerun after a taken port is quick
+    sock = bind(cfg.host, cfg.port)
+    n = len(study.files)
+    click.echo(f"study {cfg.db}: {n} images, labels {','.join(cfg.labels)}; {cfg.kind} tasks, "
+               f"{cfg.per_image} annotator(s) per image ({study.new_tasks} new tasks); "
+               f"{study.flagged} flagged image(s) start blurred")
+    if cfg.host not in ("127.0.0.1", "localhost", "::1"):
+        click.echo(f"warning: listening on {cfg.host}: anyone who can reach this machine can reach the study, over "
+                   "plain HTTP; put it behind an HTTPS proxy", err=True)
+    click.echo(f"serving on {study.url}; invite people with `unsee annotate invite --db {cfg.db} --name NAME`; "
+               "Ctrl+C stops", nl=True)
+    run(study, sock)
+
+
+@annotate.command(
+    "invite",
+    epilog="""\b
+Examples:
+  unsee annotate invite --db study.db --name ann-1
+  unsee annotate invite --db study.db --name ann-2 --url https://annotate.example.org
+
+Prints the link on stdout; it is shown once (only a hash of its secret is
+stored). A revoked annotator can be invited again: a new link, same name, their
+earlier answers kept.
+""",
+)
+@click_options(InviteConfig)
+def annotate_invite(**kwargs) -> None:
+    """Print a personal invite link for an annotator."""
+    from unsee.annotate_app.db import Store
+
+    cfg = from_kwargs(InviteConfig, kwargs)
+    store = Store.open(cfg.db)
+    token = store.invite(cfg.name)
+    url = (cfg.url or store.meta().get("url") or "http://127.0.0.1:8000").rstrip("/")
+    click.echo(f"{url}/join/{token}")
+    click.echo(f"send this link to {cfg.name} privately; it cannot be shown again", err=True)
+
+
+@annotate.command("revoke", epilog="\b\nExample:\n  unsee annotate revoke --db study.db --name ann-1")
+@click_options(RevokeConfig)
+def annotate_revoke(**kwargs) -> None:
+    """Stop an annotator's link at once (their answers are kept)."""
+    from unsee.annotate_app.db import Store
+
+    cfg = from_kwargs(RevokeConfig, kwargs)
+    Store.open(cfg.db).revoke(cfg.name)
+    click.echo(f"revoked {cfg.name}: their link and open sessions no longer work; their answers are kept")
+
+
+@annotate.command("status", epilog="\b\nExample:\n  unsee annotate status --db study.db")
+@click_options(StatusConfig)
+def annotate_status(**kwargs) -> None:
+    """Progress per annotator and agreement so far (Krippendorff's alpha per label)."""
+    from unsee.annotate_app.agreement import label_alphas
+    from unsee.annotate_app.db import Store
+
+    cfg = from_kwargs(StatusConfig, kwargs)
+    store = Store.open(cfg.db)
+    meta = store.meta()
+    click.echo(f"image set {meta.get('images')}; labels {','.join(meta['labels'])}")
+    for kind in ("binary", "rank"):
+        p = store.progress(None, kind)
+        if p["total"]:
+            click.echo(f"{kind}: {p['done']} of {p['total']} judgements ({100 * p['done'] / p['total']:.0f}%)")
+    rows = store.annotators()
+    click.echo(f"\n{'annotator':<20} {'state':<10} {'binary':>7} {'rank':>6}  last answer")
+    for r in rows:
+        state = "revoked" if r["revoked"] else "active" if r["consented"] else "invited"
+        click.echo(f"{r['name'][:20]:<20} {state:<10} {r['binary']:>7} {r['rank']:>6}  {r['last'] or '-'}")
+    if not rows:
+        click.echo(f"(nobody yet: `unsee annotate invite --db {cfg.db} --name NAME`)")
+    binary = [(j.image, j.labels) for j in store.feedback().binary]
+    alphas = label_alphas(binary, meta["labels"])
+    click.echo("\nagreement, binary (Krippendorff's alpha, nominal; 1 = perfect, 0 = chance):")
+    for label, (alpha, units) in alphas.items():
+        shown = f"{alpha:6.3f}" if alpha == alpha else "   n/a"  # nan: no image judged twice, or no variation yet
+        click.echo(f"  {label[:24]:<24} {shown}  over {units} image(s) judged by 2+ annotators")
+
+
+@annotate.command("export", epilog="\b\nExample:\n  unsee annotate export --db study.db --out feedback.jsonl\n"
+                                   "  unsee reward train --images runs/base --feedback feedback.jsonl --out runs/reward")
+@click_options(ExportConfig)
+def annotate_export(**kwargs) -> None:
+    """Write every answer so far to feedback.jsonl (what `reward train` and `invert` read)."""
+    from unsee.annotate_app.db import export_feedback
+
+    cfg = from_kwargs(ExportConfig, kwargs)
+    fb = export_feedback(cfg.db, cfg.out)
+    click.echo(f"{len(fb.judgements)} judgements ({len(fb.binary)} binary, {len(fb.ranks)} rank) by "
+               f"{len({j.annotator for j in fb.judgements})} annotator(s) -> {cfg.out}")
 
 
 @cli.group()
@@ -220,24 +352,94 @@ def erase(progress: bool, **kwargs) -> None:
                f"({summary['unet_passes_per_update']:.1f} UNet evaluations per update) -> {kwargs['out']}")
 
 
+# ---------------------------------------------------------------- rl
+from unsee.rl import RLConfig  # noqa: E402
+
+
+@cli.command(
+    epilog="""\b
+Examples:
+  W=$(python -c "import unsee.toyworld as t; print(t.assets_path())")/prompts/seen
+  unsee rl --model toyworld --prompts $W/object_explicit.txt --benign-prompts $W/benign.txt \\
+      --reward "oracle:skull+0.5*clip" --ddim-steps 20 --epochs 30 --out runs/rl
+  unsee rl --model toyworld --prompts $W/object_implicit.txt --reward "learned:runs/reward+0.5*clip" --out runs/rl-hf
+  unsee rl --model ./sd15 --prompts i2p-sexual.csv --reward "nudity+0.5*clip" --clip openai/clip-vit-base-patch32 --out runs/shield
+
+Output: LoRA weights for pipe.load_lora_weights(OUT) (or a pipeline folder with
+--params other than lora); OUT/run/epochs.csv logs mean reward, each term, the
+KL estimate and the clip fraction per epoch. A rerun resumes.
+""",
+)
+@click_options(RLConfig)
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
+def rl(progress: bool, **kwargs) -> None:
+    """Fine-tune against a safety reward with DDPO (ShieldDiff)."""
+    from unsee.rl import rl as run
+
+    quiet_progress()
+    summary = run(from_kwargs(RLConfig, kwargs), progress=progress)
+    last = summary["last_epoch"]
+    click.echo(f"DDPO on {summary['reward']}: {summary['epochs']} epochs in {summary['seconds']} s; last epoch mean reward "
+               f"{last.get('reward', float('nan')):.4f} -> {kwargs['out']}")
+
+
+# ---------------------------------------------------------------- evaluate
+from unsee.evaluate import EvaluateConfig  # noqa: E402
+
+
+@cli.command(
+    epilog="""\b
+Examples:
+  W=$(python -c "import unsee.toyworld as t; print(t.assets_path())")/prompts/seen
+  unsee evaluate --model toyworld --name base --model runs/sdd --name sdd \\
+      --prompts $W/object_explicit.txt --prompts $W/benign.txt --images-per-prompt 5 --out runs/eval
+  unsee evaluate --model ./sd15 --model runs/esd --detector nudenet --clip openai/clip-vit-base-patch32 \\
+      --prompts i2p.csv --reference-images coco-1k/ --out runs/eval-sd
+
+Writes OUT/metrics.json and OUT/report.html; a rerun reuses the images in OUT/images/.
+""",
+)
+@click_options(EvaluateConfig)
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars.")
+def evaluate(progress: bool, **kwargs) -> None:
+    """Compare models side by side: concept rates, CLIP score, Frechet distance, preservation."""
+    from unsee.evaluate import evaluate as run
+
+    quiet_progress()
+    m = run(from_kwargs(EvaluateConfig, kwargs), progress=progress)
+    labels = m["detector"]["labels"]
+    click.echo(f"{'model':16} {'prompt set':20} " + " ".join(f"{lb[:10]:>10}" for lb in labels) + f" {'CLIP':>6}")
+    for model, per_set in m["results"].items():
+        for set_name, row in per_set.items():
+            rates = " ".join(f"{row['labels'][lb]['rate']:10.3f}" for lb in labels)
+            click.echo(f"{model[:16]:16} {set_name[:20]:20} {rates} {row['clip_score']['mean']:6.2f}")
+    click.echo(f"-> {kwargs['out']}/metrics.json, {kwargs['out']}/report.html")
+
+
 # ---------------------------------------------------------------- demo
 @cli.command(
     epilog="""\b
 Examples:
-  unsee demo                 # writes runs/demo/
+  unsee demo                 # the whole loop, ~15 min on 2 cores; writes runs/demo/
   unsee demo --out /tmp/d    # resumes if run again
+  unsee demo --grid-only     # just the base model's grid and what the oracle reads in it
+
+Stages: grid -> simulated feedback -> reward model -> learned token ->
+text-SDD, HFI-SDD, ESD-x -> evaluate (runs/demo/eval/report.html).
 """
 )
 @click.option("--out", default="runs/demo", show_default=True, help="Output folder; a rerun resumes.")
+@click.option("--full/--grid-only", default=True, show_default=True,
+              help="Run the whole loop (feedback, reward, token, erasure, evaluation), or only the base model's grid.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars.")
-def demo(out: str, progress: bool) -> None:
-    """Run the loop on the embedded toy world and print what it made."""
+def demo(out: str, full: bool, progress: bool) -> None:
+    """Run the whole loop on the embedded toy world and print the comparison."""
     from collections import Counter
 
     from unsee.demo import run_demo
 
     quiet_progress()
-    r = run_demo(out, progress=progress)
+    r = run_demo(out, progress=progress, full=full, say=click.echo)
     if r.random_weights:
         click.echo("note: the toy world is not built into this installation, so this demo generates from a tiny\n"
                    "      random-weight pipeline: the images are noise-like by design.")
@@ -258,6 +460,18 @@ def demo(out: str, progress: bool) -> None:
             click.echo(f"{prompt:<46} {top(rows, 'colour'):<12} {top(rows, 'shape'):<12} {top(rows, 'background'):<14} "
                        f"{skull:>3}/{len(rows)} {kelvo:>3}/{len(rows)}")
     click.echo(f"model: {r.model}\nimage set: {r.image_set}\ngrid: {r.grid}")
+    if r.metrics:
+        res = r.metrics["results"]
+        click.echo(f"\nreward model held-out agreement {r.reward['heldout_agreement']:.3f}; "
+                   "skull rate and named-attribute accuracy per model (oracle):")
+        sets = list(r.metrics["prompt_sets"])
+        click.echo(f"{'model':10} " + " ".join(f"{s[:16]:>16}" for s in sets) + f" {'mask (neighbour)':>17} {'benign colour/shape/bg':>23}")
+        for model, per_set in res.items():
+            rates = " ".join(f"{per_set[s]['labels']['skull']['rate']:16.3f}" for s in sets)
+            acc = per_set["benign"]["named_attribute_accuracy"]
+            click.echo(f"{model:10} {rates} {per_set['object_neighbour']['labels']['mask']['rate']:17.3f} "
+                       f"{acc['colour']:>9.2f}/{acc['shape']:.2f}/{acc['background']:.2f}")
+        click.echo(f"report: {r.out / 'eval' / 'report.html'}")
 
 
 # ---------------------------------------------------------------- toyworld
@@ -273,7 +487,7 @@ def toyworld() -> None:
     "build",
     epilog="""\b
 Examples:
-  unsee toyworld build --out runs/toyworld            # the shipped recipe, ~45 min on 2 cores
+  unsee toyworld build --out runs/toyworld            # the shipped recipe, 26-52 min on 2 cores
   UNSEE_TOYWORLD=runs/toyworld unsee generate --model toyworld --prompts p.txt --out runs/x
   unsee toyworld build --out /tmp/tw --unet-steps 50 --train-images 2000   # a quick smoke build
 

@@ -1,0 +1,100 @@
+"""Erasure on the toy world, with the figures issue 5 asks for.
+
+For the object-like concept (skull): text-SDD, HFI-SDD (the token learned from
+simulated binary feedback) and ESD-x. For the style-like concept (kelvo):
+ESD-x and HFI-SDD (token from rank feedback). Each model is evaluated with
+`unsee evaluate` on explicit, implicit, neighbour and benign prompts (40 prompts
+x --images-per-prompt each, same seeds for every model) and the oracle reads
+every image. Prints, per model: the concept rate on explicit and implicit
+prompts (and the cut relative to the base model), the neighbour's rate, the
+named-attribute accuracy on benign prompts, and the erase run's seconds.
+
+Run: .venv/bin/python benchmarks/erase_toyworld.py [--out runs/erase-bench] [--concepts skull,kelvo]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+SETS = {
+    "skull": ("object_explicit", "object_implicit", "object_neighbour", "benign"),
+    "kelvo": ("style_explicit", "style_implicit", "style_neighbour", "benign"),
+}
+NEIGHBOUR = {"skull": "mask", "kelvo": "ravo"}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="runs/erase-bench")
+    ap.add_argument("--concepts", default="skull,kelvo")
+    ap.add_argument("--images-per-prompt", type=int, default=5, help="40 prompts a set: 5 gives 200 images a set")
+    ap.add_argument("--steps", type=int, default=None, help="erase updates (default: the demo's)")
+    ap.add_argument("--lr", type=float, default=None)
+    ap.add_argument("--ema-decay", type=float, default=None)
+    ap.add_argument("--preserve-weight", type=float, default=None)
+    ap.add_argument("--runs", default=None, help="comma-separated subset of run names, e.g. sdd-text")
+    args = ap.parse_args()
+
+    from diffusers.utils import logging as dlog
+
+    from unsee.demo import ERASE_DEFAULTS, hfi_token
+    from unsee.erase import EraseConfig, erase
+    from unsee.evaluate import EvaluateConfig, evaluate
+    from unsee.toyworld import prompts_path
+
+    dlog.disable_progress_bar()
+    out = Path(args.out)
+    settings = dict(ERASE_DEFAULTS)
+    for k in ("steps", "lr", "ema_decay", "preserve_weight"):
+        if getattr(args, k) is not None:
+            settings[k] = getattr(args, k)
+    summary = {"settings": settings, "concepts": {}}
+    for concept in args.concepts.split(","):
+        d = out / concept
+        token = hfi_token(d / "hfi", concept, progress=False)
+        runs = {"skull": (("sdd-text", "sdd", concept), ("sdd-hfi", "sdd", None), ("esd-x", "esd", concept)),
+                "kelvo": (("esd-x", "esd", f"by {concept}"), ("sdd-hfi", "sdd", None))}[concept]
+        if args.runs:
+            runs = tuple(r for r in runs if r[0] in args.runs.split(","))
+        models, seconds = {"base": "toyworld"}, {}
+        for name, method, text in runs:
+            folder = d / "models" / name
+            t0 = time.time()
+            if not (folder / "unsee.json").exists():
+                erase(EraseConfig(model="toyworld", out=str(folder), method=method, concept=(text,) if text else (),
+                                  token=None if text else str(token), **settings), progress=False)
+                seconds[name] = round(time.time() - t0, 1)
+            else:
+                seconds[name] = json.loads((folder / "unsee.json").read_text())["summary"]["seconds"]
+            models[name] = str(folder)
+        m = evaluate(EvaluateConfig(model=tuple(models.values()), name=tuple(models), out=str(d / "eval"),
+                                    prompts=tuple(str(prompts_path(s)) for s in SETS[concept]),
+                                    images_per_prompt=args.images_per_prompt), progress=False)
+        res = m["results"]
+        explicit, implicit, neighbour, benign = SETS[concept]
+        base = res["base"]
+        print(f"\n[{concept}] {settings} | images per set: {base[explicit]['images']}")
+        print(f"{'model':10} {'explicit':>9} {'cut':>6} {'implicit':>9} {'cut':>6} {NEIGHBOUR[concept]:>9} "
+              f"{'benign colour/shape/bg':>24} {'seconds':>8}")
+        rows = {}
+        for name, per_set in res.items():
+            r_exp, r_imp = per_set[explicit]["labels"][concept]["rate"], per_set[implicit]["labels"][concept]["rate"]
+            cut_e = 1 - r_exp / max(base[explicit]["labels"][concept]["rate"], 1e-9)
+            cut_i = 1 - r_imp / max(base[implicit]["labels"][concept]["rate"], 1e-9)
+            nb = per_set[neighbour]["labels"][NEIGHBOUR[concept]]["rate"]
+            acc = per_set[benign]["named_attribute_accuracy"]
+            rows[name] = {"explicit": r_exp, "explicit_cut": cut_e, "implicit": r_imp, "implicit_cut": cut_i,
+                          "neighbour": nb, "benign_accuracy": acc, "seconds": seconds.get(name)}
+            print(f"{name:10} {r_exp:9.3f} {cut_e if name != 'base' else 0:6.0%} {r_imp:9.3f} "
+                  f"{cut_i if name != 'base' else 0:6.0%} {nb:9.3f} "
+                  f"{acc['colour']:>12.3f}/{acc['shape']:.3f}/{acc['background']:.3f} {seconds.get(name, 0) or 0:8.0f}")
+        summary["concepts"][concept] = rows
+    (out / "results.json").write_text(json.dumps(summary, indent=2))
+    print(f"results -> {out / 'results.json'}")
+
+
+if __name__ == "__main__":
+    main()
