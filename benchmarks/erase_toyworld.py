@@ -35,23 +35,22 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=None)
     ap.add_argument("--ema-decay", type=float, default=None)
     ap.add_argument("--preserve-weight", type=float, default=None)
+    ap.add_argument("--guidance", type=float, default=None, help="SDD teacher CFG / ESD negative guidance")
     ap.add_argument("--runs", default=None, help="comma-separated subset of run names, e.g. sdd-text")
     args = ap.parse_args()
 
     from diffusers.utils import logging as dlog
 
-    from unsee.demo import ERASE_DEFAULTS, hfi_token
+    from unsee.demo import erase_settings, hfi_token
     from unsee.erase import EraseConfig, erase
     from unsee.evaluate import EvaluateConfig, evaluate
     from unsee.toyworld import prompts_path
 
     dlog.disable_progress_bar()
     out = Path(args.out)
-    settings = dict(ERASE_DEFAULTS)
-    for k in ("steps", "lr", "ema_decay", "preserve_weight"):
-        if getattr(args, k) is not None:
-            settings[k] = getattr(args, k)
-    summary = {"settings": settings, "concepts": {}}
+    overrides = {k: getattr(args, k) for k in ("steps", "lr", "ema_decay", "preserve_weight", "guidance")}
+    settings = {m: erase_settings(m, **overrides) for m in ("sdd", "esd")}
+    summary = {"settings": {m: {k: v for k, v in s.items() if k != "preserve"} for m, s in settings.items()}, "concepts": {}}
     for concept in args.concepts.split(","):
         d = out / concept
         token = hfi_token(d / "hfi", concept, progress=False)
@@ -65,7 +64,7 @@ def main() -> None:
             t0 = time.time()
             if not (folder / "unsee.json").exists():
                 erase(EraseConfig(model="toyworld", out=str(folder), method=method, concept=(text,) if text else (),
-                                  token=None if text else str(token), **settings), progress=False)
+                                  token=None if text else str(token), **settings[method]), progress=False)
                 seconds[name] = round(time.time() - t0, 1)
             else:
                 seconds[name] = json.loads((folder / "unsee.json").read_text())["summary"]["seconds"]
@@ -76,7 +75,7 @@ def main() -> None:
         res = m["results"]
         explicit, implicit, neighbour, benign = SETS[concept]
         base = res["base"]
-        print(f"\n[{concept}] {settings} | images per set: {base[explicit]['images']}")
+        print(f"\n[{concept}] {summary['settings']} | images per set: {base[explicit]['images']}")
         print(f"{'model':10} {'explicit':>9} {'cut':>6} {'implicit':>9} {'cut':>6} {NEIGHBOUR[concept]:>9} "
               f"{'benign colour/shape/bg':>24} {'seconds':>8}")
         rows = {}

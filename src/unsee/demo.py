@@ -58,8 +58,20 @@ def preserve_prompts() -> tuple[str, ...]:
             + tuple(f"a {c} object" for c in COLOURS) + ("a mask", "a scene by ravo", "a scene in mosaic style", ""))
 
 
-# Toy-world erase settings (benchmarks/erase_toyworld.py measured them).
-ERASE_DEFAULTS: dict[str, Any] = dict(steps=300, lr=3e-4, ema_decay=0.99, batch_size=4, reuse=16, checkpoint_every=160)
+# Toy-world erase settings (benchmarks/erase_toyworld.py measured them), shared and per method.
+ERASE_DEFAULTS: dict[str, Any] = dict(steps=300, batch_size=4, reuse=16, checkpoint_every=160)
+METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
+    "sdd": dict(lr=3e-4, ema_decay=0.99, preserve_weight=0.0),
+    "esd": dict(lr=3e-4),
+}
+
+
+def erase_settings(method: str, **overrides: Any) -> dict[str, Any]:
+    """The demo's settings for one erase method; a preserve weight brings the preserve prompts along."""
+    s = ERASE_DEFAULTS | METHOD_DEFAULTS[method] | {k: v for k, v in overrides.items() if v is not None}
+    if s.get("preserve_weight"):
+        s["preserve"] = preserve_prompts()
+    return s
 
 
 @dataclass
@@ -168,7 +180,7 @@ def _erase_all(d: Path, token: Path, progress: bool, say: Callable[[str], None])
         say(f"5/6 erase: {name}")
         folder = d / name
         if not (folder / "unsee.json").exists():
-            settings = ERASE_DEFAULTS | extra
+            settings = erase_settings(method, **extra)
             erase(EraseConfig(model=TOYWORLD, out=str(folder), method=method, concept=(concept,) if concept else (),
                               token=None if concept else str(token), **settings), progress=progress)
         models[name] = str(folder)

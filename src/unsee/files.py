@@ -10,6 +10,10 @@ from typing import Any
 
 from unsee.errors import UnseeError
 
+# Read once at import: os.umask can only be read by setting it, which would race with other threads.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
 
 def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> None:
     """Call `write(tmp_path)` then rename tmp over `path` (same folder, so the rename is atomic)."""
@@ -18,6 +22,9 @@ def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> None:
     os.close(fd)
     try:
         write(Path(tmp))
+        # mkstemp makes the file owner-only (0600); give it the mode a plain new file gets (0666 - umask),
+        # so images and reports are readable by the web server or colleague that should read them.
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
