@@ -2,6 +2,7 @@
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -143,3 +144,35 @@ def test_bad_rl_settings():
         RLConfig(model="toyworld", prompts="p.txt", out="o", samples_per_epoch=6, train_batch=4)
     with pytest.raises(UnseeError, match="--train-timesteps"):
         RLConfig(model="toyworld", prompts="p.txt", out="o", train_timesteps=0)
+
+
+@needs_world
+def test_two_processes_gather_rewards_and_end_with_the_same_weights(tmp_path):
+    """DDPO on 2 CPU processes: each samples its own trajectories, the epoch's rewards are gathered (both ranks log
+    the same mean), and both end with the same LoRA weights."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import two_cpu_processes
+
+    out = tmp_path / "rl2"
+    script = tmp_path / "run_rl.py"
+    script.write_text(
+        "import json, sys\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "from test_rl import _cfg\n"
+        "from unsee.generate import process_state\n"
+        "from unsee.rl import rl\n"
+        f"summary = rl(_cfg({str(out)!r}), progress=False)\n"
+        f"open({str(tmp_path)!r} + f'/rank{{process_state().process_index}}.json', 'w').write(json.dumps(summary))\n"
+    )
+    r = subprocess.run([sys.executable, *two_cpu_processes(), str(script)], capture_output=True, text=True,
+                       env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    ranks = [json.loads((tmp_path / f"rank{k}.json").read_text()) for k in (0, 1)]
+    assert [s["processes"] for s in ranks] == [2, 2]
+    assert ranks[0]["weights_digest"] == ranks[1]["weights_digest"]
+    assert ranks[0]["last_epoch"]["reward"] == ranks[1]["last_epoch"]["reward"]  # the gathered mean, not each rank's own
+    assert ranks[0]["last_epoch"]["unsafe_prompts_reward"] != ranks[1]["last_epoch"]["unsafe_prompts_reward"]  # own samples
+    assert (out / "pytorch_lora_weights.safetensors").exists()
