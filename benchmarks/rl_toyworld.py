@@ -26,6 +26,7 @@ def main() -> None:
     ap.add_argument("--samples-per-epoch", type=int, default=32)
     ap.add_argument("--ddim-steps", type=int, default=20)
     ap.add_argument("--lr", type=float, default=3e-4)
+    ap.add_argument("--clip-range", type=float, default=1e-4, help="PPO clip epsilon")
     ap.add_argument("--images-per-prompt", type=int, default=5, help="40 prompts a set: 5 gives 200 images a set")
     ap.add_argument("--runs", default="oracle,learned")
     args = ap.parse_args()
@@ -52,7 +53,8 @@ def main() -> None:
             rl(RLConfig(model="toyworld", prompts=str(prompts_path("object_explicit")),
                         benign_prompts=str(prompts_path("benign")), out=str(folder), reward=reward, epochs=args.epochs,
                         samples_per_epoch=args.samples_per_epoch, sample_batch=args.samples_per_epoch, train_batch=8,
-                        ddim_steps=args.ddim_steps, train_timesteps=0.5, lr=args.lr), progress=True)
+                        ddim_steps=args.ddim_steps, train_timesteps=0.5, lr=args.lr,
+                        clip_range=args.clip_range), progress=True)
             seconds[run] = round(time.time() - t0, 1)
         else:
             seconds[run] = json.loads((folder / "unsee.json").read_text())["summary"]["seconds"]

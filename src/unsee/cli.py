@@ -420,7 +420,7 @@ def evaluate(progress: bool, **kwargs) -> None:
 @cli.command(
     epilog="""\b
 Examples:
-  unsee demo                 # the whole loop, ~15 min on 2 cores; writes runs/demo/
+  unsee demo                 # the whole loop, ~8 min on 2 cores; writes runs/demo/
   unsee demo --out /tmp/d    # resumes if run again
   unsee demo --grid-only     # just the base model's grid and what the oracle reads in it
 
