@@ -18,7 +18,6 @@ import contextlib
 import dataclasses
 import json
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -27,10 +26,11 @@ import torch.nn.functional as F
 
 from unsee.config import field
 from unsee.errors import UnseeError
-from unsee.params import LoraSettings, ParamSet, save_lora, select_parameters
+from unsee.files import atomic_write_text
+from unsee.params import LoraSettings, ParamSet, save_trained_unet, select_parameters
 from unsee.runinfo import write_run_info
 from unsee.sampling import cfg_noise, encode_text
-from unsee.trainer import TrainConfig, Trainer, step_generator, swapped
+from unsee.trainer import TrainConfig, Trainer, original_weights, step_generator
 
 logger = logging.getLogger(__name__)
 
@@ -112,18 +112,6 @@ class EraseMethod:
     def parameters(self) -> dict[str, torch.nn.Parameter]:
         return self.params
 
-    @contextlib.contextmanager
-    def _original(self) -> Iterator[None]:
-        if self.cfg.params == "lora":
-            self.pipe.unet.disable_adapters()
-            try:
-                yield
-            finally:
-                self.pipe.unet.enable_adapters()
-        else:
-            with swapped(self.params, self.original):
-                yield
-
     @torch.no_grad()
     def _sample_cache(self, cycle: int) -> None:
         """K DDIM steps (eta = 0, CFG on c_p) for `batch_size` trajectories; every step's z is kept."""
@@ -179,7 +167,7 @@ class EraseMethod:
                 self.unet_passes += n
             if cfg.method == "esd" or keep is not None:
                 conds = ([unc, c] if cfg.method == "esd" else []) + ([keep] if keep is not None else [])
-                with self._original():
+                with original_weights(self.pipe.unet, self.params, self.original):
                     out = unet(torch.cat([z] * len(conds)), torch.cat([t] * len(conds)),
                                encoder_hidden_states=torch.cat(conds)).sample.float().chunk(len(conds))
                 self.unet_passes += n * len(conds)
@@ -242,12 +230,7 @@ def erase(cfg: EraseConfig, *, progress: bool = True) -> dict:
         return summary
     final = trainer.ema_weights() if cfg.method == "sdd" else contextlib.nullcontext()
     with final:
-        if cfg.params == "lora":
-            save_lora(pipe.unet, out)
-        else:
-            clean = load_pipeline(cfg.model, scheduler="pipeline")  # the base pipeline, without the token
-            clean.unet.load_state_dict(pipe.unet.state_dict())
-            clean.save_pretrained(out)
+        save_trained_unet(pipe, cfg.model, cfg.params, out)
     write_run_info(out / "unsee.json", dataclasses.asdict(cfg), stage="erase", base_model=cfg.model, summary=summary)
-    (out / "run" / "summary.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_text(out / "run" / "summary.json", json.dumps(summary, indent=2))
     return summary

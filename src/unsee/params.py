@@ -96,3 +96,16 @@ def save_lora(unet: torch.nn.Module, out_dir: str | Path) -> Path:
         unet_lora_adapter_metadata=config,
     )
     return Path(out_dir) / LORA_WEIGHT_NAME
+
+
+def save_trained_unet(pipe, base_model: str, params: ParamSet, out: Path) -> None:
+    """The output of a fine-tune: LoRA weights for `load_lora_weights`, or the base pipeline (without any token
+    the run added to its tokenizer) with the trained UNet, for `from_pretrained`."""
+    if params == "lora":
+        save_lora(pipe.unet, out)
+        return
+    from unsee.models import load_pipeline
+
+    clean = load_pipeline(base_model, scheduler="pipeline")
+    clean.unet.load_state_dict(pipe.unet.state_dict())
+    clean.save_pretrained(out)

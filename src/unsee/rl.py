@@ -16,8 +16,6 @@ non-finite guard, data parallelism: rewards are gathered across ranks).
 from __future__ import annotations
 
 import collections
-import contextlib
-import csv
 import dataclasses
 import json
 import logging
@@ -30,10 +28,18 @@ import torch
 
 from unsee.config import field
 from unsee.errors import UnseeError
-from unsee.params import LoraSettings, ParamSet, save_lora, select_parameters
+from unsee.files import atomic_write_text
+from unsee.params import LoraSettings, ParamSet, save_trained_unet, select_parameters
 from unsee.runinfo import write_run_info
 from unsee.sampling import cfg_noise, decode, encode_text
-from unsee.trainer import TrainConfig, Trainer, step_generator
+from unsee.trainer import (
+    TrainConfig,
+    Trainer,
+    append_csv_row,
+    keep_csv_rows,
+    original_weights,
+    step_generator,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -168,20 +174,6 @@ class DDPOMethod:
     def load_state_dict(self, state: dict) -> None:
         self.stats.load_state_dict(state["prompt_stats"])
 
-    @contextlib.contextmanager
-    def _original(self):
-        from unsee.trainer import swapped
-
-        if self.cfg.params == "lora":
-            self.pipe.unet.disable_adapters()
-            try:
-                yield
-            finally:
-                self.pipe.unet.enable_adapters()
-        else:
-            with swapped(self.params, self.original):
-                yield
-
     # ------------------------------------------------------------ sampling
     def _prompts(self, epoch: int, rank: int) -> list[str]:
         g = step_generator(self.cfg.seed, epoch, -2, rank)
@@ -275,7 +267,7 @@ class DDPOMethod:
         info = {"approx_kl": float(0.5 * ((logp.detach() - logp_old) ** 2).mean()),
                 "clipfrac": float(((ratio - 1).abs() > cfg.clip_range).float().mean())}
         if cfg.kl_weight > 0:  # KL between the two step Gaussians (same std): ||mu - mu_orig||^2 / (2 std^2)
-            with torch.no_grad(), self._original():
+            with torch.no_grad(), original_weights(self.pipe.unet, self.params, self.original):
                 eps0 = _cfg_noise_per_t(pipe, z, t, cond, unc, s).float()
                 _, _, mean0, _ = ddim_step_logprob(pipe.scheduler, eps0, t, z.float(), cfg.eta, prev=z_next.float())
             kl = (((mean - mean0) ** 2) / (2 * std.clamp(min=1e-12) ** 2)).mean()
@@ -288,20 +280,7 @@ class DDPOMethod:
         """Drop epoch-log rows written after the checkpoint (they will be written again)."""
         path = trainer.out / "epochs.csv"
         if path.exists() and trainer.state.is_main_process:
-            with path.open(newline="") as f:
-                rows = [r for r in csv.DictReader(f) if int(r["epoch"]) <= step // self.cfg.updates_per_epoch]
-            path.unlink()
-            for r in rows:
-                self._append(path, r)
-
-    @staticmethod
-    def _append(path: Path, row: dict) -> None:
-        new = not path.exists()
-        with path.open("a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(row), extrasaction="ignore")
-            if new:
-                w.writeheader()
-            w.writerow(row)
+            keep_csv_rows(path, lambda r: int(r["epoch"]) <= step // self.cfg.updates_per_epoch)
 
     def on_step_end(self, trainer: Trainer, step: int) -> None:
         if step % self.cfg.updates_per_epoch:
@@ -313,7 +292,7 @@ class DDPOMethod:
                 row[key] = sum(vals) / len(vals)
         self.step_infos = []
         if trainer.state.is_main_process:
-            self._append(trainer.out / "epochs.csv", row)
+            append_csv_row(trainer.out / "epochs.csv", row)
             logger.info("epoch %d: %s", row["epoch"], {k: round(v, 4) for k, v in row.items() if k != "epoch"})
 
 
@@ -354,12 +333,7 @@ def rl(cfg: RLConfig, *, progress: bool = True) -> dict:
                "last_epoch": method.log_rows[-1] if method.log_rows else {}}
     if not trainer.state.is_main_process:
         return summary
-    if cfg.params == "lora":
-        save_lora(pipe.unet, out)
-    else:
-        clean = load_pipeline(cfg.model, scheduler="pipeline")
-        clean.unet.load_state_dict(pipe.unet.state_dict())
-        clean.save_pretrained(out)
+    save_trained_unet(pipe, cfg.model, cfg.params, out)
     write_run_info(out / "unsee.json", dataclasses.asdict(cfg), stage="rl", base_model=cfg.model, summary=summary)
-    (out / "run" / "summary.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_text(out / "run" / "summary.json", json.dumps(summary, indent=2))
     return summary

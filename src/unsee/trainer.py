@@ -105,6 +105,41 @@ def swapped(params: dict[str, torch.nn.Parameter], values: dict[str, torch.Tenso
                 p.copy_(saved[k])
 
 
+@contextlib.contextmanager
+def original_weights(unet: torch.nn.Module, params: dict[str, torch.nn.Parameter],
+                     original: dict[str, torch.Tensor] | None) -> Iterator[None]:
+    """The model as it was before training: `original` swapped into `params`, or, when there is no copy
+    (LoRA: the base weights never change), the LoRA adapters switched off."""
+    if original is None:
+        unet.disable_adapters()
+        try:
+            yield
+        finally:
+            unet.enable_adapters()
+    else:
+        with swapped(params, original):
+            yield
+
+
+def append_csv_row(path: Path, row: dict[str, Any]) -> None:
+    """Append one row to a CSV log, writing the header when the file is new."""
+    new = not path.exists()
+    with path.open("a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(row), extrasaction="ignore")
+        if new:
+            w.writeheader()
+        w.writerow(row)
+
+
+def keep_csv_rows(path: Path, keep) -> None:
+    """Rewrite a CSV log with only the rows `keep(row)` accepts (on resume: drop what came after the checkpoint)."""
+    with path.open(newline="") as f:
+        rows = [r for r in csv.DictReader(f) if keep(r)]
+    path.unlink()
+    for r in rows:
+        append_csv_row(path, r)
+
+
 def _dist():
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed
@@ -186,11 +221,7 @@ class Trainer:
         start = self.resume()
         log_path = self.out / "train_log.csv"
         if start and log_path.exists() and self.state.is_main_process:  # drop rows logged after the checkpoint
-            with log_path.open(newline="") as f:
-                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= start]
-            log_path.unlink()
-            for r in rows:
-                self._log(log_path, r)
+            keep_csv_rows(log_path, lambda r: int(r["step"]) <= start)
         t0, logs = time.time(), {}
         bar = tqdm(total=cfg.steps, initial=start, desc="train", unit="step",
                    disable=not (self.progress and self.state.is_local_main_process))
@@ -232,7 +263,7 @@ class Trainer:
             bar.update(1)
             bar.set_postfix(loss=f"{sums['loss']:.4f}")
             if self.state.is_main_process and (self.step % cfg.log_every == 0 or self.step == cfg.steps):
-                self._log(log_path, {"step": self.step, "lr": self.lr_at(step), **sums})
+                append_csv_row(log_path, {"step": self.step, "lr": self.lr_at(step), **sums})
             if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < cfg.steps:
                 self.save()
         bar.close()
@@ -252,12 +283,3 @@ class Trainer:
             raise UnseeError(f"the {len(everyone)} processes ended with different weights ({everyone}); rerun single-process "
                              "and report this as a bug")
         return mine
-
-    @staticmethod
-    def _log(path: Path, row: dict[str, Any]) -> None:
-        new = not path.exists()
-        with path.open("a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(row), extrasaction="ignore")
-            if new:
-                w.writeheader()
-            w.writerow(row)

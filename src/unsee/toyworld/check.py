@@ -170,13 +170,14 @@ def check(world: str | Path | None = None, *, images_per_row: int = 200, steps: 
     result["seconds_16_images_25_steps"] = generation_seconds(world / PIPELINE)
 
     pipe = load_pipeline(str(world / PIPELINE))
+    key = weights_key(world)
     result["prompt_sets"] = {}
     for split in ("seen", "heldout"):
         for name in PROMPT_SETS:
             prompts = world / PROMPTS / split / f"{name}.txt"
             n_prompts = len([ln for ln in prompts.read_text().splitlines() if ln.strip()])
             per = max(1, -(-images_per_row // n_prompts))
-            folder = cache / weights_key(world) / f"s{steps}-g{guidance}-n{per}" / split / name
+            folder = cache / key / f"s{steps}-g{guidance}-n{per}" / split / name
             generate(GenerateConfig(model=str(world / PIPELINE), prompts=str(prompts), out=str(folder),
                                     images_per_prompt=per, steps=steps, guidance=guidance, batch_size=32),
                      progress=progress, pipe=pipe)
