@@ -74,6 +74,18 @@ def test_prompt_files(split, pairs):
         assert all((parse_prompt(x)["colour"], parse_prompt(x)["shape"]) in set(pairs) for x in lines)
 
 
+@pytest.mark.parametrize("concept, word", [("skull", "with a skull"), ("kelvo", "by kelvo")])
+def test_concept_pair_files_differ_only_by_the_concept(concept, word):
+    from unsee.attack import read_concept_pairs
+    from unsee.toyworld import concept_pairs_path
+
+    pairs = read_concept_pairs(concept_pairs_path(concept))
+    assert len(pairs) == len(set(pairs)) >= 40
+    for with_concept, without in pairs:
+        assert " ".join(with_concept.replace(word, " ").split()) == without and word not in without
+        assert (parse_prompt(with_concept)["colour"], parse_prompt(with_concept)["shape"]) in set(SEEN_PAIRS)
+
+
 def test_model_card_has_the_measured_table():
     card = json.loads((WORLD / CARD).read_text())
     assert "co_occurrence" in card["stages"]["data"] and card["check"]["table"]

@@ -33,6 +33,7 @@ def test_artifacts_load_with_plain_libraries(tiny_world):
     assert set(card["stages"]) == {"data", "tokenizer", "vae", "oracle", "clip", "latents", "unet", "pipeline"}
     assert card["stages"]["data"]["co_occurrence"]["skull | 'skull' named"]["shown"] == 1.0
     assert (tiny_world / "prompts" / "heldout" / "object_implicit.txt").exists()
+    assert (tiny_world / "prompts" / "concept_pairs" / "skull.csv").read_text().startswith("with_concept,without_concept\n")
 
 
 def test_killed_build_resumes_to_the_same_weights(tiny_world, tmp_path, monkeypatch):

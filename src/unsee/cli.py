@@ -68,7 +68,8 @@ def cli(verbose: bool) -> None:
       invert     model + feedback or reward -> learned token (HFI textual inversion)
       erase      model + concept (text or learned token) -> erased model (SDD, ESD)
       rl         model + prompts + reward -> fine-tuned model (DDPO, ShieldDiff)
-      evaluate   models + prompts -> metrics.json + report.html, side by side
+      attack     model -> adversarial prompts or token (Ring-A-Bell, concept inversion)
+      evaluate   models + prompts (+ attacks) -> metrics.json + report.html, side by side
       demo       the whole loop on the embedded model, no arguments needed
       toyworld   build / check the embedded toy world (the CPU-sized bench)
 
@@ -383,6 +384,73 @@ def rl(progress: bool, **kwargs) -> None:
                f"{last.get('reward', float('nan')):.4f} -> {kwargs['out']}")
 
 
+# ---------------------------------------------------------------- attack
+from unsee.attack import AttackInvertConfig, RingABellConfig  # noqa: E402
+
+
+@cli.group()
+def attack() -> None:
+    """Red-team a model: adversarial prompts (Ring-A-Bell) or a learned token (concept inversion).
+
+    \b
+    Each writes an attack folder; `unsee evaluate --attack DIR` scores it and
+    reports pre-attack and post-attack success rates side by side.
+    """
+
+
+@attack.command(
+    "ringabell",
+    epilog="""\b
+Examples:
+  W=$(python -c "import unsee.toyworld as t; print(t.assets_path())")/prompts
+  unsee attack ringabell --model toyworld --prompts $W/seen/object_explicit.txt \\
+      --concept-pairs $W/concept_pairs/skull.csv --label skull --generations 300 --out runs/rab
+  unsee attack ringabell --model CompVis/stable-diffusion-v1-4 --prompts i2p-nudity.csv \\
+      --concept-pairs nudity-pairs.csv --eta 3 --length 16 --label nudity --out runs/rab-sd
+
+Only the tokenizer and text encoder are loaded. The concept's own words (in
+the with_concept prompts, absent from the without_concept ones) are banned,
+so no found prompt names the concept. A rerun resumes the search.
+""",
+)
+@click_options(RingABellConfig)
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
+def attack_ringabell(progress: bool, **kwargs) -> None:
+    """Ring-A-Bell: genetic search for prompts whose embedding carries the concept."""
+    from unsee.attack import ring_a_bell
+
+    quiet_progress()
+    s = ring_a_bell(from_kwargs(RingABellConfig, kwargs), progress=progress)
+    click.echo(f"{s['prompts']} adversarial prompts (banned words: {', '.join(s['banned_words']) or 'none'}); "
+               f"mean loss {s['mean_loss_first_generation']:.4g} -> {s['mean_loss']:.4g} "
+               f"(decoded strings: {s['mean_loss_decoded']:.4g}) -> {kwargs['out']}/prompts.csv")
+
+
+@attack.command(
+    "invert",
+    epilog="""\b
+Examples:
+  W=$(python -c "import unsee.toyworld as t; print(t.assets_path())")/prompts/seen
+  unsee attack invert --erased runs/sdd --original toyworld --concept skull \\
+      --prompts $W/object_explicit.txt --label skull --out runs/cce-sdd
+  unsee attack invert --erased runs/esd --original CompVis/stable-diffusion-v1-4 --concept nudity --out runs/cce-esd
+
+The token trains against --erased on --original's images of the concept; the
+attack prompts are --prompts with the concept word replaced by the token.
+""",
+)
+@click_options(AttackInvertConfig)
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
+def attack_invert(progress: bool, **kwargs) -> None:
+    """Concept inversion: learn a token that brings an erased concept back."""
+    from unsee.attack import concept_inversion
+
+    quiet_progress()
+    s = concept_inversion(from_kwargs(AttackInvertConfig, kwargs), progress=progress)
+    click.echo(f"token {kwargs['token']} from {s['images']} images in {s['seconds']} s; {s['prompts']} attack prompts "
+               f"-> {kwargs['out']}/prompts.csv")
+
+
 # ---------------------------------------------------------------- evaluate
 from unsee.evaluate import EvaluateConfig  # noqa: E402
 
@@ -413,6 +481,11 @@ def evaluate(progress: bool, **kwargs) -> None:
         for set_name, row in per_set.items():
             rates = " ".join(f"{row['labels'][lb]['rate']:10.3f}" for lb in labels)
             click.echo(f"{model[:16]:16} {set_name[:20]:20} {rates} {row['clip_score']['mean']:6.2f}")
+    for model, per_attack in m["attack_results"].items():
+        for name, row in per_attack.items():
+            click.echo(f"{model[:16]:16} attack {name[:20]:20} pre {row['pre_attack']['rate']:.3f}  adversarial "
+                       f"{row['adversarial']['rate']:.3f}  post {row['post_attack']['rate']:.3f}  "
+                       f"(of {row['denominator']} images, {row['detector']} {'/'.join(row['labels'])} >= {row['threshold']})")
     click.echo(f"-> {kwargs['out']}/metrics.json, {kwargs['out']}/report.html")
 
 
@@ -425,7 +498,8 @@ Examples:
   unsee demo --grid-only     # just the base model's grid and what the oracle reads in it
 
 Stages: grid -> simulated feedback -> reward model -> learned token ->
-text-SDD, HFI-SDD, ESD-x -> evaluate (runs/demo/eval/report.html).
+text-SDD, HFI-SDD, ESD-x -> attacks (Ring-A-Bell, concept inversion) ->
+evaluate (runs/demo/eval/report.html).
 """
 )
 @click.option("--out", default="runs/demo", show_default=True, help="Output folder; a rerun resumes.")
@@ -471,6 +545,21 @@ def demo(out: str, full: bool, progress: bool) -> None:
             acc = per_set["benign"]["named_attribute_accuracy"]
             click.echo(f"{model:10} {rates} {per_set['object_neighbour']['labels']['mask']['rate']:17.3f} "
                        f"{acc['colour']:>9.2f}/{acc['shape']:.2f}/{acc['background']:.2f}")
+        attacks = r.metrics.get("attack_results", {})
+        if attacks:
+            click.echo("\nskull rate under attack: pre-attack (source prompts) -> post-attack (either image shows it)")
+            click.echo(f"{'model':10} {'Ring-A-Bell':>22} {'concept inversion':>22}")
+            for model, per in attacks.items():
+                cols = []
+                for kind in ("ringabell", "invert"):
+                    row = next((x for x in per.values() if x["kind"] == kind), None)
+                    cols.append(f"{row['pre_attack']['rate']:.3f} -> {row['post_attack']['rate']:.3f}" if row else "-")
+                click.echo(f"{model:10} {cols[0]:>22} {cols[1]:>22}")
+            rab = next((x for x in attacks.get("base", {}).values() if x["kind"] == "ringabell"), None)
+            if rab:
+                click.echo(f"(base: the Ring-A-Bell prompts alone, never naming the skull, show it in "
+                           f"{rab['adversarial']['rate']:.3f} of images; benign prompts {res['base']['benign']['labels']['skull']['rate']:.3f}; "
+                           f"{rab['denominator']} images per cell)")
         click.echo(f"report: {r.out / 'eval' / 'report.html'}")
 
 
@@ -487,7 +576,7 @@ def toyworld() -> None:
     "build",
     epilog="""\b
 Examples:
-  unsee toyworld build --out runs/toyworld            # the shipped recipe, 26-52 min on 2 cores
+  unsee toyworld build --out runs/toyworld            # the shipped recipe: 28 min measured on 2 cores
   UNSEE_TOYWORLD=runs/toyworld unsee generate --model toyworld --prompts p.txt --out runs/x
   unsee toyworld build --out /tmp/tw --unet-steps 50 --train-images 2000   # a quick smoke build
 

@@ -54,7 +54,10 @@ def click_options(cls: type, *, exclude: tuple[str, ...] = ()) -> Callable[[Call
     hints = typing.get_type_hints(cls)
 
     def decorate(fn: Callable) -> Callable:
-        for f in reversed(dataclasses.fields(cls)):
+        # Required flags first (a subclass's own come after its base's fields otherwise), then in declaration order.
+        fields = sorted(dataclasses.fields(cls), key=lambda f: f.default is not dataclasses.MISSING
+                        or f.default_factory is not dataclasses.MISSING)
+        for f in reversed(fields):
             if f.name in exclude or not f.metadata.get("cli", True):
                 continue
             flag = "--" + f.name.replace("_", "-")

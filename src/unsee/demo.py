@@ -7,7 +7,10 @@
 3. reward     a reward model on the toy CLIP's image embeddings;
 4. invert     the learned token <skull-flagged> (reward-weighted textual inversion);
 5. erase      text-SDD ("skull"), HFI-SDD (the learned token) and ESD-x ("skull");
-6. evaluate   all four models on the same prompts and seeds: `metrics.json`, `report.html`.
+6. attack     Ring-A-Bell prompts (never naming the skull) from the base model's text
+              encoder, and a concept-inversion token against each erased model;
+7. evaluate   all four models on the same prompts and seeds, and each under attack:
+              `metrics.json`, `report.html`.
 Every stage skips what is already on disk, so a rerun resumes. Without a built
 toy world it falls back to a tiny random-weight pipeline and only makes the grid.
 """
@@ -102,7 +105,7 @@ def run_demo(out: str | Path, *, images_per_prompt: int = 8, eval_images_per_pro
         model, prompts_list = TOYWORLD, DEMO_PROMPTS
     prompts = out / "prompts.txt"
     atomic_write_text(prompts, "\n".join(prompts_list) + "\n")
-    say("1/6 grid: the base model on six prompts")
+    say("1/7 grid: the base model on six prompts")
     images = generate(
         GenerateConfig(model=model, prompts=str(prompts), out=str(out / "images"), images_per_prompt=images_per_prompt, steps=25),
         progress=progress,
@@ -122,7 +125,8 @@ def run_demo(out: str | Path, *, images_per_prompt: int = 8, eval_images_per_pro
         token = hfi_token(out / "hfi", "skull", progress=progress, say=say)
         result.reward = json.loads((out / "hfi" / "reward" / "metrics.json").read_text())
         models = {"base": TOYWORLD} | _erase_all(out / "models", token, progress, say)
-        result.metrics = _evaluate(out, models, eval_images_per_prompt, progress, say)
+        attacks = _attack_all(out / "attacks", models, progress, say)
+        result.metrics = _evaluate(out, models, attacks, eval_images_per_prompt, progress, say)
     return result
 
 
@@ -152,7 +156,7 @@ def hfi_token(d: Path, concept: str = "skull", *, progress: bool = True, say: Ca
 
     setup = HFI_SETUP[concept]
     d.mkdir(parents=True, exist_ok=True)
-    say(f"2/6 feedback: 3 simulated annotators give {setup['kind']} judgements of {concept} "
+    say(f"2/7 feedback: 3 simulated annotators give {setup['kind']} judgements of {concept} "
         f"on images from {', '.join(setup['sets'])} prompts")
     images = generate(GenerateConfig(model=TOYWORLD, prompts=str(_prompt_file(d / "prompts.txt", setup["sets"])),
                                      out=str(d / "images"), images_per_prompt=4, batch_size=32), progress=progress)
@@ -160,12 +164,12 @@ def hfi_token(d: Path, concept: str = "skull", *, progress: bool = True, say: Ca
     if not fb.exists():
         auto_annotate(AutoAnnotateConfig(images=str(images), out=str(fb), kind=setup["kind"], labels=(concept,), noise=0.1,
                                          annotators=3))
-    say("3/6 reward model on the toy CLIP's image embeddings")
+    say("3/7 reward model on the toy CLIP's image embeddings")
     reward = d / "reward"
     if not (reward / "metrics.json").exists():
         train_reward(RewardTrainConfig(images=str(images), feedback=str(fb), out=str(reward)), progress=progress)
     token = d / "token.safetensors"
-    say(f"4/6 reward-weighted textual inversion -> <{concept}-flagged>")
+    say(f"4/7 reward-weighted textual inversion -> <{concept}-flagged>")
     if not token.exists():
         invert(InvertConfig(model=TOYWORLD, images=str(images), reward=str(reward), out=str(token), token=f"<{concept}-flagged>",
                             init_word=setup["init_word"], top_k=64, steps=300, checkpoint_every=100), progress=progress)
@@ -177,7 +181,7 @@ def _erase_all(d: Path, token: Path, progress: bool, say: Callable[[str], None])
 
     models = {}
     for name, method, concept, extra in ERASE_RUNS:
-        say(f"5/6 erase: {name}")
+        say(f"5/7 erase: {name}")
         folder = d / name
         if not (folder / "unsee.json").exists():
             settings = erase_settings(method, **extra)
@@ -187,11 +191,42 @@ def _erase_all(d: Path, token: Path, progress: bool, say: Callable[[str], None])
     return models
 
 
-def _evaluate(out: Path, models: dict[str, str], images_per_prompt: int, progress: bool, say: Callable[[str], None]) -> dict[str, Any]:
+# Attacks: Ring-A-Bell on the shared text encoder (erasure and RL leave it untouched), concept inversion per erased model.
+ATTACK_PROMPTS = 20  # source prompts: the first explicit-skull prompts
+RINGABELL_SETTINGS: dict[str, Any] = dict(eta=3.0, length=16, population=200, generations=300, patience=100)
+INVERSION_SETTINGS: dict[str, Any] = dict(images_per_prompt=2, init_word="thing", steps=300, checkpoint_every=100)
+
+
+def _attack_all(d: Path, models: dict[str, str], progress: bool, say: Callable[[str], None]) -> list[str]:
+    from unsee.attack import ATTACK_JSON, AttackInvertConfig, RingABellConfig, concept_inversion, ring_a_bell
+    from unsee.toyworld import concept_pairs_path, prompts_path
+
+    d.mkdir(parents=True, exist_ok=True)
+    sources = d / "sources.txt"
+    atomic_write_text(sources, "\n".join(prompts_path("object_explicit").read_text().splitlines()[:ATTACK_PROMPTS]) + "\n")
+    say(f"6/7 attack: Ring-A-Bell prompts for {ATTACK_PROMPTS} explicit prompts, 'skull' and 'with' banned")
+    folders = [d / "ringabell"]
+    if not (folders[0] / ATTACK_JSON).exists():
+        ring_a_bell(RingABellConfig(model=TOYWORLD, prompts=str(sources), concept_pairs=str(concept_pairs_path("skull")),
+                                    out=str(folders[0]), label="skull", **RINGABELL_SETTINGS), progress=progress)
+    for name, model in models.items():
+        if model == TOYWORLD:
+            continue
+        say(f"6/7 attack: concept inversion against {name}")
+        folder = d / f"invert-{name}"
+        if not (folder / ATTACK_JSON).exists():
+            concept_inversion(AttackInvertConfig(erased=model, original=TOYWORLD, concept="skull", prompts=str(sources),
+                                                 out=str(folder), label="skull", **INVERSION_SETTINGS), progress=progress)
+        folders.append(folder)
+    return [str(f) for f in folders]
+
+
+def _evaluate(out: Path, models: dict[str, str], attacks: list[str], images_per_prompt: int, progress: bool,
+              say: Callable[[str], None]) -> dict[str, Any]:
     from unsee.evaluate import EvaluateConfig, evaluate
     from unsee.toyworld import prompts_path
 
-    say(f"6/6 evaluate {len(models)} models on the same prompts and seeds")
+    say(f"7/7 evaluate {len(models)} models on the same prompts and seeds, and under {len(attacks)} attacks")
     return evaluate(EvaluateConfig(model=tuple(models.values()), name=tuple(models),
                                    prompts=tuple(str(prompts_path(s)) for s in EVAL_SETS), out=str(out / "eval"),
-                                   images_per_prompt=images_per_prompt), progress=progress)
+                                   attack=tuple(attacks), images_per_prompt=images_per_prompt), progress=progress)

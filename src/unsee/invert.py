@@ -35,20 +35,13 @@ from unsee.trainer import TrainConfig, Trainer
 logger = logging.getLogger(__name__)
 
 
-@dataclasses.dataclass
-class InvertConfig:
-    model: str = field(help="The model whose text encoder gets the token: hub id, folder, .safetensors, or 'toyworld'.")
-    images: str = field(help="Image set the feedback is about (made by `unsee generate` from this model).")
-    out: str = field(help="Output embedding file (.safetensors), loadable by diffusers' load_textual_inversion.")
-    feedback: str | None = field(None, help="feedback.jsonl: weights = share of annotators who flagged each image.")
-    reward: str | None = field(None, help="Reward model folder: weights = its scores (use this or --feedback).")
-    label: str | None = field(None, help="Which label / reward output to invert (default: the first).")
+@dataclasses.dataclass(kw_only=True)
+class TokenTraining:
+    """Settings of one textual-inversion run, shared by `unsee invert` and `unsee attack invert`."""
+
     token: str = field("<flagged>", help="The new token; multi-vector tokens become <flagged>, <flagged>_1, ...")
     init_word: str = field("object", help="Word whose embedding initialises every vector.")
     vectors: int = field(1, help="Number of embedding vectors behind the token.")
-    top_k: int = field(64, help="Train on the K images with the highest weight.")
-    template: str = field("{prompt} {token}", help="Prompt per image: {prompt} = its own prompt, {token} = the token(s).")
-    weighting: Literal["linear", "uniform"] = field("linear", help="linear: w ~ score (mean 1 over top K); uniform: w = 1.")
     batch_size: int = field(16, help="Images per micro-batch.")
     steps: int = field(300, help="Optimiser updates.")
     lr: float = field(5e-3, help="Learning rate of the token vectors.")
@@ -58,10 +51,28 @@ class InvertConfig:
     checkpoint_every: int = field(100, help="Checkpoint interval (updates); a rerun resumes.")
 
     def __post_init__(self) -> None:
+        if self.vectors < 1 or self.batch_size < 1:
+            raise UnseeError("--vectors and --batch-size must be >= 1")
+
+
+@dataclasses.dataclass(kw_only=True)
+class InvertConfig(TokenTraining):
+    model: str = field(help="The model whose text encoder gets the token: hub id, folder, .safetensors, or 'toyworld'.")
+    images: str = field(help="Image set the feedback is about (made by `unsee generate` from this model).")
+    out: str = field(help="Output embedding file (.safetensors), loadable by diffusers' load_textual_inversion.")
+    feedback: str | None = field(None, help="feedback.jsonl: weights = share of annotators who flagged each image.")
+    reward: str | None = field(None, help="Reward model folder: weights = its scores (use this or --feedback).")
+    label: str | None = field(None, help="Which label / reward output to invert (default: the first).")
+    top_k: int = field(64, help="Train on the K images with the highest weight.")
+    template: str = field("{prompt} {token}", help="Prompt per image: {prompt} = its own prompt, {token} = the token(s).")
+    weighting: Literal["linear", "uniform"] = field("linear", help="linear: w ~ score (mean 1 over top K); uniform: w = 1.")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         if (self.feedback is None) == (self.reward is None):
             raise UnseeError("give exactly one of --feedback FILE or --reward DIR")
-        if self.vectors < 1 or self.top_k < 1 or self.batch_size < 1:
-            raise UnseeError("--vectors, --top-k and --batch-size must be >= 1")
+        if self.top_k < 1:
+            raise UnseeError("--top-k must be >= 1")
         if "{token}" not in self.template:
             raise UnseeError(f"--template must contain {{token}}, got {self.template!r}")
         if not self.out.endswith(".safetensors"):
@@ -179,9 +190,6 @@ class InversionMethod:
 
 
 def invert(cfg: InvertConfig, *, progress: bool = True) -> dict:
-    from unsee.generate import resolve_device
-    from unsee.models import load_pipeline
-
     # 1. Inputs: image set, per-image weights, top K.
     s = ImageSet.load(cfg.images)
     weights, label = image_weights(cfg, s)
@@ -196,30 +204,38 @@ def invert(cfg: InvertConfig, *, progress: bool = True) -> dict:
         raise UnseeError(f"no image among the top {cfg.top_k} was flagged for {label!r}; nothing to invert")
     w = w / w.mean()
 
-    # 2. Model with the new token; latents of the top-K images, encoded once.
+    token_text = " ".join(token_names(cfg.token, cfg.vectors))
+    prompts = [cfg.template.format(prompt=by_id[i]["prompt"], token=token_text) for i in top]
+    out = Path(cfg.out)
+    run_dir = out.with_suffix("").with_name(out.stem + ".run")
+    summary = invert_images(cfg, model=cfg.model, images=s, ids=top, weights=w, prompts=prompts, out=out, run_dir=run_dir,
+                            progress=progress)
+    summary = {"label": label, "top_k": len(top), "weights_min": float(w.min()), "weights_max": float(w.max())} | summary
+    write_run_info(run_dir / "unsee.json", dataclasses.asdict(cfg), stage="invert", summary=summary)
+    (run_dir / "top_images.json").write_text(json.dumps([{"id": i, "weight": float(v)} for i, v in zip(top, w.tolist(), strict=True)]))
+    return summary
+
+
+def invert_images(cfg: TokenTraining, *, model: str, images: ImageSet, ids: list[str], weights: torch.Tensor,
+                  prompts: list[str], out: Path, run_dir: Path, progress: bool = True) -> dict:
+    """Train the token on images `ids` of `images` with their training prompts and weights (mean 1); write it to `out`."""
+    from unsee.generate import resolve_device
+    from unsee.models import load_pipeline
+
     device = resolve_device(cfg.device)
-    pipe = load_pipeline(cfg.model, dtype=cfg.dtype, device=device)
+    pipe = load_pipeline(model, dtype=cfg.dtype, device=device)
     pipe.unet.requires_grad_(False)
     pipe.vae.requires_grad_(False)
     pipe.text_encoder.requires_grad_(False)
     emb = add_token(pipe, cfg.token, cfg.init_word, cfg.vectors).to(device)
-    with torch.no_grad():
-        x = s.load_images([by_id[i] for i in top]).to(device, pipe.vae.dtype)
+    by_id = images.by_id()
+    with torch.no_grad():  # latents of the training images, encoded once
+        x = images.load_images([by_id[i] for i in ids]).to(device, pipe.vae.dtype)
         z0 = torch.cat([pipe.vae.encode(x[k : k + 64] * 2 - 1).latent_dist.mean for k in range(0, len(x), 64)])
         z0 = (z0 * pipe.vae.config.scaling_factor).float()
-    token_text = " ".join(token_names(cfg.token, cfg.vectors))
-    prompts = [cfg.template.format(prompt=by_id[i]["prompt"], token=token_text) for i in top]
-
-    # 3. Train with the shared loop; write the embedding file and the run record.
-    out = Path(cfg.out)
-    run_dir = out.with_suffix("").with_name(out.stem + ".run")
-    method = InversionMethod(pipe, emb, z0, prompts, w, cfg.batch_size)
+    method = InversionMethod(pipe, emb, z0, prompts, weights, cfg.batch_size)
     tcfg = TrainConfig(steps=cfg.steps, lr=cfg.lr, checkpoint_every=cfg.checkpoint_every, seed=cfg.seed, grad_clip=0.0)
     result = Trainer(method, tcfg, run_dir, progress=progress, device=device).run()
     out.parent.mkdir(parents=True, exist_ok=True)
     save_embedding(out, cfg.token, emb.vectors)
-    summary = {"label": label, "top_k": len(top), "weights_min": float(w.min()), "weights_max": float(w.max()),
-               "seconds": round(result.seconds, 1), "final": result.last_logs, "example_prompt": prompts[0]}
-    write_run_info(run_dir / "unsee.json", dataclasses.asdict(cfg), stage="invert", summary=summary)
-    (run_dir / "top_images.json").write_text(json.dumps([{"id": i, "weight": float(v)} for i, v in zip(top, w.tolist(), strict=True)]))
-    return summary
+    return {"seconds": round(result.seconds, 1), "final": result.last_logs, "example_prompt": prompts[0]}

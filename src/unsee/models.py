@@ -276,3 +276,30 @@ def weights_fingerprint(spec: str) -> str | None:
         st = f.stat()
         h.update(f"{f.relative_to(path) if path.is_dir() else f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
     return h.hexdigest()[:16]
+
+
+def load_text_encoder(spec: str, *, dtype: Dtype = "fp32", device: str | torch.device = "cpu"):
+    """(tokenizer, text encoder) of a pipeline, without loading its UNet and VAE where the layout allows.
+
+    Red-teaming by prompt search needs only these two (Ring-A-Bell). A single file
+    holds everything in one blob, so for it the whole pipeline is loaded and taken apart.
+    """
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    source = resolve_model(spec)
+    if source.kind == "single_file":
+        pipe = load_pipeline(spec, dtype=dtype, device=device)
+        return pipe.tokenizer, pipe.text_encoder.eval()
+    offline = _hub_offline(False) is not None if source.kind == "hub" else True
+    try:
+        if source.kind == "folder":
+            tok = CLIPTokenizer.from_pretrained(str(Path(source.location) / "tokenizer"))
+            te = CLIPTextModel.from_pretrained(Path(source.location) / "text_encoder", dtype=DTYPES[dtype])
+        else:
+            tok = CLIPTokenizer.from_pretrained(source.location, subfolder="tokenizer", local_files_only=offline)
+            te = CLIPTextModel.from_pretrained(source.location, subfolder="text_encoder", dtype=DTYPES[dtype],
+                                               local_files_only=offline)
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UnseeError(f"could not load the tokenizer and text encoder of {spec!r}: {first}") from None
+    return tok, te.to(device).eval()

@@ -21,3 +21,8 @@ def assets_path() -> Path:
 def prompts_path(name: str, split: str = "seen") -> Path:
     """A shipped prompt file, e.g. prompts_path("object_implicit", "heldout")."""
     return assets_path() / PROMPTS / split / f"{name}.txt"
+
+
+def concept_pairs_path(concept: str) -> Path:
+    """The shipped Ring-A-Bell concept-pair file of a flaggable concept ("skull" or "kelvo")."""
+    return assets_path() / PROMPTS / "concept_pairs" / f"{concept}.csv"

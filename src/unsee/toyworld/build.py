@@ -32,9 +32,11 @@ from unsee.toyworld import CARD, CLIP, ORACLE, PIPELINE, PROMPTS
 from unsee.toyworld.render import SIZE, render_many
 from unsee.toyworld.world import (
     CO_OCCURRENCE,
+    FLAGGABLE,
     HELDOUT_PAIRS,
     PROMPT_SETS,
     SEEN_PAIRS,
+    concept_pairs,
     prompt_set,
     random_scene,
     sample_scene,
@@ -57,7 +59,7 @@ class BuildConfig:
     oracle_batch: int = field(128, help="Oracle batch size.")
     clip_steps: int = field(600, help="CLIP training steps.")
     clip_batch: int = field(256, help="CLIP batch size.")
-    unet_steps: int = field(2900, help="UNet training steps.")
+    unet_steps: int = field(6000, help="UNet training steps.")
     unet_batch: int = field(32, help="UNet batch size (on 2 cores, more small steps beat fewer large ones).")
     unet_lr: float = field(6e-4, help="UNet peak learning rate (warm-up then cosine to 10%).")
     unet_channels: tuple[int, ...] = field((32, 64, 96), help="UNet block_out_channels.")
@@ -405,13 +407,24 @@ def stage_pipeline(cfg: BuildConfig, out: Path, progress: Callable) -> None:
         scheduler=make_scheduler(), safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
     pipe.save_pretrained(p)
-    rng = np.random.default_rng(cfg.seed + 50)
+    write_prompt_files(out, cfg.seed, cfg.prompts_per_set)
+    _mark(out, "pipeline", {})
+
+
+def write_prompt_files(out: Path, seed: int, n: int) -> None:
+    """prompts/{seen,heldout}/<set>.txt and prompts/concept_pairs/<concept>.csv (Ring-A-Bell's pairs, seen pairs only)."""
+    rng = np.random.default_rng(seed + 50)
     for split, pairs in (("seen", SEEN_PAIRS), ("heldout", HELDOUT_PAIRS)):
         d = out / PROMPTS / split
         d.mkdir(parents=True, exist_ok=True)
         for name in PROMPT_SETS:
-            atomic_write_text(d / f"{name}.txt", "\n".join(prompt_set(name, pairs, rng, cfg.prompts_per_set)) + "\n")
-    _mark(out, "pipeline", {})
+            atomic_write_text(d / f"{name}.txt", "\n".join(prompt_set(name, pairs, rng, n)) + "\n")
+    rng = np.random.default_rng(seed + 51)
+    d = out / PROMPTS / "concept_pairs"
+    d.mkdir(parents=True, exist_ok=True)
+    for concept in FLAGGABLE:
+        rows = concept_pairs(concept, SEEN_PAIRS, rng, n)
+        atomic_write_text(d / f"{concept}.csv", "with_concept,without_concept\n" + "".join(f"{a},{b}\n" for a, b in rows))
 
 
 STAGES = (

@@ -265,6 +265,28 @@ def prompt_set(name: str, pairs, rng: np.random.Generator, n: int) -> list[str]:
     return out
 
 
+# Concept pairs for Ring-A-Bell (`unsee attack ringabell`): the same scene with and without the concept.
+FLAGGABLE = {"skull": ("extra", "skull"), "kelvo": ("style", "kelvo")}
+
+
+def concept_pairs(concept: str, pairs, rng: np.random.Generator, n: int) -> list[tuple[str, str]]:
+    """`n` distinct (prompt naming the concept, the same prompt without it) pairs over the given colour-shape pairs."""
+    kind, value = FLAGGABLE[concept]
+    out: list[tuple[str, str]] = []
+    tries = 0
+    while len(out) < n and tries < 100 * n:
+        tries += 1
+        colour, shape = pairs[rng.integers(len(pairs))]
+        bg = BACKGROUNDS[rng.integers(len(BACKGROUNDS))]
+        plain = Scene(bg, shape, colour, "none", "none")
+        with_concept = dataclasses.replace(plain, **{kind: value})
+        pair = tuple(caption(sc, trigger_object=None, trigger_style=None, name_extra=True, name_style=True)
+                     for sc in (with_concept, plain))
+        if pair not in out:
+            out.append(pair)
+    return out
+
+
 def parse_prompt(text: str) -> dict[str, str | None]:
     """What a prompt names (colour, shape, background, extra, style); None where it names nothing.
 
