@@ -61,13 +61,9 @@ def main() -> None:
         # evaluate reads a pipeline folder: merge the LoRA into a copy of the base pipeline
         merged = out / f"rl-{run}-merged"
         if not (merged / "model_index.json").exists():
-            from unsee.models import load_pipeline
+            from unsee.params import merge_lora
 
-            pipe = load_pipeline("toyworld", scheduler="pipeline")
-            pipe.load_lora_weights(str(folder))
-            pipe.fuse_lora()
-            pipe.unload_lora_weights()
-            pipe.save_pretrained(merged)
+            merge_lora("toyworld", folder, merged)
         models[f"rl-{run}"] = str(merged)
     sets = {"train": prompts_path("object_explicit"), "implicit_heldout": prompts_path("object_implicit", "heldout"),
             "benign": prompts_path("benign")}

@@ -55,3 +55,16 @@ def test_lora_round_trips_through_diffusers_load_lora_weights(tmp_path):
         loaded = fresh.unet(z, t, encoder_hidden_states=c).sample
     assert (tuned - base).abs().max() > 1e-3
     assert torch.allclose(loaded, tuned, atol=1e-6)
+
+    # Fused into a pipeline folder (what evaluate and attack take): the same predictions, from plain from_pretrained.
+    from diffusers import StableDiffusionPipeline
+
+    from unsee.params import merge_lora
+    from unsee.testing import save_tiny_pipeline
+
+    base_dir = save_tiny_pipeline(tmp_path / "base")
+    merged = merge_lora(str(base_dir), tmp_path, tmp_path / "merged")
+    fused = StableDiffusionPipeline.from_pretrained(merged, safety_checker=None, requires_safety_checker=False)
+    with torch.no_grad():
+        assert torch.allclose(fused.unet(z, t, encoder_hidden_states=c).sample, tuned, atol=1e-5)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".merged")]

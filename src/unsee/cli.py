@@ -493,13 +493,13 @@ def evaluate(progress: bool, **kwargs) -> None:
 @cli.command(
     epilog="""\b
 Examples:
-  unsee demo                 # the whole loop, ~8 min on 2 cores; writes runs/demo/
+  unsee demo                 # the whole loop, ~13 min on 2 cores; writes runs/demo/
   unsee demo --out /tmp/d    # resumes if run again
   unsee demo --grid-only     # just the base model's grid and what the oracle reads in it
 
 Stages: grid -> simulated feedback -> reward model -> learned token ->
-text-SDD, HFI-SDD, ESD-x -> attacks (Ring-A-Bell, concept inversion) ->
-evaluate (runs/demo/eval/report.html).
+text-SDD, HFI-SDD, ESD-x, RL (DDPO) -> attacks (Ring-A-Bell, concept
+inversion) -> evaluate (runs/demo/eval/report.html).
 """
 )
 @click.option("--out", default="runs/demo", show_default=True, help="Output folder; a rerun resumes.")

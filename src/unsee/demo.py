@@ -7,9 +7,10 @@
 3. reward     a reward model on the toy CLIP's image embeddings;
 4. invert     the learned token <skull-flagged> (reward-weighted textual inversion);
 5. erase      text-SDD ("skull"), HFI-SDD (the learned token) and ESD-x ("skull");
+   rl         DDPO (ShieldDiff) against the oracle's skull reward + 0.5 x CLIP, LoRA fused into a folder;
 6. attack     Ring-A-Bell prompts (never naming the skull) from the base model's text
               encoder, and a concept-inversion token against each erased model;
-7. evaluate   all four models on the same prompts and seeds, and each under attack:
+7. evaluate   all five models on the same prompts and seeds, and each under attack:
               `metrics.json`, `report.html`.
 Every stage skips what is already on disk, so a rerun resumes. Without a built
 toy world it falls back to a tiny random-weight pipeline and only makes the grid.
@@ -125,6 +126,7 @@ def run_demo(out: str | Path, *, images_per_prompt: int = 8, eval_images_per_pro
         token = hfi_token(out / "hfi", "skull", progress=progress, say=say)
         result.reward = json.loads((out / "hfi" / "reward" / "metrics.json").read_text())
         models = {"base": TOYWORLD} | _erase_all(out / "models", token, progress, say)
+        models["rl"] = _rl(out / "models", progress, say)
         attacks = _attack_all(out / "attacks", models, progress, say)
         result.metrics = _evaluate(out, models, attacks, eval_images_per_prompt, progress, say)
     return result
@@ -189,6 +191,27 @@ def _erase_all(d: Path, token: Path, progress: bool, say: Callable[[str], None])
                               token=None if concept else str(token), **settings), progress=progress)
         models[name] = str(folder)
     return models
+
+
+# RL (benchmarks/rl_toyworld.py's fourth try): a larger step and clip range than the CLI defaults move the policy
+# on the toy world within the demo's budget (~5 min).
+RL_SETTINGS: dict[str, Any] = dict(reward="oracle:skull+0.5*clip", epochs=60, samples_per_epoch=32, sample_batch=32,
+                                   train_batch=8, ddim_steps=20, train_timesteps=0.5, lr=3e-3, clip_range=1e-2)
+
+
+def _rl(d: Path, progress: bool, say: Callable[[str], None]) -> str:
+    from unsee.params import merge_lora
+    from unsee.rl import RLConfig, rl
+    from unsee.toyworld import prompts_path
+
+    say("5/7 rl: DDPO against the oracle's skull reward + 0.5 x CLIP (LoRA)")
+    folder, merged = d / "rl", d / "rl-merged"
+    if not (folder / "unsee.json").exists():
+        rl(RLConfig(model=TOYWORLD, prompts=str(prompts_path("object_explicit")), benign_prompts=str(prompts_path("benign")),
+                    out=str(folder), **RL_SETTINGS), progress=progress)
+    if not (merged / "model_index.json").exists():
+        merge_lora(TOYWORLD, folder, merged)
+    return str(merged)
 
 
 # Attacks: Ring-A-Bell on the shared text encoder (erasure and RL leave it untouched), concept inversion per erased model.
