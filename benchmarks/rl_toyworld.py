@@ -29,6 +29,8 @@ def main() -> None:
     ap.add_argument("--clip-range", type=float, default=1e-4, help="PPO clip epsilon")
     ap.add_argument("--images-per-prompt", type=int, default=5, help="40 prompts a set: 5 gives 200 images a set")
     ap.add_argument("--runs", default="oracle,learned")
+    ap.add_argument("--clip-weight", type=float, default=0.5, help="weight of the clip term in the reward")
+    ap.add_argument("--kl-weight", type=float, default=0.0, help="weight of the KL term toward the original model")
     args = ap.parse_args()
 
     from diffusers.utils import logging as dlog
@@ -44,9 +46,9 @@ def main() -> None:
     for run in args.runs.split(","):
         if run == "learned":
             hfi_token(out / "hfi", "skull", progress=False)  # makes the reward model on the way to the token
-            reward = f"learned:{out / 'hfi' / 'reward'}+0.5*clip"
+            reward = f"learned:{out / 'hfi' / 'reward'}+{args.clip_weight}*clip"
         else:
-            reward = "oracle:skull+0.5*clip"
+            reward = f"oracle:skull+{args.clip_weight}*clip"
         folder = out / f"rl-{run}"
         if not (folder / "unsee.json").exists():
             t0 = time.time()
@@ -54,7 +56,7 @@ def main() -> None:
                         benign_prompts=str(prompts_path("benign")), out=str(folder), reward=reward, epochs=args.epochs,
                         samples_per_epoch=args.samples_per_epoch, sample_batch=args.samples_per_epoch, train_batch=8,
                         ddim_steps=args.ddim_steps, train_timesteps=0.5, lr=args.lr,
-                        clip_range=args.clip_range), progress=True)
+                        clip_range=args.clip_range, kl_weight=args.kl_weight), progress=True)
             seconds[run] = round(time.time() - t0, 1)
         else:
             seconds[run] = json.loads((folder / "unsee.json").read_text())["summary"]["seconds"]

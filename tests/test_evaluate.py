@@ -212,3 +212,73 @@ def test_report_renders_in_chromium_and_flagged_images_reveal_on_click(tmp_path)
     finally:
         browser.close()
         pw.stop()
+
+
+# ---------------------------------------------------------------- Inception FID (clean-fid protocol)
+def _fake_inception(path):
+    """A TorchScript module with clean-fid's interface (`.layers` -> (B, 2048, 1, 1)): real weights cannot be fetched here."""
+    from torch import nn
+
+    class Layers(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 2048, 5, stride=4)
+            self.pool = nn.AdaptiveAvgPool2d(1)
+
+        def forward(self, x):
+            return self.pool(torch.tanh(self.conv(x)))
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = Layers()
+
+        def forward(self, x):
+            return self.layers(x)
+
+    torch.manual_seed(0)
+    torch.jit.script(Net().eval()).save(str(path))
+    return path
+
+
+def test_clean_resize_is_per_channel_float_bicubic_without_quantising():
+    from unsee.fid import clean_resize
+
+    flat = np.full((1, 32, 32, 3), 77, np.uint8)
+    assert clean_resize(flat).shape == (1, 299, 299, 3) and np.allclose(clean_resize(flat), 77, atol=1e-3)
+    ramp = np.tile(np.arange(32, dtype=np.uint8)[None, :, None] * 8, (32, 1, 3))[None]
+    out = clean_resize(ramp)
+    assert np.abs(out - out.round()).max() > 0.05  # not quantised back to uint8
+    assert np.allclose(out[..., 0], out[..., 1])  # channels resized alike
+
+
+@needs_world
+def test_inception_fid_uses_the_cached_weights_and_refuses_cleanly_without_them(tmp_path, two_sets, monkeypatch):
+    from click.testing import CliRunner
+
+    from unsee.cli import cli
+    from unsee.fid import InceptionFeatures, clean_resize
+    from unsee.generate import GenerateConfig, generate
+
+    ref = generate(GenerateConfig(model="toyworld", prompts=two_sets[1], out=str(tmp_path / "ref"), images_per_prompt=2,
+                                  steps=4, device="cpu"), progress=False)
+    monkeypatch.setenv("UNSEE_INCEPTION", str(tmp_path / "missing.pt"))
+    r = CliRunner().invoke(cli, ["evaluate", "--model", "toyworld", "--prompts", two_sets[1], "--out", str(tmp_path / "e"),
+                                 "--reference-images", str(ref), "--frechet-features", "inception", "--steps", "4"])
+    assert r.exit_code == 2 and "UNSEE_INCEPTION" in r.output and len(r.output.strip().splitlines()) == 1, r.output
+    assert not (tmp_path / "e" / "metrics.json").exists()
+
+    weights = _fake_inception(tmp_path / "inception-2015-12-05.pt")
+    monkeypatch.setenv("UNSEE_INCEPTION", str(weights))
+    feats = InceptionFeatures()
+    x = torch.rand(3, 3, 32, 32)
+    u8 = (x * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    by_hand = feats.model.layers((torch.from_numpy(clean_resize(u8)).permute(0, 3, 1, 2) - 128) / 128).reshape(3, -1)
+    assert torch.allclose(feats(x), by_hand.double(), atol=1e-6) and feats(x).shape == (3, 2048)
+    m = evaluate(EvaluateConfig(model=("toyworld",), prompts=(two_sets[1],), out=str(tmp_path / "e"), images_per_prompt=2,
+                                steps=4, device="cpu", reference_images=str(ref), frechet_features="inception", bootstrap=50),
+                 progress=False)
+    row = next(iter(m["results"]["toyworld"].values()))
+    assert abs(row["fid_inception"]) < 1e-3 and "frechet_clip" not in row  # the reference is this very set
+    assert m["frechet_features_info"]["sha256"] == feats.sha256 and "Inception" in m["frechet_features"]
+    assert "fid inception" in (tmp_path / "e" / "report.html").read_text()

@@ -36,8 +36,10 @@ def quiet_progress() -> None:
     """Hide diffusers' own loading bars unless -v; unsee shows its own progress."""
     if not _VERBOSE:
         from diffusers.utils import logging as dlog
+        from transformers.utils import logging as tlog
 
         dlog.disable_progress_bar()
+        tlog.disable_progress_bar()  # transformers 5's "Loading weights" bar
 
 
 def _quiet_libraries(verbose: bool) -> None:

@@ -7,8 +7,9 @@ a seed depends on the prompt file, prompt and image index only) into
   with a bootstrap 95% interval; for NudeNet also per-class counts and the
   explicit-image rate;
 - CLIP score: 100 x max(cos(image, prompt), 0), with any transformers CLIP;
-- Frechet distance to `--reference-images`, on CLIP image features (named so
-  in the report: it is not Inception FID);
+- Frechet distance to `--reference-images`, on Inception features resized the
+  clean-fid way (FID, `unsee.fid`; real models) or on CLIP image features (the
+  toy world; named so in the report: it is not FID);
 - in the toy world (oracle detector): named-attribute accuracy and near-neighbour rates.
 Writes `metrics.json` (every number, settings, versions, seeds) and a
 self-contained `report.html` (table, bar charts, image grids with the flagged
@@ -50,6 +51,9 @@ class EvaluateConfig:
     detector: Literal["oracle", "nudenet"] = field("oracle", help="oracle: the toy world's; nudenet: NudeNet 3.4.2 (pip install unsee[nudity]).")
     clip: str = field("toyworld", help="CLIP for CLIP score and Frechet features: 'toyworld', a hub id or a folder.")
     reference_images: str | None = field(None, help="An image set (or folder of PNG/JPEG) to compute the Frechet distance to.")
+    frechet_features: Literal["auto", "inception", "clip"] = field(
+        "auto", help="Frechet distance features: inception (FID, clean-fid resizing; the weights file comes from your cache, "
+                     "see unsee.fid), clip (--clip's image embeddings), auto: clip with --clip toyworld, else inception.")
     attack: tuple[str, ...] = field((), help="An attack folder from `unsee attack` (repeatable): pre- and post-attack success rates.")
     images_per_prompt: int = field(1, help="Images per prompt.")
     steps: int = field(25, help="Sampling steps.")
@@ -191,7 +195,8 @@ def evaluate(cfg: EvaluateConfig, *, progress: bool = True) -> dict[str, Any]:
     grids: dict[str, dict[str, list[dict]]] = {s: {} for s in sets}
     attack_grids: dict[str, dict[str, list[dict]]] = {}
     attack_results: dict[str, dict[str, Any]] = {}
-    ref_features = clip.image_embeds(reference) if reference is not None else None
+    features, feature_info = _frechet_features(cfg, clip, device) if reference is not None else (None, None)
+    ref_features = features(reference) if features is not None else None
     for model, name in zip(cfg.model, names, strict=True):
         pipe = load_pipeline(model, device=device)
         results[name] = {}
@@ -222,7 +227,7 @@ def evaluate(cfg: EvaluateConfig, *, progress: bool = True) -> dict[str, Any]:
             cs = clip_scores(clip, images, prompts_text)
             row["clip_score"] = {"mean": float(cs.mean()), "ci95": list(_mean_interval(cs.numpy(), cfg.bootstrap, cfg.seed))}
             if ref_features is not None:
-                row["frechet_clip"] = frechet_distance(clip.image_embeds(images), ref_features)
+                row[feature_info["key"]] = frechet_distance(features(images), ref_features)
             if oracle is not None:
                 row |= _toyworld_metrics(oracle, images, prompts_text)
             results[name][set_name] = row
@@ -245,7 +250,8 @@ def evaluate(cfg: EvaluateConfig, *, progress: bool = True) -> dict[str, Any]:
         "models": dict(zip(names, cfg.model, strict=True)),
         "prompt_sets": dict(zip(sets, cfg.prompts, strict=True)),
         "detector": {"name": info.name, "labels": list(info.labels), "threshold": info.threshold},
-        "frechet_features": f"CLIP image embeddings of {cfg.clip!r} (not Inception)" if reference is not None else None,
+        "frechet_features": feature_info["name"] if feature_info else None,
+        "frechet_features_info": feature_info,
         "versions": _versions(),
         "attacks": {k: {x: v[x] for x in ("kind", "folder", "model", "label")} for k, v in attacks.items()},
         "results": results,
@@ -255,6 +261,18 @@ def evaluate(cfg: EvaluateConfig, *, progress: bool = True) -> dict[str, Any]:
     atomic_write_text(out / "report.html", render_report(metrics, grids, attack_grids))
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
     return metrics
+
+
+def _frechet_features(cfg: EvaluateConfig, clip, device) -> tuple[Any, dict[str, Any]]:
+    """(features(images) -> (B, D), what they are) for the Frechet distance."""
+    kind = cfg.frechet_features if cfg.frechet_features != "auto" else ("clip" if cfg.clip == "toyworld" else "inception")
+    if kind == "clip":
+        return clip.image_embeds, {"key": "frechet_clip", "name": f"CLIP image embeddings of {cfg.clip!r} (not Inception: not FID)"}
+    from unsee.fid import InceptionFeatures
+
+    inception = InceptionFeatures(device=device)  # a missing weights file fails here, before any image is made
+    return inception, {"key": "fid_inception", "name": f"{inception.name}, {inception.path.name} sha256 {inception.sha256[:16]}",
+                       "file": str(inception.path), "sha256": inception.sha256}
 
 
 def _read_attacks(cfg: EvaluateConfig) -> dict[str, dict]:
@@ -473,7 +491,7 @@ def render_report(metrics: dict[str, Any], grids: dict[str, dict[str, list[dict]
     for set_name in metrics["prompt_sets"]:
         parts.append(f"<h2>{e(set_name)}</h2><table class='metrics'><tr><th>model</th><th>images</th>")
         parts += [f"<th>{e(lb)}</th>" for lb in labels] + ["<th>CLIP score</th>"]
-        extra_cols = [k for k in ("frechet_clip", "named_attribute_accuracy") if k in next(iter(res.values()))[set_name]]
+        extra_cols = [k for k in ("fid_inception", "frechet_clip", "named_attribute_accuracy") if k in next(iter(res.values()))[set_name]]
         parts += [f"<th>{e(k.replace('_', ' '))}</th>" for k in extra_cols] + ["</tr>"]
         for model, per_set in res.items():
             row = per_set[set_name]
