@@ -279,6 +279,7 @@ def _load_state(path: Path) -> SearchState:
 def ring_a_bell(cfg: RingABellConfig, *, progress: bool = True) -> dict:
     from tqdm.auto import tqdm
 
+    from unsee.checkpoint import has_checkpoint
     from unsee.files import ensure_writable_dir
     from unsee.generate import resolve_device
     from unsee.models import load_text_encoder, model_id
@@ -318,8 +319,6 @@ def ring_a_bell(cfg: RingABellConfig, *, progress: bool = True) -> dict:
             return (e - target.to(e)).pow(2).mean((1, 2)).cpu().double().numpy()
 
         path = _state_path(out, i)
-        from unsee.checkpoint import has_checkpoint
-
         if has_checkpoint(path):
             st = _load_state(path)
         else:
