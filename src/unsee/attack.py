@@ -77,9 +77,10 @@ def read_attack(folder: str | Path) -> dict:
     for name in (SOURCE_CSV, PROMPTS_CSV) + ((TOKEN_FILE,) if info.get("kind") == "invert" else ()):
         if not (folder / name).exists():
             raise UnseeError(f"attack folder {str(folder)!r} lacks {name}; rerun the attack")
-    if len(read_prompts(folder / SOURCE_CSV)) != len(read_prompts(folder / PROMPTS_CSV)):
+    n = len(read_prompts(folder / SOURCE_CSV))
+    if n != len(read_prompts(folder / PROMPTS_CSV)):
         raise UnseeError(f"attack folder {str(folder)!r}: {SOURCE_CSV} and {PROMPTS_CSV} differ in length")
-    return info | {"folder": str(folder)}
+    return info | {"folder": str(folder), "prompts": n}
 
 
 # ---------------------------------------------------------------- Ring-A-Bell
@@ -153,13 +154,14 @@ def concept_vector(tok, text_encoder, pairs: list[tuple[str, str]]) -> torch.Ten
     return (e_with - e_without).mean(0)
 
 
+def _words(text: str) -> set[str]:
+    return set(re.findall(r"[\w'-]+", text.lower()))
+
+
 def banned_words(tok, pairs: list[tuple[str, str]], extra: tuple[str, ...]) -> list[str]:
     """Words in the with-concept prompts that no without-concept prompt has (the concept's own), plus `extra`."""
-    def words(text: str) -> set[str]:
-        return set(re.findall(r"[\w'-]+", text.lower()))
-
-    with_words = set().union(*(words(a) for a, _ in pairs))
-    without_words = set().union(*(words(b) for _, b in pairs))
+    with_words = set().union(*(_words(a) for a, _ in pairs))
+    without_words = set().union(*(_words(b) for _, b in pairs))
     return sorted((with_words - without_words) | {w.lower() for w in extra})
 
 
@@ -300,8 +302,7 @@ def ring_a_bell(cfg: RingABellConfig, *, progress: bool = True) -> dict:
     tok, te = load_text_encoder(cfg.model, device=device)
     te.requires_grad_(False)
     vec = concept_vector(tok, te, pairs)
-    banned = [] if cfg.allow_concept_words else banned_words(tok, pairs, cfg.ban)
-    banned = sorted(set(banned) | {w.lower() for w in cfg.ban})
+    banned = sorted({w.lower() for w in cfg.ban}) if cfg.allow_concept_words else banned_words(tok, pairs, cfg.ban)
     cands = candidate_ids(tok, banned, cfg.vocabulary).numpy()
     logger.info("concept vector from %d pairs, |c| = %.3f; %d candidate tokens; banned: %s",
                 len(pairs), float(vec.norm()), len(cands), ", ".join(banned) or "none")
@@ -363,7 +364,7 @@ def ring_a_bell(cfg: RingABellConfig, *, progress: bool = True) -> dict:
 
 
 def names_banned(text: str, banned: list[str]) -> bool:
-    return bool(set(re.findall(r"[\w'-]+", text.lower())) & set(banned))
+    return bool(_words(text) & set(banned))
 
 
 def score_text(tok, te, text: str, target: torch.Tensor) -> float:

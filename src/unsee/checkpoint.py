@@ -9,14 +9,13 @@ so a kill mid-save leaves the previous checkpoint intact.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from unsee.files import atomic_write_dir
 
 TENSORS, META = "tensors.safetensors", "meta.json"
 
@@ -53,8 +52,6 @@ def save_checkpoint(
     meta: dict[str, Any] | None = None,
 ) -> Path:
     """Atomically write `folder` (replacing an older checkpoint there)."""
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
     all_tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in tensors.items()}
     info: dict[str, Any] = dict(meta or {})
     all_tensors["rng.torch"] = torch.get_rng_state()
@@ -62,19 +59,12 @@ def save_checkpoint(
         t, m = optimizer_to_flat(optimizer)
         all_tensors.update(t)
         info["optimizer"] = m
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+
+    def write(tmp: Path) -> None:
         save_file(all_tensors, str(tmp / TENSORS))
         (tmp / META).write_text(json.dumps(info))
-        old = folder.with_name(folder.name + ".old")
-        if folder.exists():
-            os.replace(folder, old)
-        os.replace(tmp, folder)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return folder
+
+    return atomic_write_dir(folder, write)
 
 
 def load_checkpoint(

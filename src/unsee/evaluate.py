@@ -109,13 +109,14 @@ def clip_scores(clip, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
     return 100 * (img * txt[[row[p] for p in prompts]]).sum(-1).clamp(min=0)
 
 
+def flag_rate(flags: np.ndarray, resamples: int, seed: int) -> dict[str, Any]:
+    """Share of flagged images with its bootstrap 95% interval and the count."""
+    lo, hi = bootstrap_interval(flags, resamples, seed)
+    return {"rate": float(flags.mean()), "ci95": [lo, hi], "count": int(flags.sum())}
+
+
 def label_rates(scores: dict[str, torch.Tensor], threshold: float, resamples: int, seed: int) -> dict[str, dict]:
-    out = {}
-    for label, s in scores.items():
-        flags = (s >= threshold).numpy()
-        lo, hi = bootstrap_interval(flags, resamples, seed)
-        out[label] = {"rate": float(flags.mean()), "ci95": [lo, hi], "count": int(flags.sum())}
-    return out
+    return {label: flag_rate((s >= threshold).numpy(), resamples, seed) for label, s in scores.items()}
 
 
 # ---------------------------------------------------------------- inputs
@@ -170,8 +171,7 @@ def load_reference(path: str) -> torch.Tensor:
 def evaluate(cfg: EvaluateConfig, *, progress: bool = True) -> dict[str, Any]:
     from unsee.clip import load_clip
     from unsee.detectors import make_detector
-    from unsee.generate import GenerateConfig, generate, resolve_device
-    from unsee.imageset import ImageSet
+    from unsee.generate import resolve_device
     from unsee.models import load_pipeline, model_id, resolve_model
 
     out = Path(cfg.out)
@@ -201,17 +201,7 @@ def evaluate(cfg: EvaluateConfig, *, progress: bool = True) -> dict[str, Any]:
         pipe = load_pipeline(model, device=device)
         results[name] = {}
         for prompts, set_name in zip(cfg.prompts, sets, strict=True):
-            folder = out / "images" / name / set_name
-            gen = GenerateConfig(model=model, prompts=prompts, out=str(folder), images_per_prompt=cfg.images_per_prompt,
-                                 steps=cfg.steps, guidance=cfg.guidance, batch_size=cfg.batch_size, seed=cfg.seed,
-                                 device=str(device))
-            try:
-                generate(gen, progress=progress, pipe=pipe)
-            except StaleImageSet as e:  # our own cache, made from other weights or settings: make it again
-                logger.warning("%s; regenerating it", e)
-                shutil.rmtree(folder)
-                generate(gen, progress=progress, pipe=pipe)
-            s = ImageSet.load(folder)
+            s = _cached_images(cfg, model, pipe, prompts, out / "images" / name / set_name, device, progress)
             images = s.load_images()
             if reference is not None and reference.shape[-2:] != images.shape[-2:]:
                 raise UnseeError(f"--reference-images are {tuple(reference.shape[-2:])} px but {name}'s images are "
@@ -263,6 +253,22 @@ def evaluate(cfg: EvaluateConfig, *, progress: bool = True) -> dict[str, Any]:
     return metrics
 
 
+def _cached_images(cfg: EvaluateConfig, model: str, pipe, prompts: str, folder: Path, device, progress: bool):
+    """The image set of `prompts` from `model` in `folder`, made by `unsee generate` unless already there."""
+    from unsee.generate import GenerateConfig, generate
+    from unsee.imageset import ImageSet
+
+    gen = GenerateConfig(model=model, prompts=prompts, out=str(folder), images_per_prompt=cfg.images_per_prompt,
+                         steps=cfg.steps, guidance=cfg.guidance, batch_size=cfg.batch_size, seed=cfg.seed, device=str(device))
+    try:
+        generate(gen, progress=progress, pipe=pipe)
+    except StaleImageSet as e:  # our own cache, made from other weights or settings: make it again
+        logger.warning("%s; regenerating it", e)
+        shutil.rmtree(folder)
+        generate(gen, progress=progress, pipe=pipe)
+    return ImageSet.load(folder)
+
+
 def _frechet_features(cfg: EvaluateConfig, clip, device) -> tuple[Any, dict[str, Any]]:
     """(features(images) -> (B, D), what they are) for the Frechet distance."""
     kind = cfg.frechet_features if cfg.frechet_features != "auto" else ("clip" if cfg.clip == "toyworld" else "inception")
@@ -295,10 +301,7 @@ def _attack_row(cfg: EvaluateConfig, model: str, pipe, folder: Path, attack: dic
     import hashlib
 
     from unsee.attack import PROMPTS_CSV, SOURCE_CSV, TOKEN_FILE
-    from unsee.generate import GenerateConfig, generate
-    from unsee.imageset import ImageSet
     from unsee.models import load_pipeline
-    from unsee.prompts import read_prompts
 
     src = Path(attack["folder"])
     sets = {}
@@ -309,15 +312,7 @@ def _attack_row(cfg: EvaluateConfig, model: str, pipe, folder: Path, attack: dic
             sub = folder / f"adversarial-{hashlib.sha256(token_file.read_bytes()).hexdigest()[:10]}"  # a new token, new images
             p = load_pipeline(model, device=device)  # a fresh pipeline: the token must not leak into other runs
             p.load_textual_inversion(str(token_file), token=attack["token"])
-        gen = GenerateConfig(model=model, prompts=str(src / csv_name), out=str(sub), images_per_prompt=cfg.images_per_prompt,
-                             steps=cfg.steps, guidance=cfg.guidance, batch_size=cfg.batch_size, seed=cfg.seed, device=str(device))
-        try:
-            generate(gen, progress=progress, pipe=p)
-        except StaleImageSet as e:
-            logger.warning("%s; regenerating it", e)
-            shutil.rmtree(sub)
-            generate(gen, progress=progress, pipe=p)
-        sets[part] = ImageSet.load(sub)
+        sets[part] = _cached_images(cfg, model, p, str(src / csv_name), sub, device, progress)
     labels = [attack["label"]] if attack.get("label") else [lb for lb in FLAGGED[cfg.detector] if lb in info.labels]
     if attack.get("label") and attack["label"] not in info.labels:
         raise UnseeError(f"attack {attack['folder']!r} counts label {attack['label']!r}, which the {info.name} detector "
@@ -332,12 +327,10 @@ def _attack_row(cfg: EvaluateConfig, model: str, pipe, folder: Path, attack: dic
         raise UnseeError(f"attack {attack['folder']!r}: source and adversarial image sets differ in size; rerun evaluate")
     flags["post_attack"] = flags["source"] | flags["adversarial"]
     row: dict[str, Any] = {"kind": attack["kind"], "labels": labels, "threshold": info.threshold, "detector": info.name,
-                           "prompts": len(read_prompts(src / SOURCE_CSV)), "images_per_prompt": cfg.images_per_prompt,
+                           "prompts": attack["prompts"], "images_per_prompt": cfg.images_per_prompt,
                            "denominator": int(len(flags["source"]))}
     for k in ("source", "adversarial", "post_attack"):
-        lo, hi = bootstrap_interval(flags[k], cfg.bootstrap, cfg.seed)
-        key = "pre_attack" if k == "source" else k
-        row[key] = {"rate": float(flags[k].mean()), "ci95": [lo, hi], "count": int(flags[k].sum())}
+        row["pre_attack" if k == "source" else k] = flag_rate(flags[k], cfg.bootstrap, cfg.seed)
     src_recs = sorted(sets["source"].records, key=lambda r: r["id"])
     adv_recs = sorted(sets["adversarial"].records, key=lambda r: r["id"])
     cells = []

@@ -31,6 +31,27 @@ def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> None:
         raise
 
 
+def atomic_write_dir(folder: str | Path, write: Callable[[Path], Any]) -> Path:
+    """Call `write(tmp_folder)`, then swap it in for `folder`: `folder` is the old or the new one, never half of
+    either. Between the two renames only `folder.old` exists (a reader may fall back to it)."""
+    import shutil
+
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        write(tmp)
+        old = folder.with_name(folder.name + ".old")
+        if folder.exists():
+            os.replace(folder, old)
+        os.replace(tmp, folder)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
 

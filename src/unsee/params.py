@@ -114,24 +114,11 @@ def save_trained_unet(pipe, base_model: str, params: ParamSet, out: Path) -> Non
 def merge_lora(base_model: str, lora_dir: str | Path, out: str | Path) -> Path:
     """A pipeline folder with LoRA weights fused into the base model's UNet, for tools that take a model folder
     (`unsee evaluate`, `unsee attack`). Written to a temporary folder first, then renamed."""
-    import shutil
-    import tempfile
-
+    from unsee.files import atomic_write_dir
     from unsee.models import load_pipeline
 
-    out = Path(out)
     pipe = load_pipeline(base_model, scheduler="pipeline")
     pipe.load_lora_weights(str(lora_dir))
     pipe.fuse_lora()
     pipe.unload_lora_weights()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        pipe.save_pretrained(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    return atomic_write_dir(out, pipe.save_pretrained)
