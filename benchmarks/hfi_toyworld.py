@@ -41,6 +41,23 @@ def auc(scores, truth) -> float:
     return float(((pos[:, None] > neg[None]).sum() + 0.5 * (pos[:, None] == neg[None]).sum()) / (len(pos) * len(neg)))
 
 
+def heldout_pairs_by_truth(d: Path, truth: dict[str, bool], score: dict[str, float]) -> dict[str, float]:
+    """Held-out pairwise agreement split by the oracle's truth: pairs of one flagged and one clean image ("across"),
+    and pairs of two flagged or two clean images ("within", ordered by how strongly the oracle sees the concept)."""
+    from unsee.feedback import load_feedback, rank_pairs
+    from unsee.reward_model import heldout_split
+
+    ranks = load_feedback(d / "feedback.jsonl").ranks
+    cfg = json.loads((d / "reward" / "unsee.json").read_text())["config"]
+    held = [g for g, part in zip(ranks, heldout_split(cfg["seed"], len(ranks), cfg["heldout"]), strict=True) if part == "test"]
+    out = {}
+    for name, keep in (("across", lambda a, b: truth[a] != truth[b]), ("within", lambda a, b: truth[a] == truth[b])):
+        pairs = [(a, b) for a, b, _ in rank_pairs(held) if keep(a, b)]
+        out[f"heldout pairs {name}"] = sum(score[a] > score[b] for a, b in pairs) / max(len(pairs), 1)
+        out[f"heldout pairs {name} n"] = len(pairs)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs/hfi")
@@ -81,6 +98,9 @@ def main() -> None:
         vs_truth = {"auc": auc(s, truth)}
         if setup["kind"] == "binary":
             vs_truth["accuracy"] = sum((x > 0.5) == t for x, t in zip(s, truth, strict=True)) / len(truth)
+        else:
+            vs_truth |= heldout_pairs_by_truth(d, dict(zip(images.ids, truth, strict=True)),
+                                               {i: scores[i][concept] for i in images.ids})
 
         # Probe: the token alone vs the init word alone, same prompts and seeds.
         rates = {}
@@ -103,7 +123,7 @@ def main() -> None:
                             "reward_vs_oracle_truth": vs_truth, "rates": rates, "seconds_chain": round(seconds, 1)}
         print(f"[{concept}] {setup['kind']} feedback (3 annotators, noise 0.1) on {len(images)} images | reward held-out "
               f"{metrics['metric']} {metrics['heldout_agreement']:.3f}, vs oracle truth "
-              + ", ".join(f"{k} {v:.3f}" for k, v in vs_truth.items())
+              + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in vs_truth.items())
               + f" | {concept} rate: learned token {rates['learned token']:.3f} vs {init_key} {rates[init_key]:.3f} "
               f"({rates['learned token images']} images each) | chain {seconds:.0f} s", flush=True)
     (out / "results.json").write_text(json.dumps(results, indent=2))

@@ -71,3 +71,17 @@ def test_bad_settings(kw, message):
 def test_unknown_label_is_refused(image_set, tmp_path):
     with pytest.raises(UnseeError, match="has no label"):
         auto_annotate(AutoAnnotateConfig(images=str(image_set), out=str(tmp_path / "fb.jsonl"), labels=("gore",)))
+
+
+def test_reward_heldout_split_does_not_follow_the_annotators_noise(image_set, tmp_path):
+    # Both default to seed 0. When they shared one numpy stream, the held-out images (u < 0.2) were exactly
+    # those annotator 0 had flipped (u < noise), so held-out agreement measured the noise.
+    from unsee.reward_model import heldout_split
+
+    out = auto_annotate(AutoAnnotateConfig(images=str(image_set), out=str(tmp_path / "fb.jsonl"), labels=("flag",), noise=0.3))
+    ids = ImageSet.load(image_set).ids
+    flipped = {j.image for j in load_feedback(out).binary if ("flag" in j.labels) != (ids.index(j.image) / (N - 1) >= 0.5)}
+    split = heldout_split(0, N, 0.2)
+    held = [i for i, part in zip(sorted(ids), split, strict=True) if part == "test"]
+    rate = sum(i in flipped for i in held) / len(held)
+    assert len(held) >= 25 and 0.1 < rate < 0.5, (len(held), rate)

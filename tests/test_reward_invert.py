@@ -101,7 +101,8 @@ def test_invert_writes_a_token_plain_diffusers_loads(tiny_model_dir, tmp_path, v
     summary = invert(InvertConfig(model=str(tiny_model_dir), images=str(images), feedback=str(fb), out=str(out),
                                   init_word="cat", vectors=vectors, top_k=4, steps=3, batch_size=2, device="cpu",
                                   lr=0.1), progress=False)
-    assert summary["top_k"] == 4 and "a red cat <flagged>" in summary["example_prompt"]
+    assert summary["top_k"] == 4
+    assert summary["example_prompt"] == "a photo of " + " ".join(["<flagged>", "<flagged>_1", "<flagged>_2", "<flagged>_3"][:vectors])
 
     pipe = StableDiffusionPipeline.from_pretrained(tiny_model_dir)
     base = pipe.text_encoder.get_input_embeddings().weight.detach().clone()

@@ -22,6 +22,7 @@ from unsee.detectors import make_detector
 from unsee.errors import UnseeError
 from unsee.feedback import Binary, Feedback, Rank, now, save_feedback
 from unsee.imageset import ImageSet
+from unsee.seeds import stream
 
 
 @dataclasses.dataclass
@@ -66,7 +67,7 @@ def auto_annotate(cfg: AutoAnnotateConfig) -> Path:
     if unknown:
         raise UnseeError(f"detector {cfg.detector} has no label(s) {', '.join(unknown)}; it reports {', '.join(scores)}")
     threshold = info.threshold if cfg.threshold is None else cfg.threshold
-    rng = np.random.default_rng(cfg.seed)
+    rng = stream(cfg.seed, "annotate")
     ids = s.ids
     judgements: list = []
     for a in range(cfg.annotators):

@@ -7,9 +7,13 @@ trains; text encoder and UNet are frozen. Over the top-K images by weight:
 
 w_i comes from the reward model's score of image i, or from the feedback
 (share of annotators who flagged it), normalised to mean 1 over the top K.
-The prompt of image i is its own prompt with the token added (--template
-"{prompt}, {token}"), so v must explain only what the prompt does not: what the
-annotators flagged. The output loads with diffusers' `load_textual_inversion`.
+Every image is captioned "a photo of <token>" (--template), as in textual
+inversion, so v stands for what the flagged images share. The other choice,
+"{prompt} {token}" (the image's own prompt plus the token, so v would explain
+only what the prompt leaves out), learned nothing measurable on the toy world:
+its skull token drew the skull in 0 of 100 probe images against 99 of 100 for
+"a photo of <token>" with 4 vectors (benchmarks/hfi_toyworld.py). The output
+loads with diffusers' `load_textual_inversion`.
 """
 
 from __future__ import annotations
@@ -63,8 +67,10 @@ class InvertConfig(TokenTraining):
     feedback: str | None = field(None, help="feedback.jsonl: weights = share of annotators who flagged each image.")
     reward: str | None = field(None, help="Reward model folder: weights = its scores (use this or --feedback).")
     label: str | None = field(None, help="Which label / reward output to invert (default: the first).")
+    vectors: int = field(4, help="Embedding vectors behind the token (on the toy world 4 carried the skull, 1 only partly).")
+    lr: float = field(2e-2, help="Learning rate of the token vectors (5e-3 left the style token at 0.67, 2e-2 reached 0.99).")
     top_k: int = field(64, help="Train on the K images with the highest weight.")
-    template: str = field("{prompt} {token}", help="Prompt per image: {prompt} = its own prompt, {token} = the token(s).")
+    template: str = field("a photo of {token}", help="Prompt per image: {token} = the token(s), {prompt} = the image's own prompt.")
     weighting: Literal["linear", "uniform"] = field("linear", help="linear: w ~ score (mean 1 over top K); uniform: w = 1.")
 
     def __post_init__(self) -> None:
