@@ -9,7 +9,7 @@ TORCH  ?= torch==2.13.0
 EXTRAS ?= dev,nudity,annotate
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench install clean toyworld
+.PHONY: demo test lint bench bench-rl install clean toyworld
 
 demo: $(STAMP)
 	$(VENV)/bin/unsee demo --out runs/demo
@@ -25,6 +25,20 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_generate.py
 
 install: $(STAMP)
+
+# DDPO against trl (benchmarks/bench_rl.py): trl==0.23.1, its last release with DDPO, in a venv of its own
+# with the same torch, diffusers, transformers, peft and accelerate as $(VENV).
+TRL_VENV ?= .venv-trl
+bench-rl: $(STAMP) $(TRL_VENV)/.installed
+	$(PY) benchmarks/bench_rl.py --trl-python $(TRL_VENV)/bin/python
+
+$(TRL_VENV)/.installed: $(STAMP)
+	$(PYTHON) -m venv $(TRL_VENV)
+	$(TRL_VENV)/bin/python -m pip install -q --upgrade pip
+	$(TRL_VENV)/bin/python -m pip install -q "$(TORCH)"
+	$(TRL_VENV)/bin/python -m pip install -q trl==0.23.1 \
+	  $$($(PY) -m pip freeze | grep -iE '^(diffusers|transformers|peft|accelerate)==')
+	touch $@
 
 # Rebuild the toy world from scratch (26-52 min on 2 cores) and ship it inside the package.
 TW_BUILD ?= runs/toyworld
@@ -50,4 +64,4 @@ $(STAMP): $(PY) pyproject.toml
 	touch $(STAMP)
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(TRL_VENV) runs .pytest_cache

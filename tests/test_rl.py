@@ -114,6 +114,9 @@ def test_rl_writes_a_lora_logs_epochs_and_resumes_exactly(tmp_path, monkeypatch)
     rows = list(csv.DictReader((full / "run" / "epochs.csv").open()))
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
     assert {"reward", "reward_oracle:skull", "reward_clip", "approx_kl", "clipfrac", "kl_to_original"} <= set(rows[0])
+    # where each epoch's time went: sampling, the reward (on its thread) and training all took some
+    assert all(float(r[k]) > 0 for r in rows for k in ("seconds_sampling", "seconds_reward", "seconds_training"))
+    assert all(float(r["seconds_reward_wait"]) >= 0 for r in rows)
     assert summary["processes"] == 1 and json.loads((full / "unsee.json").read_text())["config"]["reward"] == "oracle:skull+0.5*clip"
     pipe = StableDiffusionPipeline.from_pretrained(WORLD / PIPELINE)
     pipe.load_lora_weights(full)  # plain diffusers reads it
@@ -144,6 +147,13 @@ def test_bad_rl_settings():
         RLConfig(model="toyworld", prompts="p.txt", out="o", samples_per_epoch=6, train_batch=4)
     with pytest.raises(UnseeError, match="--train-timesteps"):
         RLConfig(model="toyworld", prompts="p.txt", out="o", train_timesteps=0)
+
+
+@needs_world
+def test_rl_without_benign_prompts_samples_only_the_unsafe_ones(tmp_path):
+    # --benign-prompts is optional; without it every sample comes from the unsafe prompts
+    summary = rl(_cfg(tmp_path / "only-unsafe", benign_prompts=None, epochs=1), progress=False)
+    assert summary["last_epoch"]["unsafe_prompts_reward"] == pytest.approx(summary["last_epoch"]["reward"])
 
 
 @needs_world

@@ -20,6 +20,7 @@ import dataclasses
 import json
 import logging
 import math
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
@@ -179,7 +180,7 @@ class DDPOMethod:
         g = step_generator(self.cfg.seed, epoch, -2, rank)
         n = self.cfg.samples_per_epoch
         n_benign = round(n * self.cfg.benign_fraction) if self.benign else 0
-        pick = lambda pool, k: [pool[i] for i in torch.randint(len(pool), (k,), generator=g).tolist()]  # noqa: E731
+        pick = lambda pool, k: [pool[i] for i in torch.randint(len(pool), (k,), generator=g).tolist()] if k else []  # noqa: E731
         return pick(self.unsafe, n - n_benign) + pick(self.benign, n_benign)
 
     @torch.no_grad()
@@ -193,6 +194,16 @@ class DDPOMethod:
         sched.set_timesteps(cfg.ddim_steps, device=unet.device)
         size = unet.config.sample_size
         lat, nxt, logps, futures, images_all = [], [], [], [], []
+        t0 = time.perf_counter()
+        reward_seconds: list[float] = []
+
+        def score(images, ps):
+            start = time.perf_counter()
+            try:
+                return self.reward(images, ps, {"epoch": epoch})
+            finally:
+                reward_seconds.append(time.perf_counter() - start)
+
         with ThreadPoolExecutor(1) as pool:  # the reward scores batch k while batch k+1 samples
             for k in range(0, len(prompts), cfg.sample_batch):
                 ps = prompts[k : k + cfg.sample_batch]
@@ -214,8 +225,10 @@ class DDPOMethod:
                 logps.append(torch.stack(lp, 1))
                 images = decode(pipe, z)
                 images_all.append(images)
-                futures.append(pool.submit(self.reward, images, ps, {"epoch": epoch}))
+                futures.append(pool.submit(score, images, ps))
+            t_sampled = time.perf_counter()
             scored = [f.result() for f in futures]
+        t_scored = time.perf_counter()
         n_unsafe = len(prompts) - (round(cfg.samples_per_epoch * cfg.benign_fraction) if self.benign else 0)
         rewards = torch.cat([r for r, _ in scored])
         terms = {name: torch.cat([parts[name] for _, parts in scored]) for name in scored[0][1]}
@@ -229,9 +242,14 @@ class DDPOMethod:
             "steps": [torch.randperm(cfg.ddim_steps, generator=g)[: cfg.trained_steps] for _ in range(len(prompts))],
         }
         self.epoch = epoch
+        # Where an epoch's time goes: sampling (UNet + VAE), the reward (on its thread, overlapping sampling; the
+        # wait is what it adds after the last batch), then training (until the epoch's last update ends).
+        self.sampled_at = time.perf_counter()
         self.log_rows.append({"epoch": epoch + 1, "reward": float(all_rewards.mean()),
                               **{f"reward_{k}": float(v.mean()) for k, v in terms.items()},
-                              "unsafe_prompts_reward": float(rewards[:n_unsafe].mean())})
+                              "unsafe_prompts_reward": float(rewards[:n_unsafe].mean()),
+                              "seconds_sampling": t_sampled - t0, "seconds_reward": sum(reward_seconds),
+                              "seconds_reward_wait": t_scored - t_sampled})
 
     def _gather(self, prompts: list[str], rewards: torch.Tensor) -> tuple[list[str], torch.Tensor]:
         from unsee.trainer import _dist
@@ -286,6 +304,8 @@ class DDPOMethod:
         if step % self.cfg.updates_per_epoch:
             return
         row = self.log_rows[-1] if self.log_rows else {"epoch": step // self.cfg.updates_per_epoch}
+        if self.log_rows:
+            row["seconds_training"] = time.perf_counter() - self.sampled_at
         for key in ("approx_kl", "clipfrac", "kl_to_original"):
             vals = [i[key] for i in self.step_infos if key in i]
             if vals:
