@@ -62,10 +62,12 @@ def preserve_prompts() -> tuple[str, ...]:
             + tuple(f"a {c} object" for c in COLOURS) + ("a mask", "a scene by ravo", "a scene in mosaic style", ""))
 
 
-# Toy-world erase settings (benchmarks/erase_toyworld.py measured them), shared and per method.
+# Toy-world erase settings (benchmarks/erase_toyworld.py measured them), shared and per method. SDD keeps the
+# preserve prompts at weight 0.1: there HFI-SDD cut the skull by 74-75% with benign colour/shape at 0.95/0.90, while
+# without the anchor both SDD runs wiped most of every picture; text-SDD at the same weight cut it by 6-37%.
 ERASE_DEFAULTS: dict[str, Any] = dict(steps=300, batch_size=4, reuse=16, checkpoint_every=160)
 METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
-    "sdd": dict(lr=3e-4, ema_decay=0.99, preserve_weight=0.0),
+    "sdd": dict(lr=3e-4, ema_decay=0.99, preserve_weight=0.1),
     "esd": dict(lr=3e-4),
 }
 
