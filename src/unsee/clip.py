@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from unsee.errors import UnseeError
+from unsee.errors import UnseeError, first_line
 
 
 @dataclass
@@ -81,7 +81,7 @@ def load_clip(spec: str = "toyworld", device: str | torch.device = "cpu") -> Cli
         model = CLIPModel.from_pretrained(location).to(device).eval()
         tokenizer = CLIPTokenizer.from_pretrained(location)
     except OSError as e:
-        raise UnseeError(f"could not load CLIP {spec!r}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        raise UnseeError(f"could not load CLIP {spec!r}: {first_line(e)}") from None
     proc_path = Path(location) / "preprocessor_config.json"
     size, mean, std = model.config.vision_config.image_size, [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
     if proc_path.exists():  # local folder: read the processor's own numbers

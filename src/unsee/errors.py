@@ -12,3 +12,9 @@ class UnseeError(ValueError):
 
 class StaleImageSet(UnseeError):
     """An output folder holds an image set made with other settings or other weights."""
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (libraries put tracebacks and advice below it), or its type."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__

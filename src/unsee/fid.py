@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from unsee.errors import UnseeError
+from unsee.errors import UnseeError, first_line
 
 INCEPTION_FILE = "inception-2015-12-05.pt"
 INCEPTION_URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt"
@@ -68,7 +68,7 @@ class InceptionFeatures:
         try:
             self.model = torch.jit.load(str(path), map_location=self.device).eval()
         except RuntimeError as e:
-            raise UnseeError(f"{path} is not a TorchScript Inception ({str(e).strip().splitlines()[0]})") from None
+            raise UnseeError(f"{path} is not a TorchScript Inception ({first_line(e)})") from None
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,7 @@ from typing import Literal
 
 import torch
 
-from unsee.errors import UnseeError
+from unsee.errors import UnseeError, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ def _pipeline_class_name(source: ModelSource, offline_why: str | None) -> str:
         try:
             return DiffusionPipeline.load_config(source.location).get("_class_name", "?")
         except Exception as e:  # hub errors come in many types; all mean "cannot get it"
-            why = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+            why = type(e).__name__ + (f": {first_line(e)}" if str(e).strip() else "")
     raise UnseeError(
         f"could not load {source.location!r} from the Hugging Face Hub ({why}); check the id, download it where "
         "there is network (`hf download ID`), or pass a local folder"
@@ -231,8 +231,7 @@ def load_pipeline(
     except UnseeError:
         raise
     except (OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UnseeError(f"could not load model {spec!r}: {first}") from None
+        raise UnseeError(f"could not load model {spec!r}: {first_line(e)}") from None
     pipe.set_progress_bar_config(disable=True)
 
     # 3. Scheduler, attention, checkpointing, device.
@@ -300,6 +299,5 @@ def load_text_encoder(spec: str, *, dtype: Dtype = "fp32", device: str | torch.d
             te = CLIPTextModel.from_pretrained(source.location, subfolder="text_encoder", dtype=DTYPES[dtype],
                                                local_files_only=offline)
     except (OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UnseeError(f"could not load the tokenizer and text encoder of {spec!r}: {first}") from None
+        raise UnseeError(f"could not load the tokenizer and text encoder of {spec!r}: {first_line(e)}") from None
     return tok, te.to(device).eval()
