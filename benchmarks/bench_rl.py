@@ -9,7 +9,8 @@
    (`make bench-rl` builds .venv-trl) through benchmarks/trl_ddpo.py. They run
    back to back, never together. Each reports seconds per epoch split into
    sampling, reward and training; the first epoch (warm-up) is left out of the
-   median. Target: unsee <= 0.5x trl's time per epoch.
+   median. Target: unsee <= 0.5x trl's time per epoch. Then the tiny UNet alone makes the same
+   calls (best of 3), the compute floor under both.
 2. unsee alone on the full-size SD 1.5 architecture with random weights (UNet,
    text encoder and VAE at SD 1.5's sizes) at --sd15-resolution, with the
    NudeNet reward when nudenet is installed, so the bottleneck at real scale is
@@ -95,6 +96,42 @@ def sd15_rl_pipeline(resolution: int):
                                    requires_safety_checker=False)
 
 
+def bare_unet_floor(repeats: int = 3) -> dict:
+    """The tiny UNet alone (LoRA rank 4, no library around it): seconds for one epoch's sampling calls (10 of 16
+    rows: 8 samples x CFG), its training calls (40 forward-backward of 4 rows), and the same training with each
+    update's 10 timesteps batched into one call of 40 rows. The floor both libraries run on."""
+    from unsee.params import LoraSettings, select_parameters
+    from unsee.testing import tiny_components
+
+    unet = tiny_components(sample_size=32)["unet"]
+    select_parameters(unet, "lora", LoraSettings(rank=4, alpha=4.0), seed=0)
+    cond = torch.randn(1, 77, 32)
+
+    def timed(fn) -> float:
+        fn()  # warm-up
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            best = min(best, time.perf_counter() - t0)
+        return best
+
+    def calls(rows: int, n: int, grad: bool):
+        z, t, c = torch.randn(rows, 4, 32, 32), torch.randint(0, 1000, (rows,)), cond.expand(rows, -1, -1)
+
+        def run():
+            for _ in range(n):
+                if grad:
+                    unet(z, t, encoder_hidden_states=c).sample.mean().backward()
+                else:
+                    with torch.no_grad():
+                        unet(z, t, encoder_hidden_states=c)
+        return run
+
+    return {"sampling": timed(calls(16, 10, False)), "training": timed(calls(4, 40, True)),
+            "training_batched": timed(calls(40, 4, True))}
+
+
 def child(argv: list[str], python: str = sys.executable) -> dict:
     res = subprocess.run([python, *argv], capture_output=True, text=True)
     if res.returncode:
@@ -135,6 +172,9 @@ def main() -> None:
               f"training {m_ours['seconds_training'] / m_theirs['seconds_training']:.2f}x)", flush=True)
     else:
         print(f"trl: {args.trl_python} not found; `make bench-rl` builds the venv with trl==0.23.1", flush=True)
+    floor = bare_unet_floor()
+    print(f"bare tiny UNet, one epoch's calls: sampling {floor['sampling']:.2f} s, training {floor['training']:.2f} s "
+          f"(each update's 10 timesteps in one call: {floor['training_batched']:.2f} s)", flush=True)
 
     if args.skip_sd15:
         return
