@@ -12,7 +12,7 @@ inversion, so v stands for what the flagged images share. The other choice,
 "{prompt} {token}" (the image's own prompt plus the token, so v would explain
 only what the prompt leaves out), learned nothing measurable on the toy world:
 its skull token drew the skull in 0 of 100 probe images against 99 of 100 for
-"a photo of <token>" with 4 vectors (benchmarks/hfi_toyworld.py). The output
+"a photo of <token>" with 4 vectors (benchmarks/hfi_ablations.py). The output
 loads with diffusers' `load_textual_inversion`.
 """
 
@@ -68,7 +68,7 @@ class InvertConfig(TokenTraining):
     reward: str | None = field(None, help="Reward model folder: weights = its scores (use this or --feedback).")
     label: str | None = field(None, help="Which label / reward output to invert (default: the first).")
     vectors: int = field(4, help="Embedding vectors behind the token (on the toy world 4 carried the skull, 1 only partly).")
-    lr: float = field(2e-2, help="Learning rate of the token vectors (5e-3 left the style token at 0.67, 2e-2 reached 0.99).")
+    lr: float = field(2e-2, help="Learning rate of the token vectors (5e-3 left the style token at 0.68, 2e-2 reached 0.99).")
     top_k: int = field(64, help="Train on the K images with the highest weight.")
     template: str = field("a photo of {token}", help="Prompt per image: {token} = the token(s), {prompt} = the image's own prompt.")
     weighting: Literal["linear", "uniform"] = field("linear", help="linear: w ~ score (mean 1 over top K); uniform: w = 1.")
