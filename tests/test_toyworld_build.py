@@ -76,3 +76,58 @@ def test_check_cache_follows_the_weights_not_the_folder(tmp_path):
     assert weights_key(tmp_path) != old
     f.write_bytes(b"old weights")
     assert weights_key(tmp_path) == old
+
+
+def _tiny_clip(text_layers: int):
+    from transformers import CLIPConfig, CLIPModel
+
+    torch.manual_seed(0)
+    return CLIPModel(CLIPConfig(
+        text_config=dict(vocab_size=40, hidden_size=16, intermediate_size=32, num_hidden_layers=text_layers,
+                         num_attention_heads=2, max_position_embeddings=16),
+        vision_config=dict(image_size=8, patch_size=4, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                           num_attention_heads=2)))
+
+
+@pytest.mark.parametrize("layers", [0, 2])
+def test_text_encoder_is_the_clip_text_tower_cut_after_n_layers(tmp_path, layers):
+    from transformers import CLIPTextModel
+
+    from unsee.toyworld.build import save_text_encoder
+
+    clip = _tiny_clip(text_layers=3)
+    save_text_encoder(clip, layers, tmp_path / "te")
+    te = CLIPTextModel.from_pretrained(tmp_path / "te").eval()
+    assert te.config.num_hidden_layers == layers
+    ids = torch.tensor([[1, 5, 7, 9, 2], [1, 6, 7, 9, 2]])  # differ only in the word before position 2
+    with torch.no_grad():
+        ours = te(ids).last_hidden_state
+        hs = clip.text_model(ids, output_hidden_states=True).hidden_states[layers]
+        assert torch.allclose(ours, clip.text_model.final_layer_norm(hs), atol=1e-6)
+    # With no layers a word's state does not depend on the words before it: what lets the UNet compose pairs.
+    assert torch.allclose(ours[0, 2:], ours[1, 2:]) == (layers == 0)
+
+
+def test_text_encoder_layers_out_of_range_is_refused(tmp_path):
+    from unsee.toyworld.build import save_text_encoder
+
+    clip = _tiny_clip(text_layers=2)
+    with pytest.raises(UnseeError, match="0..2"):
+        save_text_encoder(clip, 3, tmp_path / "te")
+
+
+def test_build_made_before_a_setting_existed_still_resumes(tiny_world):
+    """A build_config.json without a newer setting reads it as its default, so the build is not refused."""
+    cfg_path = tiny_world / "build_config.json"
+    old = json.loads(cfg_path.read_text())
+    cfg_path.write_text(json.dumps({k: v for k, v in old.items() if k not in ("text_encoder_layers", "unet_attn_full_res")}))
+    build(BuildConfig(out=str(tiny_world), **TINY), progress=False)
+    assert json.loads(cfg_path.read_text())["text_encoder_layers"] == BuildConfig.text_encoder_layers
+
+
+def test_cross_attention_at_full_latent_resolution_is_a_setting():
+    from unsee.toyworld.build import make_unet
+
+    cfg = BuildConfig(out="unused", unet_channels=(16, 32), unet_attn_full_res=True)
+    assert make_unet(cfg).config.down_block_types == ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D")
+    assert make_unet(BuildConfig(out="unused", unet_channels=(16, 32))).config.down_block_types[0] == "DownBlock2D"

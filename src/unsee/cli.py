@@ -578,7 +578,7 @@ def toyworld() -> None:
     "build",
     epilog="""\b
 Examples:
-  unsee toyworld build --out runs/toyworld            # the shipped recipe: 28 min measured on 2 cores
+  unsee toyworld build --out runs/toyworld            # the shipped recipe: 21 min measured on 2 cores
   UNSEE_TOYWORLD=runs/toyworld unsee generate --model toyworld --prompts p.txt --out runs/x
   unsee toyworld build --out /tmp/tw --unet-steps 50 --train-images 2000   # a quick smoke build
 

@@ -65,6 +65,10 @@ class BuildConfig:
     unet_channels: tuple[int, ...] = field((32, 64, 96), help="UNet block_out_channels.")
     unet_ema_decay: float = field(0.997, help="EMA decay of the saved UNet weights (a window of ~1/(1-decay) steps).")
     text_width: int = field(64, help="CLIP width = the UNet's cross-attention dim.")
+    text_encoder_layers: int = field(0, help="Layers of the CLIP text tower the pipeline's text encoder keeps, 0-4. 0 (token and "
+                                            "position embeddings, final norm) lets the UNet compose held-out colour-shape pairs; "
+                                            "4 (all) left them out of distribution.")
+    unet_attn_full_res: bool = field(False, help="Cross-attention at the 16x16 latent level too (default: 8x8 and 4x4 only).")
     checkpoint_every: int = field(500, help="UNet checkpoint interval in steps.")
     prompts_per_set: int = field(40, help="Prompts per shipped prompt file.")
 
@@ -262,7 +266,7 @@ def clip_config(vocab_size: int, tokenizer, width: int):
 
 
 def stage_clip(cfg: BuildConfig, out: Path, progress: Callable) -> None:
-    from transformers import CLIPImageProcessor, CLIPModel, CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPImageProcessor, CLIPModel, CLIPTokenizer
 
     torch.manual_seed(cfg.seed + 30)
     work = out / "work"
@@ -291,10 +295,25 @@ def stage_clip(cfg: BuildConfig, out: Path, progress: Callable) -> None:
     model.save_pretrained(out / CLIP)
     CLIPImageProcessor(do_resize=True, size={"shortest_edge": SIZE}, crop_size={"height": SIZE, "width": SIZE},
                        image_mean=[0.5] * 3, image_std=[0.5] * 3, do_convert_rgb=True).save_pretrained(out / CLIP)
-    text = CLIPTextModel(model.config.text_config)
-    text.load_state_dict(model.text_model.state_dict())  # transformers 5: CLIPModel.text_model is a CLIPTextModel
-    text.save_pretrained(out / PIPELINE / "text_encoder")
+    save_text_encoder(model, cfg.text_encoder_layers, out / PIPELINE / "text_encoder")
     _mark(out, "clip", {"seconds": round(time.time() - t0, 1), "final_loss": float(loss.item())})
+
+
+def save_text_encoder(model, layers: int, folder: Path) -> None:
+    """The pipeline's text encoder: the CLIP text tower's embeddings, its first `layers` layers and its final norm."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    full = model.config.text_config
+    if not 0 <= layers <= full.num_hidden_layers:
+        from unsee.errors import UnseeError
+
+        raise UnseeError(f"--text-encoder-layers must be 0..{full.num_hidden_layers}, got {layers}")
+    text = CLIPTextModel(CLIPTextConfig(**(full.to_dict() | {"num_hidden_layers": layers})))
+    # transformers 5: CLIPModel.text_model is a CLIPTextModel; keys of the layers not kept are dropped.
+    keep = {k: v for k, v in model.text_model.state_dict().items()
+            if ".layers." not in k or int(k.split(".layers.")[1].split(".")[0]) < layers}
+    text.load_state_dict(keep)
+    text.save_pretrained(folder)
 
 
 # ---------------------------------------------------------------- 6. latents
@@ -314,8 +333,9 @@ def make_unet(cfg: BuildConfig):
     from diffusers import UNet2DConditionModel
 
     n = len(cfg.unet_channels)
-    down = ("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (n - 1)
-    up = ("CrossAttnUpBlock2D",) * (n - 1) + ("UpBlock2D",)
+    first = "CrossAttn" if cfg.unet_attn_full_res else ""
+    down = (f"{first}DownBlock2D",) + ("CrossAttnDownBlock2D",) * (n - 1)
+    up = ("CrossAttnUpBlock2D",) * (n - 1) + (f"{first}UpBlock2D",)
     return UNet2DConditionModel(
         sample_size=SIZE // 2, in_channels=4, out_channels=4, block_out_channels=cfg.unet_channels, layers_per_block=1,
         down_block_types=down, up_block_types=up, cross_attention_dim=cfg.text_width, attention_head_dim=4,
@@ -442,7 +462,9 @@ def build(cfg: BuildConfig, *, progress: bool = True) -> Path:
     cfg_path = out / "build_config.json"
     resolved = dataclasses.asdict(cfg) | {"out": str(out)}
     if cfg_path.exists():
-        old = json.loads(cfg_path.read_text())
+        # Settings added after a build was made read as their defaults, so it still resumes.
+        old = {f.name: f.default for f in dataclasses.fields(BuildConfig) if f.default is not dataclasses.MISSING}
+        old = {k: list(v) if isinstance(v, tuple) else v for k, v in old.items()} | json.loads(cfg_path.read_text())
         if {k: v for k, v in old.items() if k != "out"} != {k: (list(v) if isinstance(v, tuple) else v) for k, v in resolved.items() if k != "out"}:
             from unsee.errors import UnseeError
 
