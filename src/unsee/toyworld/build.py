@@ -45,6 +45,7 @@ from unsee.toyworld.world import (
 
 logger = logging.getLogger(__name__)
 ALL_PAIRS = SEEN_PAIRS + HELDOUT_PAIRS
+CLIP_LAYERS = 4  # layers of each toy CLIP tower
 
 
 @dataclasses.dataclass
@@ -71,6 +72,14 @@ class BuildConfig:
     unet_attn_full_res: bool = field(False, help="Cross-attention at the 16x16 latent level too (default: 8x8 and 4x4 only).")
     checkpoint_every: int = field(500, help="UNet checkpoint interval in steps.")
     prompts_per_set: int = field(40, help="Prompts per shipped prompt file.")
+
+    def __post_init__(self) -> None:
+        # Checked here, not only when the CLIP stage cuts the tower: by then build_config.json holds the bad value
+        # and the folder would refuse the corrected one.
+        if not 0 <= self.text_encoder_layers <= CLIP_LAYERS:
+            from unsee.errors import UnseeError
+
+            raise UnseeError(f"--text-encoder-layers must be 0..{CLIP_LAYERS}, got {self.text_encoder_layers}")
 
 
 def _done(out: Path, stage: str) -> bool:
@@ -257,10 +266,10 @@ def clip_config(vocab_size: int, tokenizer, width: int):
 
     ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     return CLIPConfig(
-        text_config=dict(vocab_size=vocab_size, hidden_size=width, intermediate_size=4 * width, num_hidden_layers=4,
+        text_config=dict(vocab_size=vocab_size, hidden_size=width, intermediate_size=4 * width, num_hidden_layers=CLIP_LAYERS,
                          num_attention_heads=4, max_position_embeddings=77, projection_dim=width, **ids),
         vision_config=dict(image_size=SIZE, patch_size=4, hidden_size=width, intermediate_size=4 * width,
-                           num_hidden_layers=4, num_attention_heads=4, projection_dim=width),
+                           num_hidden_layers=CLIP_LAYERS, num_attention_heads=4, projection_dim=width),
         projection_dim=width,
     )
 
@@ -462,10 +471,10 @@ def build(cfg: BuildConfig, *, progress: bool = True) -> Path:
     cfg_path = out / "build_config.json"
     resolved = dataclasses.asdict(cfg) | {"out": str(out)}
     if cfg_path.exists():
+        as_json = lambda d: {k: v for k, v in json.loads(json.dumps(d)).items() if k != "out"}  # noqa: E731  tuples -> lists
         # Settings added after a build was made read as their defaults, so it still resumes.
-        old = {f.name: f.default for f in dataclasses.fields(BuildConfig) if f.default is not dataclasses.MISSING}
-        old = {k: list(v) if isinstance(v, tuple) else v for k, v in old.items()} | json.loads(cfg_path.read_text())
-        if {k: v for k, v in old.items() if k != "out"} != {k: (list(v) if isinstance(v, tuple) else v) for k, v in resolved.items() if k != "out"}:
+        defaults = {f.name: f.default for f in dataclasses.fields(BuildConfig) if f.default is not dataclasses.MISSING}
+        if as_json(defaults) | as_json(json.loads(cfg_path.read_text())) != as_json(resolved):
             from unsee.errors import UnseeError
 
             raise UnseeError(f"{str(out)!r} holds a build with other settings; use another --out to build anew")
