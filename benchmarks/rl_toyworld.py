@@ -30,6 +30,12 @@ def main() -> None:
     ap.add_argument("--images-per-prompt", type=int, default=5, help="40 prompts a set: 5 gives 200 images a set")
     ap.add_argument("--runs", default="oracle,learned")
     ap.add_argument("--clip-weight", type=float, default=0.5, help="weight of the clip term in the reward")
+    ap.add_argument("--oracle-term", default="oracle:skull", help="the oracle run's safety term, e.g. oracle:skull:log")
+    ap.add_argument("--samples-per-prompt", type=int, default=1, help="images per drawn prompt in an epoch")
+    ap.add_argument("--benign-fraction", type=float, default=0.5, help="share of each epoch's samples from benign prompts")
+    ap.add_argument("--kl-on", default="all", choices=("all", "benign"))
+    ap.add_argument("--adv-scale", default="prompt", choices=("prompt", "pooled"))
+    ap.add_argument("--min-count", type=int, default=16, help="rewards a prompt needs before its own mean/std are used")
     ap.add_argument("--kl-weight", type=float, default=0.0, help="weight of the KL term toward the original model")
     args = ap.parse_args()
 
@@ -48,7 +54,7 @@ def main() -> None:
             hfi_token(out / "hfi", "skull", progress=False)  # makes the reward model on the way to the token
             reward = f"learned:{out / 'hfi' / 'reward'}+{args.clip_weight}*clip"
         else:
-            reward = f"oracle:skull+{args.clip_weight}*clip"
+            reward = f"{args.oracle_term}+{args.clip_weight}*clip"
         folder = out / f"rl-{run}"
         if not (folder / "unsee.json").exists():
             t0 = time.time()
@@ -56,7 +62,9 @@ def main() -> None:
                         benign_prompts=str(prompts_path("benign")), out=str(folder), reward=reward, epochs=args.epochs,
                         samples_per_epoch=args.samples_per_epoch, sample_batch=args.samples_per_epoch, train_batch=8,
                         ddim_steps=args.ddim_steps, train_timesteps=0.5, lr=args.lr,
-                        clip_range=args.clip_range, kl_weight=args.kl_weight), progress=True)
+                        clip_range=args.clip_range, kl_weight=args.kl_weight,
+                        samples_per_prompt=args.samples_per_prompt, min_count=args.min_count,
+                        adv_scale=args.adv_scale, kl_on=args.kl_on, benign_fraction=args.benign_fraction), progress=True)
             seconds[run] = round(time.time() - t0, 1)
         else:
             seconds[run] = json.loads((folder / "unsee.json").read_text())["summary"]["seconds"]

@@ -1,7 +1,9 @@
 """DDPO: the step log-probability against diffusers and torch, advantages, reward specs, and the loop on the toy world."""
 
 import csv
+import dataclasses
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -9,7 +11,7 @@ import torch
 
 from unsee.errors import UnseeError
 from unsee.rewards import parse_reward, sanitize
-from unsee.rl import PromptStats, RLConfig, ddim_step_logprob, rl
+from unsee.rl import PromptStats, RLConfig, ddim_step_logprob, epoch_prompts, rl
 from unsee.toyworld import PIPELINE, assets_path, prompts_path
 
 WORLD = assets_path()
@@ -58,6 +60,41 @@ def test_advantages_use_batch_statistics_until_a_prompt_has_enough_rewards():
     assert restored.state_dict() == stats.state_dict()
 
 
+def test_until_a_prompt_has_enough_rewards_it_is_compared_within_its_group():
+    # Unsafe prompts score lower by construction; against the mixed batch both unsafe samples would get a
+    # negative advantage whatever they show. Within their group the better one gets a positive one.
+    prompts, groups = ["u1", "u2", "b1", "b2"], ["unsafe", "unsafe", "benign", "benign"]
+    rewards = torch.tensor([-1.0, -0.8, 0.3, 0.5])
+    mixed = PromptStats(32, 16).advantages(prompts, rewards)
+    assert (mixed[:2] < 0).all()
+    a = PromptStats(32, 16).advantages(prompts, rewards, groups)
+    assert torch.allclose(a, torch.tensor([-1.0, 1.0, -1.0, 1.0]), atol=1e-4)
+
+
+def test_pooled_scale_keeps_a_flat_prompt_flat():
+    # Prompt "b" barely varies (CLIP noise); per-prompt std turns that into +-1, the pooled std keeps it small.
+    prompts = ["u", "u", "b", "b"]
+    rewards = torch.tensor([-6.0, -4.0, 0.70, 0.71])
+    own = PromptStats(32, 2).advantages(prompts, rewards)
+    assert torch.allclose(own, torch.tensor([-1.0, 1.0, -1.0, 1.0]), atol=1e-3)
+    pooled = PromptStats(32, 2, scale="pooled").advantages(prompts, rewards)
+    pooled_std = math.sqrt((1.0**2 + 0.005**2) / 2)
+    assert torch.allclose(pooled, torch.tensor([-1.0, 1.0, -0.005, 0.005]) / pooled_std, atol=1e-4)
+
+
+def test_samples_per_prompt_draws_each_prompt_k_times_in_a_row():
+    unsafe, benign = [f"u{i}" for i in range(10)], [f"b{i}" for i in range(10)]
+    cfg = RLConfig(model="toyworld", prompts="p.txt", benign_prompts="b.txt", out="o", samples_per_epoch=16, train_batch=4,
+                   samples_per_prompt=4)
+    ps = epoch_prompts(cfg, unsafe, benign, epoch=0, rank=0)
+    groups = [ps[i : i + 4] for i in range(0, 16, 4)]
+    assert all(len(set(g)) == 1 for g in groups)
+    assert [g[0][0] for g in groups] == ["u", "u", "b", "b"]
+    # with one sample a prompt the draw is the plain one (same generator calls)
+    one = epoch_prompts(dataclasses.replace(cfg, samples_per_prompt=1), unsafe, benign, epoch=0, rank=0)
+    assert len(one) == 16 and sum(p[0] == "u" for p in one) == 8
+
+
 def test_sanitize_removes_unsafe_words_only():
     assert sanitize("a spooky red circle with a skull on the beach") == "a red circle on the beach"
     assert sanitize("Nude woman, oil painting") == "woman, oil painting"
@@ -69,6 +106,8 @@ def test_sanitize_removes_unsafe_words_only():
     ("2*banana", "unknown reward term"),
     ("clip+clip", "appears twice"),
     ("oracle:dragon", "toy-world concept"),
+    ("oracle:skull:exp", "toy-world concept"),
+    ("nudity:sqrt", "takes no argument"),
     ("learned", "reward model folder"),
 ])
 def test_bad_reward_specs_are_refused(spec, message):
@@ -92,6 +131,38 @@ def test_reward_terms_on_rendered_scenes():
     assert torch.allclose(total, parts["oracle:skull"] + 0.5 * parts["clip"])
     raw = parse_reward("clip", clip_target="raw")
     assert not torch.allclose(raw(images, prompts)[0], parts["clip"])  # the raw prompt still names the skull
+    # the log form is log(1 - p): same order, graded where p is near 1, above log(0.5) without the skull
+    _, logs = parse_reward("oracle:skull:log")(images, prompts)
+    p = -parts["oracle:skull"]
+    assert torch.allclose(logs["oracle:skull:log"], (1 - p).clamp(min=1e-6).log(), atol=1e-6)
+    assert logs["oracle:skull:log"][0] < -2 and logs["oracle:skull:log"][1] > math.log(0.5)
+
+
+def test_nudity_term_runs_nudenet_once_a_batch(monkeypatch):
+    pytest.importorskip("nudenet")
+    import unsee.detectors as det
+
+    real, calls = det.nudenet_detector, []
+
+    def counted(*a, **k):
+        detect, info = real(*a, **k)
+        return (lambda images: calls.append(len(images)) or detect(images)), info
+
+    monkeypatch.setattr(det, "nudenet_detector", counted)
+    images = torch.rand(2, 3, 64, 64)
+    plain = parse_reward("nudity")(images, ["p", "q"])[0]
+    logged = parse_reward("nudity:log")(images, ["p", "q"])[0]
+    assert calls == [2, 2]  # one detector pass per batch, not one per class
+    assert plain.shape == (2,) and (plain <= 0).all() and (logged <= plain + 1e-6).all()  # log(1 - s) <= -s
+
+
+def test_log_penalty_ranks_what_a_sure_detector_cannot():
+    from unsee.rewards import _penalty
+
+    p = torch.tensor([0.99, 0.999, 0.9999])
+    assert (_penalty(p, log=False).diff().abs() < 0.01).all()  # below the clip term's noise
+    assert (_penalty(p, log=True).diff() < -2).all()  # a step of about log(10) per decade
+    assert _penalty(torch.tensor([1.0]), log=True).item() == pytest.approx(math.log(1e-6))
 
 
 def _cfg(out, **kw):
@@ -145,6 +216,11 @@ def test_rl_writes_a_lora_logs_epochs_and_resumes_exactly(tmp_path, monkeypatch)
 def test_bad_rl_settings():
     with pytest.raises(UnseeError, match="multiple of --train-batch"):
         RLConfig(model="toyworld", prompts="p.txt", out="o", samples_per_epoch=6, train_batch=4)
+    with pytest.raises(UnseeError, match="multiple of --samples-per-prompt"):
+        RLConfig(model="toyworld", prompts="p.txt", benign_prompts="b.txt", out="o", samples_per_epoch=8, train_batch=4,
+                 samples_per_prompt=3)
+    with pytest.raises(UnseeError, match="--kl-on benign reads only"):
+        RLConfig(model="toyworld", prompts="p.txt", out="o", kl_weight=0.1, kl_on="benign")
     with pytest.raises(UnseeError, match="--train-timesteps"):
         RLConfig(model="toyworld", prompts="p.txt", out="o", train_timesteps=0)
 

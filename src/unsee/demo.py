@@ -7,7 +7,7 @@
 3. reward     a reward model on the toy CLIP's image embeddings;
 4. invert     the learned token <skull-flagged> (reward-weighted textual inversion);
 5. erase      text-SDD ("skull"), HFI-SDD (the learned token) and ESD-x ("skull");
-   rl         DDPO (ShieldDiff) against the oracle's skull reward + 0.5 x CLIP, LoRA fused into a folder;
+   rl         DDPO (ShieldDiff) against the oracle's skull reward (log(1 - p)) + 0.5 x CLIP, LoRA fused into a folder;
 6. attack     Ring-A-Bell prompts (never naming the skull) from the base model's text
               encoder, and a concept-inversion token against each erased model;
 7. evaluate   all five models on the same prompts and seeds, and each under attack:
@@ -195,11 +195,13 @@ def _erase_all(d: Path, token: Path, progress: bool, say: Callable[[str], None])
     return models
 
 
-# RL (benchmarks/rl_toyworld.py's fourth try on the third build): a larger step and clip range than the CLI defaults
-# move the policy within the demo's budget (~5 min). On the fourth build this step collapses the policy, and 5e-4
-# does not move it (README, "rl"): the demo shows the collapse until a setting between them is measured.
-RL_SETTINGS: dict[str, Any] = dict(reward="oracle:skull+0.5*clip", epochs=60, samples_per_epoch=32, sample_batch=32,
-                                   train_batch=8, ddim_steps=20, train_timesteps=0.5, lr=3e-3, clip_range=1e-2)
+# RL: benchmarks/rl_toyworld.py's settings that meet issue 7's bars on the fourth build (README, "rl"; runs/rl25):
+# the oracle's log(1 - p) (the probability saturates), 4 images a prompt compared with each other, one pooled std
+# (benign prompts' CLIP noise is not blown up to +-1), and a KL term on the benign samples only.
+RL_SETTINGS: dict[str, Any] = dict(reward="oracle:skull:log+0.5*clip", epochs=60, samples_per_epoch=64, sample_batch=64,
+                                   benign_fraction=0.25, samples_per_prompt=4, min_count=4, adv_scale="pooled",
+                                   kl_weight=0.01, kl_on="benign", train_batch=8, ddim_steps=20, train_timesteps=0.5,
+                                   lr=3e-3, clip_range=1e-2)
 
 
 def _rl(d: Path, progress: bool, say: Callable[[str], None]) -> str:
@@ -207,7 +209,7 @@ def _rl(d: Path, progress: bool, say: Callable[[str], None]) -> str:
     from unsee.rl import RLConfig, rl
     from unsee.toyworld import prompts_path
 
-    say("5/7 rl: DDPO against the oracle's skull reward + 0.5 x CLIP (LoRA)")
+    say("5/7 rl: DDPO against the oracle's skull reward (log(1 - p)) + 0.5 x CLIP (LoRA)")
     folder, merged = d / "rl", d / "rl-merged"
     if not (folder / "unsee.json").exists():
         rl(RLConfig(model=TOYWORLD, prompts=str(prompts_path("object_explicit")), benign_prompts=str(prompts_path("benign")),

@@ -3,10 +3,15 @@
 A spec string composes weighted terms with `+`:
     nudity+0.5*clip                 ShieldDiff's: NudeNet's explicit classes, plus image-prompt alignment
     oracle:skull+clip               the toy world's oracle instead of NudeNet
+    oracle:skull:log+clip           the same, graded where the oracle is sure (log(1 - p))
     learned:runs/reward+0.5*clip    the HFI reward model from human (or simulated) feedback
 Terms (higher is safer / better):
 - `nudity`: minus the sum over NudeNet's explicit classes of each class's highest box score;
 - `oracle:LABEL`: minus the oracle's probability of LABEL (skull, kelvo, ...);
+- `nudity:log`, `oracle:LABEL:log`: log(1 - p) in place of -p (summed over the classes for nudity), floored at
+  log(1e-6). A detector that is sure saturates: images that all score p ~ 0.99 differ by ~0.01 in -p, less
+  than the clip term's noise, so a policy that always shows the concept gets no signal to move; log(1 - p)
+  still ranks them (0.99 vs 0.999 is -4.6 vs -6.9), and it stops paying once the concept is gone (-> 0);
 - `learned:PATH[#LABEL]`: minus the reward model's score (it scores *flagged* images high);
 - `clip`: cos(CLIP image, CLIP text) of the image and its prompt, the prompt with its unsafe words
   removed (`clip_target="sanitized"`, default: otherwise the term rewards the very content being
@@ -77,20 +82,33 @@ def parse_reward(spec: str, *, clip: str = "toyworld", clip_target: str = "sanit
     return reward
 
 
+def _penalty(p: torch.Tensor, log: bool) -> torch.Tensor:
+    """-p, or log(1 - p) floored at log(1e-6) (see the module docstring)."""
+    return (1 - p.float()).clamp(min=1e-6).log() if log else -p.float()
+
+
 def _term(name: str, arg: str | None, clip_spec: str, clip_target: str, unsafe_words, device) -> TermFn:
     if name == "nudity":
         from unsee.detectors import NUDENET_EXPLICIT, nudenet_detector
 
+        if arg not in (None, "log"):
+            raise UnseeError(f"nudity takes no argument but ':log', got {arg!r}")
         detect, _ = nudenet_detector()
-        return lambda images, prompts: -torch.stack([detect(images)[c] for c in NUDENET_EXPLICIT]).sum(0)
+
+        def nudity(images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+            scores = detect(images)  # once for all classes: NudeNet is the slow part
+            return torch.stack([_penalty(scores[c], arg == "log") for c in NUDENET_EXPLICIT]).sum(0)
+
+        return nudity
     if name == "oracle":
         from unsee.detectors import oracle_detector
         from unsee.toyworld.oracle import CONCEPTS
 
-        if arg not in CONCEPTS:
-            raise UnseeError(f"oracle:LABEL needs a toy-world concept ({', '.join(CONCEPTS)}), got {arg!r}")
+        label, _, mode = (arg or "").partition(":")
+        if label not in CONCEPTS or mode not in ("", "log"):
+            raise UnseeError(f"oracle:LABEL[:log] needs a toy-world concept ({', '.join(CONCEPTS)}), got {arg!r}")
         detect, _ = oracle_detector(device=device)
-        return lambda images, prompts: -detect(images.to(device))[arg]
+        return lambda images, prompts: _penalty(detect(images.to(device))[label], mode == "log")
     if name == "learned":
         from unsee.clip import load_clip
         from unsee.reward_model import load_reward

@@ -50,7 +50,7 @@ class RLConfig:
     model: str = field(help="Model to fine-tune: hub id, folder, .safetensors, or 'toyworld'.")
     prompts: str = field(help="Unsafe prompts (.txt or I2P .csv): what the model must stop showing.")
     out: str = field(help="Output: LoRA weights (default) or a pipeline folder; checkpoints in OUT/run.")
-    reward: str = field("nudity+0.5*clip", help="Reward spec: terms joined by +, e.g. nudity+0.5*clip, "
+    reward: str = field("nudity+0.5*clip", help="Reward spec: terms joined by +, e.g. nudity+0.5*clip, oracle:skull:log+0.5*clip, "
                                                 "oracle:skull+clip, learned:runs/reward+0.5*clip.")
     benign_prompts: str | None = field(None, help="Benign prompts mixed in, so the model keeps working on them.")
     benign_fraction: float = field(0.5, help="Share of each epoch's samples drawn from --benign-prompts.")
@@ -70,9 +70,18 @@ class RLConfig:
     lr: float = field(3e-4, help="AdamW learning rate.")
     clip_range: float = field(1e-4, help="PPO clip epsilon (tiny: the log-prob is a per-dimension mean).")
     adv_clip: float = field(5.0, help="Clip advantages to +- this.")
+    adv_scale: Literal["prompt", "pooled"] = field("prompt", help="Divide each prompt's centred rewards by its own std "
+                                                   "(prompt: DDPO) or by one std pooled over the batch's prompts "
+                                                   "(pooled: prompts whose rewards barely differ get small advantages).")
+    samples_per_prompt: int = field(1, help="Trajectories per drawn prompt in an epoch: with K >= 2 and --min-count <= K each "
+                                            "image is compared with the prompt's other K-1 from the first epoch on.")
     buffer_size: int = field(32, help="Per-prompt reward buffer for advantage normalisation.")
-    min_count: int = field(16, help="Rewards a prompt needs in its buffer before its own mean/std are used.")
+    min_count: int = field(16, help="Rewards a prompt needs in its buffer before its own mean/std are used; until then, "
+                                    "the epoch's rewards from the same prompt set (unsafe or benign).")
     kl_weight: float = field(0.0, help="Weight of a KL term toward the original model (0: off).")
+    kl_on: Literal["all", "benign"] = field("all", help="Samples the KL term reads: all (DPOK), or only those from "
+                                            "--benign-prompts, so it keeps benign prompts as they were without "
+                                            "holding the unsafe ones back.")
     seed: int = field(0, help="Seed of every draw.")
     device: str = field("auto", help="auto, cpu, cuda, cuda:N.")
     checkpoint_every: int = field(5, help="Checkpoint interval in epochs; a rerun resumes.")
@@ -84,6 +93,15 @@ class RLConfig:
         if self.samples_per_epoch % self.train_batch:
             raise UnseeError(f"--samples-per-epoch ({self.samples_per_epoch}) must be a multiple of --train-batch "
                              f"({self.train_batch})")
+        if self.samples_per_prompt < 1:
+            raise UnseeError(f"--samples-per-prompt must be >= 1, got {self.samples_per_prompt}")
+        n_benign = round(self.samples_per_epoch * self.benign_fraction) if self.benign_prompts else 0
+        if n_benign % self.samples_per_prompt or (self.samples_per_epoch - n_benign) % self.samples_per_prompt:
+            raise UnseeError(f"--samples-per-epoch {self.samples_per_epoch} splits into {self.samples_per_epoch - n_benign} "
+                             f"unsafe and {n_benign} benign samples; each must be a multiple of --samples-per-prompt "
+                             f"({self.samples_per_prompt})")
+        if self.kl_on == "benign" and self.kl_weight > 0 and not self.benign_prompts:
+            raise UnseeError("--kl-on benign reads only samples from --benign-prompts; give them, or use --kl-on all")
         if not 0 < self.train_timesteps <= 1:
             raise UnseeError(f"--train-timesteps must be in (0, 1], got {self.train_timesteps}")
         if not 0 <= self.benign_fraction < 1:
@@ -126,21 +144,54 @@ def ddim_step_logprob(sched, eps: torch.Tensor, t: torch.Tensor, z: torch.Tensor
     return prev, logp.mean(dim=tuple(range(1, z.ndim))), mean, std
 
 
-class PromptStats:
-    """Per-prompt running reward buffers: advantages against the prompt's own mean/std once it has enough."""
+def epoch_prompts(cfg: RLConfig, unsafe: list[str], benign: list[str], epoch: int, rank: int) -> list[str]:
+    """An epoch's prompts on one rank: the unsafe draws, then the benign ones, each drawn prompt
+    `samples_per_prompt` times in a row."""
+    g = step_generator(cfg.seed, epoch, -2, rank)
+    n, k = cfg.samples_per_epoch, cfg.samples_per_prompt
+    n_benign = round(n * cfg.benign_fraction) if benign else 0
 
-    def __init__(self, buffer_size: int, min_count: int):
-        self.buffer_size, self.min_count = buffer_size, min_count
+    def pick(pool: list[str], count: int) -> list[str]:
+        if not count:
+            return []
+        return [pool[i] for i in torch.randint(len(pool), (count // k,), generator=g).tolist() for _ in range(k)]
+
+    return pick(unsafe, n - n_benign) + pick(benign, n_benign)
+
+
+class PromptStats:
+    """Per-prompt running reward buffers: advantages against the prompt's own mean/std once it has enough.
+
+    Until then the reference is the batch's rewards from the same group (the unsafe or the benign prompts), not
+    the whole batch: unsafe prompts score lower by construction, so against a mixed batch every unsafe sample gets
+    a negative advantage whatever it shows, and the policy learns to spoil its own samples rather than to drop
+    the concept.
+
+    `scale="prompt"` divides by each prompt's own std (DDPO). `scale="pooled"` divides every prompt's centred
+    rewards by one std pooled over the batch's prompts, so a prompt whose rewards barely differ (a benign prompt
+    scored by CLIP alone) gets advantages as small as its differences instead of noise blown up to +-1.
+    """
+
+    def __init__(self, buffer_size: int, min_count: int, scale: str = "prompt"):
+        self.buffer_size, self.min_count, self.scale = buffer_size, min_count, scale
         self.buffers: dict[str, collections.deque] = {}
 
-    def advantages(self, prompts: list[str], rewards: torch.Tensor) -> torch.Tensor:
+    def advantages(self, prompts: list[str], rewards: torch.Tensor, groups: list[str] | None = None) -> torch.Tensor:
+        groups = groups or [""] * len(prompts)
         out = torch.empty_like(rewards)
-        for p in set(prompts):
+        variances = []
+        for p in dict.fromkeys(prompts):
             idx = [i for i, q in enumerate(prompts) if q == p]
             buf = self.buffers.setdefault(p, collections.deque(maxlen=self.buffer_size))
             buf.extend(float(rewards[i]) for i in idx)
-            ref = torch.tensor(list(buf)) if len(buf) >= self.min_count else rewards
-            out[idx] = (rewards[idx] - ref.mean()) / (ref.std(unbiased=False) + 1e-6)
+            same_group = [i for i, g in enumerate(groups) if g == groups[idx[0]]]
+            ref = torch.tensor(list(buf)) if len(buf) >= self.min_count else rewards[same_group]
+            out[idx] = rewards[idx] - ref.mean()
+            variances.append(ref.var(unbiased=False))
+            if self.scale == "prompt":
+                out[idx] /= ref.std(unbiased=False) + 1e-6
+        if self.scale == "pooled":
+            out /= torch.stack(variances).mean().sqrt() + 1e-6
         return out
 
     def state_dict(self) -> dict[str, list[float]]:
@@ -156,7 +207,7 @@ class DDPOMethod:
     def __init__(self, pipe, cfg: RLConfig, unsafe: list[str], benign: list[str], reward, params):
         self.pipe, self.cfg, self.unsafe, self.benign, self.reward, self.params = pipe, cfg, unsafe, benign, reward, params
         self.trainer: Trainer | None = None
-        self.stats = PromptStats(cfg.buffer_size, cfg.min_count)
+        self.stats = PromptStats(cfg.buffer_size, cfg.min_count, cfg.adv_scale)
         self.epoch_cache: dict[str, Any] | None = None
         self.epoch = -1
         self.uncond = encode_text(pipe, [""])
@@ -176,19 +227,12 @@ class DDPOMethod:
         self.stats.load_state_dict(state["prompt_stats"])
 
     # ------------------------------------------------------------ sampling
-    def _prompts(self, epoch: int, rank: int) -> list[str]:
-        g = step_generator(self.cfg.seed, epoch, -2, rank)
-        n = self.cfg.samples_per_epoch
-        n_benign = round(n * self.cfg.benign_fraction) if self.benign else 0
-        pick = lambda pool, k: [pool[i] for i in torch.randint(len(pool), (k,), generator=g).tolist()] if k else []  # noqa: E731
-        return pick(self.unsafe, n - n_benign) + pick(self.benign, n_benign)
-
     @torch.no_grad()
     def _sample_epoch(self, epoch: int) -> None:
         cfg, pipe, unet = self.cfg, self.pipe, self.pipe.unet
         state = self.trainer.state
         rank = state.process_index
-        prompts = self._prompts(epoch, rank)
+        prompts = epoch_prompts(cfg, self.unsafe, self.benign, epoch, rank)
         g = step_generator(cfg.seed, epoch, -1, rank)
         sched = pipe.scheduler
         sched.set_timesteps(cfg.ddim_steps, device=unet.device)
@@ -233,11 +277,15 @@ class DDPOMethod:
         rewards = torch.cat([r for r, _ in scored])
         terms = {name: torch.cat([parts[name] for _, parts in scored]) for name in scored[0][1]}
         all_prompts, all_rewards = self._gather(prompts, rewards)
-        adv_all = self.stats.advantages(all_prompts, all_rewards).clamp(-cfg.adv_clip, cfg.adv_clip)
+        benign = set(self.benign) - set(self.unsafe)
+        groups = ["benign" if p in benign else "unsafe" for p in all_prompts]
+        adv_all = self.stats.advantages(all_prompts, all_rewards, groups).clamp(-cfg.adv_clip, cfg.adv_clip)
         start = rank * len(prompts)  # this rank's slice of the gathered list
         self.epoch_cache = {
             "prompts": prompts, "cond": encode_text(pipe, prompts), "latents": torch.cat(lat), "next": torch.cat(nxt), "logp": torch.cat(logps),
             "timesteps": sched.timesteps.clone(), "adv": adv_all[start : start + len(prompts)].to(unet.device),
+            "benign": torch.tensor([g == "benign" for g in groups[start : start + len(prompts)]], dtype=torch.float32,
+                                   device=unet.device),
             "order": [torch.randperm(len(prompts), generator=g) for _ in range(cfg.inner_epochs)],
             "steps": [torch.randperm(cfg.ddim_steps, generator=g)[: cfg.trained_steps] for _ in range(len(prompts))],
         }
@@ -288,9 +336,11 @@ class DDPOMethod:
             with torch.no_grad(), original_weights(self.pipe.unet, self.params, self.original):
                 eps0 = _cfg_noise_per_t(pipe, z, t, cond, unc, s).float()
                 _, _, mean0, _ = ddim_step_logprob(pipe.scheduler, eps0, t, z.float(), cfg.eta, prev=z_next.float())
-            kl = (((mean - mean0) ** 2) / (2 * std.clamp(min=1e-12) ** 2)).mean()
+            kl_each = (((mean - mean0) ** 2) / (2 * std.clamp(min=1e-12) ** 2)).flatten(1).mean(1)
+            weight = c["benign"][idx] if cfg.kl_on == "benign" else torch.ones_like(kl_each)
+            kl = (kl_each * weight).sum() / len(idx)
             loss = loss + cfg.kl_weight * kl
-            info["kl_to_original"] = float(kl)
+            info["kl_to_original"] = float(kl.detach())
         self.step_infos.append(info)
         return loss, info
 

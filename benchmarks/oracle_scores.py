@@ -1,0 +1,55 @@
+"""How sure the toy-world oracle is: quantiles of P(LABEL) and of log(1 - P) over folders of images;
+with --reward DIR, the same quantiles of an HFI reward model's score beside them.
+
+Why `oracle:LABEL:log` exists (README, "rl"): on the base model's explicit-prompt images P(skull) sits between
+0.98 and 0.9998, so -P barely separates them while log(1 - P) spreads them over several nats.
+
+Run: .venv/bin/python benchmarks/oracle_scores.py runs/rl25/eval/images/base/object_explicit [more folders] [--label skull]
+     [--reward runs/rl26/hfi/reward]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("folders", nargs="+", help="folders of .png images")
+    ap.add_argument("--label", default="skull")
+    ap.add_argument("--reward", help="an HFI reward model folder (unsee reward train) to score the same images")
+    args = ap.parse_args()
+
+    from unsee.detectors import oracle_detector
+
+    detect, _ = oracle_detector()
+    reward = None
+    if args.reward:
+        from unsee.reward_model import load_reward
+
+        reward = load_reward(args.reward)
+    q = torch.tensor(QUANTILES)
+    print(f"{'folder':60} {'images':>6}  P({args.label}) at quantiles {QUANTILES}  |  log(1 - P) at the same")
+    for folder in args.folders:
+        files = sorted(Path(folder).glob("*.png"))
+        if not files:
+            raise SystemExit(f"no .png images in {folder!r}")
+        x = torch.stack([torch.from_numpy(np.array(Image.open(f).convert("RGB"))).permute(2, 0, 1) for f in files])
+        p = detect(x.float() / 255)[args.label].float()
+        logs = (1 - p).clamp(min=1e-6).log()
+        print(f"{folder:60} {len(p):>6}  {' '.join(f'{v:.4f}' for v in torch.quantile(p, q).tolist())}  |  "
+              f"{' '.join(f'{v:.2f}' for v in torch.quantile(logs, q).tolist())}")
+        if reward is not None:
+            r = reward.score_images(x.float() / 255)[args.label]
+            print(f"{'  reward model score':60} {len(r):>6}  {' '.join(f'{v:.4f}' for v in torch.quantile(r, q).tolist())}")
+
+
+if __name__ == "__main__":
+    main()
