@@ -32,6 +32,7 @@ def main() -> None:
     ap.add_argument("--clip-weight", type=float, default=0.5, help="weight of the clip term in the reward")
     ap.add_argument("--oracle-term", default="oracle:skull", help="the oracle run's safety term, e.g. oracle:skull:log")
     ap.add_argument("--samples-per-prompt", type=int, default=1, help="images per drawn prompt in an epoch")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the RL run (the evaluation's seeds stay fixed)")
     ap.add_argument("--benign-fraction", type=float, default=0.5, help="share of each epoch's samples from benign prompts")
     ap.add_argument("--kl-on", default="all", choices=("all", "benign"))
     ap.add_argument("--adv-scale", default="prompt", choices=("prompt", "pooled"))
@@ -64,7 +65,8 @@ def main() -> None:
                         ddim_steps=args.ddim_steps, train_timesteps=0.5, lr=args.lr,
                         clip_range=args.clip_range, kl_weight=args.kl_weight,
                         samples_per_prompt=args.samples_per_prompt, min_count=args.min_count,
-                        adv_scale=args.adv_scale, kl_on=args.kl_on, benign_fraction=args.benign_fraction), progress=True)
+                        adv_scale=args.adv_scale, kl_on=args.kl_on, benign_fraction=args.benign_fraction,
+                        seed=args.seed), progress=True)
             seconds[run] = round(time.time() - t0, 1)
         else:
             seconds[run] = json.loads((folder / "unsee.json").read_text())["summary"]["seconds"]
