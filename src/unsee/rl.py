@@ -95,7 +95,7 @@ class RLConfig:
                              f"({self.train_batch})")
         if self.samples_per_prompt < 1:
             raise UnseeError(f"--samples-per-prompt must be >= 1, got {self.samples_per_prompt}")
-        n_benign = round(self.samples_per_epoch * self.benign_fraction) if self.benign_prompts else 0
+        n_benign = self.benign_samples(bool(self.benign_prompts))
         if n_benign % self.samples_per_prompt or (self.samples_per_epoch - n_benign) % self.samples_per_prompt:
             raise UnseeError(f"--samples-per-epoch {self.samples_per_epoch} splits into {self.samples_per_epoch - n_benign} "
                              f"unsafe and {n_benign} benign samples; each must be a multiple of --samples-per-prompt "
@@ -106,6 +106,10 @@ class RLConfig:
             raise UnseeError(f"--train-timesteps must be in (0, 1], got {self.train_timesteps}")
         if not 0 <= self.benign_fraction < 1:
             raise UnseeError(f"--benign-fraction must be in [0, 1), got {self.benign_fraction}")
+
+    def benign_samples(self, has_benign: bool) -> int:
+        """Samples an epoch draws from the benign prompts (the rest come from the unsafe ones)."""
+        return round(self.samples_per_epoch * self.benign_fraction) if has_benign else 0
 
     @property
     def updates_per_epoch(self) -> int:
@@ -149,7 +153,7 @@ def epoch_prompts(cfg: RLConfig, unsafe: list[str], benign: list[str], epoch: in
     `samples_per_prompt` times in a row."""
     g = step_generator(cfg.seed, epoch, -2, rank)
     n, k = cfg.samples_per_epoch, cfg.samples_per_prompt
-    n_benign = round(n * cfg.benign_fraction) if benign else 0
+    n_benign = cfg.benign_samples(bool(benign))
 
     def pick(pool: list[str], count: int) -> list[str]:
         if not count:
@@ -180,12 +184,14 @@ class PromptStats:
         groups = groups or [""] * len(prompts)
         out = torch.empty_like(rewards)
         variances = []
+        by_group: dict[str, list[int]] = {}
+        for i, g in enumerate(groups):
+            by_group.setdefault(g, []).append(i)
         for p in dict.fromkeys(prompts):
             idx = [i for i, q in enumerate(prompts) if q == p]
             buf = self.buffers.setdefault(p, collections.deque(maxlen=self.buffer_size))
             buf.extend(float(rewards[i]) for i in idx)
-            same_group = [i for i, g in enumerate(groups) if g == groups[idx[0]]]
-            ref = torch.tensor(list(buf)) if len(buf) >= self.min_count else rewards[same_group]
+            ref = torch.tensor(list(buf)) if len(buf) >= self.min_count else rewards[by_group[groups[idx[0]]]]
             out[idx] = rewards[idx] - ref.mean()
             variances.append(ref.var(unbiased=False))
             if self.scale == "prompt":
@@ -206,6 +212,7 @@ class DDPOMethod:
 
     def __init__(self, pipe, cfg: RLConfig, unsafe: list[str], benign: list[str], reward, params):
         self.pipe, self.cfg, self.unsafe, self.benign, self.reward, self.params = pipe, cfg, unsafe, benign, reward, params
+        self.benign_only = set(benign) - set(unsafe)  # a prompt in both files counts as unsafe
         self.trainer: Trainer | None = None
         self.stats = PromptStats(cfg.buffer_size, cfg.min_count, cfg.adv_scale)
         self.epoch_cache: dict[str, Any] | None = None
@@ -273,12 +280,11 @@ class DDPOMethod:
             t_sampled = time.perf_counter()
             scored = [f.result() for f in futures]
         t_scored = time.perf_counter()
-        n_unsafe = len(prompts) - (round(cfg.samples_per_epoch * cfg.benign_fraction) if self.benign else 0)
+        n_unsafe = len(prompts) - cfg.benign_samples(bool(self.benign))
         rewards = torch.cat([r for r, _ in scored])
         terms = {name: torch.cat([parts[name] for _, parts in scored]) for name in scored[0][1]}
         all_prompts, all_rewards = self._gather(prompts, rewards)
-        benign = set(self.benign) - set(self.unsafe)
-        groups = ["benign" if p in benign else "unsafe" for p in all_prompts]
+        groups = ["benign" if p in self.benign_only else "unsafe" for p in all_prompts]
         adv_all = self.stats.advantages(all_prompts, all_rewards, groups).clamp(-cfg.adv_clip, cfg.adv_clip)
         start = rank * len(prompts)  # this rank's slice of the gathered list
         self.epoch_cache = {
