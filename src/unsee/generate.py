@@ -8,6 +8,7 @@ Under `accelerate launch` each process takes every world_size-th image.
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import hashlib
 import json
@@ -93,7 +94,20 @@ def process_state():
     `torchrun` join over gloo only if accelerate is told cpu=True; otherwise each would run alone."""
     from accelerate import PartialState
 
-    return PartialState(cpu=not torch.cuda.is_available())
+    state = PartialState(cpu=not torch.cuda.is_available())
+    if state.num_processes > 1:
+        atexit.unregister(_close_process_group)  # once per process, however often the state is asked for
+        atexit.register(_close_process_group)
+    return state
+
+
+def _close_process_group() -> None:
+    """Close the process group before the interpreter tears down: left to exit, a rank that finishes first
+    aborted in 1 of 3 runs ("terminate called without an active exception", gloo's threads still joinable)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def resolve_device(device: str) -> torch.device:
