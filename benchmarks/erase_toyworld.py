@@ -36,7 +36,8 @@ def main() -> None:
     ap.add_argument("--ema-decay", type=float, default=None)
     ap.add_argument("--preserve-weight", type=float, default=None)
     ap.add_argument("--guidance", type=float, default=None, help="SDD teacher CFG / ESD negative guidance")
-    ap.add_argument("--runs", default=None, help="comma-separated subset of run names, e.g. sdd-text")
+    ap.add_argument("--runs", default=None, help="comma-separated run names (default: all but esd-u): sdd-text, sdd-hfi, "
+                    "esd-x, esd-u (ESD on every UNet weight outside cross-attention)")
     args = ap.parse_args()
 
     from diffusers.utils import logging as dlog
@@ -54,17 +55,21 @@ def main() -> None:
     for concept in args.concepts.split(","):
         d = out / concept
         token = hfi_token(d / "hfi", concept, progress=False)
-        runs = {"skull": (("sdd-text", "sdd", concept), ("sdd-hfi", "sdd", None), ("esd-x", "esd", concept)),
-                "kelvo": (("esd-x", "esd", f"by {concept}"), ("sdd-hfi", "sdd", None))}[concept]
-        if args.runs:
-            runs = tuple(r for r in runs if r[0] in args.runs.split(","))
+        # (name, method, concept text or None for the HFI token, trained parameters); ESD-u is the ESD paper's
+        # choice for objects, ESD-x for styles; esd-u runs only when --runs names it
+        word = concept if concept == "skull" else f"by {concept}"
+        runs = {"skull": (("sdd-text", "sdd", word, "xattn"), ("sdd-hfi", "sdd", None, "xattn"), ("esd-x", "esd", word, "xattn")),
+                "kelvo": (("esd-x", "esd", word, "xattn"), ("sdd-hfi", "sdd", None, "xattn"))}[concept]
+        runs += (("esd-u", "esd", word, "noxattn"),)
+        chosen = args.runs.split(",") if args.runs else [r[0] for r in runs if r[0] != "esd-u"]
+        runs = tuple(r for r in runs if r[0] in chosen)
         models, seconds = {"base": "toyworld"}, {}
-        for name, method, text in runs:
+        for name, method, text, params in runs:
             folder = d / "models" / name
             t0 = time.time()
             if not (folder / "unsee.json").exists():
                 erase(EraseConfig(model="toyworld", out=str(folder), method=method, concept=(text,) if text else (),
-                                  token=None if text else str(token), **settings[method]), progress=False)
+                                  token=None if text else str(token), params=params, **settings[method]), progress=False)
                 seconds[name] = round(time.time() - t0, 1)
             else:
                 seconds[name] = json.loads((folder / "unsee.json").read_text())["summary"]["seconds"]
