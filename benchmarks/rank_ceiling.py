@@ -50,9 +50,14 @@ def independent_oracle(seed: int, work: Path, n_images: int):
     return load_oracle(out / "oracle", "cpu")
 
 
-def logit(p: torch.Tensor) -> np.ndarray:
-    p = p.double().clamp(1e-12, 1 - 1e-12)
-    return (p.log() - (-p).log1p()).numpy()
+def concept_view(oracle, x: torch.Tensor, concept: str) -> tuple[np.ndarray, np.ndarray]:
+    """(does the oracle's head read `concept` as its most likely class, logit of P(concept)) per image, from one pass."""
+    from unsee.toyworld.oracle import CONCEPTS, HEADS
+
+    head, cls = CONCEPTS[concept]
+    p = oracle.probabilities(x)[head]
+    shown = (p.argmax(-1) == HEADS[head].index(cls)).numpy()
+    return shown, torch.logit(p[:, HEADS[head].index(cls)].double(), eps=1e-12).numpy()
 
 
 def main() -> None:
@@ -78,10 +83,8 @@ def main() -> None:
         raise SystemExit(f"--concept must be one of {', '.join(CONCEPTS)}, got {args.concept!r}")
     images = ImageSet.load(run / "images")
     x = images.load_images(images.records)
-    head, cls = CONCEPTS[args.concept]
-    annotators_oracle = load_oracle(assets_path() / ORACLE, "cpu")
     # "across" / "within" as in hfi_toyworld: by the class the annotators' oracle reads
-    shown = np.array([r[head] == cls for r in annotators_oracle.read(x)])
+    shown, annotators_logit = concept_view(load_oracle(assets_path() / ORACLE, "cpu"), x, args.concept)
     truth = dict(zip(images.ids, shown.tolist(), strict=True))
 
     def row(name: str, score: np.ndarray) -> dict:
@@ -91,7 +94,7 @@ def main() -> None:
         return {"observer": name, "all": agree, "across": split["heldout pairs across"],
                 "within": split["heldout pairs within"], "n_across": n_across, "n_within": n_within}
 
-    rows = [row("the annotators' own oracle", logit(annotators_oracle.concept_scores(x)[args.concept]))]
+    rows = [row("the annotators' own oracle", annotators_logit)]
     reward = load_reward(run / "reward")
     rows.append(row("HFI reward model", reward.score_images(x)[args.concept].double().numpy()))
     with tempfile.TemporaryDirectory() as tmp:
@@ -99,8 +102,9 @@ def main() -> None:
         for seed in args.seeds:
             t0 = time.time()
             oracle = independent_oracle(seed, work, args.oracle_images)
-            r = row(f"independent oracle, seed {seed}", logit(oracle.concept_scores(x)[args.concept]))
-            r["class_agreement"] = float((np.array([o[head] == cls for o in oracle.read(x)]) == shown).mean())
+            their_shown, their_logit = concept_view(oracle, x, args.concept)
+            r = row(f"independent oracle, seed {seed}", their_logit)
+            r["class_agreement"] = float((their_shown == shown).mean())
             r["seconds"] = round(time.time() - t0, 1)
             rows.append(r)
 
