@@ -33,11 +33,15 @@ def main() -> None:
     ap.add_argument("--images-per-prompt", type=int, default=5, help="40 prompts a set: 5 gives 200 images a set")
     ap.add_argument("--steps", type=int, default=None, help="erase updates (default: the demo's)")
     ap.add_argument("--lr", type=float, default=None)
+    ap.add_argument("--batch-size", type=int, default=None)
+    ap.add_argument("--reuse", type=int, default=None, help="updates per batch of teacher trajectories (1: a fresh "
+                    "trajectory every update, the public code's training signal)")
     ap.add_argument("--ema-decay", type=float, default=None)
     ap.add_argument("--preserve-weight", type=float, default=None)
     ap.add_argument("--guidance", type=float, default=None, help="SDD teacher CFG / ESD negative guidance")
-    ap.add_argument("--runs", default=None, help="comma-separated run names (default: all but esd-u): sdd-text, sdd-hfi, "
-                    "esd-x, esd-u (ESD on every UNet weight outside cross-attention)")
+    ap.add_argument("--runs", default=None, help="comma-separated run names (default: skull sdd-text, sdd-hfi, esd-x; kelvo "
+                    "esd-x, sdd-hfi); also esd-u (ESD on every UNet weight outside cross-attention), esd-hfi (ESD-x keyed on "
+                    "the learned token)")
     args = ap.parse_args()
 
     from diffusers.utils import logging as dlog
@@ -49,19 +53,21 @@ def main() -> None:
 
     dlog.disable_progress_bar()
     out = Path(args.out)
-    overrides = {k: getattr(args, k) for k in ("steps", "lr", "ema_decay", "preserve_weight", "guidance")}
+    overrides = {k: getattr(args, k) for k in ("steps", "lr", "batch_size", "reuse", "ema_decay", "preserve_weight",
+                                                  "guidance")}
     settings = {m: erase_settings(m, **overrides) for m in ("sdd", "esd")}
     summary = {"settings": {m: {k: v for k, v in s.items() if k != "preserve"} for m, s in settings.items()}, "concepts": {}}
     for concept in args.concepts.split(","):
         d = out / concept
         token = hfi_token(d / "hfi", concept, progress=False)
         # (name, method, concept text or None for the HFI token, trained parameters); ESD-u is the ESD paper's
-        # choice for objects, ESD-x for styles; esd-u runs only when --runs names it
+        # choice for objects, ESD-x for styles; esd-u and esd-hfi (ESD-x keyed on the token) run only when --runs names them
         word = concept if concept == "skull" else f"by {concept}"
         runs = {"skull": (("sdd-text", "sdd", word, "xattn"), ("sdd-hfi", "sdd", None, "xattn"), ("esd-x", "esd", word, "xattn")),
                 "kelvo": (("esd-x", "esd", word, "xattn"), ("sdd-hfi", "sdd", None, "xattn"))}[concept]
-        runs += (("esd-u", "esd", word, "noxattn"),)
-        chosen = args.runs.split(",") if args.runs else [r[0] for r in runs if r[0] != "esd-u"]
+        extra = (("esd-u", "esd", word, "noxattn"), ("esd-hfi", "esd", None, "xattn"))
+        chosen = args.runs.split(",") if args.runs else [r[0] for r in runs]
+        runs += extra
         runs = tuple(r for r in runs if r[0] in chosen)
         models, seconds = {"base": "toyworld"}, {}
         for name, method, text, params in runs:

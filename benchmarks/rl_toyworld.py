@@ -8,6 +8,12 @@ human feedback without a hand-made detector). Each is evaluated with
 and on held-out implicit prompts (the cut relative to the base model), and the
 toy-CLIP score on benign prompts (relative change), plus the run's seconds.
 
+`--feedback-rounds N` (N > 1) closes the loop the annotation app is for: after
+each learned run, the same simulated annotators flag the policy's own images on
+its training prompts (explicit and benign, 4 each, seeds the evaluation does not
+use), a reward model is trained on every round's feedback together, and RL
+restarts from the base model against it (`rl-learned-r2`, ...).
+
 Run: .venv/bin/python benchmarks/rl_toyworld.py [--out runs/rl-bench] [--epochs 30]
 """
 
@@ -17,6 +23,36 @@ import argparse
 import json
 import time
 from pathlib import Path
+
+
+def feedback_round(d: Path, policy: Path, n: int) -> tuple[Path, Path]:
+    """The policy's images on its training prompts, judged by the HFI chain's simulated annotators."""
+    from unsee.annotate import AutoAnnotateConfig, auto_annotate
+    from unsee.files import atomic_write_text
+    from unsee.generate import GenerateConfig, generate
+    from unsee.toyworld import prompts_path
+
+    d.mkdir(parents=True, exist_ok=True)
+    lines = [ln for name in ("object_explicit", "benign") for ln in prompts_path(name).read_text().splitlines() if ln.strip()]
+    atomic_write_text(d / "prompts.txt", "\n".join(lines) + "\n")
+    images = generate(GenerateConfig(model=str(policy), prompts=str(d / "prompts.txt"), out=str(d / "images"),
+                                     images_per_prompt=4, batch_size=32, seed=1000 + n), progress=False)
+    fb = d / "feedback.jsonl"
+    if not fb.exists():
+        auto_annotate(AutoAnnotateConfig(images=str(images), out=str(fb), kind="binary", labels=("skull",), noise=0.1,
+                                         annotators=3, seed=n))
+    return Path(images), fb
+
+
+def train_round_reward(d: Path, rounds: list[tuple[Path, Path]]) -> Path:
+    """One reward model on every round's feedback together."""
+    from unsee.reward_model import RewardTrainConfig, train_reward
+
+    if not (d / "metrics.json").exists():
+        m = train_reward(RewardTrainConfig(images=tuple(str(i) for i, _ in rounds), feedback=tuple(str(f) for _, f in rounds),
+                                           out=str(d)), progress=False)
+        print(f"reward model on {len(rounds)} rounds of feedback: held-out agreement {m['heldout_agreement']:.3f}")
+    return d
 
 
 def main() -> None:
@@ -38,6 +74,7 @@ def main() -> None:
     ap.add_argument("--adv-scale", default="prompt", choices=("prompt", "pooled"))
     ap.add_argument("--min-count", type=int, default=16, help="rewards a prompt needs before its own mean/std are used")
     ap.add_argument("--kl-weight", type=float, default=0.0, help="weight of the KL term toward the original model")
+    ap.add_argument("--feedback-rounds", type=int, default=1, help="learned: rounds of feedback on the policy's own images")
     args = ap.parse_args()
 
     from diffusers.utils import logging as dlog
@@ -50,12 +87,16 @@ def main() -> None:
     dlog.disable_progress_bar()
     out = Path(args.out)
     models, seconds = {"base": "toyworld"}, {}
+    runs: list[tuple[str, str]] = []  # (run name, reward spec); later learned rounds are added as they come
     for run in args.runs.split(","):
         if run == "learned":
             hfi_token(out / "hfi", "skull", progress=False)  # makes the reward model on the way to the token
-            reward = f"learned:{out / 'hfi' / 'reward'}+{args.clip_weight}*clip"
+            runs.append((run, f"learned:{out / 'hfi' / 'reward'}+{args.clip_weight}*clip"))
         else:
-            reward = f"{args.oracle_term}+{args.clip_weight}*clip"
+            runs.append((run, f"{args.oracle_term}+{args.clip_weight}*clip"))
+    rounds = [(out / "hfi" / "images", out / "hfi" / "feedback.jsonl")]  # the learned reward's image sets and feedback
+    while runs:
+        run, reward = runs.pop(0)
         folder = out / f"rl-{run}"
         if not (folder / "unsee.json").exists():
             t0 = time.time()
@@ -77,6 +118,10 @@ def main() -> None:
 
             merge_lora("toyworld", folder, merged)
         models[f"rl-{run}"] = str(merged)
+        if run.startswith("learned") and len(rounds) < args.feedback_rounds:
+            rounds.append(feedback_round(out / f"feedback-r{len(rounds) + 1}", merged, len(rounds) + 1))
+            reward_dir = train_round_reward(out / f"feedback-r{len(rounds)}" / "reward", rounds)
+            runs.insert(0, (f"learned-r{len(rounds)}", f"learned:{reward_dir}+{args.clip_weight}*clip"))
     sets = {"train": prompts_path("object_explicit"), "implicit_heldout": prompts_path("object_implicit", "heldout"),
             "benign": prompts_path("benign")}
     m = evaluate(EvaluateConfig(model=tuple(models.values()), name=tuple(models), prompts=tuple(str(p) for p in sets.values()),

@@ -102,3 +102,10 @@ def test_every_command_has_examples_in_its_help():
         r = CliRunner().invoke(cli, [*path, "--help"])
         assert r.exit_code == 0, path
         assert "Example" in r.output, f"`unsee {' '.join(path)} --help` has no example"
+
+
+def test_reward_train_wants_one_feedback_per_image_set(tmp_path):
+    r = run("reward", "train", "--images", str(tmp_path / "a"), "--images", str(tmp_path / "b"),
+            "--feedback", str(tmp_path / "fa.jsonl"), "--out", str(tmp_path / "r"))
+    assert r.returncode == 2 and "one --feedback per --images (got 2 image sets and 1 feedback files)" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "r").exists()

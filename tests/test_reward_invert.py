@@ -82,6 +82,38 @@ def test_reward_refuses_feedback_about_other_images(colour_set, clip_dir, tmp_pa
                                        clip=str(clip_dir)), progress=False)
 
 
+def test_a_second_round_of_feedback_on_other_images_trains_one_model(colour_set, clip_dir, tmp_path):
+    """Round 2 flags green squares, which round 1 never showed; both sets number their images from 00000-000."""
+    from unsee.imageset import ImageSet
+    from unsee.reward_model import RewardTrainConfig, load_reward, reward_scores, train_reward
+
+    folder, red = colour_set
+    fb1 = _binary_feedback(tmp_path / "fb1.jsonl", red)
+    g = torch.Generator().manual_seed(2)
+    x = torch.rand(60, 3, 16, 16, generator=g) * 0.3
+    x[:, 1, 4:12, 4:12] += 0.7
+    green = write_image_set(tmp_path / "green", x, ["a green square"] * 60)
+    fb2 = _binary_feedback(tmp_path / "fb2.jsonl", torch.ones(60))
+    r1 = tmp_path / "r1"
+    train_reward(RewardTrainConfig(images=str(folder), feedback=str(fb1), out=str(r1), clip=str(clip_dir), steps=300),
+                 progress=False)
+    m = train_reward(RewardTrainConfig(images=(str(folder), str(green)), feedback=(str(fb1), str(fb2)), out=str(tmp_path / "r2"),
+                                       clip=str(clip_dir), steps=300), progress=False)
+    assert m["images"] == 180 and m["image_sets"] == 2 and m["heldout_agreement"] >= 0.85, m
+    before = reward_scores(load_reward(r1), ImageSet.load(green))
+    after = reward_scores(load_reward(tmp_path / "r2"), ImageSet.load(green))
+    assert sum(v["flag"] for v in after.values()) / 60 > 0.8 > sum(v["flag"] for v in before.values()) / 60
+    s = reward_scores(load_reward(tmp_path / "r2"), ImageSet.load(folder))  # round 1's ordering is kept
+    sc = torch.tensor([s[f"{i:05d}-000"]["flag"] for i in range(len(red))])
+    assert sc[red > 0.7].mean() > sc[red < 0.3].mean() + 0.3
+    with pytest.raises(UnseeError, match="one --feedback per --images"):
+        RewardTrainConfig(images=(str(folder), str(green)), feedback=(str(fb1),), out=str(tmp_path / "r3"))
+    save_feedback(tmp_path / "fb3.jsonl", Feedback(("other",), [Binary("00000-000", "a", frozenset(), "")]))
+    with pytest.raises(UnseeError, match="must use the same labels"):
+        train_reward(RewardTrainConfig(images=(str(folder), str(green)), feedback=(str(fb1), str(tmp_path / "fb3.jsonl")),
+                                       out=str(tmp_path / "r3"), clip=str(clip_dir)), progress=False)
+
+
 @pytest.mark.parametrize("vectors", [1, 3])
 def test_invert_writes_a_token_plain_diffusers_loads(tiny_model_dir, tmp_path, vectors):
     from diffusers import StableDiffusionPipeline

@@ -282,6 +282,8 @@ def reward() -> None:
 Examples:
   unsee reward train --images runs/base --feedback fb.jsonl --out runs/reward
   unsee reward train --images runs/sd --feedback fb.jsonl --clip openai/clip-vit-large-patch14 --out runs/reward
+  # a second round: feedback on the fine-tuned model's own images, trained together with the first
+  unsee reward train --images runs/base --feedback fb.jsonl --images runs/rl-samples --feedback fb2.jsonl --out runs/reward2
 """,
 )
 @click_options(RewardTrainConfig)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -193,3 +193,20 @@ def rank_pairs(groups: Iterable[Rank]) -> list[tuple[str, str, str]]:
     """All ordered (more, less, concept) pairs implied by rank groups (a group of n gives n(n-1)/2)."""
     return [(g.images[a], g.images[b], g.concept)
             for g in groups for a in range(len(g.images)) for b in range(a + 1, len(g.images))]
+
+
+def combine_feedback(parts: list[Feedback], paths: list[str]) -> Feedback:
+    """Feedback on several image sets as one: image ids become 'K/ID', K the set's position (rounds of feedback,
+    each on the images of its round). A single set keeps its ids. The files must name the same labels."""
+    if len(parts) == 1:
+        return parts[0]
+    for p, path in zip(parts[1:], paths[1:], strict=True):
+        if set(p.labels) != set(parts[0].labels):
+            raise UnseeError(f"{path} has labels {', '.join(p.labels)} but {paths[0]} has {', '.join(parts[0].labels)}; "
+                             "feedback files trained together must use the same labels")
+    judgements: list[Judgement] = []
+    for k, p in enumerate(parts):
+        for j in p.judgements:
+            judgements.append(replace(j, image=f"{k}/{j.image}") if isinstance(j, Binary)
+                              else replace(j, images=tuple(f"{k}/{i}" for i in j.images)))
+    return Feedback(parts[0].labels, judgements)

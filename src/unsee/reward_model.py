@@ -5,7 +5,8 @@
 - rank feedback: one output per concept, trained by Bradley-Terry over every
   ordered pair of every group:  L = -E log sigma(r(x+) - r(x-)).
 Held-out agreement (accuracy for binary, pairwise accuracy for rank) on a 20%
-split is printed and saved with the model.
+split is printed and saved with the model. Several `--images/--feedback` pairs
+(rounds of feedback, e.g. on a fine-tuned model's own samples) train one model.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch.nn.functional as F
 
 from unsee.config import field
 from unsee.errors import UnseeError
-from unsee.feedback import binary_targets, load_feedback, rank_pairs
+from unsee.feedback import binary_targets, combine_feedback, load_feedback, rank_pairs
 from unsee.files import atomic_write_text
 from unsee.imageset import ImageSet
 from unsee.runinfo import write_run_info
@@ -33,8 +34,9 @@ logger = logging.getLogger(__name__)
 
 @dataclasses.dataclass
 class RewardTrainConfig:
-    images: str = field(help="Image set the feedback is about.")
-    feedback: str = field(help="feedback.jsonl (binary or rank judgements).")
+    images: tuple[str, ...] = field(help="Image set the feedback is about (repeatable: one per --feedback, in the same "
+                                         "order, for rounds of feedback on different images).")
+    feedback: tuple[str, ...] = field(help="feedback.jsonl (binary or rank judgements) about the --images in the same place.")
     out: str = field(help="Output folder for the reward model (config + safetensors + metrics).")
     clip: str = field("toyworld", help="Frozen CLIP for image embeddings: hub id, folder, or 'toyworld'.")
     kind: Literal["auto", "binary", "rank"] = field("auto", help="Which judgements to train on (auto: those present; binary if both).")
@@ -46,14 +48,28 @@ class RewardTrainConfig:
     seed: int = field(0, help="Seed of the split and the initialisation.")
 
     def __post_init__(self) -> None:
+        if isinstance(self.images, str):  # one set, as the Python API's callers write it
+            self.images = (self.images,)
+        if isinstance(self.feedback, str):
+            self.feedback = (self.feedback,)
+        if len(self.images) != len(self.feedback) or not self.images:
+            raise UnseeError(f"give one --feedback per --images (got {len(self.images)} image sets and {len(self.feedback)} "
+                             "feedback files)")
         if not 0 < self.heldout < 1:
             raise UnseeError(f"--heldout must be in (0, 1), got {self.heldout}")
 
 
-def _embed(image_set: ImageSet, ids: list[str], clip) -> torch.Tensor:
-    by_id = image_set.by_id()
-    return torch.cat([clip.image_embeds(image_set.load_images([by_id[i] for i in ids[k : k + 512]]))
-                      for k in range(0, len(ids), 512)])
+def _embed(sets: list[ImageSet], ids: list[str], clip) -> torch.Tensor:
+    """CLIP embeddings of `ids`, in order: the set's own ids for one set, 'K/ID' (set K) for several."""
+    rows: dict[str, torch.Tensor] = {}
+    for k, s in enumerate(sets):
+        by_id = s.by_id()
+        mine = ids if len(sets) == 1 else [i for i in ids if i.split("/", 1)[0] == str(k)]
+        for j in range(0, len(mine), 512):
+            part = mine[j : j + 512]
+            recs = [by_id[i if len(sets) == 1 else i.split("/", 1)[1]] for i in part]
+            rows.update(zip(part, clip.image_embeds(s.load_images(recs)), strict=True))
+    return torch.stack([rows[i] for i in ids])
 
 
 def heldout_split(seed: int, n: int, heldout: float) -> np.ndarray:
@@ -72,14 +88,15 @@ def train_reward(cfg: RewardTrainConfig, *, progress: bool = True) -> dict:
     from unsee.clip import load_clip, resolve_clip
     from unsee.reward_net import RewardModel
 
-    # 1. Inputs: the image set, its feedback (validated against the manifest), the frozen CLIP.
-    s = ImageSet.load(cfg.images)
-    fb = load_feedback(cfg.feedback, image_ids=s.ids)
+    # 1. Inputs: the image sets, their feedback (validated against each manifest), the frozen CLIP.
+    sets = [ImageSet.load(p) for p in cfg.images]
+    fb = combine_feedback([load_feedback(f, image_ids=s.ids) for s, f in zip(sets, cfg.feedback, strict=True)],
+                          list(cfg.feedback))
     kind = cfg.kind if cfg.kind != "auto" else ("binary" if fb.binary else "rank")
     if kind == "binary" and not fb.binary:
-        raise UnseeError(f"{cfg.feedback} has no binary judgements; use --kind rank")
+        raise UnseeError(f"{', '.join(cfg.feedback)} has no binary judgements; use --kind rank")
     if kind == "rank" and not fb.ranks:
-        raise UnseeError(f"{cfg.feedback} has no rank judgements; use --kind binary")
+        raise UnseeError(f"{', '.join(cfg.feedback)} has no rank judgements; use --kind binary")
     clip_spec = cfg.clip if cfg.clip == "toyworld" or not Path(cfg.clip).exists() else str(Path(resolve_clip(cfg.clip)).resolve())
     clip = load_clip(cfg.clip)
     torch.manual_seed(cfg.seed)
@@ -91,12 +108,12 @@ def train_reward(cfg: RewardTrainConfig, *, progress: bool = True) -> dict:
         ids = sorted(per_label[labels[0]])
         y = torch.tensor([[per_label[label][i] for label in labels] for i in ids], dtype=torch.float32)
         split = heldout_split(cfg.seed, len(ids), cfg.heldout)
-        x = _embed(s, ids, clip)
+        x = _embed(sets, ids, clip)
     else:
         labels = tuple(sorted({r.concept for r in fb.ranks}))
         ids = sorted(fb.image_ids())
         index = {k: n for n, k in enumerate(ids)}
-        x = _embed(s, ids, clip)
+        x = _embed(sets, ids, clip)
         groups = fb.ranks
         group_split = heldout_split(cfg.seed, len(groups), cfg.heldout)
 
@@ -107,7 +124,7 @@ def train_reward(cfg: RewardTrainConfig, *, progress: bool = True) -> dict:
 
         part_pairs = {part: pairs(part) for part in ("train", "val", "test")}
         if any(len(v) == 0 for v in part_pairs.values()):
-            raise UnseeError(f"{cfg.feedback}: too few rank groups ({len(groups)}) to hold {cfg.heldout:.0%} out; annotate more")
+            raise UnseeError(f"{', '.join(cfg.feedback)}: too few rank groups ({len(groups)}) to hold {cfg.heldout:.0%} out; annotate more")
     model = RewardModel(x.shape[1], labels, kind, clip_spec, cfg.hidden, cfg.layers)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
 
@@ -146,7 +163,7 @@ def train_reward(cfg: RewardTrainConfig, *, progress: bool = True) -> dict:
     metrics = {"kind": kind, "labels": list(labels), "heldout_agreement": agreement["test"],
                "validation_agreement": agreement["val"], "train_agreement": agreement["train"],
                "metric": "accuracy" if kind == "binary" else "pairwise accuracy",
-               "images": len(ids), "judgements": len(fb.binary if kind == "binary" else fb.ranks)}
+               "images": len(ids), "image_sets": len(sets), "judgements": len(fb.binary if kind == "binary" else fb.ranks)}
     if kind == "binary":
         with torch.no_grad():
             held = torch.from_numpy(split == "test")
