@@ -38,6 +38,8 @@ def main() -> None:
                     "trajectory every update, the public code's training signal)")
     ap.add_argument("--ema-decay", type=float, default=None)
     ap.add_argument("--preserve-weight", type=float, default=None)
+    ap.add_argument("--preserve-on", choices=("concept", "own"), default=None,
+                    help="latents of the preserve term: the concept's trajectories or the kept prompts' own")
     ap.add_argument("--guidance", type=float, default=None, help="SDD teacher CFG / ESD negative guidance")
     ap.add_argument("--runs", default=None, help="comma-separated run names (default: skull sdd-text, sdd-hfi, esd-x; kelvo "
                     "esd-x, sdd-hfi); also esd-u (ESD on every UNet weight outside cross-attention), esd-hfi (ESD-x keyed on "
@@ -54,7 +56,7 @@ def main() -> None:
     dlog.disable_progress_bar()
     out = Path(args.out)
     overrides = {k: getattr(args, k) for k in ("steps", "lr", "batch_size", "reuse", "ema_decay", "preserve_weight",
-                                                  "guidance")}
+                                                  "preserve_on", "guidance")}
     settings = {m: erase_settings(m, **overrides) for m in ("sdd", "esd")}
     summary = {"settings": {m: {k: v for k, v in s.items() if k != "preserve"} for m, s in settings.items()}, "concepts": {}}
     for concept in args.concepts.split(","):

@@ -52,11 +52,13 @@ def test_esd_lora_loads_with_load_lora_weights(tiny_model_dir, tmp_path):
     assert _gap(pipe) != pytest.approx(before, rel=1e-6)
 
 
-def test_resume_after_a_kill_gives_the_same_weights(tiny_model_dir, tmp_path, monkeypatch):
+@pytest.mark.parametrize("kw", [{}, {"method": "esd", "preserve": ("a blue house",), "preserve_on": "own"}])
+def test_resume_after_a_kill_gives_the_same_weights(tiny_model_dir, tmp_path, monkeypatch, kw):
+    """Also with the kept prompts' own trajectories, which a resumed run samples again from the original model."""
     import unsee.trainer as tr
 
     full = tmp_path / "full"
-    erase(_cfg(tiny_model_dir, full, steps=6), progress=False)
+    erase(_cfg(tiny_model_dir, full, steps=6, **kw), progress=False)
     real = tr.save_checkpoint
 
     def save_then_die(*a, **k):
@@ -66,9 +68,9 @@ def test_resume_after_a_kill_gives_the_same_weights(tiny_model_dir, tmp_path, mo
     monkeypatch.setattr(tr, "save_checkpoint", save_then_die)
     killed = tmp_path / "killed"
     with pytest.raises(KeyboardInterrupt):
-        erase(_cfg(tiny_model_dir, killed, steps=6), progress=False)
+        erase(_cfg(tiny_model_dir, killed, steps=6, **kw), progress=False)
     monkeypatch.setattr(tr, "save_checkpoint", real)
-    erase(_cfg(tiny_model_dir, killed, steps=6), progress=False)
+    erase(_cfg(tiny_model_dir, killed, steps=6, **kw), progress=False)
     a = StableDiffusionPipeline.from_pretrained(full).unet.state_dict()
     b = StableDiffusionPipeline.from_pretrained(killed).unet.state_dict()
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
@@ -81,13 +83,16 @@ def test_sdd_pulls_the_concept_to_the_unconditional(tiny_model_dir, tmp_path):
     assert _gap(erased) < 0.5 * _gap(base)
 
 
-def test_preserve_prompts_keep_their_predictions_closer_to_the_original(tiny_model_dir, tmp_path):
-    """Erasing hard moves other prompts too (over-erasure); the --preserve term holds them near the original."""
+@pytest.mark.parametrize("preserve_on", ["concept", "own"])
+def test_preserve_prompts_keep_their_predictions_closer_to_the_original(tiny_model_dir, tmp_path, preserve_on):
+    """Erasing hard moves other prompts too (over-erasure); the --preserve term holds them near the original,
+    compared on the concept's latents or on the kept prompts' own trajectories."""
     keep = tmp_path / "keep.txt"
     keep.write_text("a blue house at night\na green tree on a mountain\n")
     kw = dict(steps=40, reuse=8, checkpoint_every=40, lr=3e-3, ema_decay=0.5)
     erase(_cfg(tiny_model_dir, tmp_path / "plain", **kw), progress=False)
-    summary = erase(_cfg(tiny_model_dir, tmp_path / "kept", preserve=(f"@{keep}",), preserve_weight=10.0, **kw), progress=False)
+    summary = erase(_cfg(tiny_model_dir, tmp_path / "kept", preserve=(f"@{keep}",), preserve_weight=10.0, preserve_on=preserve_on,
+                         **kw), progress=False)
     assert {"erase_loss", "keep_loss"} <= set(summary["final"])
 
     def drift(folder, prompt):

@@ -59,11 +59,15 @@ class EraseConfig:
                                           "--preserve-weight x ||eps(z, t, c_keep) - eps_original(z, t, c_keep)||^2, "
                                           "an anchor against over-erasure that the original SDD and ESD do not have.")
     preserve_weight: float = field(1.0, help="Weight of the --preserve term.")
+    preserve_on: Literal["concept", "own"] = field("concept", help="Noisy latents the --preserve term compares on: concept "
+                                                   "(the concept's trajectories, no extra passes) or own (trajectories the "
+                                                   "original model samples from each kept prompt, once, at the start).")
+    preserve_samples: int = field(2, help="--preserve-on own: trajectories sampled per kept prompt.")
 
     def __post_init__(self) -> None:
         if bool(self.concept) == bool(self.token):
             raise UnseeError("give --concept TEXT (repeatable) or --token FILE, not both and not neither")
-        for name in ("steps", "batch_size", "reuse", "ddim_steps"):
+        for name in ("steps", "batch_size", "reuse", "ddim_steps", "preserve_samples"):
             if getattr(self, name) < 1:
                 raise UnseeError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.checkpoint_every % self.reuse:
@@ -102,6 +106,7 @@ class EraseMethod:
         if (cfg.method == "esd" or keep) and cfg.params != "lora":
             self.original = {k: p.detach().clone() for k, p in params.items()}
         self.cache: torch.Tensor | None = None  # (batch, K, C, h, w): z after k DDIM steps
+        self.keep_cache: tuple[torch.Tensor, torch.Tensor] | None = None  # --preserve-on own: trajectories, prompt rows
         self.cache_cycle = -1
         self.sched = pipe.scheduler
         self.sched.set_timesteps(cfg.ddim_steps, device=dev)
@@ -112,53 +117,72 @@ class EraseMethod:
     def parameters(self) -> dict[str, torch.nn.Parameter]:
         return self.params
 
-    @torch.no_grad()
-    def _sample_cache(self, cycle: int) -> None:
-        """K DDIM steps (eta = 0, CFG on c_p) for `batch_size` trajectories; every step's z is kept."""
+    def _trajectories(self, g: torch.Generator, cond: torch.Tensor) -> torch.Tensor:
+        """(len(cond), K, C, h, w): every z of a K-step DDIM trajectory (eta = 0, CFG) per conditioning row."""
         cfg, pipe = self.cfg, self.pipe
-        n = cfg.batch_size
-        # Each rank samples its own trajectories (data parallelism over latents), reproducibly per cycle.
-        g = step_generator(cfg.seed, cycle, -1, self.trainer.state.process_index)
+        n = len(cond)
         shape = (n, pipe.unet.config.in_channels, pipe.unet.config.sample_size, pipe.unet.config.sample_size)
         z = torch.randn(shape, generator=g).to(pipe.unet.device, pipe.unet.dtype) * self.sched.init_noise_sigma
-        teacher = self.trainer.ema_weights() if cfg.method == "sdd" else contextlib.nullcontext()
-        cond, unc = self.c_p.expand(n, -1, -1), self.uncond.expand(n, -1, -1)
+        unc = self.uncond.expand(n, -1, -1)
         s = torch.full((n,), cfg.guidance if cfg.method == "sdd" else 3.0, device=z.device)
         zs = []
+        self.sched.set_timesteps(cfg.ddim_steps, device=z.device)
+        for t in self.sched.timesteps:
+            zs.append(z)
+            eps = cfg_noise(pipe, z, t, cond.to(z.device), unc, s)
+            self.unet_passes += 2 * n
+            z = self.sched.step(eps, t, z).prev_sample
+        return torch.stack(zs, 1)  # z_k is the latent at DDIM timestep ddim_t[k]
+
+    @torch.no_grad()
+    def _sample_cache(self, cycle: int) -> None:
+        """`batch_size` trajectories on c_p from the teacher (SDD: the EMA; ESD: the trained model)."""
+        # Each rank samples its own trajectories (data parallelism over latents), reproducibly per cycle.
+        g = step_generator(self.cfg.seed, cycle, -1, self.trainer.state.process_index)
+        teacher = self.trainer.ema_weights() if self.cfg.method == "sdd" else contextlib.nullcontext()
         with teacher:
-            self.sched.set_timesteps(cfg.ddim_steps, device=z.device)
-            for t in self.sched.timesteps:
-                zs.append(z)
-                eps = cfg_noise(pipe, z, t, cond, unc, s)
-                self.unet_passes += 2 * n
-                z = self.sched.step(eps, t, z).prev_sample
-        self.cache = torch.stack(zs, 1)  # z_k is the latent at DDIM timestep ddim_t[k]
+            self.cache = self._trajectories(g, self.c_p.expand(self.cfg.batch_size, -1, -1))
         self.cache_cycle = cycle
 
-    def _draw(self, step: int, g: torch.Generator):
+    @torch.no_grad()
+    def _sample_keep_cache(self) -> None:
+        """--preserve-on own: `preserve_samples` trajectories per kept prompt from the original model, once."""
+        g = step_generator(self.cfg.seed, -1, -2, self.trainer.state.process_index)
+        rows = torch.arange(len(self.c_keep)).repeat(self.cfg.preserve_samples)
+        with original_weights(self.pipe.unet, self.params, self.original):
+            self.keep_cache = (self._trajectories(g, self.c_keep[rows]), rows)
+
+    def _draw(self, traj: torch.Tensor, g: torch.Generator, n: int | None = None):
+        """z_t at a random DDIM step of each trajectory (or of `n` random ones) and a training t inside its interval."""
         cfg = self.cfg
-        cycle = step // cfg.reuse
-        if self.cache_cycle != cycle:
-            self._sample_cache(cycle)
-        z_traj = self.cache  # (B, K, ...)
+        rows = torch.arange(len(traj)) if n is None else torch.randint(len(traj), (n,), generator=g)
         if cfg.timesteps == "beta":  # mid-trajectory (HFI's variant): Beta(3, 3) = the median of 5 uniforms
-            u = torch.rand(len(z_traj), 5, generator=g).median(1).values
+            u = torch.rand(len(rows), 5, generator=g).median(1).values
             k = (u * cfg.ddim_steps).long().clamp(max=cfg.ddim_steps - 1)
         else:
-            k = torch.randint(cfg.ddim_steps, (len(z_traj),), generator=g)
-        z = z_traj[torch.arange(len(k)), k]
+            k = torch.randint(cfg.ddim_steps, (len(rows),), generator=g)
+        z = traj[rows, k]
         # a training timestep inside k's DDIM interval: t in [T - w(k+1), T - 1 - wk], w = T / K
         w = self.n_train // cfg.ddim_steps
         t = self.n_train - w * (k + 1) + torch.randint(w, (len(k),), generator=g)
-        return z, t.to(z.device)
+        return z, t.to(z.device), rows
 
     def loss(self, step: int, micro: int, g: torch.Generator):
         cfg, unet = self.cfg, self.pipe.unet
-        z, t = self._draw(step, g)
+        if self.cache_cycle != step // cfg.reuse:
+            self._sample_cache(step // cfg.reuse)
+        z, t, _ = self._draw(self.cache, g)
         n = len(z)
         c = self.c_s[(step * cfg.batch_size + torch.arange(n)) % len(self.c_s)].to(z.device)
         unc = self.uncond.expand(n, -1, -1)
-        keep = None if self.c_keep is None else self.c_keep[(step * cfg.batch_size + torch.arange(n)) % len(self.c_keep)].to(z.device)
+        keep, z_keep, t_keep = None, z, t
+        if self.c_keep is not None and cfg.preserve_on == "own":
+            if self.keep_cache is None:
+                self._sample_keep_cache()
+            z_keep, t_keep, rows = self._draw(self.keep_cache[0], g, n)
+            keep = self.c_keep[self.keep_cache[1][rows]].to(z.device)
+        elif self.c_keep is not None:
+            keep = self.c_keep[(step * cfg.batch_size + torch.arange(n)) % len(self.c_keep)].to(z.device)
         # Every no-grad target comes before the trained forward: swapping in the original weights
         # rewrites the parameters in place, which a graph already built would refuse.
         with torch.no_grad():
@@ -166,11 +190,12 @@ class EraseMethod:
                 target = unet(z, t, encoder_hidden_states=unc).sample.float()  # sg[eps_theta(z_t, t, 0)]
                 self.unet_passes += n
             if cfg.method == "esd" or keep is not None:
-                conds = ([unc, c] if cfg.method == "esd" else []) + ([keep] if keep is not None else [])
+                # (z, t, conditioning) per original-model prediction, one batched call
+                rows = ([(z, t, unc), (z, t, c)] if cfg.method == "esd" else []) + ([(z_keep, t_keep, keep)] if keep is not None else [])
                 with original_weights(self.pipe.unet, self.params, self.original):
-                    out = unet(torch.cat([z] * len(conds)), torch.cat([t] * len(conds)),
-                               encoder_hidden_states=torch.cat(conds)).sample.float().chunk(len(conds))
-                self.unet_passes += n * len(conds)
+                    out = unet(torch.cat([r[0] for r in rows]), torch.cat([r[1] for r in rows]),
+                               encoder_hidden_states=torch.cat([r[2] for r in rows])).sample.float().chunk(len(rows))
+                self.unet_passes += n * len(rows)
                 if cfg.method == "esd":
                     e_u, e_c = out[0], out[1]
                     target = e_u - cfg.guidance * (e_c - e_u)  # ESD's negative guidance
@@ -179,8 +204,9 @@ class EraseMethod:
             pred = unet(z, t, encoder_hidden_states=c).sample.float()
             self.unet_passes += n
             return F.mse_loss(pred, target), {}
-        # Preservation: on the same z_t, the prompts to keep predict what the original model predicted.
-        pred, keep_pred = unet(torch.cat([z, z]), torch.cat([t, t]), encoder_hidden_states=torch.cat([c, keep])).sample.float().chunk(2)
+        # Preservation: the prompts to keep predict what the original model predicted (on the concept's z_t, or their own).
+        pred, keep_pred = unet(torch.cat([z, z_keep]), torch.cat([t, t_keep]),
+                               encoder_hidden_states=torch.cat([c, keep])).sample.float().chunk(2)
         self.unet_passes += 2 * n
         loss, keep_loss = F.mse_loss(pred, target), F.mse_loss(keep_pred, keep_target)
         return loss + cfg.preserve_weight * keep_loss, {"erase_loss": float(loss.detach()), "keep_loss": float(keep_loss.detach())}
