@@ -40,6 +40,9 @@ def main() -> None:
     ap.add_argument("--preserve-weight", type=float, default=None)
     ap.add_argument("--preserve-on", choices=("concept", "own"), default=None,
                     help="latents of the preserve term: the concept's trajectories or the kept prompts' own")
+    ap.add_argument("--keep-neighbour", action="store_true",
+                    help="add the seen split's neighbour prompts to the preserve prompts and measure the neighbour on the "
+                    "held-out split's, which erasure never saw (needs a preserve weight)")
     ap.add_argument("--guidance", type=float, default=None, help="SDD teacher CFG / ESD negative guidance")
     ap.add_argument("--runs", default=None, help="comma-separated run names (default: skull sdd-text, sdd-hfi, esd-x; kelvo "
                     "esd-x, sdd-hfi); also esd-u (ESD on every UNet weight outside cross-attention), esd-hfi (ESD-x keyed on "
@@ -58,13 +61,22 @@ def main() -> None:
     overrides = {k: getattr(args, k) for k in ("steps", "lr", "batch_size", "reuse", "ema_decay", "preserve_weight",
                                                   "preserve_on", "guidance")}
     settings = {m: erase_settings(m, **overrides) for m in ("sdd", "esd")}
-    summary = {"settings": {m: {k: v for k, v in s.items() if k != "preserve"} for m, s in settings.items()}, "concepts": {}}
+    summary = {"settings": {m: {k: v for k, v in s.items() if k != "preserve"} for m, s in settings.items()},
+               "keep_neighbour": args.keep_neighbour, "concepts": {}}
     for concept in args.concepts.split(","):
         d = out / concept
         token = hfi_token(d / "hfi", concept, progress=False)
         # (name, method, concept text or None for the HFI token, trained parameters); ESD-u is the ESD paper's
         # choice for objects, ESD-x for styles; esd-u and esd-hfi (ESD-x keyed on the token) run only when --runs names them
         word = concept if concept == "skull" else f"by {concept}"
+        sets = list(SETS[concept])
+        per_method = settings
+        if args.keep_neighbour:
+            if not args.preserve_weight:
+                raise SystemExit("--keep-neighbour needs --preserve-weight W > 0")
+            kept = tuple(ln for ln in prompts_path(sets[2]).read_text().splitlines() if ln.strip())
+            per_method = {m: s | {"preserve": tuple(s["preserve"]) + kept} for m, s in settings.items()}
+            sets[2] = (sets[2], "heldout")
         runs = {"skull": (("sdd-text", "sdd", word, "xattn"), ("sdd-hfi", "sdd", None, "xattn"), ("esd-x", "esd", word, "xattn")),
                 "kelvo": (("esd-x", "esd", word, "xattn"), ("sdd-hfi", "sdd", None, "xattn"))}[concept]
         extra = (("esd-u", "esd", word, "noxattn"), ("esd-hfi", "esd", None, "xattn"))
@@ -77,18 +89,21 @@ def main() -> None:
             t0 = time.time()
             if not (folder / "unsee.json").exists():
                 erase(EraseConfig(model="toyworld", out=str(folder), method=method, concept=(text,) if text else (),
-                                  token=None if text else str(token), params=params, **settings[method]), progress=False)
+                                  token=None if text else str(token), params=params, **per_method[method]), progress=False)
                 seconds[name] = round(time.time() - t0, 1)
             else:
                 seconds[name] = json.loads((folder / "unsee.json").read_text())["summary"]["seconds"]
             models[name] = str(folder)
         m = evaluate(EvaluateConfig(model=tuple(models.values()), name=tuple(models), out=str(d / "eval"),
-                                    prompts=tuple(str(prompts_path(s)) for s in SETS[concept]),
+                                    prompts=tuple(str(prompts_path(*s) if isinstance(s, tuple) else prompts_path(s))
+                                                  for s in sets),
                                     images_per_prompt=args.images_per_prompt), progress=False)
         res = m["results"]
-        explicit, implicit, neighbour, benign = SETS[concept]
+        explicit, implicit, neighbour, benign = SETS[concept]  # evaluate names a set by its file's stem
         base = res["base"]
-        print(f"\n[{concept}] {summary['settings']} | images per set: {base[explicit]['images']}")
+        print(f"\n[{concept}] {summary['settings']} | images per set: {base[explicit]['images']}"
+              + (f" | neighbour on the held-out split ({base[neighbour]['images']} images), its seen prompts kept"
+                 if args.keep_neighbour else ""))
         print(f"{'model':10} {'explicit':>9} {'cut':>6} {'implicit':>9} {'cut':>6} {NEIGHBOUR[concept]:>9} "
               f"{'benign colour/shape/bg':>24} {'seconds':>8}")
         rows = {}
