@@ -191,11 +191,11 @@ class EraseMethod:
                 self.unet_passes += n
             if cfg.method == "esd" or keep is not None:
                 # (z, t, conditioning) per original-model prediction, one batched call
-                rows = ([(z, t, unc), (z, t, c)] if cfg.method == "esd" else []) + ([(z_keep, t_keep, keep)] if keep is not None else [])
+                calls = ([(z, t, unc), (z, t, c)] if cfg.method == "esd" else []) + ([(z_keep, t_keep, keep)] if keep is not None else [])
                 with original_weights(self.pipe.unet, self.params, self.original):
-                    out = unet(torch.cat([r[0] for r in rows]), torch.cat([r[1] for r in rows]),
-                               encoder_hidden_states=torch.cat([r[2] for r in rows])).sample.float().chunk(len(rows))
-                self.unet_passes += n * len(rows)
+                    out = unet(torch.cat([a[0] for a in calls]), torch.cat([a[1] for a in calls]),
+                               encoder_hidden_states=torch.cat([a[2] for a in calls])).sample.float().chunk(len(calls))
+                self.unet_passes += n * len(calls)
                 if cfg.method == "esd":
                     e_u, e_c = out[0], out[1]
                     target = e_u - cfg.guidance * (e_c - e_u)  # ESD's negative guidance
