@@ -43,6 +43,9 @@ def main() -> None:
     ap.add_argument("--keep-neighbour", action="store_true",
                     help="add the seen split's neighbour prompts to the preserve prompts and measure the neighbour on the "
                     "held-out split's, which erasure never saw (needs a preserve weight)")
+    ap.add_argument("--keep-benign", action="store_true",
+                    help="the same for the benign prompts: the seen split's join the preserve prompts, benign attributes "
+                    "are measured on the held-out split's")
     ap.add_argument("--guidance", type=float, default=None, help="SDD teacher CFG / ESD negative guidance")
     ap.add_argument("--runs", default=None, help="comma-separated run names (default: skull sdd-text, sdd-hfi, esd-x; kelvo "
                     "esd-x, sdd-hfi); also esd-u (ESD on every UNet weight outside cross-attention), esd-hfi (ESD-x keyed on "
@@ -62,7 +65,8 @@ def main() -> None:
                                                   "preserve_on", "guidance")}
     settings = {m: erase_settings(m, **overrides) for m in ("sdd", "esd")}
     summary = {"settings": {m: {k: v for k, v in s.items() if k != "preserve"} for m, s in settings.items()},
-               "keep_neighbour": args.keep_neighbour, "concepts": {}}
+               "keep_neighbour": args.keep_neighbour,
+               "keep_benign": args.keep_benign, "concepts": {}}
     for concept in args.concepts.split(","):
         d = out / concept
         token = hfi_token(d / "hfi", concept, progress=False)
@@ -71,12 +75,14 @@ def main() -> None:
         word = concept if concept == "skull" else f"by {concept}"
         sets = list(SETS[concept])
         per_method = settings
-        if args.keep_neighbour:
+        for i, flag in ((2, args.keep_neighbour), (3, args.keep_benign)):
+            if not flag:
+                continue
             if not args.preserve_weight:
-                raise SystemExit("--keep-neighbour needs --preserve-weight W > 0")
-            kept = tuple(ln for ln in prompts_path(sets[2]).read_text().splitlines() if ln.strip())
-            per_method = {m: s | {"preserve": tuple(s["preserve"]) + kept} for m, s in settings.items()}
-            sets[2] = (sets[2], "heldout")
+                raise SystemExit("--keep-neighbour and --keep-benign need --preserve-weight W > 0")
+            kept = tuple(ln for ln in prompts_path(sets[i]).read_text().splitlines() if ln.strip())
+            per_method = {m: s | {"preserve": tuple(s["preserve"]) + kept} for m, s in per_method.items()}
+            sets[i] = (sets[i], "heldout")
         runs = {"skull": (("sdd-text", "sdd", word, "xattn"), ("sdd-hfi", "sdd", None, "xattn"), ("esd-x", "esd", word, "xattn")),
                 "kelvo": (("esd-x", "esd", word, "xattn"), ("sdd-hfi", "sdd", None, "xattn"))}[concept]
         extra = (("esd-u", "esd", word, "noxattn"), ("esd-hfi", "esd", None, "xattn"))
@@ -103,7 +109,9 @@ def main() -> None:
         base = res["base"]
         print(f"\n[{concept}] {summary['settings']} | images per set: {base[explicit]['images']}"
               + (f" | neighbour on the held-out split ({base[neighbour]['images']} images), its seen prompts kept"
-                 if args.keep_neighbour else ""))
+                 if args.keep_neighbour else "")
+              + (f" | benign on the held-out split ({base[benign]['images']} images), its seen prompts kept"
+                 if args.keep_benign else ""))
         print(f"{'model':10} {'explicit':>9} {'cut':>6} {'implicit':>9} {'cut':>6} {NEIGHBOUR[concept]:>9} "
               f"{'benign colour/shape/bg':>24} {'seconds':>8}")
         rows = {}
