@@ -73,16 +73,16 @@ def main() -> None:
         # (name, method, concept text or None for the HFI token, trained parameters); ESD-u is the ESD paper's
         # choice for objects, ESD-x for styles; esd-u and esd-hfi (ESD-x keyed on the token) run only when --runs names them
         word = concept if concept == "skull" else f"by {concept}"
-        sets = list(SETS[concept])
+        sets = [(name, "seen") for name in SETS[concept]]  # (prompt file, split)
         per_method = settings
         for i, flag in ((2, args.keep_neighbour), (3, args.keep_benign)):
             if not flag:
                 continue
             if not args.preserve_weight:
                 raise SystemExit("--keep-neighbour and --keep-benign need --preserve-weight W > 0")
-            kept = tuple(ln for ln in prompts_path(sets[i]).read_text().splitlines() if ln.strip())
+            kept = tuple(ln for ln in prompts_path(*sets[i]).read_text().splitlines() if ln.strip())
             per_method = {m: s | {"preserve": tuple(s["preserve"]) + kept} for m, s in per_method.items()}
-            sets[i] = (sets[i], "heldout")
+            sets[i] = (sets[i][0], "heldout")
         runs = {"skull": (("sdd-text", "sdd", word, "xattn"), ("sdd-hfi", "sdd", None, "xattn"), ("esd-x", "esd", word, "xattn")),
                 "kelvo": (("esd-x", "esd", word, "xattn"), ("sdd-hfi", "sdd", None, "xattn"))}[concept]
         extra = (("esd-u", "esd", word, "noxattn"), ("esd-hfi", "esd", None, "xattn"))
@@ -101,8 +101,7 @@ def main() -> None:
                 seconds[name] = json.loads((folder / "unsee.json").read_text())["summary"]["seconds"]
             models[name] = str(folder)
         m = evaluate(EvaluateConfig(model=tuple(models.values()), name=tuple(models), out=str(d / "eval"),
-                                    prompts=tuple(str(prompts_path(*s) if isinstance(s, tuple) else prompts_path(s))
-                                                  for s in sets),
+                                    prompts=tuple(str(prompts_path(*s)) for s in sets),
                                     images_per_prompt=args.images_per_prompt), progress=False)
         res = m["results"]
         explicit, implicit, neighbour, benign = SETS[concept]  # evaluate names a set by its file's stem

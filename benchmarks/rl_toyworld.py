@@ -28,14 +28,12 @@ from pathlib import Path
 def feedback_round(d: Path, policy: Path, n: int) -> tuple[Path, Path]:
     """The policy's images on its training prompts, judged by the HFI chain's simulated annotators."""
     from unsee.annotate import AutoAnnotateConfig, auto_annotate
-    from unsee.files import atomic_write_text
+    from unsee.demo import _prompt_file
     from unsee.generate import GenerateConfig, generate
-    from unsee.toyworld import prompts_path
 
     d.mkdir(parents=True, exist_ok=True)
-    lines = [ln for name in ("object_explicit", "benign") for ln in prompts_path(name).read_text().splitlines() if ln.strip()]
-    atomic_write_text(d / "prompts.txt", "\n".join(lines) + "\n")
-    images = generate(GenerateConfig(model=str(policy), prompts=str(d / "prompts.txt"), out=str(d / "images"),
+    prompts = _prompt_file(d / "prompts.txt", ("object_explicit", "benign"))
+    images = generate(GenerateConfig(model=str(policy), prompts=str(prompts), out=str(d / "images"),
                                      images_per_prompt=4, batch_size=32, seed=1000 + n), progress=False)
     fb = d / "feedback.jsonl"
     if not fb.exists():

@@ -197,9 +197,7 @@ def rank_pairs(groups: Iterable[Rank]) -> list[tuple[str, str, str]]:
 
 def combine_feedback(parts: list[Feedback], paths: list[str]) -> Feedback:
     """Feedback on several image sets as one: image ids become 'K/ID', K the set's position (rounds of feedback,
-    each on the images of its round). A single set keeps its ids. The files must name the same labels."""
-    if len(parts) == 1:
-        return parts[0]
+    each on the images of its round). The files must name the same labels."""
     for p, path in zip(parts[1:], paths[1:], strict=True):
         if set(p.labels) != set(parts[0].labels):
             raise UnseeError(f"{path} has labels {', '.join(p.labels)} but {paths[0]} has {', '.join(parts[0].labels)}; "

@@ -60,14 +60,14 @@ class RewardTrainConfig:
 
 
 def _embed(sets: list[ImageSet], ids: list[str], clip) -> torch.Tensor:
-    """CLIP embeddings of `ids`, in order: the set's own ids for one set, 'K/ID' (set K) for several."""
+    """CLIP embeddings of `ids` ('K/ID': image ID of set K, as `combine_feedback` names them), in order."""
     rows: dict[str, torch.Tensor] = {}
     for k, s in enumerate(sets):
         by_id = s.by_id()
-        mine = ids if len(sets) == 1 else [i for i in ids if i.split("/", 1)[0] == str(k)]
+        mine = [i for i in ids if i.startswith(f"{k}/")]
         for j in range(0, len(mine), 512):
             part = mine[j : j + 512]
-            recs = [by_id[i if len(sets) == 1 else i.split("/", 1)[1]] for i in part]
+            recs = [by_id[i.split("/", 1)[1]] for i in part]
             rows.update(zip(part, clip.image_embeds(s.load_images(recs)), strict=True))
     return torch.stack([rows[i] for i in ids])
 
