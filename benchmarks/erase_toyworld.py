@@ -38,8 +38,11 @@ def main() -> None:
                     "trajectory every update, the public code's training signal)")
     ap.add_argument("--ema-decay", type=float, default=None)
     ap.add_argument("--preserve-weight", type=float, default=None)
-    ap.add_argument("--preserve-on", choices=("concept", "own"), default=None,
-                    help="latents of the preserve term: the concept's trajectories or the kept prompts' own")
+    ap.add_argument("--preserve-on", choices=("concept", "own", "kv"), default=None,
+                    help="what the preserve term compares: predictions on the concept's trajectories or the kept "
+                    "prompts' own, or the kept prompts' cross-attention keys and values")
+    ap.add_argument("--params", default=None, help="trained parameters of the cross-attention runs (default xattn; "
+                    "xattn-kv trains only the keys and values)")
     ap.add_argument("--keep-neighbour", action="store_true",
                     help="add the seen split's neighbour prompts to the preserve prompts and measure the neighbour on the "
                     "held-out split's, which erasure never saw (needs a preserve weight)")
@@ -65,6 +68,7 @@ def main() -> None:
                                                   "preserve_on", "guidance")}
     settings = {m: erase_settings(m, **overrides) for m in ("sdd", "esd")}
     summary = {"settings": {m: {k: v for k, v in s.items() if k != "preserve"} for m, s in settings.items()},
+               "params": args.params,
                "keep_neighbour": args.keep_neighbour,
                "keep_benign": args.keep_benign, "concepts": {}}
     for concept in args.concepts.split(","):
@@ -88,7 +92,7 @@ def main() -> None:
         extra = (("esd-u", "esd", word, "noxattn"), ("esd-hfi", "esd", None, "xattn"))
         chosen = args.runs.split(",") if args.runs else [r[0] for r in runs]
         runs += extra
-        runs = tuple(r for r in runs if r[0] in chosen)
+        runs = tuple(r[:3] + ((args.params or "xattn") if r[3] == "xattn" else r[3],) for r in runs if r[0] in chosen)
         models, seconds = {"base": "toyworld"}, {}
         for name, method, text, params in runs:
             folder = d / "models" / name

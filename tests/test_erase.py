@@ -52,9 +52,11 @@ def test_esd_lora_loads_with_load_lora_weights(tiny_model_dir, tmp_path):
     assert _gap(pipe) != pytest.approx(before, rel=1e-6)
 
 
-@pytest.mark.parametrize("kw", [{}, {"method": "esd", "preserve": ("a blue house",), "preserve_on": "own"}])
+@pytest.mark.parametrize("kw", [{}, {"method": "esd", "preserve": ("a blue house",), "preserve_on": "own"},
+                                {"method": "esd", "preserve": ("a blue house",), "preserve_on": "kv", "params": "xattn-kv"}])
 def test_resume_after_a_kill_gives_the_same_weights(tiny_model_dir, tmp_path, monkeypatch, kw):
-    """Also with the kept prompts' own trajectories, which a resumed run samples again from the original model."""
+    """Also with the kept prompts' own trajectories, which a resumed run samples again from the original model,
+    and with their original keys and values, which it must take from the original weights, not the checkpoint's."""
     import unsee.trainer as tr
 
     full = tmp_path / "full"
@@ -83,13 +85,14 @@ def test_sdd_pulls_the_concept_to_the_unconditional(tiny_model_dir, tmp_path):
     assert _gap(erased) < 0.5 * _gap(base)
 
 
-@pytest.mark.parametrize("preserve_on", ["concept", "own"])
-def test_preserve_prompts_keep_their_predictions_closer_to_the_original(tiny_model_dir, tmp_path, preserve_on):
+@pytest.mark.parametrize("preserve_on, params", [("concept", "xattn"), ("own", "xattn"), ("kv", "xattn-kv")])
+def test_preserve_prompts_keep_their_predictions_closer_to_the_original(tiny_model_dir, tmp_path, preserve_on, params):
     """Erasing hard moves other prompts too (over-erasure); the --preserve term holds them near the original,
-    compared on the concept's latents or on the kept prompts' own trajectories."""
+    compared on the concept's latents, on the kept prompts' own trajectories, or on their cross-attention keys and
+    values (with only those projections training)."""
     keep = tmp_path / "keep.txt"
     keep.write_text("a blue house at night\na green tree on a mountain\n")
-    kw = dict(steps=40, reuse=8, checkpoint_every=40, lr=3e-3, ema_decay=0.5)
+    kw = dict(steps=40, reuse=8, checkpoint_every=40, lr=3e-3, ema_decay=0.5, params=params)
     erase(_cfg(tiny_model_dir, tmp_path / "plain", **kw), progress=False)
     summary = erase(_cfg(tiny_model_dir, tmp_path / "kept", preserve=(f"@{keep}",), preserve_weight=10.0, preserve_on=preserve_on,
                          **kw), progress=False)

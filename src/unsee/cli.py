@@ -341,6 +341,7 @@ Examples:
   unsee erase --model toyworld --method esd --params xattn --concept "by kelvo" --guidance 1 --out runs/esd-x
   unsee erase --model toyworld --method sdd --token flagged.safetensors --out runs/hfi-sdd     # HFI: erase the learned token
   unsee erase --model toyworld --method esd --token flagged.safetensors --preserve @keep.txt --preserve-on own --out runs/hfi-esd
+  unsee erase --model toyworld --method esd --concept "by kelvo" --params xattn-kv --preserve @keep.txt --preserve-on kv --out runs/esd-kv
   unsee erase --model ./sd15 --method esd --params lora --concept nudity --out runs/esd-lora   # pipe.load_lora_weights(out)
 
 A rerun with the same --out resumes from the last checkpoint.

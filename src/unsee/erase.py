@@ -42,7 +42,8 @@ class EraseConfig:
     method: Literal["sdd", "esd"] = field("sdd", help="sdd: self-distillation to the unconditional; esd: negative guidance.")
     concept: tuple[str, ...] = field((), help="Concept text (repeatable); several are joined by ', ' for sampling.")
     token: str | None = field(None, help="A learned token file from `unsee invert` to use as the concept instead.")
-    params: ParamSet = field("xattn", help="Which UNet parameters train: xattn (ESD-x, SDD), noxattn (ESD-u), full, lora.")
+    params: ParamSet = field("xattn", help="Which UNet parameters train: xattn (ESD-x, SDD), xattn-kv (cross-"
+                                   "attention keys and values only), noxattn (ESD-u), full, lora.")
     steps: int = field(1500, help="Updates.")
     lr: float = field(1e-5, help="AdamW learning rate.")
     guidance: float | None = field(None, help="SDD: teacher CFG scale (default 3.0); ESD: negative guidance eta (default 1.0).")
@@ -59,9 +60,13 @@ class EraseConfig:
                                           "--preserve-weight x ||eps(z, t, c_keep) - eps_original(z, t, c_keep)||^2, "
                                           "an anchor against over-erasure that the original SDD and ESD do not have.")
     preserve_weight: float = field(1.0, help="Weight of the --preserve term.")
-    preserve_on: Literal["concept", "own"] = field("concept", help="Noisy latents the --preserve term compares on: concept "
-                                                   "(the concept's trajectories, no extra passes) or own (trajectories the "
-                                                   "original model samples from each kept prompt, once, at the start).")
+    preserve_on: Literal["concept", "own", "kv"] = field("concept", help="What the --preserve term compares: predictions "
+                                                         "on the concept's trajectories (concept, no extra passes) or on "
+                                                         "trajectories the original model samples from each kept prompt "
+                                                         "once at the start (own); or kv, the kept prompts' cross-attention "
+                                                         "keys and values (relative squared change, no UNet pass; with "
+                                                         "--params xattn-kv a prompt whose keys and values hold is drawn "
+                                                         "exactly as before).")
     preserve_samples: int = field(2, help="--preserve-on own: trajectories sampled per kept prompt.")
 
     def __post_init__(self) -> None:
@@ -103,7 +108,13 @@ class EraseMethod:
         keep = cfg.preserve_prompts()
         self.c_keep = encode_text(pipe, keep) if keep else None
         self.original = None
-        if (cfg.method == "esd" or keep) and cfg.params != "lora":
+        self.kv_refs: list[tuple[torch.nn.Module, torch.Tensor]] = []  # --preserve-on kv: (projection, original output)
+        if keep and cfg.preserve_on == "kv":
+            with torch.no_grad():
+                for name, m in pipe.unet.named_modules():
+                    if name.endswith("attn2"):
+                        self.kv_refs += [(proj, proj(self.c_keep.to(dev, pipe.unet.dtype)).float()) for proj in (m.to_k, m.to_v)]
+        if (cfg.method == "esd" or (keep and cfg.preserve_on != "kv")) and cfg.params != "lora":
             self.original = {k: p.detach().clone() for k, p in params.items()}
         self.cache: torch.Tensor | None = None  # (batch, K, C, h, w): z after k DDIM steps
         self.keep_cache: tuple[torch.Tensor, torch.Tensor] | None = None  # --preserve-on own: trajectories, prompt rows
@@ -181,7 +192,7 @@ class EraseMethod:
                 self._sample_keep_cache()
             z_keep, t_keep, rows = self._draw(self.keep_cache[0], g, n)
             keep = self.c_keep[self.keep_cache[1][rows]].to(z.device)
-        elif self.c_keep is not None:
+        elif self.c_keep is not None and cfg.preserve_on == "concept":
             keep = self.c_keep[(step * cfg.batch_size + torch.arange(n)) % len(self.c_keep)].to(z.device)
         # Every no-grad target comes before the trained forward: swapping in the original weights
         # rewrites the parameters in place, which a graph already built would refuse.
@@ -203,13 +214,24 @@ class EraseMethod:
         if keep is None:
             pred = unet(z, t, encoder_hidden_states=c).sample.float()
             self.unet_passes += n
-            return F.mse_loss(pred, target), {}
-        # Preservation: the prompts to keep predict what the original model predicted (on the concept's z_t, or their own).
-        pred, keep_pred = unet(torch.cat([z, z_keep]), torch.cat([t, t_keep]),
-                               encoder_hidden_states=torch.cat([c, keep])).sample.float().chunk(2)
-        self.unet_passes += 2 * n
-        loss, keep_loss = F.mse_loss(pred, target), F.mse_loss(keep_pred, keep_target)
+            loss = F.mse_loss(pred, target)
+            if not self.kv_refs:
+                return loss, {}
+            keep_loss = self._kv_drift()
+        else:
+            # Preservation: the prompts to keep predict what the original model predicted (on the concept's z_t, or their own).
+            pred, keep_pred = unet(torch.cat([z, z_keep]), torch.cat([t, t_keep]),
+                                   encoder_hidden_states=torch.cat([c, keep])).sample.float().chunk(2)
+            self.unet_passes += 2 * n
+            loss, keep_loss = F.mse_loss(pred, target), F.mse_loss(keep_pred, keep_target)
         return loss + cfg.preserve_weight * keep_loss, {"erase_loss": float(loss.detach()), "keep_loss": float(keep_loss.detach())}
+
+    def _kv_drift(self) -> torch.Tensor:
+        """Mean over cross-attention projections of the relative squared change of the kept prompts' keys and values.
+        They are the only route by which a prompt reaches the UNet: with --params xattn-kv, unchanged keys and values
+        mean an unchanged prediction for every latent and timestep."""
+        c = self.c_keep.to(self.pipe.unet.device, self.pipe.unet.dtype)
+        return torch.stack([F.mse_loss(proj(c).float(), ref) / ref.pow(2).mean() for proj, ref in self.kv_refs]).mean()
 
 
 def erase(cfg: EraseConfig, *, progress: bool = True) -> dict:

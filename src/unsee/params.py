@@ -1,6 +1,9 @@
 """Which UNet parameters train: one helper for erase, RL and every later trainer.
 
 - `xattn`: cross-attention (`attn2`) only (ESD-x; SDD's default, ~5% of SD 1.x).
+- `xattn-kv`: cross-attention keys and values only (`attn2.to_k`, `attn2.to_v`): the
+  only weights that read the prompt, so a prompt whose keys and values stay put
+  is drawn exactly as before (what closed-form editors such as UCE change).
 - `noxattn`: everything but cross-attention (ESD-u, for global concepts).
 - `full`: every UNet parameter.
 - `lora`: a PEFT LoRA adapter on attention projections; the base stays frozen
@@ -19,8 +22,8 @@ import torch
 from unsee.config import field
 from unsee.errors import UnseeError
 
-ParamSet = Literal["xattn", "noxattn", "full", "lora"]
-PARAM_SETS: tuple[str, ...] = ("xattn", "noxattn", "full", "lora")
+ParamSet = Literal["xattn", "xattn-kv", "noxattn", "full", "lora"]
+PARAM_SETS: tuple[str, ...] = ("xattn", "xattn-kv", "noxattn", "full", "lora")
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 
 
@@ -39,6 +42,10 @@ class LoraSettings:
 
 def _is_xattn(name: str) -> bool:
     return ".attn2." in f".{name}"
+
+
+def _is_xattn_kv(name: str) -> bool:
+    return ".attn2.to_k." in f".{name}" or ".attn2.to_v." in f".{name}"
 
 
 def select_parameters(unet: torch.nn.Module, which: ParamSet, lora: LoraSettings | None = None,
@@ -65,7 +72,8 @@ def select_parameters(unet: torch.nn.Module, which: ParamSet, lora: LoraSettings
             unet.add_adapter(config)
         params = [p for n, p in unet.named_parameters() if "lora_" in n]
     else:
-        keep = {"xattn": _is_xattn, "noxattn": lambda n: not _is_xattn(n), "full": lambda n: True}[which]
+        keep = {"xattn": _is_xattn, "xattn-kv": _is_xattn_kv, "noxattn": lambda n: not _is_xattn(n),
+                "full": lambda n: True}[which]
         params = [p for n, p in unet.named_parameters() if keep(n)]
     if not params:
         raise UnseeError(f"params {which!r} selects no parameter of this UNet")
