@@ -87,12 +87,12 @@ def main() -> None:
             kept = tuple(ln for ln in prompts_path(*sets[i]).read_text().splitlines() if ln.strip())
             per_method = {m: s | {"preserve": tuple(s["preserve"]) + kept} for m, s in per_method.items()}
             sets[i] = (sets[i][0], "heldout")
-        runs = {"skull": (("sdd-text", "sdd", word, "xattn"), ("sdd-hfi", "sdd", None, "xattn"), ("esd-x", "esd", word, "xattn")),
-                "kelvo": (("esd-x", "esd", word, "xattn"), ("sdd-hfi", "sdd", None, "xattn"))}[concept]
-        extra = (("esd-u", "esd", word, "noxattn"), ("esd-hfi", "esd", None, "xattn"))
+        xp = args.params or "xattn"  # the cross-attention runs' trained parameters
+        runs = {"skull": (("sdd-text", "sdd", word, xp), ("sdd-hfi", "sdd", None, xp), ("esd-x", "esd", word, xp)),
+                "kelvo": (("esd-x", "esd", word, xp), ("sdd-hfi", "sdd", None, xp))}[concept]
+        extra = (("esd-u", "esd", word, "noxattn"), ("esd-hfi", "esd", None, xp))
         chosen = args.runs.split(",") if args.runs else [r[0] for r in runs]
-        runs += extra
-        runs = tuple(r[:3] + ((args.params or "xattn") if r[3] == "xattn" else r[3],) for r in runs if r[0] in chosen)
+        runs = tuple(r for r in runs + extra if r[0] in chosen)
         models, seconds = {"base": "toyworld"}, {}
         for name, method, text, params in runs:
             folder = d / "models" / name

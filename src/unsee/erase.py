@@ -120,8 +120,6 @@ class EraseMethod:
         self.keep_cache: tuple[torch.Tensor, torch.Tensor] | None = None  # --preserve-on own: trajectories, prompt rows
         self.cache_cycle = -1
         self.sched = pipe.scheduler
-        self.sched.set_timesteps(cfg.ddim_steps, device=dev)
-        self.ddim_t = self.sched.timesteps.clone()  # (K,), descending
         self.n_train = self.sched.config.num_train_timesteps
         self.unet_passes = 0
 
@@ -143,7 +141,7 @@ class EraseMethod:
             eps = cfg_noise(pipe, z, t, cond.to(z.device), unc, s)
             self.unet_passes += 2 * n
             z = self.sched.step(eps, t, z).prev_sample
-        return torch.stack(zs, 1)  # z_k is the latent at DDIM timestep ddim_t[k]
+        return torch.stack(zs, 1)  # z_k is the latent at the k-th DDIM timestep (descending)
 
     @torch.no_grad()
     def _sample_cache(self, cycle: int) -> None:
