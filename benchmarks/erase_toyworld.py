@@ -38,9 +38,12 @@ def main() -> None:
                     "trajectory every update, the public code's training signal)")
     ap.add_argument("--ema-decay", type=float, default=None)
     ap.add_argument("--preserve-weight", type=float, default=None)
-    ap.add_argument("--preserve-on", choices=("concept", "own", "kv"), default=None,
+    ap.add_argument("--preserve-on", choices=("concept", "own", "kv", "null"), default=None,
                     help="what the preserve term compares: predictions on the concept's trajectories or the kept "
-                    "prompts' own, or the kept prompts' cross-attention keys and values")
+                    "prompts' own, or the kept prompts' cross-attention keys and values; null projects every update "
+                    "off the kept prompts' token states (brings the kept prompts only with --preserve-weight > 0)")
+    ap.add_argument("--null-energy", type=float, default=None, help="--preserve-on null: share of the kept states' "
+                    "energy whose directions are held")
     ap.add_argument("--params", default=None, help="trained parameters of the cross-attention runs (default xattn; "
                     "xattn-kv trains only the keys and values)")
     ap.add_argument("--keep-neighbour", action="store_true",
@@ -50,6 +53,7 @@ def main() -> None:
                     help="the same for the benign prompts: the seen split's join the preserve prompts, benign attributes "
                     "are measured on the held-out split's")
     ap.add_argument("--guidance", type=float, default=None, help="SDD teacher CFG / ESD negative guidance")
+    ap.add_argument("--seed", type=int, default=None, help="seed of the erase runs (default 0); the evaluation's seeds stay")
     ap.add_argument("--runs", default=None, help="comma-separated run names (default: skull sdd-text, sdd-hfi, esd-x; kelvo "
                     "esd-x, sdd-hfi); also esd-u (ESD on every UNet weight outside cross-attention), esd-hfi (ESD-x keyed on "
                     "the learned token)")
@@ -65,7 +69,7 @@ def main() -> None:
     dlog.disable_progress_bar()
     out = Path(args.out)
     overrides = {k: getattr(args, k) for k in ("steps", "lr", "batch_size", "reuse", "ema_decay", "preserve_weight",
-                                                  "preserve_on", "guidance")}
+                                                  "preserve_on", "guidance", "null_energy", "seed")}
     settings = {m: erase_settings(m, **overrides) for m in ("sdd", "esd")}
     summary = {"settings": {m: {k: v for k, v in s.items() if k != "preserve"} for m, s in settings.items()},
                "params": args.params,

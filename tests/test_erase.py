@@ -53,7 +53,8 @@ def test_esd_lora_loads_with_load_lora_weights(tiny_model_dir, tmp_path):
 
 
 @pytest.mark.parametrize("kw", [{}, {"method": "esd", "preserve": ("a blue house",), "preserve_on": "own"},
-                                {"method": "esd", "preserve": ("a blue house",), "preserve_on": "kv", "params": "xattn-kv"}])
+                                {"method": "esd", "preserve": ("a blue house",), "preserve_on": "kv", "params": "xattn-kv"},
+                                {"method": "esd", "preserve": ("a blue house",), "preserve_on": "null", "null_energy": 0.9}])
 def test_resume_after_a_kill_gives_the_same_weights(tiny_model_dir, tmp_path, monkeypatch, kw):
     """Also with the kept prompts' own trajectories, which a resumed run samples again from the original model,
     and with their original keys and values, which it must take from the original weights, not the checkpoint's."""
@@ -114,6 +115,37 @@ def test_preserve_prompts_keep_their_predictions_closer_to_the_original(tiny_mod
     assert _gap(StableDiffusionPipeline.from_pretrained(tmp_path / "kept")) < _gap(StableDiffusionPipeline.from_pretrained(tiny_model_dir))
 
 
+def test_null_space_constraint_holds_the_kept_states_and_still_erases(tiny_model_dir, tmp_path):
+    """--preserve-on null: every change to the keys' and values' weights lies off the kept states' main directions,
+    so their keys and values move far less than in a plain run, while the concept is still pulled in."""
+    from unsee.erase import _null_projector
+    from unsee.sampling import encode_text
+
+    kept = ["a blue house at night", "a green tree on a mountain"]
+    kw = dict(method="esd", steps=40, reuse=8, checkpoint_every=40, lr=3e-3, params="xattn-kv")
+    erase(_cfg(tiny_model_dir, tmp_path / "plain", **kw), progress=False)
+    summary = erase(_cfg(tiny_model_dir, tmp_path / "null", preserve=tuple(kept), preserve_on="null", null_energy=0.95,
+                         **kw), progress=False)
+    base = StableDiffusionPipeline.from_pretrained(tiny_model_dir)
+    states = encode_text(base, kept)
+    proj, rank = _null_projector(states, 0.95)
+    assert 0 < rank < len(proj)
+    info = summary["null_space"]
+    assert info["held"] == f"{rank} of {len(proj)}" and 0 < info["free_share_kept"] < 0.05 + 1e-9 < info["free_share_concept"]
+    w0 = base.unet.state_dict()
+
+    def kv_drift(folder):
+        w = StableDiffusionPipeline.from_pretrained(folder).unet.state_dict()
+        names = [k for k in w0 if ".attn2.to_k." in k or ".attn2.to_v." in k]
+        for k in names:  # the saved change is already projected: projecting it again changes nothing
+            if folder.name == "null":
+                assert torch.allclose((w[k] - w0[k]) @ proj, w[k] - w0[k], atol=1e-6)
+        return sum(float(((w[k] - w0[k]) @ states[0].T).norm() / (w0[k] @ states[0].T).norm()) for k in names)
+
+    assert kv_drift(tmp_path / "null") < 0.3 * kv_drift(tmp_path / "plain")
+    assert _gap(StableDiffusionPipeline.from_pretrained(tmp_path / "null")) < _gap(base)
+
+
 def test_a_learned_token_can_be_the_concept(tiny_model_dir, tmp_path):
     from unsee.invert import save_embedding
 
@@ -129,6 +161,9 @@ def test_a_learned_token_can_be_the_concept(tiny_model_dir, tmp_path):
     ({"token": "t.safetensors"}, "not both"),
     ({"checkpoint_every": 3}, "multiple of --reuse"),
     ({"steps": 0}, "--steps must be >= 1"),
+    ({"preserve_on": "kv", "params": "noxattn"}, "holds the cross-attention keys"),
+    ({"preserve_on": "null", "params": "lora"}, "holds the cross-attention keys"),
+    ({"null_energy": 0}, "--null-energy must be in"),
 ])
 def test_bad_settings(tiny_model_dir, tmp_path, kw, message):
     with pytest.raises(UnseeError, match=message):

@@ -342,6 +342,8 @@ Examples:
   unsee erase --model toyworld --method sdd --token flagged.safetensors --out runs/hfi-sdd     # HFI: erase the learned token
   unsee erase --model toyworld --method esd --token flagged.safetensors --preserve @keep.txt --preserve-on own --out runs/hfi-esd
   unsee erase --model toyworld --method esd --concept "by kelvo" --params xattn-kv --preserve @keep.txt --preserve-on kv --out runs/esd-kv
+  unsee erase --model toyworld --method esd --concept "by kelvo" --params xattn-kv --preserve @keep.txt --preserve-on null \
+      --guidance 2 --steps 600 --lr 3e-4 --batch-size 4 --out runs/esd-null
   unsee erase --model ./sd15 --method esd --params lora --concept nudity --out runs/esd-lora   # pipe.load_lora_weights(out)
 
 A rerun with the same --out resumes from the last checkpoint.

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from unsee.config import field
 from unsee.errors import UnseeError
 from unsee.files import atomic_write_text
-from unsee.params import LoraSettings, ParamSet, save_trained_unet, select_parameters
+from unsee.params import LoraSettings, ParamSet, is_xattn_kv, save_trained_unet, select_parameters
 from unsee.runinfo import write_run_info
 from unsee.sampling import cfg_noise, encode_text
 from unsee.trainer import TrainConfig, Trainer, original_weights, step_generator
@@ -60,14 +60,19 @@ class EraseConfig:
                                           "--preserve-weight x ||eps(z, t, c_keep) - eps_original(z, t, c_keep)||^2, "
                                           "an anchor against over-erasure that the original SDD and ESD do not have.")
     preserve_weight: float = field(1.0, help="Weight of the --preserve term.")
-    preserve_on: Literal["concept", "own", "kv"] = field("concept", help="What the --preserve term compares: predictions "
-                                                         "on the concept's trajectories (concept, no extra passes) or on "
-                                                         "trajectories the original model samples from each kept prompt "
-                                                         "once at the start (own); or kv, the kept prompts' cross-attention "
-                                                         "keys and values (relative squared change, no UNet pass; with "
-                                                         "--params xattn-kv a prompt whose keys and values hold is drawn "
-                                                         "exactly as before).")
+    preserve_on: Literal["concept", "own", "kv", "null"] = field(
+        "concept", help="What the --preserve term compares: predictions on the concept's trajectories (concept, no extra "
+        "passes) or on trajectories the original model samples from each kept prompt once at the start (own); or kv, "
+        "the kept prompts' cross-attention keys and values (relative squared change, no UNet pass; with --params "
+        "xattn-kv a prompt whose keys and values hold is drawn exactly as before). null is a constraint, not a term: "
+        "after every update the change to the cross-attention keys' and values' weights is projected off the "
+        "directions that hold --null-energy of the kept prompts' token states, so those states' keys and values "
+        "barely move whatever the erase loss wants (AlphaEdit's null-space constraint; --preserve-weight is unused).")
     preserve_samples: int = field(2, help="--preserve-on own: trajectories sampled per kept prompt.")
+    null_energy: float = field(0.8, help="--preserve-on null: the share of the kept token states' energy (uncentred, "
+                                          "over their distinct states) whose directions the keys and values may not change; "
+                                          "1 freezes every direction the states span. On the toy world 0.99 and 0.95 held the named "
+                                          "style in place and 0.8 erased it (README).")
 
     def __post_init__(self) -> None:
         if bool(self.concept) == bool(self.token):
@@ -82,6 +87,13 @@ class EraseConfig:
             self.guidance = 3.0 if self.method == "sdd" else 1.0
         if self.preserve_weight < 0:
             raise UnseeError(f"--preserve-weight must be >= 0, got {self.preserve_weight}")
+        # kv and null act on the cross-attention keys' and values' weights; null projects them, so it needs them plain
+        if (self.preserve_on == "kv" and self.params == "noxattn") or (self.preserve_on == "null" and self.params in ("noxattn", "lora")):
+            raise UnseeError(f"--preserve-on {self.preserve_on} holds the cross-attention keys and values, which --params "
+                             f"{self.params} cannot change that way; use --params xattn-kv or xattn, or --preserve-on "
+                             "concept or own")
+        if not 0 < self.null_energy <= 1:
+            raise UnseeError(f"--null-energy must be in (0, 1], got {self.null_energy}")
 
     def preserve_prompts(self) -> list[str]:
         out: list[str] = []
@@ -114,8 +126,22 @@ class EraseMethod:
                 for name, m in pipe.unet.named_modules():
                     if name.endswith("attn2"):
                         self.kv_refs += [(proj, proj(self.c_keep.to(dev, pipe.unet.dtype)).float()) for proj in (m.to_k, m.to_v)]
-        if (cfg.method == "esd" or (keep and cfg.preserve_on != "kv")) and cfg.params != "lora":
+        if (cfg.method == "esd" or (keep and cfg.preserve_on not in ("kv", "null"))) and cfg.params != "lora":
             self.original = {k: p.detach().clone() for k, p in params.items()}
+        # --preserve-on null: (name, original weight) of each key/value projection, and the projector off the kept span
+        self.null_refs: list[tuple[str, torch.Tensor]] = []
+        self.null_proj: torch.Tensor | None = None
+        self.null_info: dict | None = None
+        if keep and cfg.preserve_on == "null":
+            proj, rank = _null_projector(self.c_keep, cfg.null_energy)
+            self.null_proj = proj.to(dev)
+            self.null_refs = [(k, p.detach().clone()) for k, p in params.items() if is_xattn_kv(k)]
+            # How much the edit may act on: the share of the concept's difference from the empty prompt, and of the
+            # kept states, that lies outside the held directions (near 0 for the concept: lower --null-energy).
+            self.null_info = {"held": f"{rank} of {len(proj)}",
+                              "free_share_concept": _free_share(self.c_s - self.uncond, proj),
+                              "free_share_kept": _free_share(torch.unique(self.c_keep.reshape(-1, proj.shape[0]), dim=0), proj)}
+            logger.info("null-space constraint: %s", self.null_info)
         self.cache: torch.Tensor | None = None  # (batch, K, C, h, w): z after k DDIM steps
         self.keep_cache: tuple[torch.Tensor, torch.Tensor] | None = None  # --preserve-on own: trajectories, prompt rows
         self.cache_cycle = -1
@@ -224,12 +250,38 @@ class EraseMethod:
             loss, keep_loss = F.mse_loss(pred, target), F.mse_loss(keep_pred, keep_target)
         return loss + cfg.preserve_weight * keep_loss, {"erase_loss": float(loss.detach()), "keep_loss": float(keep_loss.detach())}
 
+    @torch.no_grad()
+    def on_step_end(self, trainer: Trainer, step: int) -> None:
+        """--preserve-on null: W <- W0 + (W - W0)(I - P) for the keys' and values' weights (and the EMA; the map is
+        affine, so projecting the EMA equals an EMA of projected weights)."""
+        for name, w0 in self.null_refs:
+            for w in (self.params[name], *((trainer.ema[name],) if trainer.ema is not None else ())):
+                w.copy_(w0 + (w - w0) @ self.null_proj)
+
     def _kv_drift(self) -> torch.Tensor:
         """Mean over cross-attention projections of the relative squared change of the kept prompts' keys and values.
         They are the only route by which a prompt reaches the UNet: with --params xattn-kv, unchanged keys and values
         mean an unchanged prediction for every latent and timestep."""
         c = self.c_keep.to(self.pipe.unet.device, self.pipe.unet.dtype)
         return torch.stack([F.mse_loss(proj(c).float(), ref) / ref.pow(2).mean() for proj, ref in self.kv_refs]).mean()
+
+
+def _null_projector(states: torch.Tensor, energy: float) -> tuple[torch.Tensor, int]:
+    """(I - V_r V_r^T, r): V_r the fewest top eigenvectors of the distinct token states' second moment that hold
+    `energy` of it. A weight change dW projected this way leaves dW s near zero for every kept state s."""
+    s = torch.unique(states.reshape(-1, states.shape[-1]).double(), dim=0)  # padding repeats; count each state once
+    ev, vecs = torch.linalg.eigh(s.T @ s)
+    ev, vecs = ev.flip(0).clamp(min=0), vecs.flip(1)
+    r = int((ev.cumsum(0) / ev.sum() < energy - 1e-12).sum()) + 1
+    r = min(r, len(ev))
+    v = vecs[:, :r]
+    return (torch.eye(len(ev), dtype=torch.float64) - v @ v.T).float(), r
+
+
+def _free_share(x: torch.Tensor, proj: torch.Tensor) -> float:
+    """||x (I - VV^T)||^2 / ||x||^2 over the rows of x: the part of these text states a projected edit can reach."""
+    x = x.reshape(-1, proj.shape[0]).double().cpu()
+    return round(float((x @ proj.double()).pow(2).sum() / x.pow(2).sum().clamp(min=1e-30)), 4)
 
 
 def erase(cfg: EraseConfig, *, progress: bool = True) -> dict:
@@ -272,6 +324,8 @@ def erase(cfg: EraseConfig, *, progress: bool = True) -> dict:
     summary = {"method": cfg.method, "concepts": concepts, "seconds": round(result.seconds, 1),
                "unet_passes_per_update": method.unet_passes / max(1, cfg.steps - result.resumed_from),
                "processes": trainer.state.num_processes, "weights_digest": result.digest, "final": result.last_logs}
+    if method.null_info is not None:
+        summary["null_space"] = method.null_info
     if not trainer.state.is_main_process:
         return summary
     final = trainer.ema_weights() if cfg.method == "sdd" else contextlib.nullcontext()

@@ -44,7 +44,7 @@ def _is_xattn(name: str) -> bool:
     return ".attn2." in f".{name}"
 
 
-def _is_xattn_kv(name: str) -> bool:
+def is_xattn_kv(name: str) -> bool:
     return ".attn2.to_k." in f".{name}" or ".attn2.to_v." in f".{name}"
 
 
@@ -72,7 +72,7 @@ def select_parameters(unet: torch.nn.Module, which: ParamSet, lora: LoraSettings
             unet.add_adapter(config)
         params = [p for n, p in unet.named_parameters() if "lora_" in n]
     else:
-        keep = {"xattn": _is_xattn, "xattn-kv": _is_xattn_kv, "noxattn": lambda n: not _is_xattn(n),
+        keep = {"xattn": _is_xattn, "xattn-kv": is_xattn_kv, "noxattn": lambda n: not _is_xattn(n),
                 "full": lambda n: True}[which]
         params = [p for n, p in unet.named_parameters() if keep(n)]
     if not params:
