@@ -56,7 +56,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=None, help="seed of the erase runs (default 0); the evaluation's seeds stay")
     ap.add_argument("--runs", default=None, help="comma-separated run names (default: skull sdd-text, sdd-hfi, esd-x; kelvo "
                     "esd-x, sdd-hfi); also esd-u (ESD on every UNet weight outside cross-attention), esd-hfi (ESD-x keyed on "
-                    "the learned token)")
+                    "the learned token), sdd-hfi-word and esd-hfi-word (keyed on the token and the word, in turn)")
     args = ap.parse_args()
 
     from diffusers.utils import logging as dlog
@@ -78,8 +78,7 @@ def main() -> None:
     for concept in args.concepts.split(","):
         d = out / concept
         token = hfi_token(d / "hfi", concept, progress=False)
-        # (name, method, concept text or None for the HFI token, trained parameters); ESD-u is the ESD paper's
-        # choice for objects, ESD-x for styles; esd-u and esd-hfi (ESD-x keyed on the token) run only when --runs names them
+        # ESD-u is the ESD paper's choice for objects, ESD-x for styles; the `extra` runs run only when --runs names them
         word = concept if concept == "skull" else f"by {concept}"
         sets = [(name, "seen") for name in SETS[concept]]  # (prompt file, split)
         per_method = settings
@@ -92,18 +91,21 @@ def main() -> None:
             per_method = {m: s | {"preserve": tuple(s["preserve"]) + kept} for m, s in per_method.items()}
             sets[i] = (sets[i][0], "heldout")
         xp = args.params or "xattn"  # the cross-attention runs' trained parameters
-        runs = {"skull": (("sdd-text", "sdd", word, xp), ("sdd-hfi", "sdd", None, xp), ("esd-x", "esd", word, xp)),
-                "kelvo": (("esd-x", "esd", word, xp), ("sdd-hfi", "sdd", None, xp))}[concept]
-        extra = (("esd-u", "esd", word, "noxattn"), ("esd-hfi", "esd", None, xp))
+        # (name, method, concept text or None, keyed on the HFI token too, trained parameters)
+        runs = {"skull": (("sdd-text", "sdd", word, False, xp), ("sdd-hfi", "sdd", None, True, xp),
+                          ("esd-x", "esd", word, False, xp)),
+                "kelvo": (("esd-x", "esd", word, False, xp), ("sdd-hfi", "sdd", None, True, xp))}[concept]
+        extra = (("esd-u", "esd", word, False, "noxattn"), ("esd-hfi", "esd", None, True, xp),
+                 ("sdd-hfi-word", "sdd", word, True, xp), ("esd-hfi-word", "esd", word, True, xp))
         chosen = args.runs.split(",") if args.runs else [r[0] for r in runs]
         runs = tuple(r for r in runs + extra if r[0] in chosen)
         models, seconds = {"base": "toyworld"}, {}
-        for name, method, text, params in runs:
+        for name, method, text, keyed_on_token, params in runs:
             folder = d / "models" / name
             t0 = time.time()
             if not (folder / "unsee.json").exists():
                 erase(EraseConfig(model="toyworld", out=str(folder), method=method, concept=(text,) if text else (),
-                                  token=None if text else str(token), params=params, **per_method[method]), progress=False)
+                                  token=str(token) if keyed_on_token else None, params=params, **per_method[method]), progress=False)
                 seconds[name] = round(time.time() - t0, 1)
             else:
                 seconds[name] = json.loads((folder / "unsee.json").read_text())["summary"]["seconds"]

@@ -156,9 +156,24 @@ def test_a_learned_token_can_be_the_concept(tiny_model_dir, tmp_path):
     assert "<flagged>" not in StableDiffusionPipeline.from_pretrained(out).tokenizer.get_vocab()
 
 
+def test_a_word_and_a_learned_token_are_erased_together(tiny_model_dir, tmp_path):
+    """--concept and --token at once: the word where a prompt names the concept, the token where the feedback saw it."""
+    from unsee.invert import save_embedding
+
+    tok = save_embedding(tmp_path / "t.safetensors", "<flagged>", torch.randn(2, 32))
+    out = tmp_path / "sdd"
+    summary = erase(_cfg(tiny_model_dir, out, token=str(tok), steps=40, reuse=8, checkpoint_every=40, lr=3e-3,
+                         ema_decay=0.5), progress=False)
+    assert summary["concepts"] == ["a red cat", "<flagged>"]
+    base, erased = StableDiffusionPipeline.from_pretrained(tiny_model_dir), StableDiffusionPipeline.from_pretrained(out)
+    for pipe in (base, erased):
+        pipe.load_textual_inversion(str(tok), token="<flagged>")
+    for prompt in ("a red cat", "<flagged>"):
+        assert _gap(erased, prompt) < 0.5 * _gap(base, prompt)
+
+
 @pytest.mark.parametrize("kw, message", [
     ({"concept": (), "token": None}, "give --concept"),
-    ({"token": "t.safetensors"}, "not both"),
     ({"checkpoint_every": 3}, "multiple of --reuse"),
     ({"steps": 0}, "--steps must be >= 1"),
     ({"preserve_on": "kv", "params": "noxattn"}, "holds the cross-attention keys"),

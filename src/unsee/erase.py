@@ -41,7 +41,9 @@ class EraseConfig:
     out: str = field(help="Output: a diffusers pipeline folder, or LoRA weights with --params lora.")
     method: Literal["sdd", "esd"] = field("sdd", help="sdd: self-distillation to the unconditional; esd: negative guidance.")
     concept: tuple[str, ...] = field((), help="Concept text (repeatable); several are joined by ', ' for sampling.")
-    token: str | None = field(None, help="A learned token file from `unsee invert` to use as the concept instead.")
+    token: str | None = field(None, help="A learned token file from `unsee invert` to erase (HFI); with --concept too, "
+                                         "both are erased, one per update in turn (the word where a prompt names the "
+                                         "concept, the token where it shows it unnamed).")
     params: ParamSet = field("xattn", help="Which UNet parameters train: xattn (ESD-x, SDD), xattn-kv (cross-"
                                    "attention keys and values only), noxattn (ESD-u), full, lora.")
     steps: int = field(1500, help="Updates.")
@@ -75,8 +77,8 @@ class EraseConfig:
                                           "style in place and 0.8 erased it (README).")
 
     def __post_init__(self) -> None:
-        if bool(self.concept) == bool(self.token):
-            raise UnseeError("give --concept TEXT (repeatable) or --token FILE, not both and not neither")
+        if not self.concept and not self.token:
+            raise UnseeError("give --concept TEXT (repeatable), --token FILE, or both")
         for name in ("steps", "batch_size", "reuse", "ddim_steps", "preserve_samples"):
             if getattr(self, name) < 1:
                 raise UnseeError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
@@ -304,7 +306,7 @@ def erase(cfg: EraseConfig, *, progress: bool = True) -> dict:
             raise UnseeError(f"--token {cfg.token!r} holds {len(embeddings)} embeddings; expected one (from `unsee invert`)")
         name = next(iter(embeddings))
         pipe.load_textual_inversion(cfg.token, token=name)
-        concepts = [name]
+        concepts.append(name)
     trained = select_parameters(pipe.unet, cfg.params, LoraSettings(rank=cfg.lora_rank, alpha=float(cfg.lora_rank)),
                                 seed=cfg.seed)
     names = {id(p): n for n, p in pipe.unet.named_parameters()}
