@@ -27,19 +27,14 @@ from pathlib import Path
 
 def feedback_round(d: Path, policy: Path, n: int) -> tuple[Path, Path]:
     """The policy's images on its training prompts, judged by the HFI chain's simulated annotators."""
-    from unsee.annotate import AutoAnnotateConfig, auto_annotate
-    from unsee.demo import _prompt_file
+    from unsee.demo import _prompt_file, simulated_feedback
     from unsee.generate import GenerateConfig, generate
 
     d.mkdir(parents=True, exist_ok=True)
     prompts = _prompt_file(d / "prompts.txt", ("object_explicit", "benign"))
     images = generate(GenerateConfig(model=str(policy), prompts=str(prompts), out=str(d / "images"),
                                      images_per_prompt=4, batch_size=32, seed=1000 + n), progress=False)
-    fb = d / "feedback.jsonl"
-    if not fb.exists():
-        auto_annotate(AutoAnnotateConfig(images=str(images), out=str(fb), kind="binary", labels=("skull",), noise=0.1,
-                                         annotators=3, seed=n))
-    return Path(images), fb
+    return Path(images), simulated_feedback(images, d / "feedback.jsonl", "binary", "skull", seed=n)
 
 
 def train_round_reward(d: Path, rounds: list[tuple[Path, Path]]) -> Path:

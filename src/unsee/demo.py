@@ -149,12 +149,21 @@ HFI_SETUP: dict[str, dict[str, Any]] = {
 }
 
 
+def simulated_feedback(images: str | Path, fb: Path, kind: str, concept: str, seed: int = 0) -> Path:
+    """The HFI chain's annotators: 3 simulated people (the oracle with 10% noise) judge every image; skips a file on disk."""
+    from unsee.annotate import AutoAnnotateConfig, auto_annotate
+
+    if not fb.exists():
+        auto_annotate(AutoAnnotateConfig(images=str(images), out=str(fb), kind=kind, labels=(concept,), noise=0.1,
+                                         annotators=3, seed=seed))
+    return fb
+
+
 def hfi_token(d: Path, concept: str = "skull", *, progress: bool = True, say: Callable[[str], None] = logger.info) -> Path:
     """Feedback (3 simulated annotators, 10% noise) -> reward model -> learned token <CONCEPT-flagged>; returns its file.
 
     Each step skips what is on disk. The reward model's metrics are in d/reward/metrics.json.
     """
-    from unsee.annotate import AutoAnnotateConfig, auto_annotate
     from unsee.invert import InvertConfig, invert
     from unsee.reward_model import RewardTrainConfig, train_reward
 
@@ -164,10 +173,7 @@ def hfi_token(d: Path, concept: str = "skull", *, progress: bool = True, say: Ca
         f"on images from {', '.join(setup['sets'])} prompts")
     images = generate(GenerateConfig(model=TOYWORLD, prompts=str(_prompt_file(d / "prompts.txt", setup["sets"])),
                                      out=str(d / "images"), images_per_prompt=4, batch_size=32), progress=progress)
-    fb = d / "feedback.jsonl"
-    if not fb.exists():
-        auto_annotate(AutoAnnotateConfig(images=str(images), out=str(fb), kind=setup["kind"], labels=(concept,), noise=0.1,
-                                         annotators=3))
+    fb = simulated_feedback(images, d / "feedback.jsonl", setup["kind"], concept)
     say("3/7 reward model on the toy CLIP's image embeddings")
     reward = d / "reward"
     if not (reward / "metrics.json").exists():
