@@ -5,7 +5,7 @@ Why `oracle:LABEL:log` exists (README, "rl"): on the base model's explicit-promp
 0.98 and 0.9998, so -P barely separates them while log(1 - P) spreads them over several nats.
 
 Run: .venv/bin/python benchmarks/oracle_scores.py runs/rl25/eval/images/base/object_explicit [more folders] [--label skull]
-     [--reward runs/rl26/hfi/reward]
+     [--reward runs/rl26/hfi/reward[,more reward model folders]]
 """
 
 from __future__ import annotations
@@ -24,17 +24,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("folders", nargs="+", help="folders of .png images")
     ap.add_argument("--label", default="skull")
-    ap.add_argument("--reward", help="an HFI reward model folder (unsee reward train) to score the same images")
+    ap.add_argument("--reward", help="an HFI reward model folder (unsee reward train) to score the same images; several "
+                    "comma-separated (an ensemble, as in learned:A,B) print each and their maximum")
     args = ap.parse_args()
 
     from unsee.detectors import oracle_detector
 
     detect, _ = oracle_detector()
-    reward = None
+    rewards = {}
     if args.reward:
         from unsee.reward_model import load_reward
 
-        reward = load_reward(args.reward)
+        rewards = {Path(d).name: load_reward(d) for d in args.reward.split(",")}
     q = torch.tensor(QUANTILES)
     print(f"{'folder':60} {'images':>6}  P({args.label}) at quantiles {QUANTILES}  |  log(1 - P) at the same")
     for folder in args.folders:
@@ -46,9 +47,11 @@ def main() -> None:
         logs = (1 - p).clamp(min=1e-6).log()
         print(f"{folder:60} {len(p):>6}  {' '.join(f'{v:.4f}' for v in torch.quantile(p, q).tolist())}  |  "
               f"{' '.join(f'{v:.2f}' for v in torch.quantile(logs, q).tolist())}")
-        if reward is not None:
-            r = reward.score_images(x.float() / 255)[args.label]
-            print(f"{'  reward model score':60} {len(r):>6}  {' '.join(f'{v:.4f}' for v in torch.quantile(r, q).tolist())}")
+        scores = {name: m.score_images(x.float() / 255)[args.label] for name, m in rewards.items()}
+        if len(scores) > 1:
+            scores["ensemble (max)"] = torch.stack(list(scores.values())).amax(0)
+        for name, r in scores.items():
+            print(f"{'  reward score: ' + name:60} {len(r):>6}  {' '.join(f'{v:.4f}' for v in torch.quantile(r, q).tolist())}")
 
 
 if __name__ == "__main__":

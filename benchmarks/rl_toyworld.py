@@ -37,15 +37,22 @@ def feedback_round(d: Path, policy: Path, n: int) -> tuple[Path, Path]:
     return Path(images), simulated_feedback(images, d / "feedback.jsonl", "binary", "skull", seed=n)
 
 
-def train_round_reward(d: Path, rounds: list[tuple[Path, Path]]) -> Path:
+def train_round_reward(d: Path, rounds: list[tuple[Path, Path]], seed: int = 0) -> Path:
     """One reward model on every round's feedback together."""
     from unsee.reward_model import RewardTrainConfig, train_reward
 
     if not (d / "metrics.json").exists():
         m = train_reward(RewardTrainConfig(images=tuple(str(i) for i, _ in rounds), feedback=tuple(str(f) for _, f in rounds),
-                                           out=str(d)), progress=False)
-        print(f"reward model on {len(rounds)} rounds of feedback: held-out agreement {m['heldout_agreement']:.3f}")
+                                           out=str(d), seed=seed), progress=False)
+        print(f"reward model (seed {seed}) on {len(rounds)} rounds of feedback: held-out agreement {m['heldout_agreement']:.3f}")
     return d
+
+
+def learned_spec(first: Path, rounds: list[tuple[Path, Path]], members: int, clip_weight: float) -> str:
+    """The learned reward term: `first`, plus members-1 models on the same feedback with seeds 1.. (own split and
+    initialisation), scored as an ensemble that counts its most suspicious member."""
+    dirs = [first] + [train_round_reward(first.parent / f"{first.name}-seed{k}", rounds, seed=k) for k in range(1, members)]
+    return f"learned:{','.join(str(d) for d in dirs)}+{clip_weight}*clip"
 
 
 def main() -> None:
@@ -68,6 +75,8 @@ def main() -> None:
     ap.add_argument("--min-count", type=int, default=16, help="rewards a prompt needs before its own mean/std are used")
     ap.add_argument("--kl-weight", type=float, default=0.0, help="weight of the KL term toward the original model")
     ap.add_argument("--feedback-rounds", type=int, default=1, help="learned: rounds of feedback on the policy's own images")
+    ap.add_argument("--reward-members", type=int, default=1, help="learned: reward models in the ensemble (seeds 0..N-1 "
+                    "on the same feedback; the most suspicious one scores)")
     args = ap.parse_args()
 
     from diffusers.utils import logging as dlog
@@ -81,13 +90,13 @@ def main() -> None:
     out = Path(args.out)
     models, seconds = {"base": "toyworld"}, {}
     runs: list[tuple[str, str]] = []  # (run name, reward spec); later learned rounds are added as they come
+    rounds = [(out / "hfi" / "images", out / "hfi" / "feedback.jsonl")]  # the learned reward's image sets and feedback
     for run in args.runs.split(","):
         if run == "learned":
             hfi_token(out / "hfi", "skull", progress=False)  # makes the reward model on the way to the token
-            runs.append((run, f"learned:{out / 'hfi' / 'reward'}+{args.clip_weight}*clip"))
+            runs.append((run, learned_spec(out / "hfi" / "reward", rounds, args.reward_members, args.clip_weight)))
         else:
             runs.append((run, f"{args.oracle_term}+{args.clip_weight}*clip"))
-    rounds = [(out / "hfi" / "images", out / "hfi" / "feedback.jsonl")]  # the learned reward's image sets and feedback
     while runs:
         run, reward = runs.pop(0)
         folder = out / f"rl-{run}"
@@ -114,7 +123,7 @@ def main() -> None:
         if run.startswith("learned") and len(rounds) < args.feedback_rounds:
             rounds.append(feedback_round(out / f"feedback-r{len(rounds) + 1}", merged, len(rounds) + 1))
             reward_dir = train_round_reward(out / f"feedback-r{len(rounds)}" / "reward", rounds)
-            runs.insert(0, (f"learned-r{len(rounds)}", f"learned:{reward_dir}+{args.clip_weight}*clip"))
+            runs.insert(0, (f"learned-r{len(rounds)}", learned_spec(reward_dir, rounds, args.reward_members, args.clip_weight)))
     sets = {"train": prompts_path("object_explicit"), "implicit_heldout": prompts_path("object_implicit", "heldout"),
             "benign": prompts_path("benign")}
     m = evaluate(EvaluateConfig(model=tuple(models.values()), name=tuple(models), prompts=tuple(str(p) for p in sets.values()),

@@ -53,6 +53,29 @@ def test_binary_reward_model_learns_and_round_trips(colour_set, clip_dir, tmp_pa
     assert reloaded.config.labels == ["flag"] or tuple(reloaded.config.labels) == ("flag",)
 
 
+def test_learned_reward_of_an_ensemble_counts_its_most_suspicious_member(colour_set, clip_dir, tmp_path):
+    from unsee.reward_model import RewardTrainConfig, load_reward, train_reward
+    from unsee.rewards import parse_reward
+
+    folder, red = colour_set
+    fb = _binary_feedback(tmp_path / "fb.jsonl", red)
+    paths = []
+    for seed in (0, 1):
+        paths.append(tmp_path / f"r{seed}")
+        train_reward(RewardTrainConfig(images=str(folder), feedback=str(fb), out=str(paths[-1]), clip=str(clip_dir),
+                                       steps=100, seed=seed), progress=False)
+    from unsee.imageset import ImageSet
+
+    s = ImageSet.load(folder)
+    images = s.load_images(s.records[:8])
+    one = [load_reward(p).score_images(images)["flag"] for p in paths]
+    assert not torch.allclose(one[0], one[1])  # different splits and initialisations: different models
+    total, parts = parse_reward(f"learned:{paths[0]},{paths[1]}")(images, ["a red square"] * 8)
+    assert torch.allclose(total, -torch.maximum(one[0], one[1]))
+    with pytest.raises(UnseeError, match="has labels"):
+        parse_reward(f"learned:{paths[0]},{paths[1]}#other")
+
+
 def test_rank_reward_model_bradley_terry(colour_set, clip_dir, tmp_path):
     from unsee.reward_model import RewardTrainConfig, train_reward
 

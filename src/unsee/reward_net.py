@@ -30,5 +30,10 @@ class RewardModel(ModelMixin, ConfigMixin):
         from unsee.clip import load_clip
 
         clip = clip or load_clip(self.config.clip)
-        s = self.eval()(clip.image_embeds(images).to(self.device, self.dtype)).float().cpu()
+        return self.score_embeds(clip.image_embeds(images))
+
+    @torch.no_grad()
+    def score_embeds(self, embeds: torch.Tensor) -> dict[str, torch.Tensor]:
+        """{label: (B,)} for CLIP image embeddings already computed (an ensemble on one CLIP embeds once)."""
+        s = self.eval()(embeds.to(self.device, self.dtype)).float().cpu()
         return {label: s[:, i] for i, label in enumerate(self.config.labels)}

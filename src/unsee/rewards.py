@@ -12,7 +12,10 @@ Terms (higher is safer / better):
   log(1e-6). A detector that is sure saturates: images that all score p ~ 0.99 differ by ~0.01 in -p, less
   than the clip term's noise, so a policy that always shows the concept gets no signal to move; log(1 - p)
   still ranks them (0.99 vs 0.999 is -4.6 vs -6.9), and it stops paying once the concept is gone (-> 0);
-- `learned:PATH[#LABEL]`: minus the reward model's score (it scores *flagged* images high);
+- `learned:PATH[,PATH...][#LABEL]`: minus the reward model's score (it scores *flagged* images high); with several
+  models (e.g. `unsee reward train --seed K`, each with its own split and initialisation) minus the highest of their
+  scores, a conservative ensemble: an image a policy found to fool one model still counts as flagged if another
+  flags it;
 - `clip`: cos(CLIP image, CLIP text) of the image and its prompt, the prompt with its unsafe words
   removed (`clip_target="sanitized"`, default: otherwise the term rewards the very content being
   removed) or as given (`"raw"`).
@@ -115,14 +118,20 @@ def _term(name: str, arg: str | None, clip_spec: str, clip_target: str, unsafe_w
 
         if not arg:
             raise UnseeError("learned:PATH needs the reward model folder from `unsee reward train`")
-        path, _, label = arg.partition("#")
-        model = load_reward(path)
-        labels = list(model.config.labels)
-        label = label or labels[0]
-        if label not in labels:
-            raise UnseeError(f"reward model {path!r} has labels {labels}, not {label!r}")
-        clip = load_clip(model.config.clip, device)
-        return lambda images, prompts: -model.score_images(images, clip)[label]
+        paths, _, label = arg.partition("#")
+        members = {p: load_reward(p) for p in paths.split(",")}
+        label = label or list(next(iter(members.values())).config.labels)[0]
+        for p, m in members.items():
+            if label not in m.config.labels:
+                raise UnseeError(f"reward model {p!r} has labels {list(m.config.labels)}, not {label!r}")
+        clips = {c: load_clip(c, device) for c in {m.config.clip for m in members.values()}}
+
+        def most_suspicious(images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+            # an ensemble counts its most suspicious member: a policy must fool every one at once
+            embeds = {c: clip.image_embeds(images) for c, clip in clips.items()}
+            return -torch.stack([m.score_embeds(embeds[m.config.clip])[label] for m in members.values()]).amax(0)
+
+        return most_suspicious
     if name == "clip":
         from unsee.clip import load_clip
 
