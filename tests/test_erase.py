@@ -176,8 +176,9 @@ def test_a_word_and_a_learned_token_are_erased_together(tiny_model_dir, tmp_path
     ({"concept": (), "token": None}, "give --concept"),
     ({"checkpoint_every": 3}, "multiple of --reuse"),
     ({"steps": 0}, "--steps must be >= 1"),
-    ({"preserve_on": "kv", "params": "noxattn"}, "holds the cross-attention keys"),
-    ({"preserve_on": "null", "params": "lora"}, "holds the cross-attention keys"),
+    ({"preserve_on": "kv", "params": "noxattn", "preserve": ("a dog",)}, "holds the cross-attention keys"),
+    ({"preserve_on": "null", "params": "lora", "preserve": ("a dog",)}, "holds the cross-attention keys"),
+    ({"preserve_on": "null"}, "needs the prompts to keep"),
     ({"null_energy": 0}, "--null-energy must be in"),
 ])
 def test_bad_settings(tiny_model_dir, tmp_path, kw, message):

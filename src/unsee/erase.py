@@ -94,6 +94,9 @@ class EraseConfig:
             raise UnseeError(f"--preserve-on {self.preserve_on} holds the cross-attention keys and values, which --params "
                              f"{self.params} cannot change that way; use --params xattn-kv or xattn, or --preserve-on "
                              "concept or own")
+        if self.preserve_on != "concept" and not self.preserve:
+            raise UnseeError(f"--preserve-on {self.preserve_on} needs the prompts to keep: add --preserve PROMPT (repeatable) "
+                             "or --preserve @FILE")
         if not 0 < self.null_energy <= 1:
             raise UnseeError(f"--null-energy must be in (0, 1], got {self.null_energy}")
 
