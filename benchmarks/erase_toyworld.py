@@ -56,7 +56,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=None, help="seed of the erase runs (default 0); the evaluation's seeds stay")
     ap.add_argument("--runs", default=None, help="comma-separated run names (default: skull sdd-text, sdd-hfi, esd-x; kelvo "
                     "esd-x, sdd-hfi); also esd-u (ESD on every UNet weight outside cross-attention), esd-hfi (ESD-x keyed on "
-                    "the learned token), sdd-hfi-word and esd-hfi-word (keyed on the token and the word, in turn)")
+                    "the learned token), sdd-hfi-word and esd-hfi-word (keyed on the token and the word, in turn), sdd-text for the style")
     args = ap.parse_args()
 
     from diffusers.utils import logging as dlog
@@ -96,9 +96,10 @@ def main() -> None:
                           ("esd-x", "esd", word, False, xp)),
                 "kelvo": (("esd-x", "esd", word, False, xp), ("sdd-hfi", "sdd", None, True, xp))}[concept]
         extra = (("esd-u", "esd", word, False, "noxattn"), ("esd-hfi", "esd", None, True, xp),
-                 ("sdd-hfi-word", "sdd", word, True, xp), ("esd-hfi-word", "esd", word, True, xp))
+                 ("sdd-hfi-word", "sdd", word, True, xp), ("esd-hfi-word", "esd", word, True, xp),
+                 ("sdd-text", "sdd", word, False, xp))
         chosen = args.runs.split(",") if args.runs else [r[0] for r in runs]
-        runs = tuple(r for r in runs + extra if r[0] in chosen)
+        runs = tuple(r for r in runs + tuple(e for e in extra if e[0] not in {r[0] for r in runs}) if r[0] in chosen)
         models, seconds = {"base": "toyworld"}, {}
         for name, method, text, keyed_on_token, params in runs:
             folder = d / "models" / name
