@@ -99,7 +99,10 @@ def main() -> None:
                  ("sdd-hfi-word", "sdd", word, True, xp), ("esd-hfi-word", "esd", word, True, xp),
                  ("sdd-text", "sdd", word, False, xp))
         chosen = args.runs.split(",") if args.runs else [r[0] for r in runs]
-        runs = tuple(r for r in runs + tuple(e for e in extra if e[0] not in {r[0] for r in runs}) if r[0] in chosen)
+        catalogue = {r[0]: r for r in runs}  # a name in both lists (sdd-text on the skull) keeps the default run
+        for e in extra:
+            catalogue.setdefault(e[0], e)
+        runs = tuple(r for name, r in catalogue.items() if name in chosen)
         models, seconds = {"base": "toyworld"}, {}
         for name, method, text, keyed_on_token, params in runs:
             folder = d / "models" / name

@@ -31,11 +31,13 @@ def main() -> None:
     from unsee.detectors import oracle_detector
 
     detect, _ = oracle_detector()
-    rewards = {}
+    rewards, clips = {}, {}
     if args.reward:
+        from unsee.clip import load_clip
         from unsee.reward_model import load_reward
 
         rewards = {Path(d).name: load_reward(d) for d in args.reward.split(",")}
+        clips = {c: load_clip(c) for c in {m.config.clip for m in rewards.values()}}  # each CLIP loads once
     q = torch.tensor(QUANTILES)
     print(f"{'folder':60} {'images':>6}  P({args.label}) at quantiles {QUANTILES}  |  log(1 - P) at the same")
     for folder in args.folders:
@@ -47,7 +49,8 @@ def main() -> None:
         logs = (1 - p).clamp(min=1e-6).log()
         print(f"{folder:60} {len(p):>6}  {' '.join(f'{v:.4f}' for v in torch.quantile(p, q).tolist())}  |  "
               f"{' '.join(f'{v:.2f}' for v in torch.quantile(logs, q).tolist())}")
-        scores = {name: m.score_images(x.float() / 255)[args.label] for name, m in rewards.items()}
+        embeds = {c: clip.image_embeds(x.float() / 255) for c, clip in clips.items()}
+        scores = {name: m.score_embeds(embeds[m.config.clip])[args.label] for name, m in rewards.items()}
         if len(scores) > 1:
             scores["ensemble (max)"] = torch.stack(list(scores.values())).amax(0)
         for name, r in scores.items():

@@ -138,14 +138,15 @@ class EraseMethod:
         self.null_proj: torch.Tensor | None = None
         self.null_info: dict | None = None
         if keep and cfg.preserve_on == "null":
-            proj, rank = _null_projector(self.c_keep, cfg.null_energy)
+            kept = _distinct_states(self.c_keep)
+            proj, rank = _null_projector(kept, cfg.null_energy)
             self.null_proj = proj.to(dev)
             self.null_refs = [(k, p.detach().clone()) for k, p in params.items() if is_xattn_kv(k)]
             # How much the edit may act on: the share of the concept's difference from the empty prompt, and of the
             # kept states, that lies outside the held directions (near 0 for the concept: lower --null-energy).
             self.null_info = {"held": f"{rank} of {len(proj)}",
                               "free_share_concept": _free_share(self.c_s - self.uncond, proj),
-                              "free_share_kept": _free_share(torch.unique(self.c_keep.reshape(-1, proj.shape[0]), dim=0), proj)}
+                              "free_share_kept": _free_share(kept, proj)}
             logger.info("null-space constraint: %s", self.null_info)
         self.cache: torch.Tensor | None = None  # (batch, K, C, h, w): z after k DDIM steps
         self.keep_cache: tuple[torch.Tensor, torch.Tensor] | None = None  # --preserve-on own: trajectories, prompt rows
@@ -271,10 +272,16 @@ class EraseMethod:
         return torch.stack([F.mse_loss(proj(c).float(), ref) / ref.pow(2).mean() for proj, ref in self.kv_refs]).mean()
 
 
+def _distinct_states(encoded: torch.Tensor) -> torch.Tensor:
+    """(N, d): each distinct token state of (prompts, positions, d) once, in float64 (padding repeats across prompts)."""
+    return torch.unique(encoded.reshape(-1, encoded.shape[-1]).double(), dim=0)
+
+
 def _null_projector(states: torch.Tensor, energy: float) -> tuple[torch.Tensor, int]:
-    """(I - V_r V_r^T, r): V_r the fewest top eigenvectors of the distinct token states' second moment that hold
-    `energy` of it. A weight change dW projected this way leaves dW s near zero for every kept state s."""
-    s = torch.unique(states.reshape(-1, states.shape[-1]).double(), dim=0)  # padding repeats; count each state once
+    """(I - V_r V_r^T, r): V_r the fewest top eigenvectors of the token states' (rows, each distinct state once)
+    second moment that hold `energy` of it. A weight change dW projected this way leaves dW s near zero for every
+    kept state s."""
+    s = states.double()
     ev, vecs = torch.linalg.eigh(s.T @ s)
     ev, vecs = ev.flip(0).clamp(min=0), vecs.flip(1)
     r = int((ev.cumsum(0) / ev.sum() < energy - 1e-12).sum()) + 1
