@@ -33,11 +33,11 @@ def main() -> None:
     detect, _ = oracle_detector()
     rewards, clips = {}, {}
     if args.reward:
-        from unsee.clip import load_clip
         from unsee.reward_model import load_reward
+        from unsee.reward_net import load_member_clips, member_scores
 
         rewards = {Path(d).name: load_reward(d) for d in args.reward.split(",")}
-        clips = {c: load_clip(c) for c in {m.config.clip for m in rewards.values()}}  # each CLIP loads once
+        clips = load_member_clips(rewards.values())  # each frozen CLIP loads once
     q = torch.tensor(QUANTILES)
     print(f"{'folder':60} {'images':>6}  P({args.label}) at quantiles {QUANTILES}  |  log(1 - P) at the same")
     for folder in args.folders:
@@ -49,8 +49,7 @@ def main() -> None:
         logs = (1 - p).clamp(min=1e-6).log()
         print(f"{folder:60} {len(p):>6}  {' '.join(f'{v:.4f}' for v in torch.quantile(p, q).tolist())}  |  "
               f"{' '.join(f'{v:.2f}' for v in torch.quantile(logs, q).tolist())}")
-        embeds = {c: clip.image_embeds(x.float() / 255) for c, clip in clips.items()}
-        scores = {name: m.score_embeds(embeds[m.config.clip])[args.label] for name, m in rewards.items()}
+        scores = member_scores(rewards, x.float() / 255, args.label, clips) if rewards else {}
         if len(scores) > 1:
             scores["ensemble (max)"] = torch.stack(list(scores.values())).amax(0)
         for name, r in scores.items():

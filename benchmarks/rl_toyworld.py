@@ -37,21 +37,23 @@ def feedback_round(d: Path, policy: Path, n: int) -> tuple[Path, Path]:
     return Path(images), simulated_feedback(images, d / "feedback.jsonl", "binary", "skull", seed=n)
 
 
-def train_round_reward(d: Path, rounds: list[tuple[Path, Path]], seed: int = 0) -> Path:
-    """One reward model on every round's feedback together."""
+def train_round_reward(d: Path, rounds: list[tuple[Path, Path]], seed: int = 0, tune_vision: int = 0) -> Path:
+    """One reward model on every round's feedback together (with the toy CLIP's last `tune_vision` layers tuned)."""
     from unsee.reward_model import RewardTrainConfig, train_reward
 
     if not (d / "metrics.json").exists():
+        tuned = dict(tune_vision=tune_vision, steps=1500) if tune_vision else {}
         m = train_reward(RewardTrainConfig(images=tuple(str(i) for i, _ in rounds), feedback=tuple(str(f) for _, f in rounds),
-                                           out=str(d), seed=seed), progress=False)
+                                           out=str(d), seed=seed, **tuned), progress=False)
         print(f"reward model (seed {seed}) on {len(rounds)} rounds of feedback: held-out agreement {m['heldout_agreement']:.3f}")
     return d
 
 
-def learned_spec(first: Path, rounds: list[tuple[Path, Path]], members: int, clip_weight: float) -> str:
+def learned_spec(first: Path, rounds: list[tuple[Path, Path]], members: int, clip_weight: float, tune_vision: int = 0) -> str:
     """The learned reward term: `first`, plus members-1 models on the same feedback with seeds 1.. (own split and
     initialisation), scored as an ensemble that counts its most suspicious member."""
-    dirs = [first] + [train_round_reward(first.parent / f"{first.name}-seed{k}", rounds, seed=k) for k in range(1, members)]
+    dirs = [first] + [train_round_reward(first.parent / f"{first.name}-seed{k}", rounds, seed=k, tune_vision=tune_vision)
+                      for k in range(1, members)]
     return f"learned:{','.join(str(d) for d in dirs)}+{clip_weight}*clip"
 
 
@@ -77,6 +79,8 @@ def main() -> None:
     ap.add_argument("--feedback-rounds", type=int, default=1, help="learned: rounds of feedback on the policy's own images")
     ap.add_argument("--reward-members", type=int, default=1, help="learned: reward models in the ensemble (seeds 0..N-1 "
                     "on the same feedback; the most suspicious one scores)")
+    ap.add_argument("--tune-vision", type=int, default=0, help="learned: reward models fine-tune the toy CLIP's last N "
+                    "vision layers (unsee reward train --tune-vision N --steps 1500); 0 keeps it frozen")
     args = ap.parse_args()
 
     from diffusers.utils import logging as dlog
@@ -94,7 +98,10 @@ def main() -> None:
     for run in args.runs.split(","):
         if run == "learned":
             hfi_token(out / "hfi", "skull", progress=False)  # makes the reward model on the way to the token
-            runs.append((run, learned_spec(out / "hfi" / "reward", rounds, args.reward_members, args.clip_weight)))
+            first = out / "hfi" / "reward"
+            if args.tune_vision:  # the token's reward model stays frozen; RL gets one with a tuned tower
+                first = train_round_reward(out / "hfi" / f"reward-tune{args.tune_vision}", rounds, tune_vision=args.tune_vision)
+            runs.append((run, learned_spec(first, rounds, args.reward_members, args.clip_weight, args.tune_vision)))
         else:
             runs.append((run, f"{args.oracle_term}+{args.clip_weight}*clip"))
     while runs:
@@ -122,8 +129,9 @@ def main() -> None:
         models[f"rl-{run}"] = str(merged)
         if run.startswith("learned") and len(rounds) < args.feedback_rounds:
             rounds.append(feedback_round(out / f"feedback-r{len(rounds) + 1}", merged, len(rounds) + 1))
-            reward_dir = train_round_reward(out / f"feedback-r{len(rounds)}" / "reward", rounds)
-            runs.insert(0, (f"learned-r{len(rounds)}", learned_spec(reward_dir, rounds, args.reward_members, args.clip_weight)))
+            reward_dir = train_round_reward(out / f"feedback-r{len(rounds)}" / "reward", rounds, tune_vision=args.tune_vision)
+            runs.insert(0, (f"learned-r{len(rounds)}", learned_spec(reward_dir, rounds, args.reward_members, args.clip_weight,
+                                                                     args.tune_vision)))
     sets = {"train": prompts_path("object_explicit"), "implicit_heldout": prompts_path("object_implicit", "heldout"),
             "benign": prompts_path("benign")}
     m = evaluate(EvaluateConfig(model=tuple(models.values()), name=tuple(models), prompts=tuple(str(p) for p in sets.values()),

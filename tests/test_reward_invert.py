@@ -76,7 +76,11 @@ def test_learned_reward_of_an_ensemble_counts_its_most_suspicious_member(colour_
         parse_reward(f"learned:{paths[0]},{paths[1]}#other")
 
 
-def test_rank_reward_model_bradley_terry(colour_set, clip_dir, tmp_path):
+TUNED = dict(tune_vision=1, steps=200, batch_size=32, eval_every=20)  # the tiny CLIP's last vision layer tuned
+
+
+@pytest.mark.parametrize("tuned", [False, True], ids=["frozen", "tuned-tower"])
+def test_rank_reward_model_bradley_terry(colour_set, clip_dir, tmp_path, tuned):
     from unsee.reward_model import RewardTrainConfig, train_reward
 
     folder, red = colour_set
@@ -89,10 +93,51 @@ def test_rank_reward_model_bradley_terry(colour_set, clip_dir, tmp_path):
             grp = sorted(perm[k : k + 5], key=lambda i: -float(red[i]))
             groups.append(Rank(tuple(ids[i] for i in grp), "flag", "r", ""))
     fb = save_feedback(tmp_path / "rank.jsonl", Feedback(("flag",), groups))
-    m = train_reward(RewardTrainConfig(images=str(folder), feedback=str(fb), out=str(tmp_path / "r"), clip=str(clip_dir), steps=300),
-                     progress=False)
+    m = train_reward(RewardTrainConfig(images=str(folder), feedback=str(fb), out=str(tmp_path / "r"), clip=str(clip_dir),
+                                       **(TUNED if tuned else dict(steps=300))), progress=False)
     assert m["kind"] == "rank" and m["metric"] == "pairwise accuracy"
     assert m["heldout_agreement"] >= 0.85, m
+
+
+def test_tuned_vision_tower_moves_only_its_layers_and_scores_without_the_clip(colour_set, clip_dir, tmp_path):
+    import shutil
+
+    from transformers import CLIPModel
+
+    from unsee.imageset import ImageSet
+    from unsee.reward_model import RewardTrainConfig, load_reward, reward_scores, train_reward
+    from unsee.rewards import parse_reward
+
+    folder, red = colour_set
+    fb = _binary_feedback(tmp_path / "fb.jsonl", red)
+    clip = shutil.copytree(clip_dir, tmp_path / "clip")
+    m = train_reward(RewardTrainConfig(images=str(folder), feedback=str(fb), out=str(tmp_path / "t"), clip=str(clip), **TUNED),
+                     progress=False)
+    assert m["heldout_agreement"] >= 0.85 and m["tuned_vision_layers"] == 1, m
+    tuned = load_reward(tmp_path / "t")
+    base = CLIPModel.from_pretrained(clip).state_dict()
+    changed = {k for k, v in tuned.vision.state_dict().items() if not torch.equal(v, base[k])}
+    assert changed and all(k.startswith(("vision_model.encoder.layers.1.", "vision_model.post_layernorm.", "visual_projection."))
+                           for k in changed), changed  # layer 0 and the patch embedding are CLIP's own
+
+    s = ImageSet.load(folder)
+    images = s.load_images(s.records[:8])
+    before = tuned.score_images(images)["flag"]
+    shutil.rmtree(clip)  # the model carries its tower: the CLIP it came from is no longer needed
+    assert torch.equal(load_reward(tmp_path / "t").score_images(images)["flag"], before)
+    sc = reward_scores(load_reward(tmp_path / "t"), s)
+    sc = torch.tensor([sc[f"{i:05d}-000"]["flag"] for i in range(len(red))])
+    assert sc[red > 0.7].mean() > sc[red < 0.3].mean() + 0.3
+
+    # in an ensemble beside a model on a frozen CLIP: each member embeds its own way, the most suspicious counts
+    train_reward(RewardTrainConfig(images=str(folder), feedback=str(fb), out=str(tmp_path / "f"), clip=str(clip_dir), steps=100),
+                 progress=False)
+    frozen = load_reward(tmp_path / "f").score_images(images)["flag"]
+    total, _ = parse_reward(f"learned:{tmp_path / 'f'},{tmp_path / 't'}")(images, ["a red square"] * 8)
+    assert torch.allclose(total, -torch.maximum(frozen, before))
+    with pytest.raises(UnseeError, match="vision tower has 2 layers"):
+        train_reward(RewardTrainConfig(images=str(folder), feedback=str(fb), out=str(tmp_path / "x"), clip=str(clip_dir),
+                                       tune_vision=3), progress=False)
 
 
 def test_reward_refuses_feedback_about_other_images(colour_set, clip_dir, tmp_path):

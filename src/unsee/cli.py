@@ -273,7 +273,7 @@ def annotate_export(**kwargs) -> None:
 
 @cli.group()
 def reward() -> None:
-    """Reward models: an MLP on frozen CLIP image embeddings, trained on feedback."""
+    """Reward models: an MLP on CLIP image embeddings (frozen, or with the last vision layers tuned), trained on feedback."""
 
 
 @reward.command(
@@ -284,6 +284,8 @@ Examples:
   unsee reward train --images runs/sd --feedback fb.jsonl --clip openai/clip-vit-large-patch14 --out runs/reward
   # a second round: feedback on the fine-tuned model's own images, trained together with the first
   unsee reward train --images runs/base --feedback fb.jsonl --images runs/rl-samples --feedback fb2.jsonl --out runs/reward2
+  # a concept the frozen embedding barely sees (a small object): fine-tune the tower's last 4 layers too
+  unsee reward train --images runs/base --feedback fb.jsonl --tune-vision 4 --steps 1500 --out runs/reward-tuned
 """,
 )
 @click_options(RewardTrainConfig)

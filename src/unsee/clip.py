@@ -31,15 +31,7 @@ class Clip:
         return next(self.model.parameters()).device
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        """Resize the short side to `size` (bicubic, antialiased), centre-crop, normalise."""
-        x = images.to(self.device, torch.float32)
-        h, w = x.shape[-2:]
-        if (h, w) != (self.size, self.size):
-            scale = self.size / min(h, w)
-            x = F.interpolate(x, size=(round(h * scale), round(w * scale)), mode="bicubic", antialias=True, align_corners=False)
-            top, left = (x.shape[-2] - self.size) // 2, (x.shape[-1] - self.size) // 2
-            x = x[..., top : top + self.size, left : left + self.size]
-        return (x - self.mean.to(x.device)) / self.std.to(x.device)
+        return preprocess(images.to(self.device), self.size, self.mean, self.std)
 
     @torch.no_grad()
     def image_embeds(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
@@ -60,6 +52,18 @@ class Clip:
             f = self.model.get_text_features(input_ids=ids.to(self.device))
             out.append(F.normalize(getattr(f, "pooler_output", f).float(), dim=-1).cpu())
         return torch.cat(out)
+
+
+def preprocess(images: torch.Tensor, size: int, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """Resize the short side to `size` (bicubic, antialiased), centre-crop, normalise."""
+    x = images.to(dtype=torch.float32)
+    h, w = x.shape[-2:]
+    if (h, w) != (size, size):
+        scale = size / min(h, w)
+        x = F.interpolate(x, size=(round(h * scale), round(w * scale)), mode="bicubic", antialias=True, align_corners=False)
+        top, left = (x.shape[-2] - size) // 2, (x.shape[-1] - size) // 2
+        x = x[..., top : top + size, left : left + size]
+    return (x - mean.to(x.device).view(1, 3, 1, 1)) / std.to(x.device).view(1, 3, 1, 1)
 
 
 def resolve_clip(spec: str) -> str:

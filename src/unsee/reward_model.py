@@ -1,4 +1,8 @@
-"""`unsee reward train / score`: a reward model r_psi = MLP on frozen CLIP image embeddings (HFI, step 3).
+"""`unsee reward train / score`: a reward model r_psi = MLP on CLIP image embeddings (HFI, step 3).
+
+CLIP is frozen by default; `--tune-vision N` also fine-tunes the last N layers of its vision tower (with its final
+norm and projection), for concepts the frozen embedding barely carries (a small object in a large picture), and
+saves that tower inside the reward model.
 
 - binary feedback: one output per label, trained by MSE to the share of
   annotators who checked the label (so scores read as probabilities);
@@ -42,8 +46,14 @@ class RewardTrainConfig:
     kind: Literal["auto", "binary", "rank"] = field("auto", help="Which judgements to train on (auto: those present; binary if both).")
     hidden: int = field(256, help="MLP hidden width.")
     layers: int = field(2, help="MLP hidden layers.")
-    steps: int = field(3000, help="Full-batch Adam steps (about 10 s for 500 images on 2 cores).")
-    lr: float = field(1e-3, help="Learning rate.")
+    steps: int = field(3000, help="Adam steps: full-batch on frozen embeddings (about 10 s for 500 images on 2 cores); "
+                                  "minibatches of --batch-size with --tune-vision.")
+    lr: float = field(1e-3, help="Learning rate of the MLP head.")
+    tune_vision: int = field(0, help="Fine-tune the last N layers of CLIP's vision tower (plus its final norm and "
+                                     "projection) with the head, and save the tower in the model; 0 keeps CLIP frozen.")
+    vision_lr: float = field(1e-4, help="Learning rate of the tuned vision layers (--tune-vision).")
+    batch_size: int = field(64, help="Images (binary) or pairs (rank) per step with --tune-vision.")
+    eval_every: int = field(25, help="Validate every N steps with --tune-vision (every step when frozen).")
     heldout: float = field(0.2, help="Share of images (binary) or groups (rank) held out to measure agreement.")
     seed: int = field(0, help="Seed of the split and the initialisation.")
 
@@ -57,10 +67,13 @@ class RewardTrainConfig:
                              "feedback files)")
         if not 0 < self.heldout < 1:
             raise UnseeError(f"--heldout must be in (0, 1), got {self.heldout}")
+        if self.tune_vision < 0 or self.batch_size < 1 or self.eval_every < 1:
+            raise UnseeError("--tune-vision must be >= 0, --batch-size and --eval-every >= 1")
 
 
-def _embed(sets: list[ImageSet], ids: list[str], clip) -> torch.Tensor:
-    """CLIP embeddings of `ids` ('K/ID': image ID of set K, as `combine_feedback` names them), in order."""
+def _per_image(sets: list[ImageSet], ids: list[str], fn) -> torch.Tensor:
+    """fn(images) row by row for `ids` ('K/ID': image ID of set K, as `combine_feedback` names them), in order:
+    CLIP embeddings, or the pixel values a tuned tower reads."""
     rows: dict[str, torch.Tensor] = {}
     for k, s in enumerate(sets):
         by_id = s.by_id()
@@ -68,8 +81,19 @@ def _embed(sets: list[ImageSet], ids: list[str], clip) -> torch.Tensor:
         for j in range(0, len(mine), 512):
             part = mine[j : j + 512]
             recs = [by_id[i.split("/", 1)[1]] for i in part]
-            rows.update(zip(part, clip.image_embeds(s.load_images(recs)), strict=True))
+            rows.update(zip(part, fn(s.load_images(recs)).cpu(), strict=True))
     return torch.stack([rows[i] for i in ids])
+
+
+def _tune_tower(tower, clip, tune: int) -> None:
+    """Copy CLIP's vision tower and projection into `tower` (the reward model's own) and leave only the last `tune`
+    layers, the final norm and the projection trainable."""
+    n = clip.model.config.vision_config.num_hidden_layers
+    tower.vision_model.load_state_dict(clip.model.vision_model.state_dict())
+    tower.visual_projection.load_state_dict(clip.model.visual_projection.state_dict())
+    tower.requires_grad_(False)
+    for m in (*tower.vision_model.encoder.layers[n - tune :], tower.vision_model.post_layernorm, tower.visual_projection):
+        m.requires_grad_(True)
 
 
 def heldout_split(seed: int, n: int, heldout: float) -> np.ndarray:
@@ -100,6 +124,10 @@ def train_reward(cfg: RewardTrainConfig, *, progress: bool = True) -> dict:
     clip_spec = cfg.clip if cfg.clip == "toyworld" or not Path(cfg.clip).exists() else str(Path(resolve_clip(cfg.clip)).resolve())
     clip = load_clip(cfg.clip)
     torch.manual_seed(cfg.seed)
+    tower = cfg.tune_vision > 0
+    if cfg.tune_vision > (n := clip.model.config.vision_config.num_hidden_layers):
+        raise UnseeError(f"--tune-vision {cfg.tune_vision}: this CLIP's vision tower has {n} layers; give at most {n}")
+    per_image = clip.preprocess if tower else clip.image_embeds  # a tuned tower reads pixels, a frozen one embeddings
 
     # 2. Targets and a held-out split.
     if kind == "binary":
@@ -108,12 +136,13 @@ def train_reward(cfg: RewardTrainConfig, *, progress: bool = True) -> dict:
         ids = sorted(per_label[labels[0]])
         y = torch.tensor([[per_label[label][i] for label in labels] for i in ids], dtype=torch.float32)
         split = heldout_split(cfg.seed, len(ids), cfg.heldout)
-        x = _embed(sets, ids, clip)
+        part_rows = {part: torch.from_numpy(np.flatnonzero(split == part)) for part in ("train", "val", "test")}
+        x = _per_image(sets, ids, per_image)
     else:
         labels = tuple(sorted({r.concept for r in fb.ranks}))
         ids = sorted(fb.image_ids())
         index = {k: n for n, k in enumerate(ids)}
-        x = _embed(sets, ids, clip)
+        x = _per_image(sets, ids, per_image)
         groups = fb.ranks
         group_split = heldout_split(cfg.seed, len(groups), cfg.heldout)
 
@@ -125,31 +154,60 @@ def train_reward(cfg: RewardTrainConfig, *, progress: bool = True) -> dict:
         part_pairs = {part: pairs(part) for part in ("train", "val", "test")}
         if any(len(v) == 0 for v in part_pairs.values()):
             raise UnseeError(f"{', '.join(cfg.feedback)}: too few rank groups ({len(groups)}) to hold {cfg.heldout:.0%} out; annotate more")
-    model = RewardModel(x.shape[1], labels, kind, clip_spec, cfg.hidden, cfg.layers)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
+    if tower:
+        vision_config = {**clip.model.config.vision_config.to_dict(), "projection_dim": clip.model.config.projection_dim}
+        model = RewardModel(clip.model.config.projection_dim, labels, kind, clip_spec, cfg.hidden, cfg.layers,
+                            vision_config=vision_config, image_size=clip.size, image_mean=tuple(clip.mean.flatten().tolist()),
+                            image_std=tuple(clip.std.flatten().tolist()))
+        _tune_tower(model.vision, clip, cfg.tune_vision)
+        opt = torch.optim.AdamW([{"params": model.mlp.parameters(), "lr": cfg.lr},
+                                 {"params": [p for p in model.vision.parameters() if p.requires_grad], "lr": cfg.vision_lr}],
+                                weight_decay=1e-4)
+    else:
+        model = RewardModel(x.shape[1], labels, kind, clip_spec, cfg.hidden, cfg.layers)
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
 
-    def loss_and_metric(part: str) -> tuple[torch.Tensor, float]:
+    def outputs(rows: torch.Tensor) -> torch.Tensor:
+        """Scores (len(rows), L) of those images; a tuned tower embeds them on the way, in chunks when not training."""
+        if not tower:
+            return model(x[rows])
+        if torch.is_grad_enabled() or len(rows) <= 256:
+            return model(model.embed_pixels(x[rows]))
+        return torch.cat([outputs(rows[k : k + 256]) for k in range(0, len(rows), 256)])
+
+    def loss_and_metric(part: str, batch: torch.Tensor | None = None) -> tuple[torch.Tensor, float]:
+        """Loss and agreement on a part, or on a minibatch of it (image rows for binary, pairs for rank)."""
         if kind == "binary":
-            m = torch.from_numpy(split == part)
-            pred = model(x[m])
-            loss = F.mse_loss(pred, y[m])
-            acc = float(((pred > 0.5) == (y[m] > 0.5)).float().mean()) if m.any() else float("nan")
+            rows = part_rows[part] if batch is None else batch
+            pred = outputs(rows)
+            loss = F.mse_loss(pred, y[rows])
+            acc = float(((pred > 0.5) == (y[rows] > 0.5)).float().mean()) if len(rows) else float("nan")
             return loss, acc
-        p = part_pairs[part]
-        r = model(x)
-        margin = r[p[:, 0], p[:, 2]] - r[p[:, 1], p[:, 2]]
+        p = part_pairs[part] if batch is None else batch
+        if tower:  # only the images these pairs name go through the tower
+            used, where = torch.unique(p[:, :2], return_inverse=True)
+            r, win, lose = outputs(used), where[:, 0], where[:, 1]
+        else:
+            r, win, lose = model(x), p[:, 0], p[:, 1]
+        margin = r[win, p[:, 2]] - r[lose, p[:, 2]]
         return -F.logsigmoid(margin).mean(), float((margin > 0).float().mean())  # Bradley-Terry
 
-    # 3. Full-batch training; keep the weights with the best validation agreement, ties broken by validation loss
+    # 3. Training (full batch on frozen embeddings; minibatches through a tuned tower, validated every
+    # --eval-every steps); keep the weights with the best validation agreement, ties broken by validation loss
     # (a small validation part saturates at 100% early, and the first step to reach it is undertrained), then
     # report the agreement on the held-out part, which chose nothing.
+    train_items = part_rows["train"] if kind == "binary" else part_pairs["train"]
+    draws = torch.Generator().manual_seed(cfg.seed)
     best, best_state = (-1.0, 0.0), None
-    for _ in tqdm(range(cfg.steps), desc="train reward", disable=not progress):
+    for step in tqdm(range(cfg.steps), desc="train reward", disable=not progress):
         model.train()
-        loss, _ = loss_and_metric("train")
+        batch = train_items[torch.randperm(len(train_items), generator=draws)[: cfg.batch_size]] if tower else None
+        loss, _ = loss_and_metric("train", batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if tower and (step + 1) % cfg.eval_every and step + 1 < cfg.steps:
+            continue
         model.eval()
         with torch.no_grad():
             val_loss, agree = loss_and_metric("val")
@@ -164,10 +222,12 @@ def train_reward(cfg: RewardTrainConfig, *, progress: bool = True) -> dict:
                "validation_agreement": agreement["val"], "train_agreement": agreement["train"],
                "metric": "accuracy" if kind == "binary" else "pairwise accuracy",
                "images": len(ids), "image_sets": len(sets), "judgements": len(fb.binary if kind == "binary" else fb.ranks)}
+    if tower:
+        metrics["tuned_vision_layers"] = cfg.tune_vision
     if kind == "binary":
         with torch.no_grad():
-            held = torch.from_numpy(split == "test")
-            pred = model(x[held])
+            held = part_rows["test"]
+            pred = outputs(held)
         metrics["heldout_accuracy_per_label"] = {
             label: float(((pred[:, i] > 0.5) == (y[held][:, i] > 0.5)).float().mean()) for i, label in enumerate(labels)}
     else:
@@ -193,10 +253,11 @@ def load_reward(path: str | Path):
 
 
 def reward_scores(model, image_set: ImageSet, batch_size: int = 512) -> dict[str, dict[str, float]]:
-    """{image id: {label: score}} for every image of a set, with the CLIP named in the model's config."""
+    """{image id: {label: score}} for every image of a set, with the CLIP named in the model's config (or its own
+    tuned tower)."""
     from unsee.clip import load_clip
 
-    clip = load_clip(model.config.clip)
+    clip = load_clip(model.frozen_clip) if model.frozen_clip else None
     scores: dict[str, dict[str, float]] = {}
     for k in range(0, len(image_set), batch_size):
         recs = image_set.records[k : k + batch_size]

@@ -113,23 +113,22 @@ def _term(name: str, arg: str | None, clip_spec: str, clip_target: str, unsafe_w
         detect, _ = oracle_detector(device=device)
         return lambda images, prompts: _penalty(detect(images.to(device))[label], mode == "log")
     if name == "learned":
-        from unsee.clip import load_clip
         from unsee.reward_model import load_reward
+        from unsee.reward_net import load_member_clips, member_scores
 
         if not arg:
             raise UnseeError("learned:PATH needs the reward model folder from `unsee reward train`")
         paths, _, label = arg.partition("#")
-        members = {p: load_reward(p) for p in paths.split(",")}
+        members = {p: load_reward(p).to(device) for p in paths.split(",")}
         label = label or list(next(iter(members.values())).config.labels)[0]
         for p, m in members.items():
             if label not in m.config.labels:
                 raise UnseeError(f"reward model {p!r} has labels {list(m.config.labels)}, not {label!r}")
-        clips = {c: load_clip(c, device) for c in {m.config.clip for m in members.values()}}
+        clips = load_member_clips(members.values(), device)
 
         def most_suspicious(images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
             # an ensemble counts its most suspicious member: a policy must fool every one at once
-            embeds = {c: clip.image_embeds(images) for c, clip in clips.items()}
-            return -torch.stack([m.score_embeds(embeds[m.config.clip])[label] for m in members.values()]).amax(0)
+            return -torch.stack(list(member_scores(members, images, label, clips).values())).amax(0)
 
         return most_suspicious
     if name == "clip":
