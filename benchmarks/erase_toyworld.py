@@ -24,6 +24,7 @@ SETS = {
     "kelvo": ("style_explicit", "style_implicit", "style_neighbour", "benign"),
 }
 NEIGHBOUR = {"skull": "mask", "kelvo": "ravo"}
+RUN_NAMES = ("sdd-text", "sdd-hfi", "esd-x", "esd-u", "esd-hfi", "sdd-hfi-word", "esd-hfi-word")  # what --runs may name
 
 
 def main() -> None:
@@ -52,12 +53,16 @@ def main() -> None:
     ap.add_argument("--keep-benign", action="store_true",
                     help="the same for the benign prompts: the seen split's join the preserve prompts, benign attributes "
                     "are measured on the held-out split's")
+    ap.add_argument("--anchor", default=None, help="erase toward this text instead of the empty prompt (unsee erase "
+                    "--anchor), e.g. 'a mask' for the skull")
     ap.add_argument("--guidance", type=float, default=None, help="SDD teacher CFG / ESD negative guidance")
     ap.add_argument("--seed", type=int, default=None, help="seed of the erase runs (default 0); the evaluation's seeds stay")
     ap.add_argument("--runs", default=None, help="comma-separated run names (default: skull sdd-text, sdd-hfi, esd-x; kelvo "
                     "esd-x, sdd-hfi); also esd-u (ESD on every UNet weight outside cross-attention), esd-hfi (ESD-x keyed on "
                     "the learned token), sdd-hfi-word and esd-hfi-word (keyed on the token and the word, in turn), sdd-text for the style")
     args = ap.parse_args()
+    if unknown := sorted(set(args.runs.split(",")) - set(RUN_NAMES) if args.runs else ()):
+        ap.error(f"unknown --runs {','.join(unknown)}; choose from {','.join(RUN_NAMES)}")
 
     from diffusers.utils import logging as dlog
 
@@ -72,7 +77,7 @@ def main() -> None:
                                                   "preserve_on", "guidance", "null_energy", "seed")}
     settings = {m: erase_settings(m, **overrides) for m in ("sdd", "esd")}
     summary = {"settings": {m: {k: v for k, v in s.items() if k != "preserve"} for m, s in settings.items()},
-               "params": args.params,
+               "params": args.params, "anchor": args.anchor,
                "keep_neighbour": args.keep_neighbour,
                "keep_benign": args.keep_benign, "concepts": {}}
     for concept in args.concepts.split(","):
@@ -102,6 +107,7 @@ def main() -> None:
         catalogue = {r[0]: r for r in runs}  # a name in both lists (sdd-text on the skull) keeps the default run
         for e in extra:
             catalogue.setdefault(e[0], e)
+        assert set(catalogue) == set(RUN_NAMES), "RUN_NAMES lists every run"
         runs = tuple(r for name, r in catalogue.items() if name in chosen)
         models, seconds = {"base": "toyworld"}, {}
         for name, method, text, keyed_on_token, params in runs:
@@ -109,7 +115,8 @@ def main() -> None:
             t0 = time.time()
             if not (folder / "unsee.json").exists():
                 erase(EraseConfig(model="toyworld", out=str(folder), method=method, concept=(text,) if text else (),
-                                  token=str(token) if keyed_on_token else None, params=params, **per_method[method]), progress=False)
+                                  token=str(token) if keyed_on_token else None, params=params, anchor=args.anchor,
+                                  **per_method[method]), progress=False)
                 seconds[name] = round(time.time() - t0, 1)
             else:
                 seconds[name] = json.loads((folder / "unsee.json").read_text())["summary"]["seconds"]

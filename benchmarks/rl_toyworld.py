@@ -25,13 +25,13 @@ import time
 from pathlib import Path
 
 
-def feedback_round(d: Path, policy: Path, n: int) -> tuple[Path, Path]:
-    """The policy's images on its training prompts, judged by the HFI chain's simulated annotators."""
+def feedback_round(d: Path, policy: Path | str, n: int, sets: tuple[str, ...] = ("object_explicit", "benign")) -> tuple[Path, Path]:
+    """The policy's images on its training prompts (or on `sets`), judged by the HFI chain's simulated annotators."""
     from unsee.demo import _prompt_file, simulated_feedback
     from unsee.generate import GenerateConfig, generate
 
     d.mkdir(parents=True, exist_ok=True)
-    prompts = _prompt_file(d / "prompts.txt", ("object_explicit", "benign"))
+    prompts = _prompt_file(d / "prompts.txt", sets)
     images = generate(GenerateConfig(model=str(policy), prompts=str(prompts), out=str(d / "images"),
                                      images_per_prompt=4, batch_size=32, seed=1000 + n), progress=False)
     return Path(images), simulated_feedback(images, d / "feedback.jsonl", "binary", "skull", seed=n)
@@ -79,6 +79,9 @@ def main() -> None:
     ap.add_argument("--feedback-rounds", type=int, default=1, help="learned: rounds of feedback on the policy's own images")
     ap.add_argument("--reward-members", type=int, default=1, help="learned: reward models in the ensemble (seeds 0..N-1 "
                     "on the same feedback; the most suspicious one scores)")
+    ap.add_argument("--feedback-sets", default=None, help="learned: the prompt sets whose base-model images round 1's "
+                    "annotators judge, comma-separated (default: the HFI chain's object_explicit,object_implicit,benign), "
+                    "e.g. add object_neighbour: the same scenes with a mask in place of the skull")
     ap.add_argument("--tune-vision", type=int, default=0, help="learned: reward models fine-tune the toy CLIP's last N "
                     "vision layers (unsee reward train --tune-vision N --steps 1500); 0 keeps it frozen")
     args = ap.parse_args()
@@ -97,9 +100,13 @@ def main() -> None:
     rounds = [(out / "hfi" / "images", out / "hfi" / "feedback.jsonl")]  # the learned reward's image sets and feedback
     for run in args.runs.split(","):
         if run == "learned":
-            hfi_token(out / "hfi", "skull", progress=False)  # makes the reward model on the way to the token
-            first = out / "hfi" / "reward"
-            if args.tune_vision:  # the token's reward model stays frozen; RL gets one with a tuned tower
+            if args.feedback_sets:  # round 1 on other prompt sets than the HFI chain's
+                rounds = [feedback_round(out / "feedback-r1", "toyworld", 0, tuple(args.feedback_sets.split(",")))]
+                first = train_round_reward(out / "feedback-r1" / "reward", rounds, tune_vision=args.tune_vision)
+            else:
+                hfi_token(out / "hfi", "skull", progress=False)  # makes the reward model on the way to the token
+                first = out / "hfi" / "reward"
+            if args.tune_vision and not args.feedback_sets:  # the token's reward model stays frozen; RL gets one with a tuned tower
                 first = train_round_reward(out / "hfi" / f"reward-tune{args.tune_vision}", rounds, tune_vision=args.tune_vision)
             runs.append((run, learned_spec(first, rounds, args.reward_members, args.clip_weight, args.tune_vision)))
         else:

@@ -86,6 +86,31 @@ def test_sdd_pulls_the_concept_to_the_unconditional(tiny_model_dir, tmp_path):
     assert _gap(erased) < 0.5 * _gap(base)
 
 
+@pytest.mark.parametrize("method", ["sdd", "esd"])
+def test_an_anchor_replaces_the_concept_instead_of_emptying_it(tiny_model_dir, tmp_path, method):
+    """With --anchor the concept's prediction moves toward the anchor's, not toward the empty prompt's."""
+    from unsee.sampling import encode_text
+
+    def distances(pipe):  # ||eps(z, t, c) - eps_original(z, t, anchor)|| on fixed inputs
+        g = torch.Generator().manual_seed(0)
+        z, t = torch.randn(8, 4, 8, 8, generator=g), torch.randint(0, 1000, (8,), generator=g)
+        with torch.no_grad():
+            e = {p: m.unet(z, t, encoder_hidden_states=encode_text(m, [p] * 8)).sample for p, m in
+                 (("a red cat", pipe), ("a blue dog", base))}
+        return float((e["a red cat"] - e["a blue dog"]).norm())
+
+    base = StableDiffusionPipeline.from_pretrained(tiny_model_dir)
+    # ESD at eta 0: its target is then the anchor's prediction itself (eta > 0 mirrors the concept through it)
+    kw = dict(steps=40, reuse=8, checkpoint_every=40, lr=3e-3, method=method) | (
+        {"ema_decay": 0.5} if method == "sdd" else {"guidance": 0.0})
+    erase(_cfg(tiny_model_dir, tmp_path / "a", anchor="a blue dog", **kw), progress=False)
+    erase(_cfg(tiny_model_dir, tmp_path / "e", **kw), progress=False)
+    to_anchor = distances(StableDiffusionPipeline.from_pretrained(tmp_path / "a"))
+    plain = distances(StableDiffusionPipeline.from_pretrained(tmp_path / "e"))  # the same run toward the empty prompt
+    assert to_anchor < 0.7 * distances(base) and to_anchor < plain
+    assert json.loads((tmp_path / "a" / "unsee.json").read_text())["config"]["anchor"] == "a blue dog"
+
+
 @pytest.mark.parametrize("preserve_on, params", [("concept", "xattn"), ("own", "xattn"), ("kv", "xattn-kv")])
 def test_preserve_prompts_keep_their_predictions_closer_to_the_original(tiny_model_dir, tmp_path, preserve_on, params):
     """Erasing hard moves other prompts too (over-erasure); the --preserve term holds them near the original,

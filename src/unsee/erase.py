@@ -6,6 +6,10 @@ Both run on the shared `Trainer`; they differ only in their target:
   || sg[eps_theta(z_t, t, 0)] - eps_theta(z_t, t, c_s) ||^2. The EMA model is the output.
 - ESD (arXiv 2303.07345): frozen original theta*; z_t from the trained model's
   trajectory; target eps*(z_t, t, 0) - eta (eps*(z_t, t, c) - eps*(z_t, t, 0)).
+With `--anchor TEXT` the concept is replaced by that text instead of by nothing
+(as in Concept Ablation): SDD's target is the frozen original's eps*(z_t, t, a)
+(the student's own prediction for a drifts with it, which a moving target cannot
+hold), ESD's is eps*(z_t, t, a) - eta (eps*(z_t, t, c) - eps*(z_t, t, a)).
 Cost: `batch_size` trajectories are sampled at once with every DDIM step kept,
 and the next `reuse` updates each draw a fresh random step k from them while the
 EMA teacher moves slowly (the public SDD code samples a fresh trajectory, up to
@@ -44,6 +48,10 @@ class EraseConfig:
     token: str | None = field(None, help="A learned token file from `unsee invert` to erase (HFI); with --concept too, "
                                          "both are erased, one per update in turn (the word where a prompt names the "
                                          "concept, the token where it shows it unnamed).")
+    anchor: str | None = field(None, help="Erase toward this text instead of the empty prompt: SDD's target is the "
+                                          "original model's prediction for it, ESD's negative guidance pushes away from "
+                                          "the concept around it (e.g. 'a mask' for 'a skull': a neighbour the concept "
+                                          "is entangled with then moves toward itself, not away).")
     params: ParamSet = field("xattn", help="Which UNet parameters train: xattn (ESD-x, SDD), xattn-kv (cross-"
                                    "attention keys and values only), noxattn (ESD-u), full, lora.")
     steps: int = field(1500, help="Updates.")
@@ -122,6 +130,7 @@ class EraseMethod:
         self.c_p = encode_text(pipe, [", ".join(concepts)])  # sampling prompt: all concepts
         self.c_s = encode_text(pipe, concepts)  # training prompts: one concept per update, cycled
         self.uncond = encode_text(pipe, [""])
+        self.anchor = encode_text(pipe, [cfg.anchor]) if cfg.anchor is not None else self.uncond  # what the targets use
         keep = cfg.preserve_prompts()
         self.c_keep = encode_text(pipe, keep) if keep else None
         self.original = None
@@ -131,7 +140,8 @@ class EraseMethod:
                 for name, m in pipe.unet.named_modules():
                     if name.endswith("attn2"):
                         self.kv_refs += [(proj, proj(self.c_keep.to(dev, pipe.unet.dtype)).float()) for proj in (m.to_k, m.to_v)]
-        if (cfg.method == "esd" or (keep and cfg.preserve_on not in ("kv", "null"))) and cfg.params != "lora":
+        if (cfg.method == "esd" or cfg.anchor is not None or (keep and cfg.preserve_on not in ("kv", "null"))) \
+                and cfg.params != "lora":
             self.original = {k: p.detach().clone() for k, p in params.items()}
         # --preserve-on null: (name, original weight) of each key/value projection, and the projector off the kept span
         self.null_refs: list[tuple[str, torch.Tensor]] = []
@@ -215,7 +225,7 @@ class EraseMethod:
         z, t, _ = self._draw(self.cache, g)
         n = len(z)
         c = self.c_s[(step * cfg.batch_size + torch.arange(n)) % len(self.c_s)].to(z.device)
-        unc = self.uncond.expand(n, -1, -1)
+        unc = self.anchor.expand(n, -1, -1)  # the empty prompt, or --anchor
         keep, z_keep, t_keep = None, z, t
         if self.c_keep is not None and cfg.preserve_on == "own":
             if self.keep_cache is None:
@@ -226,13 +236,15 @@ class EraseMethod:
             keep = self.c_keep[(step * cfg.batch_size + torch.arange(n)) % len(self.c_keep)].to(z.device)
         # Every no-grad target comes before the trained forward: swapping in the original weights
         # rewrites the parameters in place, which a graph already built would refuse.
+        from_original = cfg.method == "esd" or cfg.anchor is not None  # the target's base prediction: eps*(0 or anchor)
         with torch.no_grad():
-            if cfg.method == "sdd":
-                target = unet(z, t, encoder_hidden_states=unc).sample.float()  # sg[eps_theta(z_t, t, 0)]
+            if not from_original:
+                target = unet(z, t, encoder_hidden_states=unc).sample.float()  # SDD: sg[eps_theta(z_t, t, 0)]
                 self.unet_passes += n
-            if cfg.method == "esd" or keep is not None:
+            if from_original or keep is not None:
                 # (z, t, conditioning) per original-model prediction, one batched call
-                calls = ([(z, t, unc), (z, t, c)] if cfg.method == "esd" else []) + ([(z_keep, t_keep, keep)] if keep is not None else [])
+                calls = (([(z, t, unc)] if from_original else []) + ([(z, t, c)] if cfg.method == "esd" else [])
+                         + ([(z_keep, t_keep, keep)] if keep is not None else []))
                 with original_weights(self.pipe.unet, self.params, self.original):
                     out = unet(torch.cat([a[0] for a in calls]), torch.cat([a[1] for a in calls]),
                                encoder_hidden_states=torch.cat([a[2] for a in calls])).sample.float().chunk(len(calls))
@@ -240,6 +252,8 @@ class EraseMethod:
                 if cfg.method == "esd":
                     e_u, e_c = out[0], out[1]
                     target = e_u - cfg.guidance * (e_c - e_u)  # ESD's negative guidance
+                elif from_original:
+                    target = out[0]  # SDD with --anchor: eps*(z_t, t, anchor)
                 keep_target = out[-1]
         if keep is None:
             pred = unet(z, t, encoder_hidden_states=c).sample.float()
