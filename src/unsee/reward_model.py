@@ -171,6 +171,8 @@ def train_reward(cfg: RewardTrainConfig, *, progress: bool = True) -> dict:
         """Scores (len(rows), L) of those images; a tuned tower embeds them on the way, in chunks when not training."""
         if not tower:
             return model(x[rows])
+        if not len(rows):  # an empty part of a handful of images; the tower takes no empty batch
+            return torch.zeros(0, len(labels))
         if torch.is_grad_enabled() or len(rows) <= 256:
             return model(model.embed_pixels(x[rows]))
         return torch.cat([outputs(rows[k : k + 256]) for k in range(0, len(rows), 256)])
