@@ -106,8 +106,9 @@ def main() -> None:
             else:
                 hfi_token(out / "hfi", "skull", progress=False)  # makes the reward model on the way to the token
                 first = out / "hfi" / "reward"
-            if args.tune_vision and not args.feedback_sets:  # the token's reward model stays frozen; RL gets one with a tuned tower
-                first = train_round_reward(out / "hfi" / f"reward-tune{args.tune_vision}", rounds, tune_vision=args.tune_vision)
+                if args.tune_vision:  # the token's reward model stays frozen; RL gets one with a tuned tower
+                    first = train_round_reward(out / "hfi" / f"reward-tune{args.tune_vision}", rounds,
+                                               tune_vision=args.tune_vision)
             runs.append((run, learned_spec(first, rounds, args.reward_members, args.clip_weight, args.tune_vision)))
         else:
             runs.append((run, f"{args.oracle_term}+{args.clip_weight}*clip"))
