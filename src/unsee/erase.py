@@ -131,6 +131,8 @@ class EraseMethod:
         self.c_s = encode_text(pipe, concepts)  # training prompts: one concept per update, cycled
         self.uncond = encode_text(pipe, [""])
         self.anchor = encode_text(pipe, [cfg.anchor]) if cfg.anchor is not None else self.uncond  # what the targets use
+        # the target's base prediction eps(anchor or 0) comes from the frozen original (ESD; SDD with --anchor)
+        self.from_original = cfg.method == "esd" or cfg.anchor is not None
         keep = cfg.preserve_prompts()
         self.c_keep = encode_text(pipe, keep) if keep else None
         self.original = None
@@ -140,8 +142,7 @@ class EraseMethod:
                 for name, m in pipe.unet.named_modules():
                     if name.endswith("attn2"):
                         self.kv_refs += [(proj, proj(self.c_keep.to(dev, pipe.unet.dtype)).float()) for proj in (m.to_k, m.to_v)]
-        if (cfg.method == "esd" or cfg.anchor is not None or (keep and cfg.preserve_on not in ("kv", "null"))) \
-                and cfg.params != "lora":
+        if (self.from_original or (keep and cfg.preserve_on not in ("kv", "null"))) and cfg.params != "lora":
             self.original = {k: p.detach().clone() for k, p in params.items()}
         # --preserve-on null: (name, original weight) of each key/value projection, and the projector off the kept span
         self.null_refs: list[tuple[str, torch.Tensor]] = []
@@ -225,7 +226,7 @@ class EraseMethod:
         z, t, _ = self._draw(self.cache, g)
         n = len(z)
         c = self.c_s[(step * cfg.batch_size + torch.arange(n)) % len(self.c_s)].to(z.device)
-        unc = self.anchor.expand(n, -1, -1)  # the empty prompt, or --anchor
+        anchor = self.anchor.expand(n, -1, -1)  # the empty prompt, or --anchor
         keep, z_keep, t_keep = None, z, t
         if self.c_keep is not None and cfg.preserve_on == "own":
             if self.keep_cache is None:
@@ -236,14 +237,14 @@ class EraseMethod:
             keep = self.c_keep[(step * cfg.batch_size + torch.arange(n)) % len(self.c_keep)].to(z.device)
         # Every no-grad target comes before the trained forward: swapping in the original weights
         # rewrites the parameters in place, which a graph already built would refuse.
-        from_original = cfg.method == "esd" or cfg.anchor is not None  # the target's base prediction: eps*(0 or anchor)
+        from_original = self.from_original
         with torch.no_grad():
             if not from_original:
-                target = unet(z, t, encoder_hidden_states=unc).sample.float()  # SDD: sg[eps_theta(z_t, t, 0)]
+                target = unet(z, t, encoder_hidden_states=anchor).sample.float()  # SDD: sg[eps_theta(z_t, t, 0)]
                 self.unet_passes += n
             if from_original or keep is not None:
                 # (z, t, conditioning) per original-model prediction, one batched call
-                calls = (([(z, t, unc)] if from_original else []) + ([(z, t, c)] if cfg.method == "esd" else [])
+                calls = (([(z, t, anchor)] if from_original else []) + ([(z, t, c)] if cfg.method == "esd" else [])
                          + ([(z_keep, t_keep, keep)] if keep is not None else []))
                 with original_weights(self.pipe.unet, self.params, self.original):
                     out = unet(torch.cat([a[0] for a in calls]), torch.cat([a[1] for a in calls]),
