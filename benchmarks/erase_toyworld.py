@@ -24,7 +24,8 @@ SETS = {
     "kelvo": ("style_explicit", "style_implicit", "style_neighbour", "benign"),
 }
 NEIGHBOUR = {"skull": "mask", "kelvo": "ravo"}
-RUN_NAMES = ("sdd-text", "sdd-hfi", "esd-x", "esd-u", "esd-hfi", "sdd-hfi-word", "esd-hfi-word")  # what --runs may name
+RUN_NAMES = ("sdd-text", "sdd-hfi", "esd-x", "esd-u", "esd-hfi", "sdd-hfi-word", "esd-hfi-word",
+             "uce-text", "uce-hfi", "uce-hfi-word", "uce-text-then-hfi", "uce-triggers")  # what --runs may name
 
 
 def main() -> None:
@@ -55,11 +56,17 @@ def main() -> None:
                     "are measured on the held-out split's")
     ap.add_argument("--anchor", default=None, help="erase toward this text instead of the empty prompt (unsee erase "
                     "--anchor), e.g. 'a mask' for the skull")
+    ap.add_argument("--in-context", action="store_true", help="train the sdd/esd runs on the held-out split's "
+                    "explicit prompts with {} for the concept (unsee erase --context; the uce runs always use them)")
     ap.add_argument("--guidance", type=float, default=None, help="SDD teacher CFG / ESD negative guidance")
     ap.add_argument("--seed", type=int, default=None, help="seed of the erase runs (default 0); the evaluation's seeds stay")
     ap.add_argument("--runs", default=None, help="comma-separated run names (default: skull sdd-text, sdd-hfi, esd-x; kelvo "
                     "esd-x, sdd-hfi); also esd-u (ESD on every UNet weight outside cross-attention), esd-hfi (ESD-x keyed on "
-                    "the learned token), sdd-hfi-word and esd-hfi-word (keyed on the token and the word, in turn), sdd-text for the style")
+                    "the learned token), sdd-hfi-word and esd-hfi-word (keyed on the token and the word, in turn), sdd-text for the style; "
+                    "uce-text, uce-hfi, uce-hfi-word: UCE's closed-form key/value edit keyed on the word, the token or both, with "
+                    "the held-out split's explicit prompts as contexts (the evaluation's seen split is never one); uce-text-then-hfi: "
+                    "uce-hfi's edit applied to uce-text's model (a second closed-form edit on the first's output); uce-triggers: "
+                    "the word and the concept's trigger words, with the held-out explicit and implicit prompts as contexts")
     args = ap.parse_args()
     if unknown := sorted(set(args.runs.split(",")) - set(RUN_NAMES) if args.runs else ()):
         ap.error(f"unknown --runs {','.join(unknown)}; choose from {','.join(RUN_NAMES)}")
@@ -70,14 +77,16 @@ def main() -> None:
     from unsee.erase import EraseConfig, erase
     from unsee.evaluate import EvaluateConfig, evaluate
     from unsee.toyworld import prompts_path
+    from unsee.toyworld.world import OBJECT_TRIGGERS, STYLE_TRIGGERS
 
     dlog.disable_progress_bar()
     out = Path(args.out)
     overrides = {k: getattr(args, k) for k in ("steps", "lr", "batch_size", "reuse", "ema_decay", "preserve_weight",
                                                   "preserve_on", "guidance", "null_energy", "seed")}
     settings = {m: erase_settings(m, **overrides) for m in ("sdd", "esd")}
+    settings["uce"] = erase_settings("uce", preserve_weight=args.preserve_weight)  # its weight is lambda_p of the closed form
     summary = {"settings": {m: {k: v for k, v in s.items() if k != "preserve"} for m, s in settings.items()},
-               "params": args.params, "anchor": args.anchor,
+               "params": args.params, "anchor": args.anchor, "in_context": args.in_context,
                "keep_neighbour": args.keep_neighbour,
                "keep_benign": args.keep_benign, "concepts": {}}
     for concept in args.concepts.split(","):
@@ -96,27 +105,45 @@ def main() -> None:
             per_method = {m: s | {"preserve": tuple(s["preserve"]) + kept} for m, s in per_method.items()}
             sets[i] = (sets[i][0], "heldout")
         xp = args.params or "xattn"  # the cross-attention runs' trained parameters
-        # (name, method, concept text or None, keyed on the HFI token too, trained parameters)
+        # UCE's contexts: the held-out split's explicit (and, for the triggers, implicit) prompts with {} for the word
+        triggers = tuple(OBJECT_TRIGGERS if concept == "skull" else STYLE_TRIGGERS)
+        ctx = {}
+        for name, kinds, words in (("uce", ("explicit",), (word,)), ("uce-triggers", ("explicit", "implicit"), (word, *triggers))):
+            lines = {_template(ln, words) for k in kinds
+                     for ln in prompts_path(f"{SETS[concept][0].split('_')[0]}_{k}", "heldout").read_text().splitlines() if ln.strip()}
+            ctx[name] = d / f"contexts-{name}.txt"
+            d.mkdir(parents=True, exist_ok=True)
+            ctx[name].write_text("\n".join(sorted(lines)) + "\n")
+        uce = {"context": (f"@{ctx['uce']}",)}
+        if args.in_context:
+            per_method = {m: st | (uce if m != "uce" else {}) for m, st in per_method.items()}
+        # (name, method, concept text or None, keyed on the HFI token too, trained parameters[, extra settings])
         runs = {"skull": (("sdd-text", "sdd", word, False, xp), ("sdd-hfi", "sdd", None, True, xp),
                           ("esd-x", "esd", word, False, xp)),
                 "kelvo": (("esd-x", "esd", word, False, xp), ("sdd-hfi", "sdd", None, True, xp))}[concept]
         extra = (("esd-u", "esd", word, False, "noxattn"), ("esd-hfi", "esd", None, True, xp),
                  ("sdd-hfi-word", "sdd", word, True, xp), ("esd-hfi-word", "esd", word, True, xp),
-                 ("sdd-text", "sdd", word, False, xp))
+                 ("sdd-text", "sdd", word, False, xp), ("uce-text", "uce", word, False, "xattn-kv", uce),
+                 ("uce-hfi", "uce", None, True, "xattn-kv", uce), ("uce-hfi-word", "uce", word, True, "xattn-kv", uce),
+                 ("uce-text-then-hfi", "uce", None, True, "xattn-kv", uce | {"model": str(d / "models" / "uce-text")}),
+                 ("uce-triggers", "uce", word, False, "xattn-kv",
+                  {"context": (f"@{ctx['uce-triggers']}",), "concept": (word, *triggers)}))
         chosen = args.runs.split(",") if args.runs else [r[0] for r in runs]
         catalogue = {r[0]: r for r in runs}  # a name in both lists (sdd-text on the skull) keeps the default run
         for e in extra:
             catalogue.setdefault(e[0], e)
         assert set(catalogue) == set(RUN_NAMES), "RUN_NAMES lists every run"
+        if "uce-text-then-hfi" in chosen and "uce-text" not in chosen:
+            chosen.insert(chosen.index("uce-text-then-hfi"), "uce-text")  # its base model
         runs = tuple(r for name, r in catalogue.items() if name in chosen)
         models, seconds = {"base": "toyworld"}, {}
-        for name, method, text, keyed_on_token, params in runs:
+        for name, method, text, keyed_on_token, params, *more in runs:
             folder = d / "models" / name
             t0 = time.time()
             if not (folder / "unsee.json").exists():
-                erase(EraseConfig(model="toyworld", out=str(folder), method=method, concept=(text,) if text else (),
-                                  token=str(token) if keyed_on_token else None, params=params, anchor=args.anchor,
-                                  **per_method[method]), progress=False)
+                kw = {"model": "toyworld", "concept": (text,) if text else ()} | per_method[method] | (more[0] if more else {})
+                erase(EraseConfig(out=str(folder), method=method, token=str(token) if keyed_on_token else None,
+                                  params=params, anchor=args.anchor, **kw), progress=False)
                 seconds[name] = round(time.time() - t0, 1)
             else:
                 seconds[name] = json.loads((folder / "unsee.json").read_text())["summary"]["seconds"]
@@ -149,6 +176,14 @@ def main() -> None:
         summary["concepts"][concept] = rows
     (out / "results.json").write_text(json.dumps(summary, indent=2))
     print(f"results -> {out / 'results.json'}")
+
+
+def _template(prompt: str, words: tuple[str, ...]) -> str:
+    """The prompt with {} where the first of `words` it holds was (UCE's context)."""
+    for w in words:
+        if w in prompt:
+            return prompt.replace(w, "{}", 1)
+    raise ValueError(f"none of {words} in {prompt!r}")
 
 
 if __name__ == "__main__":

@@ -53,6 +53,7 @@ def test_esd_lora_loads_with_load_lora_weights(tiny_model_dir, tmp_path):
 
 
 @pytest.mark.parametrize("kw", [{}, {"method": "esd", "preserve": ("a blue house",), "preserve_on": "own"},
+                                {"context": ("{} at night", "a photo of {}"), "anchor": "a blue dog"},
                                 {"method": "esd", "preserve": ("a blue house",), "preserve_on": "kv", "params": "xattn-kv"},
                                 {"method": "esd", "preserve": ("a blue house",), "preserve_on": "null", "null_energy": 0.9}])
 def test_resume_after_a_kill_gives_the_same_weights(tiny_model_dir, tmp_path, monkeypatch, kw):
@@ -205,6 +206,9 @@ def test_a_word_and_a_learned_token_are_erased_together(tiny_model_dir, tmp_path
     ({"preserve_on": "null", "params": "lora", "preserve": ("a dog",)}, "holds the cross-attention keys"),
     ({"preserve_on": "null"}, "needs the prompts to keep"),
     ({"null_energy": 0}, "--null-energy must be in"),
+    ({"method": "uce", "params": "lora"}, "--params lora does not apply"),
+    ({"method": "uce", "context": ("a cat",)}, "must hold {} once"),
+    ({"method": "uce", "preserve": ("a dog",), "preserve_on": "own"}, "--preserve-on does not apply"),
 ])
 def test_bad_settings(tiny_model_dir, tmp_path, kw, message):
     with pytest.raises(UnseeError, match=message):
@@ -241,3 +245,78 @@ def test_two_processes_under_accelerate_end_with_the_same_weights(tiny_model_dir
     assert weights_digest(trained) == ranks[1]["weights_digest"]
     base = StableDiffusionPipeline.from_pretrained(tiny_model_dir).unet.state_dict()
     assert any(not torch.equal(base[k[len("param."):]], v) for k, v in trained.items())  # it did train
+
+
+def _kv_and_eps(folder, prompt, base_folder=None):
+    """Every cross-attention key and value of `prompt` (concatenated), and eps on fixed inputs, from a pipeline folder."""
+    from unsee.sampling import encode_text
+
+    pipe = StableDiffusionPipeline.from_pretrained(folder)
+    c = encode_text(pipe, [prompt])
+    g = torch.Generator().manual_seed(2)
+    z, t = torch.randn(4, 4, 8, 8, generator=g), torch.randint(0, 1000, (4,), generator=g)
+    with torch.no_grad():
+        kv = torch.cat([getattr(m, p)(c).flatten() for n, m in pipe.unet.named_modules() if n.endswith("attn2")
+                        for p in ("to_k", "to_v")])
+        eps = pipe.unet(z, t, encoder_hidden_states=c.expand(4, -1, -1)).sample
+    return kv, eps
+
+
+def test_uce_reads_the_concept_as_its_anchor_where_it_sits_and_keeps_the_rest(tiny_model_dir, tmp_path):
+    """--method uce: a closed-form edit of the keys and values only. Where a context prompt holds the concept, the
+    edited model's keys and values (and so its prediction) for it become the original's for the anchor in that
+    place; a kept prompt moves far less than the concept; without the context the bare-word edit reaches that
+    prompt less."""
+    kw = dict(method="uce", concept=("red",), anchor="blue", preserve=("a green tree on a mountain",))
+    summary = erase(_cfg(tiny_model_dir, tmp_path / "ctx", context=("a {} cat at night",), **kw), progress=False)
+    erase(_cfg(tiny_model_dir, tmp_path / "bare", **kw), progress=False)
+    assert summary["method"] == "uce" and summary["uce"]["edit_residual"] < 0.3 and summary["uce"]["keep_drift"] < 0.1
+    base, edited = StableDiffusionPipeline.from_pretrained(tiny_model_dir), StableDiffusionPipeline.from_pretrained(tmp_path / "ctx")
+    a, b = base.unet.state_dict(), edited.unet.state_dict()
+    changed = {k for k in a if not torch.equal(a[k], b[k])}
+    assert changed and all(".attn2.to_k." in k or ".attn2.to_v." in k for k in changed)
+    info = json.loads((tmp_path / "ctx" / "unsee.json").read_text())
+    assert info["config"]["context"] == ["a {} cat at night"] and info["summary"]["uce"] == summary["uce"]
+
+    kv_anchor, eps_anchor = _kv_and_eps(tiny_model_dir, "a blue cat at night")
+    kv_base, eps_base = _kv_and_eps(tiny_model_dir, "a red cat at night")
+    kv_ctx, eps_ctx = _kv_and_eps(tmp_path / "ctx", "a red cat at night")
+    kv_bare, _ = _kv_and_eps(tmp_path / "bare", "a red cat at night")
+    assert (kv_ctx - kv_anchor).norm() < 0.3 * (kv_base - kv_anchor).norm()
+    assert (eps_ctx - eps_anchor).norm() < 0.3 * (eps_base - eps_anchor).norm()
+    assert (kv_ctx - kv_anchor).norm() < (kv_bare - kv_anchor).norm()
+    kept_base, _ = _kv_and_eps(tiny_model_dir, "a green tree on a mountain")
+    kept_now, _ = _kv_and_eps(tmp_path / "ctx", "a green tree on a mountain")
+    assert (kept_now - kept_base).norm() < 0.15 * (kv_ctx - kv_base).norm()
+
+
+def test_uce_keyed_on_a_learned_token(tiny_model_dir, tmp_path):
+    """HFI with the closed form: the token's keys and values become the anchor's; the output has no token."""
+    from unsee.invert import save_embedding
+
+    tok = save_embedding(tmp_path / "t.safetensors", "<flagged>", torch.randn(1, 32))
+    summary = erase(_cfg(tiny_model_dir, tmp_path / "u", method="uce", concept=(), token=str(tok), anchor="a dog"),
+                    progress=False)
+    assert summary["concepts"] == ["<flagged>"] and summary["uce"]["edit_residual"] < 0.5
+    assert "<flagged>" not in StableDiffusionPipeline.from_pretrained(tmp_path / "u").tokenizer.get_vocab()
+
+
+def test_uce_refuses_a_concept_that_adds_no_token(tiny_model_dir, tmp_path):
+    with pytest.raises(UnseeError, match="adds no token"):
+        erase(_cfg(tiny_model_dir, tmp_path / "u", method="uce", concept=("",), anchor="a dog"), progress=False)
+    assert not (tmp_path / "u").exists()
+
+
+@pytest.mark.parametrize("method", ["sdd", "esd"])
+def test_context_trains_the_concept_where_it_sits(tiny_model_dir, tmp_path, method):
+    """--context: trained on "a red cat at night" toward the original's "a blue dog at night", the model's prediction
+    for that prompt moves to the anchor's further than the same run trained on the bare concept."""
+    kw = dict(steps=40, reuse=8, checkpoint_every=40, lr=3e-3, method=method, anchor="a blue dog") | (
+        {"ema_decay": 0.5} if method == "sdd" else {"guidance": 0.0})
+    erase(_cfg(tiny_model_dir, tmp_path / "ctx", context=("{} at night",), **kw), progress=False)
+    erase(_cfg(tiny_model_dir, tmp_path / "bare", **kw), progress=False)
+    _, anchor = _kv_and_eps(tiny_model_dir, "a blue dog at night")
+    _, base = _kv_and_eps(tiny_model_dir, "a red cat at night")
+    _, ctx = _kv_and_eps(tmp_path / "ctx", "a red cat at night")
+    _, bare = _kv_and_eps(tmp_path / "bare", "a red cat at night")
+    assert (ctx - anchor).norm() < 0.7 * (base - anchor).norm() and (ctx - anchor).norm() < (bare - anchor).norm()

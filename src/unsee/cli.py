@@ -68,7 +68,7 @@ def cli(verbose: bool) -> None:
       annotate   image set -> feedback.jsonl (simulated annotators: `annotate auto`)
       reward     image set + feedback -> reward model (`reward train`, `reward score`)
       invert     model + feedback or reward -> learned token (HFI textual inversion)
-      erase      model + concept (text or learned token) -> erased model (SDD, ESD)
+      erase      model + concept (text or learned token) -> erased model (SDD, ESD, UCE)
       rl         model + prompts + reward -> fine-tuned model (DDPO, ShieldDiff)
       attack     model -> adversarial prompts or token (Ring-A-Bell, concept inversion)
       evaluate   models + prompts (+ attacks) -> metrics.json + report.html, side by side
@@ -347,6 +347,8 @@ Examples:
   unsee erase --model toyworld --method esd --concept "by kelvo" --params xattn-kv --preserve @keep.txt --preserve-on null \
       --guidance 2 --steps 600 --lr 3e-4 --batch-size 4 --out runs/esd-null
   unsee erase --model ./sd15 --method esd --params lora --concept nudity --out runs/esd-lora   # pipe.load_lora_weights(out)
+  unsee erase --model toyworld --method uce --concept skull --anchor mask --context @contexts.txt --preserve @keep.txt \
+      --out runs/uce    # closed form, seconds: contexts.txt holds prompts like "a red cross with a {} in the city"
 
 A rerun with the same --out resumes from the last checkpoint.
 """,
@@ -354,13 +356,14 @@ A rerun with the same --out resumes from the last checkpoint.
 @click_options(EraseConfig)
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
 def erase(progress: bool, **kwargs) -> None:
-    """Erase a concept from the UNet (SDD or ESD), keyed on text or a learned token."""
+    """Erase a concept from the UNet (SDD, ESD or UCE), keyed on text or a learned token."""
     from unsee.erase import erase as run
 
     quiet_progress()
     summary = run(from_kwargs(EraseConfig, kwargs), progress=progress)
-    click.echo(f"{summary['method']} erased {', '.join(summary['concepts'])} in {summary['seconds']} s "
-               f"({summary['unet_passes_per_update']:.1f} UNet evaluations per update) -> {kwargs['out']}")
+    cost = (f"edit residual {summary['uce']['edit_residual']}, kept states moved {summary['uce']['keep_drift']}"
+            if summary["method"] == "uce" else f"{summary['unet_passes_per_update']:.1f} UNet evaluations per update")
+    click.echo(f"{summary['method']} erased {', '.join(summary['concepts'])} in {summary['seconds']} s ({cost}) -> {kwargs['out']}")
 
 
 # ---------------------------------------------------------------- rl

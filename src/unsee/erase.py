@@ -1,4 +1,4 @@
-"""`unsee erase`: remove a concept from the UNet with SDD or ESD, keyed on text or a learned token.
+"""`unsee erase`: remove a concept from the UNet with SDD, ESD or UCE, keyed on text or a learned token.
 
 Both run on the shared `Trainer`; they differ only in their target:
 - SDD (arXiv 2307.05977): student theta, teacher = EMA of the student. z_t comes
@@ -10,6 +10,8 @@ With `--anchor TEXT` the concept is replaced by that text instead of by nothing
 (as in Concept Ablation): SDD's target is the frozen original's eps*(z_t, t, a)
 (the student's own prediction for a drifts with it, which a moving target cannot
 hold), ESD's is eps*(z_t, t, a) - eta (eps*(z_t, t, c) - eps*(z_t, t, a)).
+With `--context` the concept is trained where it sits in whole prompts, and the anchor is the same prompt with
+the anchor text (or nothing) in its place. UCE (`--method uce`) is the closed form in `unsee.uce`, no training.
 Cost: `batch_size` trajectories are sampled at once with every DDIM step kept,
 and the next `reuse` updates each draw a fresh random step k from them while the
 EMA teacher moves slowly (the public SDD code samples a fresh trajectory, up to
@@ -43,7 +45,9 @@ logger = logging.getLogger(__name__)
 class EraseConfig:
     model: str = field(help="Model to erase from: hub id, folder, .safetensors, or 'toyworld'.")
     out: str = field(help="Output: a diffusers pipeline folder, or LoRA weights with --params lora.")
-    method: Literal["sdd", "esd"] = field("sdd", help="sdd: self-distillation to the unconditional; esd: negative guidance.")
+    method: Literal["sdd", "esd", "uce"] = field("sdd", help="sdd: self-distillation to the unconditional; esd: negative "
+                                                 "guidance; uce: a closed-form edit of the cross-attention keys and "
+                                                 "values (no training: seconds; the training settings are unused).")
     concept: tuple[str, ...] = field((), help="Concept text (repeatable); several are joined by ', ' for sampling.")
     token: str | None = field(None, help="A learned token file from `unsee invert` to erase (HFI); with --concept too, "
                                          "both are erased, one per update in turn (the word where a prompt names the "
@@ -52,6 +56,11 @@ class EraseConfig:
                                           "original model's prediction for it, ESD's negative guidance pushes away from "
                                           "the concept around it (e.g. 'a mask' for 'a skull': a neighbour the concept "
                                           "is entangled with then moves toward itself, not away).")
+    context: tuple[str, ...] = field((), help="A prompt with {} where the concept goes (repeatable; @FILE reads one a line). "
+                                             "sdd/esd train on these prompts (trajectories sampled from each, a batch row "
+                                             "each in turn) toward the original model's prediction for the same prompt with "
+                                             "the anchor, or nothing, in the concept's place; uce edits the concept's token "
+                                             "states where it sits in each. Default: the concept alone.")
     params: ParamSet = field("xattn", help="Which UNet parameters train: xattn (ESD-x, SDD), xattn-kv (cross-"
                                    "attention keys and values only), noxattn (ESD-u), full, lora.")
     steps: int = field(1500, help="Updates.")
@@ -108,16 +117,34 @@ class EraseConfig:
         if not 0 < self.null_energy <= 1:
             raise UnseeError(f"--null-energy must be in (0, 1], got {self.null_energy}")
 
-    def preserve_prompts(self) -> list[str]:
-        out: list[str] = []
-        for p in self.preserve:
-            if p.startswith("@"):
-                from unsee.prompts import read_prompts
+        if self.method == "uce":
+            if self.params not in ("xattn", "xattn-kv"):
+                raise UnseeError(f"--method uce edits the cross-attention keys and values; --params {self.params} does "
+                                 "not apply (use xattn or xattn-kv)")
+            if self.preserve_on != "concept":
+                raise UnseeError("--method uce keeps the --preserve prompts' token states in its closed form; "
+                                 "--preserve-on does not apply")
+            if bad := [c for c in self.context_prompts() if c.count("{}") != 1]:
+                raise UnseeError(f"--context {bad[0]!r} must hold {{}} once, where the concept goes")
 
-                out += [x.text for x in read_prompts(p[1:])]
-            else:
-                out.append(p)
-        return out
+    def preserve_prompts(self) -> list[str]:
+        return _expand(self.preserve)
+
+    def context_prompts(self) -> list[str]:
+        return _expand(self.context) or ["{}"]
+
+
+def _expand(items: tuple[str, ...]) -> list[str]:
+    """Prompts given one by one or as @FILE (one a line)."""
+    out: list[str] = []
+    for p in items:
+        if p.startswith("@"):
+            from unsee.prompts import read_prompts
+
+            out += [x.text for x in read_prompts(p[1:])]
+        else:
+            out.append(p)
+    return out
 
 
 class EraseMethod:
@@ -127,12 +154,24 @@ class EraseMethod:
         self.pipe, self.cfg, self.params = pipe, cfg, params
         self.trainer: Trainer | None = None
         dev = pipe.unet.device
-        self.c_p = encode_text(pipe, [", ".join(concepts)])  # sampling prompt: all concepts
-        self.c_s = encode_text(pipe, concepts)  # training prompts: one concept per update, cycled
         self.uncond = encode_text(pipe, [""])
-        self.anchor = encode_text(pipe, [cfg.anchor]) if cfg.anchor is not None else self.uncond  # what the targets use
-        # the target's base prediction eps(anchor or 0) comes from the frozen original (ESD; SDD with --anchor)
-        self.from_original = cfg.method == "esd" or cfg.anchor is not None
+        contexts = cfg.context_prompts()
+        self.in_context = contexts != ["{}"]
+        if self.in_context:
+            # rows (context x concept): trajectories are sampled from each row's prompt and trained on it, toward
+            # the same context with the anchor, or nothing, in the concept's place
+            rows = [(ctx.replace("{}", x), " ".join(ctx.replace("{}", cfg.anchor or "").split()))
+                    for ctx in contexts for x in concepts]
+            self.c_s = encode_text(pipe, [r[0] for r in rows])
+            self.anchor = encode_text(pipe, [r[1] for r in rows])
+            self.c_p = self.c_s
+        else:
+            self.c_p = encode_text(pipe, [", ".join(concepts)])  # sampling prompt: all concepts
+            self.c_s = encode_text(pipe, concepts)  # training prompts: one concept per update, cycled
+            self.anchor = encode_text(pipe, [cfg.anchor]) if cfg.anchor is not None else self.uncond  # what the targets use
+        self.cache_rows: torch.Tensor | None = None  # --context: which rows the cached trajectories belong to
+        # the target's base prediction eps(anchor or 0) comes from the frozen original (ESD; SDD with --anchor or --context)
+        self.from_original = cfg.method == "esd" or cfg.anchor is not None or self.in_context
         keep = cfg.preserve_prompts()
         self.c_keep = encode_text(pipe, keep) if keep else None
         self.original = None
@@ -192,8 +231,12 @@ class EraseMethod:
         # Each rank samples its own trajectories (data parallelism over latents), reproducibly per cycle.
         g = step_generator(self.cfg.seed, cycle, -1, self.trainer.state.process_index)
         teacher = self.trainer.ema_weights() if self.cfg.method == "sdd" else contextlib.nullcontext()
+        bs = self.cfg.batch_size
+        if self.in_context:  # a batch row per context row, cycled; ranks take disjoint rows
+            start = (cycle * self.trainer.state.num_processes + self.trainer.state.process_index) * bs
+            self.cache_rows = (start + torch.arange(bs)) % len(self.c_s)
         with teacher:
-            self.cache = self._trajectories(g, self.c_p.expand(self.cfg.batch_size, -1, -1))
+            self.cache = self._trajectories(g, self.c_s[self.cache_rows] if self.in_context else self.c_p.expand(bs, -1, -1))
         self.cache_cycle = cycle
 
     @torch.no_grad()
@@ -225,8 +268,11 @@ class EraseMethod:
             self._sample_cache(step // cfg.reuse)
         z, t, _ = self._draw(self.cache, g)
         n = len(z)
-        c = self.c_s[(step * cfg.batch_size + torch.arange(n)) % len(self.c_s)].to(z.device)
-        anchor = self.anchor.expand(n, -1, -1)  # the empty prompt, or --anchor
+        if self.in_context:  # each trajectory trains on the prompt it was sampled from
+            c, anchor = self.c_s[self.cache_rows].to(z.device), self.anchor[self.cache_rows].to(z.device)
+        else:
+            c = self.c_s[(step * cfg.batch_size + torch.arange(n)) % len(self.c_s)].to(z.device)
+            anchor = self.anchor.expand(n, -1, -1)  # the empty prompt, or --anchor
         keep, z_keep, t_keep = None, z, t
         if self.c_keep is not None and cfg.preserve_on == "own":
             if self.keep_cache is None:
@@ -332,6 +378,8 @@ def erase(cfg: EraseConfig, *, progress: bool = True) -> dict:
         name = next(iter(embeddings))
         pipe.load_textual_inversion(cfg.token, token=name)
         concepts.append(name)
+    if cfg.method == "uce":
+        return _erase_closed_form(pipe, cfg, concepts)
     trained = select_parameters(pipe.unet, cfg.params, LoraSettings(rank=cfg.lora_rank, alpha=float(cfg.lora_rank)),
                                 seed=cfg.seed)
     names = {id(p): n for n, p in pipe.unet.named_parameters()}
@@ -360,4 +408,26 @@ def erase(cfg: EraseConfig, *, progress: bool = True) -> dict:
         save_trained_unet(pipe, cfg.model, cfg.params, out)
     write_run_info(out / "unsee.json", dataclasses.asdict(cfg), stage="erase", base_model=cfg.model, summary=summary)
     atomic_write_text(out / "run" / "summary.json", json.dumps(summary, indent=2))
+    return summary
+
+
+def _erase_closed_form(pipe, cfg: EraseConfig, concepts: list[str]) -> dict:
+    """--method uce: W <- W M on every cross-attention key and value projection, then the same outputs as training."""
+    import time
+
+    from unsee.trainer import weights_digest
+    from unsee.uce import uce_edit
+
+    t0 = time.time()
+    info = uce_edit(pipe, concepts, cfg.anchor or "", cfg.context_prompts(), cfg.preserve_prompts(), cfg.preserve_weight)
+    logger.info("uce: %s", info)
+    kv = {k: p for k, p in pipe.unet.named_parameters() if is_xattn_kv(k)}
+    summary = {"method": "uce", "concepts": concepts, "seconds": round(time.time() - t0, 1), "unet_passes_per_update": 0.0,
+               "processes": 1, "weights_digest": weights_digest(kv), "final": {}, "uce": info}
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:  # the edit is deterministic: under `accelerate launch` one process writes
+        out = Path(cfg.out)
+        save_trained_unet(pipe, cfg.model, cfg.params, out)
+        write_run_info(out / "unsee.json", dataclasses.asdict(cfg), stage="erase", base_model=cfg.model, summary=summary)
     return summary

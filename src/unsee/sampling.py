@@ -14,16 +14,18 @@ import torch
 
 
 @torch.no_grad()
-def encode_text(pipe, prompts: Sequence[str]) -> torch.Tensor:
-    """Text-encoder hidden states (B, L, D) for prompts padded to the tokenizer's max length, as SD does."""
+def token_ids(pipe, prompts: Sequence[str]) -> torch.Tensor:
+    """(B, L) token ids of prompts padded to the tokenizer's max length, as SD's pipelines tokenize them."""
     tok = pipe.tokenizer
     prompts = list(prompts)
     if hasattr(pipe, "maybe_convert_prompt"):  # multi-vector textual-inversion tokens, as diffusers' pipelines do
         prompts = pipe.maybe_convert_prompt(prompts, tok)
-    ids = tok(
-        prompts, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt"
-    ).input_ids.to(pipe.text_encoder.device)
-    return pipe.text_encoder(ids)[0].to(pipe.unet.dtype)
+    return tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt").input_ids
+
+
+def encode_text(pipe, prompts: Sequence[str]) -> torch.Tensor:
+    """Text-encoder hidden states (B, L, D) for prompts padded to the tokenizer's max length, as SD does."""
+    return pipe.text_encoder(token_ids(pipe, prompts).to(pipe.text_encoder.device))[0].to(pipe.unet.dtype)
 
 
 def initial_latents(pipe, seeds: Sequence[int], height: int, width: int) -> torch.Tensor:

@@ -1,0 +1,109 @@
+"""Closed-form erasure of the cross-attention keys and values (UCE, arXiv 2308.14761), keyed on text or a token.
+
+A prompt reaches SD's UNet only through each cross-attention layer's keys W_k c and values W_v c of its token
+states c. UCE solves, for every such projection W at once,
+    min_W'  sum_e ||W' c_e - W t_e||^2 + lambda_p sum_k ||W' c_k - W c_k||^2 + lambda_r ||W' - W||_F^2
+over edit pairs (c_e: a state of the concept where a prompt holds it, t_e: the anchor's state in its place) and
+kept states c_k (the --preserve prompts', the context prompts' own words, the anchor's). Every target is W applied
+to a state, so the solution is W' = W M with one d x d matrix shared by every key and value projection:
+    M = (sum t_e c_e^T + lambda_p sum c_k c_k^T + lambda_r I)(sum c_e c_e^T + lambda_p sum c_k c_k^T + lambda_r I)^-1
+M c_e ~ t_e and M c_k ~ c_k measure how well the edit and the kept states hold, whatever the UNet.
+
+Where the concept sits matters: a state depends on its position (and, in a text encoder with layers, on its
+context), so an edit fitted on the bare concept reaches the same word elsewhere in a prompt only partly.
+`--context` gives prompts with {} where the concept goes; the concept's states are taken in each.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from unsee.errors import UnseeError
+from unsee.params import is_xattn_kv
+from unsee.sampling import token_ids
+
+UCE_RIDGE = 0.1  # lambda_r, UCE's own: every direction no state constrains stays near the original W
+
+
+def _states(pipe, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids (B, L) and text-encoder states (B, L, d) in float64."""
+    ids = token_ids(pipe, prompts)
+    with torch.no_grad():
+        return ids, pipe.text_encoder(ids.to(pipe.text_encoder.device))[0].double().cpu()
+
+
+def _length(ids: torch.Tensor, eos: int) -> int:
+    """Tokens up to and including the first end-of-text (padding after it may repeat it)."""
+    hits = (ids == eos).nonzero()
+    return int(hits[0]) + 1 if len(hits) else len(ids)
+
+
+def edit_rows(pipe, concepts: list[str], anchor: str, contexts: list[str]):
+    """(C_e, T_e, C_k): the concept's states and the anchor's in their place, over every concept x context, and the
+    states those prompts share with the anchor's (their context words, the anchor itself), to keep."""
+    eos = pipe.tokenizer.eos_token_id
+    edit_c, edit_t, keep = [], [], []
+    for ctx in contexts:
+        prompts = [ctx.replace("{}", x) for x in (*concepts, anchor)]
+        ids, states = _states(pipe, prompts)
+        ia, sa, na = ids[-1], states[-1], _length(ids[-1], eos)
+        for ic, sc, name in zip(ids[:-1], states[:-1], concepts, strict=True):
+            nc = _length(ic, eos)
+            p = 0  # common prefix: the context before {}
+            while p < min(nc, na) and ic[p] == ia[p]:
+                p += 1
+            s = 0  # common suffix of the unpadded prompts: the context after {} and end-of-text
+            while s < min(nc, na) - p and ic[nc - 1 - s] == ia[na - 1 - s]:
+                s += 1
+            ec, ea = nc - s, na - s  # concept span [p, ec), anchor span [p, ea)
+            if ec == p:
+                raise UnseeError(f"--concept {name!r} adds no token to the context {ctx!r}; give a concept that the "
+                                 "tokenizer sees, or a --context with {} where it goes")
+            if ec == ea:  # same length: the concept's span and everything after it, position for position
+                rows = range(p, len(ic))  # (after the span the target is the state itself where context does not flow)
+                targets = list(rows)
+            else:  # aligned on the span's end; where the anchor is shorter its first place (or what follows) stands in
+                rows = range(p, ec)
+                targets = [max(p, j - ec + ea) for j in rows]
+            edit_c.append(sc[list(rows)])
+            edit_t.append(sa[targets])
+            keep += [sc[:p], sa[p:ea]]  # the context before the concept, and the anchor's own tokens, as before
+    return torch.cat(edit_c), torch.cat(edit_t), torch.cat(keep)
+
+
+def closed_form(edit_c: torch.Tensor, edit_t: torch.Tensor, keep: torch.Tensor, preserve_weight: float,
+                ridge: float = UCE_RIDGE) -> torch.Tensor:
+    """UCE's M (d, d) for W' = W M. Rows are deduplicated first: padding repeats in every prompt."""
+    pairs = torch.unique(torch.cat([edit_c, edit_t], 1), dim=0)
+    c, t = pairs.chunk(2, dim=1)
+    k = torch.unique(keep, dim=0) if len(keep) else keep
+    eye = torch.eye(c.shape[1], dtype=torch.float64)
+    kk = preserve_weight * k.T @ k + ridge * eye
+    return torch.linalg.solve((c.T @ c + kk).T, (t.T @ c + kk).T).T  # A B^-1 without forming the inverse
+
+
+def uce_edit(pipe, concepts: list[str], anchor: str, contexts: list[str], preserve: list[str],
+             preserve_weight: float) -> dict:
+    """Apply W <- W M to every cross-attention key and value projection of pipe.unet; return how well it holds."""
+    edit_c, edit_t, keep = edit_rows(pipe, concepts, anchor, contexts)
+    if preserve:
+        keep = torch.cat([keep, _states(pipe, preserve)[1].reshape(-1, keep.shape[1])])
+    m = closed_form(edit_c, edit_t, keep, preserve_weight)
+    moved = (edit_c - edit_t).norm(dim=1) > 1e-6 * edit_c.norm(dim=1)  # rows whose target differs from the state
+    if not moved.any():
+        raise UnseeError("every concept state equals its anchor's: nothing to erase (is --anchor the concept itself?)")
+    c, t = edit_c[moved], edit_t[moved]
+    k = torch.unique(keep, dim=0)
+    n = 0
+    with torch.no_grad():
+        for name, p in pipe.unet.named_parameters():
+            if is_xattn_kv(name):
+                p.copy_((p.double() @ m.to(p.device)).to(p.dtype))
+                n += 1
+    if not n:
+        raise UnseeError("the UNet has no cross-attention key/value projections (attn2.to_k / attn2.to_v) to edit")
+    return {"projections": n, "edit_rows": int(moved.sum()), "keep_rows": len(k),
+            # 0: every concept state now reads as its anchor's; 1: unchanged
+            "edit_residual": round(float((c @ m.T - t).norm() / (c - t).norm()), 4),
+            # relative change of the kept states as the keys and values see them
+            "keep_drift": round(float((k @ m.T - k).norm() / k.norm().clamp(min=1e-30)), 4)}
