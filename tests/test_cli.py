@@ -109,3 +109,11 @@ def test_reward_train_wants_one_feedback_per_image_set(tmp_path):
             "--feedback", str(tmp_path / "fa.jsonl"), "--out", str(tmp_path / "r"))
     assert r.returncode == 2 and "one --feedback per --images (got 2 image sets and 1 feedback files)" in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "r").exists()
+
+
+def test_erase_with_a_context_that_has_no_place_for_the_concept_is_refused(tmp_path, tiny_model_dir):
+    r = run("erase", "--model", str(tiny_model_dir), "--method", "uce", "--concept", "red", "--context", "a cat at night",
+            "--out", str(tmp_path / "u"))
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        "error: --context 'a cat at night' must hold {} once, where the concept goes"], r.stderr
+    assert not (tmp_path / "u").exists()

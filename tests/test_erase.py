@@ -208,6 +208,7 @@ def test_a_word_and_a_learned_token_are_erased_together(tiny_model_dir, tmp_path
     ({"null_energy": 0}, "--null-energy must be in"),
     ({"method": "uce", "params": "lora"}, "--params lora does not apply"),
     ({"method": "uce", "context": ("a cat",)}, "must hold {} once"),
+    ({"context": ("a {} cat with a {}",)}, "must hold {} once"),
     ({"method": "uce", "preserve": ("a dog",), "preserve_on": "own"}, "--preserve-on does not apply"),
 ])
 def test_bad_settings(tiny_model_dir, tmp_path, kw, message):

@@ -69,7 +69,7 @@ ERASE_DEFAULTS: dict[str, Any] = dict(steps=300, batch_size=4, reuse=16, checkpo
 METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     "sdd": dict(lr=3e-4, ema_decay=0.99, preserve_weight=0.3),
     "esd": dict(lr=3e-4),
-    "uce": dict(preserve_weight=0.1),  # lambda_p of the closed form (README: the skull at 0.1 and 1)
+    "uce": dict(preserve_weight=0.1),  # the closed form's weight, uce's default (README: the skull at 0.01, 0.1 and 1)
 }
 
 
