@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 from pathlib import Path
 
@@ -181,8 +182,8 @@ def main() -> None:
 def _template(prompt: str, words: tuple[str, ...]) -> str:
     """The prompt with {} where the first of `words` it holds was (UCE's context)."""
     for w in words:
-        if w in prompt:
-            return prompt.replace(w, "{}", 1)
+        if re.search(rf"\b{re.escape(w)}\b", prompt):
+            return re.sub(rf"\b{re.escape(w)}\b", "{}", prompt, count=1)
     raise ValueError(f"none of {words} in {prompt!r}")
 
 

@@ -321,3 +321,30 @@ def test_context_trains_the_concept_where_it_sits(tiny_model_dir, tmp_path, meth
     _, ctx = _kv_and_eps(tmp_path / "ctx", "a red cat at night")
     _, bare = _kv_and_eps(tmp_path / "bare", "a red cat at night")
     assert (ctx - anchor).norm() < 0.7 * (base - anchor).norm() and (ctx - anchor).norm() < (bare - anchor).norm()
+
+
+@pytest.mark.parametrize("anchor", ["blue", "a very blue", ""])
+def test_uce_rows_run_from_the_concept_through_the_padding_aligned_on_its_end(tiny_model_dir, anchor):
+    """With a text encoder that mixes context (the tiny one has layers), the states after the concept carry it: the
+    edit rows run from the concept's first token to the end, each toward the anchor prompt's state aligned on the
+    concept's last token (UCE's alignment); a longer anchor leaves the concept's last padding rows without a partner."""
+    from unsee.sampling import encode_text
+    from unsee.uce import edit_rows, fill
+
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_model_dir)
+    n = {w: len(pipe.tokenizer(w).input_ids) - 2 for w in ("a", "red", anchor)}  # tokens without start and end
+    c, t, keep = edit_rows(pipe, ["red"], anchor, ["a {} cat"])
+    length, p, shift = pipe.tokenizer.model_max_length, 1 + n["a"], n[anchor] - n["red"]
+    assert len(c) == len(t) == length - p - max(0, shift)
+    states = encode_text(pipe, ["a red cat", fill("a {} cat", anchor)]).double()
+    assert torch.allclose(c, states[0, p:p + len(c)])
+    assert torch.allclose(t[-1], states[1, p + len(c) - 1 + shift])  # the last row's partner, aligned on the end
+    assert torch.allclose(keep[:p], states[0, :p])  # the context before the concept is held
+
+
+@pytest.mark.parametrize("concept, anchor, message", [("red", "red", "are the same tokens"),
+                                                      ("red", "red dog", "adds no token of its own")])
+def test_uce_refuses_an_anchor_that_is_or_holds_the_concept(tiny_model_dir, tmp_path, concept, anchor, message):
+    with pytest.raises(UnseeError, match=message):
+        erase(_cfg(tiny_model_dir, tmp_path / "u", method="uce", concept=(concept,), anchor=anchor,
+                   context=("a {}",)), progress=False)

@@ -37,6 +37,7 @@ from unsee.params import LoraSettings, ParamSet, is_xattn_kv, save_trained_unet,
 from unsee.runinfo import write_run_info
 from unsee.sampling import cfg_noise, encode_text
 from unsee.trainer import TrainConfig, Trainer, original_weights, step_generator
+from unsee.uce import fill
 
 logger = logging.getLogger(__name__)
 
@@ -163,8 +164,7 @@ class EraseMethod:
         if self.in_context:
             # rows (context x concept): trajectories are sampled from each row's prompt and trained on it, toward
             # the same context with the anchor, or nothing, in the concept's place
-            rows = [(ctx.replace("{}", x), " ".join(ctx.replace("{}", cfg.anchor or "").split()))
-                    for ctx in contexts for x in concepts]
+            rows = [(fill(ctx, x), fill(ctx, cfg.anchor or "")) for ctx in contexts for x in concepts]
             self.c_s = encode_text(pipe, [r[0] for r in rows])
             self.anchor = encode_text(pipe, [r[1] for r in rows])
             self.c_p = self.c_s
@@ -424,7 +424,7 @@ def _erase_closed_form(pipe, cfg: EraseConfig, concepts: list[str]) -> dict:
     t0 = time.time()
     info = uce_edit(pipe, concepts, cfg.anchor or "", cfg.context_prompts(), cfg.preserve_prompts(), cfg.preserve_weight)
     logger.info("uce: %s", info)
-    kv = {k: p for k, p in pipe.unet.named_parameters() if is_xattn_kv(k)}
+    kv = {f"param.{k}": p for k, p in pipe.unet.named_parameters() if is_xattn_kv(k)}  # the training runs' naming
     summary = {"method": "uce", "concepts": concepts, "seconds": round(time.time() - t0, 1), "unet_passes_per_update": 0.0,
                "processes": 1, "weights_digest": weights_digest(kv), "final": {}, "uce": info}
     from accelerate import PartialState

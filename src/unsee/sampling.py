@@ -13,7 +13,6 @@ from collections.abc import Sequence
 import torch
 
 
-@torch.no_grad()
 def token_ids(pipe, prompts: Sequence[str]) -> torch.Tensor:
     """(B, L) token ids of prompts padded to the tokenizer's max length, as SD's pipelines tokenize them."""
     tok = pipe.tokenizer
@@ -23,6 +22,7 @@ def token_ids(pipe, prompts: Sequence[str]) -> torch.Tensor:
     return tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt").input_ids
 
 
+@torch.no_grad()
 def encode_text(pipe, prompts: Sequence[str]) -> torch.Tensor:
     """Text-encoder hidden states (B, L, D) for prompts padded to the tokenizer's max length, as SD does."""
     return pipe.text_encoder(token_ids(pipe, prompts).to(pipe.text_encoder.device))[0].to(pipe.unet.dtype)

@@ -38,17 +38,30 @@ def _length(ids: torch.Tensor, eos: int) -> int:
     return int(hits[0]) + 1 if len(hits) else len(ids)
 
 
+def fill(context: str, text: str) -> str:
+    """The context prompt with `text` where {} is (single spaces: an empty text leaves no gap)."""
+    return " ".join(context.replace("{}", text).split())
+
+
 def edit_rows(pipe, concepts: list[str], anchor: str, contexts: list[str]):
     """(C_e, T_e, C_k): the concept's states and the anchor's in their place, over every concept x context, and the
-    states those prompts share with the anchor's (their context words, the anchor itself), to keep."""
+    states those prompts share with the anchor's (their context words, the anchor itself), to keep.
+
+    Rows run from the concept's first token, aligned with the anchor's on the span's end (as UCE's code). With a
+    text encoder that mixes context (layers > 0), the states after the concept carry it, so they run on through the
+    padding toward the anchor prompt's; with a context-free one (the toy world's) they are the same tokens, only
+    shifted where the anchor's length differs, so then the concept's own tokens alone are edited."""
     eos = pipe.tokenizer.eos_token_id
+    carries = getattr(pipe.text_encoder.config, "num_hidden_layers", 1) > 0
     edit_c, edit_t, keep = [], [], []
     for ctx in contexts:
-        prompts = [ctx.replace("{}", x) for x in (*concepts, anchor)]
-        ids, states = _states(pipe, prompts)
+        ids, states = _states(pipe, [fill(ctx, x) for x in (*concepts, anchor)])
         ia, sa, na = ids[-1], states[-1], _length(ids[-1], eos)
         for ic, sc, name in zip(ids[:-1], states[:-1], concepts, strict=True):
             nc = _length(ic, eos)
+            if torch.equal(ic, ia):
+                raise UnseeError(f"the concept {name!r} and the anchor {anchor!r} are the same tokens in {fill(ctx, name)!r}; "
+                                 "give an --anchor other than the concept")
             p = 0  # common prefix: the context before {}
             while p < min(nc, na) and ic[p] == ia[p]:
                 p += 1
@@ -57,16 +70,12 @@ def edit_rows(pipe, concepts: list[str], anchor: str, contexts: list[str]):
                 s += 1
             ec, ea = nc - s, na - s  # concept span [p, ec), anchor span [p, ea)
             if ec == p:
-                raise UnseeError(f"--concept {name!r} adds no token to the context {ctx!r}; give a concept that the "
-                                 "tokenizer sees, or a --context with {} where it goes")
-            if ec == ea:  # same length: the concept's span and everything after it, position for position
-                rows = range(p, len(ic))  # (after the span the target is the state itself where context does not flow)
-                targets = list(rows)
-            else:  # aligned on the span's end; where the anchor is shorter its first place (or what follows) stands in
-                rows = range(p, ec)
-                targets = [max(p, j - ec + ea) for j in rows]
+                raise UnseeError(f"the concept {name!r} adds no token of its own to {fill(ctx, name)!r} (is it part of the "
+                                 f"anchor {anchor!r}?); give a concept the tokenizer sees and an anchor without it")
+            end = len(ic) - max(0, ea - ec) if carries or ec == ea else ec
+            rows = range(p, end)
             edit_c.append(sc[list(rows)])
-            edit_t.append(sa[targets])
+            edit_t.append(sa[[max(p, j - ec + ea) for j in rows]])  # the anchor's first place stands in where it is shorter
             keep += [sc[:p], sa[p:ea]]  # the context before the concept, and the anchor's own tokens, as before
     return torch.cat(edit_c), torch.cat(edit_t), torch.cat(keep)
 
@@ -88,16 +97,18 @@ def uce_edit(pipe, concepts: list[str], anchor: str, contexts: list[str], preser
     edit_c, edit_t, keep = edit_rows(pipe, concepts, anchor, contexts)
     if preserve:
         keep = torch.cat([keep, _states(pipe, preserve)[1].reshape(-1, keep.shape[1])])
-    m = closed_form(edit_c, edit_t, keep, preserve_weight)
     moved = (edit_c - edit_t).norm(dim=1) > 1e-6 * edit_c.norm(dim=1)  # rows whose target differs from the state
     if not moved.any():
         raise UnseeError("every concept state equals its anchor's: nothing to erase (is --anchor the concept itself?)")
     c, t = edit_c[moved], edit_t[moved]
+    # a state being moved is not also held where it recurs (a concept inside another one's context)
+    keep = keep[~(torch.cdist(keep, c) <= 1e-6 * keep.norm(dim=1, keepdim=True)).any(1)]
+    m = closed_form(edit_c, edit_t, keep, preserve_weight)
     k = torch.unique(keep, dim=0)
     n = 0
     with torch.no_grad():
         for name, p in pipe.unet.named_parameters():
-            if is_xattn_kv(name):
+            if is_xattn_kv(name) and name.endswith(".weight") and p.ndim == 2:  # not a bias or an adapter's
                 p.copy_((p.double() @ m.to(p.device)).to(p.dtype))
                 n += 1
     if not n:
