@@ -55,8 +55,10 @@ class EraseConfig:
                                          "concept, the token where it shows it unnamed).")
     anchor: str | None = field(None, help="Erase toward this text instead of the empty prompt: SDD's target is the "
                                           "original model's prediction for it, ESD's negative guidance pushes away from "
-                                          "the concept around it (e.g. 'a mask' for 'a skull': a neighbour the concept "
-                                          "is entangled with then moves toward itself, not away).")
+                                          "the concept around it, uce maps the concept's token states to its (e.g. "
+                                          "'mask' for 'skull': a neighbour the concept is entangled with then moves "
+                                          "toward itself, not away; on the toy world 'with a' alone draws a skull, so "
+                                          "only an object anchor removed it, README).")
     context: tuple[str, ...] = field((), help="A prompt with {} where the concept goes (repeatable; @FILE reads one a line). "
                                              "sdd/esd train on these prompts (trajectories sampled from each, a batch row "
                                              "each in turn) toward the original model's prediction for the same prompt with "
