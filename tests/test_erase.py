@@ -348,3 +348,14 @@ def test_uce_refuses_an_anchor_that_is_or_holds_the_concept(tiny_model_dir, tmp_
     with pytest.raises(UnseeError, match=message):
         erase(_cfg(tiny_model_dir, tmp_path / "u", method="uce", concept=(concept,), anchor=anchor,
                    context=("a {}",)), progress=False)
+
+
+def test_a_rerun_with_other_settings_is_refused_and_a_longer_one_resumes(tiny_model_dir, tmp_path):
+    """The checkpoint keeps the run's settings: a rerun into the same --out with another learning rate would mix two
+    runs, so it stops with one line naming the difference; more --steps extend the run, as resuming is meant to."""
+    out = tmp_path / "e"
+    erase(_cfg(tiny_model_dir, out), progress=False)
+    with pytest.raises(UnseeError, match=r"holds a run made with other settings \(lr: 0.001 there, 0.002 now\)"):
+        erase(_cfg(tiny_model_dir, out, lr=2e-3), progress=False)
+    summary = erase(_cfg(tiny_model_dir, out, steps=6), progress=False)
+    assert json.loads((out / "unsee.json").read_text())["config"]["steps"] == 6 and summary["weights_digest"]

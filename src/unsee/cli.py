@@ -350,7 +350,8 @@ Examples:
   unsee erase --model toyworld --method uce --concept skull --anchor mask --context @contexts.txt --preserve @keep.txt \
       --out runs/uce    # closed form, seconds: contexts.txt holds prompts like "a red cross with a {} in the city"
 
-A rerun with the same --out resumes from the last checkpoint.
+A rerun with the same --out resumes from the last checkpoint (more --steps extend the run; other
+settings are refused rather than mixed into it).
 """,
 )
 @click_options(EraseConfig)
@@ -381,7 +382,8 @@ Examples:
 
 Output: LoRA weights for pipe.load_lora_weights(OUT) (or a pipeline folder with
 --params other than lora); OUT/run/epochs.csv logs mean reward, each term, the
-KL estimate and the clip fraction per epoch. A rerun resumes.
+KL estimate and the clip fraction per epoch. A rerun resumes (more --epochs extend the run;
+other settings are refused).
 """,
 )
 @click_options(RLConfig)

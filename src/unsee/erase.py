@@ -36,7 +36,7 @@ from unsee.files import atomic_write_text
 from unsee.params import LoraSettings, ParamSet, is_xattn_kv, save_trained_unet, select_parameters
 from unsee.runinfo import write_run_info
 from unsee.sampling import cfg_noise, encode_text
-from unsee.trainer import TrainConfig, Trainer, original_weights, step_generator
+from unsee.trainer import TrainConfig, Trainer, original_weights, run_settings, step_generator
 from unsee.uce import fill
 
 logger = logging.getLogger(__name__)
@@ -395,7 +395,7 @@ def erase(cfg: EraseConfig, *, progress: bool = True) -> dict:
     method = EraseMethod(pipe, cfg, concepts, params)
     tcfg = TrainConfig(steps=cfg.steps, lr=cfg.lr, weight_decay=1e-4, grad_clip=1.0, seed=cfg.seed,
                        ema_decay=cfg.ema_decay if cfg.method == "sdd" else None, checkpoint_every=cfg.checkpoint_every)
-    trainer = Trainer(method, tcfg, out / "run", progress=progress, device=device)
+    trainer = Trainer(method, tcfg, out / "run", progress=progress, device=device, settings=run_settings(cfg))
     method.trainer = trainer
     result = trainer.run()
 

@@ -34,7 +34,7 @@ from unsee.errors import UnseeError
 from unsee.files import atomic_write
 from unsee.imageset import ImageSet
 from unsee.runinfo import write_run_info
-from unsee.trainer import TrainConfig, Trainer
+from unsee.trainer import TrainConfig, Trainer, run_settings
 
 logger = logging.getLogger(__name__)
 
@@ -241,7 +241,7 @@ def invert_images(cfg: TokenTraining, *, model: str, images: ImageSet, ids: list
         z0 = (z0 * pipe.vae.config.scaling_factor).float()
     method = InversionMethod(pipe, emb, z0, prompts, weights, cfg.batch_size)
     tcfg = TrainConfig(steps=cfg.steps, lr=cfg.lr, checkpoint_every=cfg.checkpoint_every, seed=cfg.seed, grad_clip=0.0)
-    result = Trainer(method, tcfg, run_dir, progress=progress, device=device).run()
+    result = Trainer(method, tcfg, run_dir, progress=progress, device=device, settings=run_settings(cfg)).run()
     out.parent.mkdir(parents=True, exist_ok=True)
     save_embedding(out, cfg.token, emb.vectors)
     return {"seconds": round(result.seconds, 1), "final": result.last_logs, "example_prompt": prompts[0]}

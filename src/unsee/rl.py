@@ -39,6 +39,7 @@ from unsee.trainer import (
     append_csv_row,
     keep_csv_rows,
     original_weights,
+    run_settings,
     step_generator,
 )
 
@@ -401,7 +402,7 @@ def rl(cfg: RLConfig, *, progress: bool = True) -> dict:
     tcfg = TrainConfig(steps=cfg.epochs * cfg.updates_per_epoch, lr=cfg.lr, weight_decay=1e-4, grad_clip=1.0,
                        accumulation=cfg.trained_steps, seed=cfg.seed, log_every=cfg.updates_per_epoch,
                        checkpoint_every=cfg.checkpoint_every * cfg.updates_per_epoch)
-    trainer = Trainer(method, tcfg, out / "run", progress=progress, device=device)
+    trainer = Trainer(method, tcfg, out / "run", progress=progress, device=device, settings=run_settings(cfg))
     method.trainer = trainer
     result = trainer.run()
     summary = {"reward": cfg.reward, "epochs": cfg.epochs, "seconds": round(result.seconds, 1),

@@ -20,6 +20,7 @@ import contextlib
 import csv
 import dataclasses
 import hashlib
+import json
 import logging
 import math
 import time
@@ -146,11 +147,23 @@ def _dist():
     return None
 
 
+# Settings a rerun may change and still resume: a longer run, another checkpoint interval, device or progress bar.
+RESUME_MAY_CHANGE = frozenset({"steps", "epochs", "checkpoint_every", "device", "out"})
+
+
+def run_settings(cfg: Any) -> dict[str, Any]:
+    """A command's dataclass config as the settings a resumed run must share (`Trainer(settings=...)`)."""
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RESUME_MAY_CHANGE}
+
+
 class Trainer:
-    def __init__(self, method: Method, cfg: TrainConfig, out: str | Path, *, progress: bool = True, device: str | torch.device = "cpu"):
+    def __init__(self, method: Method, cfg: TrainConfig, out: str | Path, *, progress: bool = True, device: str | torch.device = "cpu",
+                 settings: dict[str, Any] | None = None):
         from unsee.generate import process_state
 
         self.method, self.cfg, self.out = method, cfg, Path(out)
+        # the command's settings, kept in each checkpoint: a rerun with other ones is refused, not silently mixed
+        self.settings = json.loads(json.dumps(settings, default=str)) if settings is not None else None
         self.state = process_state()
         self.device = torch.device(device)
         self.params = method.parameters()
@@ -185,6 +198,8 @@ class Trainer:
         if self.ema is not None:
             tensors |= {f"ema.{k}": v for k, v in self.ema.items()}
         meta: dict[str, Any] = {"step": self.step}
+        if self.settings is not None:
+            meta["settings"] = self.settings
         if hasattr(self.method, "state_dict"):  # a method's own state (DDPO's reward buffers), JSON only
             meta["method"] = self.method.state_dict()
         if self.state.is_main_process:
@@ -195,6 +210,13 @@ class Trainer:
         if not has_checkpoint(self.ckpt):
             return 0
         tensors, meta = load_checkpoint(self.ckpt, optimizer=self.optimizer, restore_rng=False)
+        if self.settings is not None and "settings" in meta:  # checkpoints from before settings were kept: no check
+            old = meta["settings"]
+            if diff := sorted(k for k in old.keys() | self.settings.keys() if old.get(k) != self.settings.get(k)):
+                k = diff[0]
+                raise UnseeError(f"{self.out} holds a run made with other settings ({k}: {old.get(k)!r} there, "
+                                 f"{self.settings.get(k)!r} now{f'; {len(diff) - 1} more' if len(diff) > 1 else ''}); "
+                                 "rerun with the same settings to resume, or give a new --out")
         with torch.no_grad():
             for k, p in self.params.items():
                 p.copy_(tensors[f"param.{k}"])
