@@ -34,7 +34,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from unsee.models import load_pipeline
-    from unsee.sampling import token_ids
+    from unsee.uce import prompt_length, text_states
 
     base = load_pipeline(args.base)
     if args.token:
@@ -43,13 +43,11 @@ def main() -> None:
         base.load_textual_inversion(args.token, token=next(iter(load_file(args.token))))
     w0 = kv_weights(base)
     probes = args.probe or list(PROBES)
-    ids = token_ids(base, probes)
-    with torch.no_grad():
-        states = base.text_encoder(ids)[0].double()
+    ids, states = text_states(base, probes)
     eos = base.tokenizer.eos_token_id
     rows = []  # (label, state)
     for p, (row, st) in enumerate(zip(ids, states, strict=True)):
-        end = int((row == eos).nonzero()[0]) + 1
+        end = prompt_length(row, eos)
         for i in [*range(end), PAD_AT]:
             word = base.tokenizer.convert_ids_to_tokens(int(row[i])).replace("</w>", "")
             rows.append((f"p{p}:{word}@{i}" if i < end else f"p{p}:pad@{i}", st[i]))

@@ -144,8 +144,9 @@ def test_preserve_prompts_keep_their_predictions_closer_to_the_original(tiny_mod
 def test_null_space_constraint_holds_the_kept_states_and_still_erases(tiny_model_dir, tmp_path):
     """--preserve-on null: every change to the keys' and values' weights lies off the kept states' main directions,
     so their keys and values move far less than in a plain run, while the concept is still pulled in."""
-    from unsee.erase import _distinct_states, _null_projector
+    from unsee.erase import _null_projector
     from unsee.sampling import encode_text
+    from unsee.uce import distinct_states
 
     kept = ["a blue house at night", "a green tree on a mountain"]
     kw = dict(method="esd", steps=40, reuse=8, checkpoint_every=40, lr=3e-3, params="xattn-kv")
@@ -154,7 +155,7 @@ def test_null_space_constraint_holds_the_kept_states_and_still_erases(tiny_model
                          **kw), progress=False)
     base = StableDiffusionPipeline.from_pretrained(tiny_model_dir)
     states = encode_text(base, kept)
-    proj, rank = _null_projector(_distinct_states(states), 0.95)
+    proj, rank = _null_projector(distinct_states(states), 0.95)
     assert 0 < rank < len(proj)
     info = summary["null_space"]
     assert info["held"] == f"{rank} of {len(proj)}" and 0 < info["free_share_kept"] < 0.05 + 1e-9 < info["free_share_concept"]

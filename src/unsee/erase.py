@@ -37,7 +37,7 @@ from unsee.params import LoraSettings, ParamSet, is_xattn_kv, save_trained_unet,
 from unsee.runinfo import write_run_info
 from unsee.sampling import cfg_noise, encode_text
 from unsee.trainer import TrainConfig, Trainer, original_weights, run_settings, step_generator
-from unsee.uce import fill
+from unsee.uce import distinct_states, fill
 
 logger = logging.getLogger(__name__)
 
@@ -193,7 +193,7 @@ class EraseMethod:
         self.null_proj: torch.Tensor | None = None
         self.null_info: dict | None = None
         if keep and cfg.preserve_on == "null":
-            kept = _distinct_states(self.c_keep)
+            kept = distinct_states(self.c_keep)
             proj, rank = _null_projector(kept, cfg.null_energy)
             self.null_proj = proj.to(dev)
             self.null_refs = [(k, p.detach().clone()) for k, p in params.items() if is_xattn_kv(k)]
@@ -336,11 +336,6 @@ class EraseMethod:
         mean an unchanged prediction for every latent and timestep."""
         c = self.c_keep.to(self.pipe.unet.device, self.pipe.unet.dtype)
         return torch.stack([F.mse_loss(proj(c).float(), ref) / ref.pow(2).mean() for proj, ref in self.kv_refs]).mean()
-
-
-def _distinct_states(encoded: torch.Tensor) -> torch.Tensor:
-    """(N, d): each distinct token state of (prompts, positions, d) once, in float64 (padding repeats across prompts)."""
-    return torch.unique(encoded.reshape(-1, encoded.shape[-1]).double(), dim=0)
 
 
 def _null_projector(states: torch.Tensor, energy: float) -> tuple[torch.Tensor, int]:

@@ -25,17 +25,22 @@ from unsee.sampling import token_ids
 UCE_RIDGE = 0.1  # lambda_r, UCE's own: every direction no state constrains stays near the original W
 
 
-def _states(pipe, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+def text_states(pipe, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """Token ids (B, L) and text-encoder states (B, L, d) in float64."""
     ids = token_ids(pipe, prompts)
     with torch.no_grad():
         return ids, pipe.text_encoder(ids.to(pipe.text_encoder.device))[0].double().cpu()
 
 
-def _length(ids: torch.Tensor, eos: int) -> int:
+def prompt_length(ids: torch.Tensor, eos: int) -> int:
     """Tokens up to and including the first end-of-text (padding after it may repeat it)."""
     hits = (ids == eos).nonzero()
     return int(hits[0]) + 1 if len(hits) else len(ids)
+
+
+def distinct_states(states: torch.Tensor) -> torch.Tensor:
+    """(N, d): each distinct token state of (..., d) once, in float64 (padding repeats across prompts)."""
+    return torch.unique(states.reshape(-1, states.shape[-1]).double(), dim=0)
 
 
 def fill(context: str, text: str) -> str:
@@ -55,10 +60,10 @@ def edit_rows(pipe, concepts: list[str], anchor: str, contexts: list[str]):
     carries = getattr(pipe.text_encoder.config, "num_hidden_layers", 1) > 0
     edit_c, edit_t, keep = [], [], []
     for ctx in contexts:
-        ids, states = _states(pipe, [fill(ctx, x) for x in (*concepts, anchor)])
-        ia, sa, na = ids[-1], states[-1], _length(ids[-1], eos)
+        ids, states = text_states(pipe, [fill(ctx, x) for x in (*concepts, anchor)])
+        ia, sa, na = ids[-1], states[-1], prompt_length(ids[-1], eos)
         for ic, sc, name in zip(ids[:-1], states[:-1], concepts, strict=True):
-            nc = _length(ic, eos)
+            nc = prompt_length(ic, eos)
             if torch.equal(ic, ia):
                 raise UnseeError(f"the concept {name!r} and the anchor {anchor!r} are the same tokens in {fill(ctx, name)!r}; "
                                  "give an --anchor other than the concept")
@@ -82,12 +87,11 @@ def edit_rows(pipe, concepts: list[str], anchor: str, contexts: list[str]):
 
 def closed_form(edit_c: torch.Tensor, edit_t: torch.Tensor, keep: torch.Tensor, preserve_weight: float,
                 ridge: float = UCE_RIDGE) -> torch.Tensor:
-    """UCE's M (d, d) for W' = W M. Rows are deduplicated first: padding repeats in every prompt."""
-    pairs = torch.unique(torch.cat([edit_c, edit_t], 1), dim=0)
-    c, t = pairs.chunk(2, dim=1)
-    k = torch.unique(keep, dim=0) if len(keep) else keep
+    """UCE's M (d, d) for W' = W M, from edit pairs (deduplicated here: padding repeats in every prompt) and
+    distinct kept states."""
+    c, t = distinct_states(torch.cat([edit_c, edit_t], 1)).chunk(2, dim=1)
     eye = torch.eye(c.shape[1], dtype=torch.float64)
-    kk = preserve_weight * k.T @ k + ridge * eye
+    kk = preserve_weight * keep.T @ keep + ridge * eye
     return torch.linalg.solve((c.T @ c + kk).T, (t.T @ c + kk).T).T  # A B^-1 without forming the inverse
 
 
@@ -96,15 +100,15 @@ def uce_edit(pipe, concepts: list[str], anchor: str, contexts: list[str], preser
     """Apply W <- W M to every cross-attention key and value projection of pipe.unet; return how well it holds."""
     edit_c, edit_t, keep = edit_rows(pipe, concepts, anchor, contexts)
     if preserve:
-        keep = torch.cat([keep, _states(pipe, preserve)[1].reshape(-1, keep.shape[1])])
+        keep = torch.cat([keep, text_states(pipe, preserve)[1].reshape(-1, keep.shape[1])])
     moved = (edit_c - edit_t).norm(dim=1) > 1e-6 * edit_c.norm(dim=1)  # rows whose target differs from the state
     if not moved.any():
         raise UnseeError("every concept state equals its anchor's: nothing to erase (is --anchor the concept itself?)")
     c, t = edit_c[moved], edit_t[moved]
     # a state being moved is not also held where it recurs (a concept inside another one's context)
     keep = keep[~(torch.cdist(keep, c) <= 1e-6 * keep.norm(dim=1, keepdim=True)).any(1)]
-    m = closed_form(edit_c, edit_t, keep, preserve_weight)
-    k = torch.unique(keep, dim=0)
+    k = distinct_states(keep)
+    m = closed_form(edit_c, edit_t, k, preserve_weight)
     n = 0
     with torch.no_grad():
         for name, p in pipe.unet.named_parameters():
