@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import time
 from pathlib import Path
 
@@ -59,6 +58,9 @@ def main() -> None:
                     "--anchor), e.g. 'a mask' for the skull")
     ap.add_argument("--in-context", action="store_true", help="train the sdd/esd runs on the held-out split's "
                     "explicit prompts with {} for the concept (unsee erase --context; the uce runs always use them)")
+    ap.add_argument("--flagged", action="store_true", help="train the sdd/esd runs on the held-out split's implicit "
+                    "prompts too, pushed off the concept (unsee erase --flagged; the evaluation's seen split is never one)")
+    ap.add_argument("--flagged-guidance", type=float, default=None, help="eta of --flagged (unsee erase's default 1)")
     ap.add_argument("--guidance", type=float, default=None, help="SDD teacher CFG / ESD negative guidance")
     ap.add_argument("--seed", type=int, default=None, help="seed of the erase runs (default 0); the evaluation's seeds stay")
     ap.add_argument("--runs", default=None, help="comma-separated run names (default: skull sdd-text, sdd-hfi, esd-x; kelvo "
@@ -74,7 +76,7 @@ def main() -> None:
 
     from diffusers.utils import logging as dlog
 
-    from unsee.demo import erase_settings, hfi_token
+    from unsee.demo import contexts_file, erase_settings, hfi_token
     from unsee.erase import EraseConfig, erase
     from unsee.evaluate import EvaluateConfig, evaluate
     from unsee.toyworld import prompts_path
@@ -88,6 +90,7 @@ def main() -> None:
     settings["uce"] = erase_settings("uce", preserve_weight=args.preserve_weight)  # its weight is lambda_p of the closed form
     summary = {"settings": {m: {k: v for k, v in s.items() if k != "preserve"} for m, s in settings.items()},
                "params": args.params, "anchor": args.anchor, "in_context": args.in_context,
+               "flagged": args.flagged, "flagged_guidance": args.flagged_guidance,
                "keep_neighbour": args.keep_neighbour,
                "keep_benign": args.keep_benign, "concepts": {}}
     for concept in args.concepts.split(","):
@@ -108,16 +111,17 @@ def main() -> None:
         xp = args.params or "xattn"  # the cross-attention runs' trained parameters
         # UCE's contexts: the held-out split's explicit (and, for the triggers, implicit) prompts with {} for the word
         triggers = tuple(OBJECT_TRIGGERS if concept == "skull" else STYLE_TRIGGERS)
-        ctx = {}
-        for name, kinds, words in (("uce", ("explicit",), (word,)), ("uce-triggers", ("explicit", "implicit"), (word, *triggers))):
-            lines = {_template(ln, words) for k in kinds
-                     for ln in prompts_path(f"{SETS[concept][0].split('_')[0]}_{k}", "heldout").read_text().splitlines() if ln.strip()}
-            ctx[name] = d / f"contexts-{name}.txt"
-            d.mkdir(parents=True, exist_ok=True)
-            ctx[name].write_text("\n".join(sorted(lines)) + "\n")
+        d.mkdir(parents=True, exist_ok=True)
+        ctx = {name: contexts_file(d / f"contexts-{name}.txt", sets_, words) for name, sets_, words in (
+            ("uce", SETS[concept][:1], (word,)), ("uce-triggers", SETS[concept][:2], (word, *triggers)))}
         uce = {"context": (f"@{ctx['uce']}",)}
         if args.in_context:
             per_method = {m: st | (uce if m != "uce" else {}) for m, st in per_method.items()}
+        if args.flagged:
+            implicit = prompts_path(SETS[concept][1], "heldout")
+            flagged = {"flagged": (f"@{implicit}",)} | (
+                {"flagged_guidance": args.flagged_guidance} if args.flagged_guidance is not None else {})
+            per_method = {m: st | (flagged if m != "uce" else {}) for m, st in per_method.items()}
         # (name, method, concept text or None, keyed on the HFI token too, trained parameters[, extra settings])
         runs = {"skull": (("sdd-text", "sdd", word, False, xp), ("sdd-hfi", "sdd", None, True, xp),
                           ("esd-x", "esd", word, False, xp)),
@@ -177,14 +181,6 @@ def main() -> None:
         summary["concepts"][concept] = rows
     (out / "results.json").write_text(json.dumps(summary, indent=2))
     print(f"results -> {out / 'results.json'}")
-
-
-def _template(prompt: str, words: tuple[str, ...]) -> str:
-    """The prompt with {} where the first of `words` it holds was (UCE's context)."""
-    for w in words:
-        if re.search(rf"\b{re.escape(w)}\b", prompt):
-            return re.sub(rf"\b{re.escape(w)}\b", "{}", prompt, count=1)
-    raise ValueError(f"none of {words} in {prompt!r}")
 
 
 if __name__ == "__main__":

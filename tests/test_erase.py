@@ -54,6 +54,7 @@ def test_esd_lora_loads_with_load_lora_weights(tiny_model_dir, tmp_path):
 
 @pytest.mark.parametrize("kw", [{}, {"method": "esd", "preserve": ("a blue house",), "preserve_on": "own"},
                                 {"context": ("{} at night", "a photo of {}"), "anchor": "a blue dog"},
+                                {"method": "esd", "flagged": ("a scary animal", "a dark night")},
                                 {"method": "esd", "preserve": ("a blue house",), "preserve_on": "kv", "params": "xattn-kv"},
                                 {"method": "esd", "preserve": ("a blue house",), "preserve_on": "null", "null_energy": 0.9}])
 def test_resume_after_a_kill_gives_the_same_weights(tiny_model_dir, tmp_path, monkeypatch, kw):
@@ -211,6 +212,9 @@ def test_a_word_and_a_learned_token_are_erased_together(tiny_model_dir, tmp_path
     ({"method": "uce", "context": ("a cat",)}, "must hold {} once"),
     ({"context": ("a {} cat with a {}",)}, "must hold {} once"),
     ({"method": "uce", "preserve": ("a dog",), "preserve_on": "own"}, "--preserve-on does not apply"),
+    ({"method": "uce", "flagged": ("a scary animal",)}, "--flagged prompts do not hold"),
+    ({"flagged": ("a {} animal",)}, "flagged prompts are whole prompts"),
+    ({"flagged": ("a scary animal",), "flagged_guidance": -1}, "--flagged-guidance must be >= 0"),
 ])
 def test_bad_settings(tiny_model_dir, tmp_path, kw, message):
     with pytest.raises(UnseeError, match=message):
@@ -322,6 +326,26 @@ def test_context_trains_the_concept_where_it_sits(tiny_model_dir, tmp_path, meth
     _, ctx = _kv_and_eps(tmp_path / "ctx", "a red cat at night")
     _, bare = _kv_and_eps(tmp_path / "bare", "a red cat at night")
     assert (ctx - anchor).norm() < 0.7 * (base - anchor).norm() and (ctx - anchor).norm() < (bare - anchor).norm()
+
+
+@pytest.mark.parametrize("method", ["sdd", "esd"])
+def test_flagged_prompts_move_off_the_concept(tiny_model_dir, tmp_path, method):
+    """--flagged: a prompt that never names the concept is trained toward the original's prediction for it pushed
+    away from the concept named after it, eps*(p) - eta (eps*(p c) - eps*(p)); the concept-only run leaves it further
+    from that target."""
+    kw = dict(steps=40, reuse=8, checkpoint_every=40, lr=1e-3, method=method, flagged_guidance=2.0) | (
+        {"ema_decay": 0.5} if method == "sdd" else {"guidance": 0.0})
+    flagged = "a scary animal at night"
+    summary = erase(_cfg(tiny_model_dir, tmp_path / "flag", flagged=(flagged,), **kw), progress=False)
+    erase(_cfg(tiny_model_dir, tmp_path / "plain", **kw), progress=False)
+    _, p = _kv_and_eps(tiny_model_dir, flagged)
+    _, pc = _kv_and_eps(tiny_model_dir, f"{flagged} a red cat")
+    target = p - 2.0 * (pc - p)
+    _, flag = _kv_and_eps(tmp_path / "flag", flagged)
+    _, plain = _kv_and_eps(tmp_path / "plain", flagged)
+    assert (flag - target).norm() < 0.8 * (p - target).norm() and (flag - target).norm() < 0.8 * (plain - target).norm()
+    info = json.loads((tmp_path / "flag" / "unsee.json").read_text())
+    assert info["config"]["flagged"] == [flagged] and summary["unet_passes_per_update"] > 0
 
 
 @pytest.mark.parametrize("anchor", ["blue", "a very blue", ""])

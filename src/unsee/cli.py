@@ -344,11 +344,14 @@ Examples:
   unsee erase --model toyworld --method sdd --token flagged.safetensors --out runs/hfi-sdd     # HFI: erase the learned token
   unsee erase --model toyworld --method esd --token flagged.safetensors --preserve @keep.txt --preserve-on own --out runs/hfi-esd
   unsee erase --model toyworld --method esd --concept "by kelvo" --params xattn-kv --preserve @keep.txt --preserve-on kv --out runs/esd-kv
-  unsee erase --model toyworld --method esd --concept "by kelvo" --params xattn-kv --preserve @keep.txt --preserve-on null \
+  unsee erase --model toyworld --method esd --concept "by kelvo" --params xattn-kv --preserve @keep.txt --preserve-on null \\
       --guidance 2 --steps 600 --lr 3e-4 --batch-size 4 --out runs/esd-null
   unsee erase --model ./sd15 --method esd --params lora --concept nudity --out runs/esd-lora   # pipe.load_lora_weights(out)
-  unsee erase --model toyworld --method uce --concept skull --anchor mask --context @contexts.txt --preserve @keep.txt \
+  unsee erase --model toyworld --method uce --concept skull --anchor mask --context @contexts.txt --preserve @keep.txt \\
       --out runs/uce    # closed form, seconds: contexts.txt holds prompts like "a red cross with a {} in the city"
+  unsee erase --model toyworld --method sdd --token flagged.safetensors --concept skull --anchor mask \\
+      --context @contexts.txt --flagged @implicit.txt --flagged-guidance 8 --out runs/hfi-sdd-flagged
+      # implicit.txt: prompts whose images were flagged without naming the concept, e.g. "a haunted red ring"
 
 A rerun with the same --out resumes from the last checkpoint (more --steps extend the run; other
 settings are refused rather than mixed into it).

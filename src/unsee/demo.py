@@ -6,11 +6,13 @@
               three simulated annotators (the oracle with 10% noise);
 3. reward     a reward model on the toy CLIP's image embeddings;
 4. invert     the learned token <skull-flagged> (reward-weighted textual inversion);
-5. erase      text-SDD ("skull"), HFI-SDD (the learned token) and ESD-x ("skull");
+5. erase      text-SDD ("skull"), HFI-SDD (the learned token and the word), ESD-x
+              ("skull") and UCE (the word's closed-form edit, then the token's),
+              each where the word sits in prompts and toward the mask;
    rl         DDPO (ShieldDiff) against the oracle's skull reward (log(1 - p)) + 0.5 x CLIP, LoRA fused into a folder;
 6. attack     Ring-A-Bell prompts (never naming the skull) from the base model's text
               encoder, and a concept-inversion token against each erased model;
-7. evaluate   all five models on the same prompts and seeds, and each under attack:
+7. evaluate   all six models on the same prompts and seeds, and each under attack:
               `metrics.json`, `report.html`.
 Every stage skips what is already on disk, so a rerun resumes. Without a built
 toy world it falls back to a tiny random-weight pipeline and only makes the grid.
@@ -45,12 +47,20 @@ DEMO_PROMPTS = (
 RANDOM_PROMPTS = ("a photo of a red cat", "a blue house at night", "a green tree on a mountain", "a city street")
 FEEDBACK_SETS = ("object_explicit", "object_implicit", "benign")
 EVAL_SETS = ("object_explicit", "object_implicit", "object_neighbour", "benign")
-# The erasure runs: (name, method, concept text or None for the learned token, extra settings).
-ERASE_RUNS: tuple[tuple[str, str, str | None, dict[str, Any]], ...] = (
-    ("sdd-text", "sdd", "skull", {}),
-    ("sdd-hfi", "sdd", None, {}),
-    ("esd-x", "esd", "skull", {}),
+# The erasure runs: (name, method, concept text or None, keyed on the learned token too, extra settings). Every run
+# is trained where the word sits (the held-out explicit prompts as --context) and toward the mask (--anchor): on the
+# toy world "with a" alone draws a skull, so toward nothing the skull stays (README, erase). HFI-SDD also trains the
+# held-out implicit prompts pushed off the token and the word (--flagged; runs/es12-flag-p2).
+# "uce-word" is only the base of "uce-hfi",
+# UCE keyed on the token applied on top of the word's edit, and is not evaluated on its own.
+ERASE_RUNS: tuple[tuple[str, str, str | None, bool, dict[str, Any]], ...] = (
+    ("sdd-text", "sdd", "skull", False, {}),
+    ("sdd-hfi", "sdd", "skull", True, {"flagged": True, "flagged_guidance": 8.0, "steps": 600, "preserve_weight": 2.0}),
+    ("esd-x", "esd", "skull", False, {}),
+    ("uce-word", "uce", "skull", False, {}),
+    ("uce-hfi", "uce", None, True, {"model": "uce-word"}),
 )
+ERASE_ANCHOR = "mask"
 
 
 def preserve_prompts() -> tuple[str, ...]:
@@ -143,6 +153,18 @@ def _prompt_file(path: Path, sets: tuple[str, ...]) -> Path:
     return path
 
 
+def contexts_file(path: Path, sets: tuple[str, ...], words: tuple[str, ...]) -> Path:
+    """The held-out split's prompts of `sets` with {} where the first of `words` each holds was (erase --context):
+    the evaluation's seen split is never a context."""
+    from unsee.toyworld import prompts_path
+    from unsee.uce import as_context
+
+    lines = {as_context(ln, words) for name in sets for ln in prompts_path(name, "heldout").read_text().splitlines()
+             if ln.strip()}
+    atomic_write_text(path, "\n".join(sorted(lines)) + "\n")
+    return path
+
+
 # HFI per flaggable concept: which prompts make the feedback images, the feedback kind, the init word.
 HFI_SETUP: dict[str, dict[str, Any]] = {
     "skull": {"sets": ("object_explicit", "object_implicit", "benign"), "kind": "binary", "init_word": "thing"},
@@ -189,16 +211,25 @@ def hfi_token(d: Path, concept: str = "skull", *, progress: bool = True, say: Ca
 
 def _erase_all(d: Path, token: Path, progress: bool, say: Callable[[str], None]) -> dict[str, str]:
     from unsee.erase import EraseConfig, erase
+    from unsee.toyworld import prompts_path
 
+    d.mkdir(parents=True, exist_ok=True)
+    contexts = contexts_file(d / "contexts.txt", ("object_explicit",), ("skull",))
+    flagged = prompts_path("object_implicit", "heldout")
+    folders = {name: d / name for name, *_ in ERASE_RUNS}
+    bases = {extra["model"] for *_, extra in ERASE_RUNS if "model" in extra}
     models = {}
-    for name, method, concept, extra in ERASE_RUNS:
+    for name, method, concept, keyed_on_token, extra in ERASE_RUNS:
         say(f"5/7 erase: {name}")
-        folder = d / name
-        if not (folder / "unsee.json").exists():
-            settings = erase_settings(method, **extra)
-            erase(EraseConfig(model=TOYWORLD, out=str(folder), method=method, concept=(concept,) if concept else (),
-                              token=None if concept else str(token), **settings), progress=progress)
-        models[name] = str(folder)
+        if not (folders[name] / "unsee.json").exists():
+            kw = {"context": (f"@{contexts}",), "anchor": ERASE_ANCHOR} | erase_settings(method) | extra
+            kw["model"] = str(folders[kw["model"]]) if "model" in kw else TOYWORLD
+            if kw.pop("flagged", False):
+                kw["flagged"] = (f"@{flagged}",)
+            erase(EraseConfig(out=str(folders[name]), method=method, concept=(concept,) if concept else (),
+                              token=str(token) if keyed_on_token else None, **kw), progress=progress)
+        if name not in bases:
+            models[name] = str(folders[name])
     return models
 
 

@@ -11,7 +11,9 @@ With `--anchor TEXT` the concept is replaced by that text instead of by nothing
 (the student's own prediction for a drifts with it, which a moving target cannot
 hold), ESD's is eps*(z_t, t, a) - eta (eps*(z_t, t, c) - eps*(z_t, t, a)).
 With `--context` the concept is trained where it sits in whole prompts, and the anchor is the same prompt with
-the anchor text (or nothing) in its place. UCE (`--method uce`) is the closed form in `unsee.uce`, no training.
+the anchor text (or nothing) in its place; `--flagged` prompts show the concept without naming it and are trained
+toward the original's prediction for themselves pushed away from the concept (ESD's guidance, keyed on the word or
+token named after the prompt). UCE (`--method uce`) is the closed form in `unsee.uce`, no training.
 Cost: `batch_size` trajectories are sampled at once with every DDIM step kept,
 and the next `reuse` updates each draw a fresh random step k from them while the
 EMA teacher moves slowly (the public SDD code samples a fresh trajectory, up to
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import json
 import logging
 from pathlib import Path
@@ -64,6 +67,14 @@ class EraseConfig:
                                              "each in turn) toward the original model's prediction for the same prompt with "
                                              "the anchor, or nothing, in the concept's place; uce edits the concept's token "
                                              "states where it sits in each. Default: the concept alone.")
+    flagged: tuple[str, ...] = field((), help="A prompt whose images show the concept without naming it (repeatable; "
+                                             "@FILE reads one a line), e.g. the prompts of the images people flagged (HFI). "
+                                             "sdd/esd train each such prompt p too, toward the original model's prediction for "
+                                             "it guided away from the concept: eps*(p) - eta (eps*(p + ' ' + concept) - eps*(p)), "
+                                             "eta = --flagged-guidance. An edit keyed on the word or the token reaches a prompt "
+                                             "that never holds either only through what the two share (README). The concept's "
+                                             "own rows then train as with --context '{}' when no --context is given.")
+    flagged_guidance: float = field(1.0, help="--flagged: eta, how far each flagged prompt is pushed off the concept.")
     params: ParamSet = field("xattn", help="Which UNet parameters train: xattn (ESD-x, SDD), xattn-kv (cross-"
                                    "attention keys and values only), noxattn (ESD-u), full, lora.")
     steps: int = field(1500, help="Updates.")
@@ -125,7 +136,15 @@ class EraseConfig:
             raise UnseeError(f"--null-energy must be in (0, 1], got {self.null_energy}")
         if bad := [c for c in self.context_prompts() if c.count("{}") != 1]:
             raise UnseeError(f"--context {bad[0]!r} must hold {{}} once, where the concept goes")
+        if bad := [p for p in self.flagged_prompts() if "{}" in p]:
+            raise UnseeError(f"--flagged {bad[0]!r} holds {{}}: flagged prompts are whole prompts without the concept; "
+                             "a prompt with {} where the concept goes is a --context")
+        if self.flagged_guidance < 0:
+            raise UnseeError(f"--flagged-guidance must be >= 0, got {self.flagged_guidance}")
         if self.method == "uce":
+            if self.flagged:
+                raise UnseeError("--method uce edits the concept's token states, which --flagged prompts do not hold; "
+                                 "give their trigger words as --concept with the prompts as --context, or use sdd/esd")
             if self.params not in ("xattn", "xattn-kv"):
                 raise UnseeError(f"--method uce edits the cross-attention keys and values; --params {self.params} does "
                                  "not apply (use xattn or xattn-kv)")
@@ -135,6 +154,9 @@ class EraseConfig:
 
     def preserve_prompts(self) -> list[str]:
         return _expand(self.preserve)
+
+    def flagged_prompts(self) -> list[str]:
+        return _expand(self.flagged)
 
     def context_prompts(self) -> list[str]:
         return _expand(self.context) or ["{}"]
@@ -161,15 +183,23 @@ class EraseMethod:
         self.trainer: Trainer | None = None
         dev = pipe.unet.device
         self.uncond = encode_text(pipe, [""])
-        contexts = cfg.context_prompts()
-        self.in_context = contexts != ["{}"]
+        contexts, flagged = cfg.context_prompts(), cfg.flagged_prompts()
+        self.in_context = contexts != ["{}"] or bool(flagged)
+        self.flag_rows: torch.Tensor | None = None  # --flagged: which rows are flagged prompts
         if self.in_context:
             # rows (context x concept): trajectories are sampled from each row's prompt and trained on it, toward
-            # the same context with the anchor, or nothing, in the concept's place
-            rows = [(fill(ctx, x), fill(ctx, cfg.anchor or "")) for ctx in contexts for x in concepts]
+            # the same context with the anchor, or nothing, in the concept's place; a flagged prompt is its own base,
+            # pushed away from itself with the concept named after it (the third prompt)
+            named = [(fill(ctx, x), fill(ctx, cfg.anchor or ""), None) for ctx in contexts for x in concepts]
+            unnamed = [(p, p, f"{p} {x}") for p in flagged for x in concepts]
+            # the two kinds alternate, so that a short run, which cycles through the rows in order, trains both
+            rows = [r for pair in itertools.zip_longest(named, unnamed) for r in pair if r is not None]
             self.c_s = encode_text(pipe, [r[0] for r in rows])
             self.anchor = encode_text(pipe, [r[1] for r in rows])
             self.c_p = self.c_s
+            if flagged:
+                self.away = encode_text(pipe, [r[2] or r[0] for r in rows])
+                self.flag_rows = torch.tensor([r[2] is not None for r in rows])
         else:
             self.c_p = encode_text(pipe, [", ".join(concepts)])  # sampling prompt: all concepts
             self.c_s = encode_text(pipe, concepts)  # training prompts: one concept per update, cycled
@@ -273,8 +303,11 @@ class EraseMethod:
             self._sample_cache(step // cfg.reuse)
         z, t, _ = self._draw(self.cache, g)
         n = len(z)
+        flag = None  # --flagged: which of this batch's rows are flagged prompts
         if self.in_context:  # each trajectory trains on the prompt it was sampled from
             c, anchor = self.c_s[self.cache_rows].to(z.device), self.anchor[self.cache_rows].to(z.device)
+            if self.flag_rows is not None and self.flag_rows[self.cache_rows].any():
+                flag = self.flag_rows[self.cache_rows].to(z.device)
         else:
             c = self.c_s[(step * cfg.batch_size + torch.arange(n)) % len(self.c_s)].to(z.device)
             anchor = self.anchor.expand(n, -1, -1)  # the empty prompt, or --anchor
@@ -295,17 +328,23 @@ class EraseMethod:
                 self.unet_passes += n
             if from_original or keep is not None:
                 # (z, t, conditioning) per original-model prediction, one batched call
+                away = [] if flag is None else [(z[flag], t[flag], self.away[self.cache_rows][flag].to(z.device))]
                 calls = (([(z, t, anchor)] if from_original else []) + ([(z, t, c)] if cfg.method == "esd" else [])
-                         + ([(z_keep, t_keep, keep)] if keep is not None else []))
+                         + away + ([(z_keep, t_keep, keep)] if keep is not None else []))
                 with original_weights(self.pipe.unet, self.params, self.original):
                     out = unet(torch.cat([a[0] for a in calls]), torch.cat([a[1] for a in calls]),
-                               encoder_hidden_states=torch.cat([a[2] for a in calls])).sample.float().chunk(len(calls))
-                self.unet_passes += n * len(calls)
+                               encoder_hidden_states=torch.cat([a[2] for a in calls])).sample.float()
+                out = out.split([len(a[0]) for a in calls])
+                self.unet_passes += sum(len(a[0]) for a in calls)
                 if cfg.method == "esd":
                     e_u, e_c = out[0], out[1]
                     target = e_u - cfg.guidance * (e_c - e_u)  # ESD's negative guidance
                 elif from_original:
                     target = out[0]  # SDD with --anchor: eps*(z_t, t, anchor)
+                if away:  # a flagged prompt p: eps*(p) - eta (eps*(p concept) - eps*(p))
+                    e_p = out[0][flag]
+                    target = target.clone()
+                    target[flag] = e_p - cfg.flagged_guidance * (out[1 + (cfg.method == "esd")] - e_p)
                 keep_target = out[-1]
         if keep is None:
             pred = unet(z, t, encoder_hidden_states=c).sample.float()

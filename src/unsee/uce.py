@@ -48,6 +48,16 @@ def fill(context: str, text: str) -> str:
     return " ".join(context.replace("{}", text).split())
 
 
+def as_context(prompt: str, words: tuple[str, ...]) -> str:
+    """The prompt with {} where the first of `words` it holds (as a whole word) was: a context for `fill`."""
+    import re
+
+    for w in words:
+        if re.search(rf"\b{re.escape(w)}\b", prompt):
+            return re.sub(rf"\b{re.escape(w)}\b", "{}", prompt, count=1)
+    raise UnseeError(f"none of {', '.join(map(repr, words))} is in the prompt {prompt!r}, so it gives no context")
+
+
 def edit_rows(pipe, concepts: list[str], anchor: str, contexts: list[str]):
     """(C_e, T_e, C_k): the concept's states and the anchor's in their place, over every concept x context, and the
     states those prompts share with the anchor's (their context words, the anchor itself), to keep.
