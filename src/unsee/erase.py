@@ -184,9 +184,10 @@ class EraseMethod:
         dev = pipe.unet.device
         self.uncond = encode_text(pipe, [""])
         contexts, flagged = cfg.context_prompts(), cfg.flagged_prompts()
-        self.in_context = contexts != ["{}"] or bool(flagged)
+        # --context or --flagged: each trajectory is sampled from, and trained on, one row's own prompt
+        self.by_row = contexts != ["{}"] or bool(flagged)
         self.flag_rows: torch.Tensor | None = None  # --flagged: which rows are flagged prompts
-        if self.in_context:
+        if self.by_row:
             # rows (context x concept): trajectories are sampled from each row's prompt and trained on it, toward
             # the same context with the anchor, or nothing, in the concept's place; a flagged prompt is its own base,
             # pushed away from itself with the concept named after it (the third prompt)
@@ -196,7 +197,6 @@ class EraseMethod:
             rows = [r for pair in itertools.zip_longest(named, unnamed) for r in pair if r is not None]
             self.c_s = encode_text(pipe, [r[0] for r in rows])
             self.anchor = encode_text(pipe, [r[1] for r in rows])
-            self.c_p = self.c_s
             if flagged:
                 self.away = encode_text(pipe, [r[2] or r[0] for r in rows])
                 self.flag_rows = torch.tensor([r[2] is not None for r in rows])
@@ -206,7 +206,7 @@ class EraseMethod:
             self.anchor = encode_text(pipe, [cfg.anchor]) if cfg.anchor is not None else self.uncond  # what the targets use
         self.cache_rows: torch.Tensor | None = None  # --context: which rows the cached trajectories belong to
         # the target's base prediction eps(anchor or 0) comes from the frozen original (ESD; SDD with --anchor or --context)
-        self.from_original = cfg.method == "esd" or cfg.anchor is not None or self.in_context
+        self.from_original = cfg.method == "esd" or cfg.anchor is not None or self.by_row
         keep = cfg.preserve_prompts()
         self.c_keep = encode_text(pipe, keep) if keep else None
         self.original = None
@@ -262,16 +262,17 @@ class EraseMethod:
 
     @torch.no_grad()
     def _sample_cache(self, cycle: int) -> None:
-        """`batch_size` trajectories on c_p from the teacher (SDD: the EMA; ESD: the trained model)."""
+        """`batch_size` trajectories on c_p, or on the next rows' prompts, from the teacher (SDD: the EMA; ESD: the
+        trained model)."""
         # Each rank samples its own trajectories (data parallelism over latents), reproducibly per cycle.
         g = step_generator(self.cfg.seed, cycle, -1, self.trainer.state.process_index)
         teacher = self.trainer.ema_weights() if self.cfg.method == "sdd" else contextlib.nullcontext()
         bs = self.cfg.batch_size
-        if self.in_context:  # a batch row per context row, cycled; ranks take disjoint rows
+        if self.by_row:  # a batch row per row (context or flagged prompt), cycled; ranks take disjoint rows
             start = (cycle * self.trainer.state.num_processes + self.trainer.state.process_index) * bs
             self.cache_rows = (start + torch.arange(bs)) % len(self.c_s)
         with teacher:
-            self.cache = self._trajectories(g, self.c_s[self.cache_rows] if self.in_context else self.c_p.expand(bs, -1, -1))
+            self.cache = self._trajectories(g, self.c_s[self.cache_rows] if self.by_row else self.c_p.expand(bs, -1, -1))
         self.cache_cycle = cycle
 
     @torch.no_grad()
@@ -304,7 +305,7 @@ class EraseMethod:
         z, t, _ = self._draw(self.cache, g)
         n = len(z)
         flag = None  # --flagged: which of this batch's rows are flagged prompts
-        if self.in_context:  # each trajectory trains on the prompt it was sampled from
+        if self.by_row:  # each trajectory trains on the prompt it was sampled from
             c, anchor = self.c_s[self.cache_rows].to(z.device), self.anchor[self.cache_rows].to(z.device)
             if self.flag_rows is not None and self.flag_rows[self.cache_rows].any():
                 flag = self.flag_rows[self.cache_rows].to(z.device)
@@ -329,8 +330,9 @@ class EraseMethod:
             if from_original or keep is not None:
                 # (z, t, conditioning) per original-model prediction, one batched call
                 away = [] if flag is None else [(z[flag], t[flag], self.away[self.cache_rows][flag].to(z.device))]
-                calls = (([(z, t, anchor)] if from_original else []) + ([(z, t, c)] if cfg.method == "esd" else [])
-                         + away + ([(z_keep, t_keep, keep)] if keep is not None else []))
+                calls = ([(z, t, anchor)] if from_original else []) + ([(z, t, c)] if cfg.method == "esd" else [])
+                i_away = len(calls)
+                calls += away + ([(z_keep, t_keep, keep)] if keep is not None else [])
                 with original_weights(self.pipe.unet, self.params, self.original):
                     out = unet(torch.cat([a[0] for a in calls]), torch.cat([a[1] for a in calls]),
                                encoder_hidden_states=torch.cat([a[2] for a in calls])).sample.float()
@@ -344,7 +346,7 @@ class EraseMethod:
                 if away:  # a flagged prompt p: eps*(p) - eta (eps*(p concept) - eps*(p))
                     e_p = out[0][flag]
                     target = target.clone()
-                    target[flag] = e_p - cfg.flagged_guidance * (out[1 + (cfg.method == "esd")] - e_p)
+                    target[flag] = e_p - cfg.flagged_guidance * (out[i_away] - e_p)
                 keep_target = out[-1]
         if keep is None:
             pred = unet(z, t, encoder_hidden_states=c).sample.float()
