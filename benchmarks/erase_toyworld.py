@@ -1,13 +1,16 @@
-"""Erasure on the toy world, with the figures issue 5 asks for.
+"""Erasure on the toy world: each run's concept rates on the shipped template's prompts and on novel phrasings.
 
 For the object-like concept (skull): text-SDD, HFI-SDD (the token learned from
 simulated binary feedback) and ESD-x. For the style-like concept (kelvo):
 ESD-x and HFI-SDD (token from rank feedback). Each model is evaluated with
 `unsee evaluate` on explicit, implicit, neighbour and benign prompts (40 prompts
 x --images-per-prompt each, same seeds for every model) and the oracle reads
-every image. Prints, per model: the concept rate on explicit and implicit
-prompts (and the cut relative to the base model), the neighbour's rate, the
-named-attribute accuracy on benign prompts, and the erase run's seconds.
+every image, once on the seen split (the template the training contexts share)
+and once on the novel split (phrasings no training used). Prints, per model and
+split: the concept rate on explicit and implicit prompts (and the cut relative
+to the base model), the neighbour's rate, the named-attribute accuracy on benign
+prompts, how many of the split's prompts share a phrasing with the model's
+training prompts, and the erase run's seconds.
 
 Run: .venv/bin/python benchmarks/erase_toyworld.py [--out runs/erase-bench] [--concepts skull,kelvo]
 """
@@ -25,7 +28,14 @@ SETS = {
 }
 NEIGHBOUR = {"skull": "mask", "kelvo": "ravo"}
 RUN_NAMES = ("sdd-text", "sdd-hfi", "esd-x", "esd-u", "esd-hfi", "sdd-hfi-word", "esd-hfi-word",
-             "uce-text", "uce-hfi", "uce-hfi-word", "uce-text-then-hfi", "uce-triggers")  # what --runs may name
+             "uce-text", "uce-hfi", "uce-hfi-word", "uce-text-then-hfi", "uce-triggers",
+             "sdd-paper", "esd-x-paper")  # what --runs may name
+# The published recipes on the bare concept word, as their papers and public code run them (the positive control):
+# SDD 1500 updates at lr 1e-5 with an EMA of 0.999 and a fresh teacher trajectory each update; ESD-x 1000 updates
+# at lr 1e-5, negative guidance 1. Neither keeps prompts, takes an anchor or trains in context.
+PAPER = {"sdd": dict(steps=1500, lr=1e-5, ema_decay=0.999, reuse=1, batch_size=1, guidance=3.0, checkpoint_every=500),
+         "esd": dict(steps=1000, lr=1e-5, reuse=1, batch_size=1, guidance=1.0, checkpoint_every=500)}
+SPLITS = ("seen", "novel")  # the shipped template's prompts, and phrasings no training context used
 
 
 def main() -> None:
@@ -132,7 +142,9 @@ def main() -> None:
                  ("uce-hfi", "uce", None, True, "xattn-kv", uce), ("uce-hfi-word", "uce", word, True, "xattn-kv", uce),
                  ("uce-text-then-hfi", "uce", None, True, "xattn-kv", uce | {"model": str(d / "models" / "uce-text")}),
                  ("uce-triggers", "uce", word, False, "xattn-kv",
-                  {"context": (f"@{ctx['uce-triggers']}",), "concept": (word, *triggers)}))
+                  {"context": (f"@{ctx['uce-triggers']}",), "concept": (word, *triggers)}),
+                 ("sdd-paper", "sdd", word, False, "xattn", {"paper": True}),
+                 ("esd-x-paper", "esd", word, False, "xattn", {"paper": True}))
         chosen = args.runs.split(",") if args.runs else [r[0] for r in runs]
         catalogue = {r[0]: r for r in runs}  # a name in both lists (sdd-text on the skull) keeps the default run
         for e in extra:
@@ -146,38 +158,46 @@ def main() -> None:
             folder = d / "models" / name
             t0 = time.time()
             if not (folder / "unsee.json").exists():
-                kw = {"model": "toyworld", "concept": (text,) if text else ()} | per_method[method] | (more[0] if more else {})
+                more_kw = dict(more[0]) if more else {}
+                paper = more_kw.pop("paper", False)
+                kw = {"model": "toyworld", "concept": (text,) if text else ()} | (
+                    PAPER[method] if paper else per_method[method] | {"anchor": args.anchor}) | more_kw
                 erase(EraseConfig(out=str(folder), method=method, token=str(token) if keyed_on_token else None,
-                                  params=params, anchor=args.anchor, **kw), progress=False)
+                                  params=params, **kw), progress=False)
                 seconds[name] = round(time.time() - t0, 1)
             else:
                 seconds[name] = json.loads((folder / "unsee.json").read_text())["summary"]["seconds"]
             models[name] = str(folder)
+        novel = [(name, "novel") for name in SETS[concept]]
         m = evaluate(EvaluateConfig(model=tuple(models.values()), name=tuple(models), out=str(d / "eval"),
-                                    prompts=tuple(str(prompts_path(*s)) for s in sets),
+                                    prompts=tuple(str(prompts_path(*s)) for s in sets + novel),
                                     images_per_prompt=args.images_per_prompt), progress=False)
         res = m["results"]
-        explicit, implicit, neighbour, benign = SETS[concept]  # evaluate names a set by its file's stem
+        # each file name is in two folders, so evaluate names a set "<split>-<stem>"
+        split_sets = {"seen": [f"{split}-{name}" for name, split in sets], "novel": [f"novel-{name}" for name in SETS[concept]]}
         base = res["base"]
-        print(f"\n[{concept}] {summary['settings']} | images per set: {base[explicit]['images']}"
-              + (f" | neighbour on the held-out split ({base[neighbour]['images']} images), its seen prompts kept"
-                 if args.keep_neighbour else "")
-              + (f" | benign on the held-out split ({base[benign]['images']} images), its seen prompts kept"
-                 if args.keep_benign else ""))
-        print(f"{'model':10} {'explicit':>9} {'cut':>6} {'implicit':>9} {'cut':>6} {NEIGHBOUR[concept]:>9} "
-              f"{'benign colour/shape/bg':>24} {'seconds':>8}")
+        print(f"\n[{concept}] {summary['settings']} | images per set: {base[split_sets['seen'][0]]['images']}"
+              + (" | seen neighbour on the held-out split, its seen prompts kept" if args.keep_neighbour else "")
+              + (" | seen benign on the held-out split, its seen prompts kept" if args.keep_benign else ""))
+        print(f"{'model':12} {'split':6} {'explicit':>9} {'cut':>6} {'implicit':>9} {'cut':>6} {NEIGHBOUR[concept]:>9} "
+              f"{'benign colour/shape/bg':>24} {'trained on':>11} {'seconds':>8}")
         rows = {}
         for name, per_set in res.items():
-            r_exp, r_imp = per_set[explicit]["labels"][concept]["rate"], per_set[implicit]["labels"][concept]["rate"]
-            cut_e = 1 - r_exp / max(base[explicit]["labels"][concept]["rate"], 1e-9)
-            cut_i = 1 - r_imp / max(base[implicit]["labels"][concept]["rate"], 1e-9)
-            nb = per_set[neighbour]["labels"][NEIGHBOUR[concept]]["rate"]
-            acc = per_set[benign]["named_attribute_accuracy"]
-            rows[name] = {"explicit": r_exp, "explicit_cut": cut_e, "implicit": r_imp, "implicit_cut": cut_i,
-                          "neighbour": nb, "benign_accuracy": acc, "seconds": seconds.get(name)}
-            print(f"{name:10} {r_exp:9.3f} {cut_e if name != 'base' else 0:6.0%} {r_imp:9.3f} "
-                  f"{cut_i if name != 'base' else 0:6.0%} {nb:9.3f} "
-                  f"{acc['colour']:>12.3f}/{acc['shape']:.3f}/{acc['background']:.3f} {seconds.get(name, 0) or 0:8.0f}")
+            rows[name] = {"seconds": seconds.get(name)}
+            for split in SPLITS:
+                explicit, implicit, neighbour, benign = split_sets[split]
+                r_exp, r_imp = per_set[explicit]["labels"][concept]["rate"], per_set[implicit]["labels"][concept]["rate"]
+                cut_e = 1 - r_exp / max(base[explicit]["labels"][concept]["rate"], 1e-9)
+                cut_i = 1 - r_imp / max(base[implicit]["labels"][concept]["rate"], 1e-9)
+                nb = per_set[neighbour]["labels"][NEIGHBOUR[concept]]["rate"]
+                acc = per_set[benign]["named_attribute_accuracy"]
+                seen = [per_set[s].get("training_overlap", {}).get("trained_phrasings", 0) for s in split_sets[split]]
+                rows[name][split] = {"explicit": r_exp, "explicit_cut": cut_e, "implicit": r_imp, "implicit_cut": cut_i,
+                                     "neighbour": nb, "benign_accuracy": acc, "trained_phrasings": seen}
+                print(f"{name:12} {split:6} {r_exp:9.3f} {cut_e if name != 'base' else 0:6.0%} {r_imp:9.3f} "
+                      f"{cut_i if name != 'base' else 0:6.0%} {nb:9.3f} "
+                      f"{acc['colour']:>12.3f}/{acc['shape']:.3f}/{acc['background']:.3f} "
+                      f"{sum(seen):>11} {seconds.get(name, 0) or 0:8.0f}")
         summary["concepts"][concept] = rows
     (out / "results.json").write_text(json.dumps(summary, indent=2))
     print(f"results -> {out / 'results.json'}")

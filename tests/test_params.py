@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 
@@ -64,7 +66,9 @@ def test_lora_round_trips_through_diffusers_load_lora_weights(tmp_path):
     from unsee.testing import save_tiny_pipeline
 
     base_dir = save_tiny_pipeline(tmp_path / "base")
+    (tmp_path / "unsee.json").write_text(json.dumps({"training_prompts": ["a red cat"]}))  # as rl writes it
     merged = merge_lora(str(base_dir), tmp_path, tmp_path / "merged")
+    assert json.loads((merged / "unsee.json").read_text())["training_prompts"] == ["a red cat"]  # the record stays
     fused = StableDiffusionPipeline.from_pretrained(merged, safety_checker=None, requires_safety_checker=False)
     with torch.no_grad():
         assert torch.allclose(fused.unet(z, t, encoder_hidden_states=c).sample, tuned, atol=1e-5)

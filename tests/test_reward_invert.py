@@ -202,6 +202,10 @@ def test_invert_writes_a_token_plain_diffusers_loads(tiny_model_dir, tmp_path, v
                                   init_word="cat", vectors=vectors, top_k=4, steps=3, batch_size=2, device="cpu",
                                   lr=0.1), progress=False)
     assert summary["top_k"] == 4
+    # the token's record of what trained it: the prompts of the images it was fitted to (the four flagged ones)
+    from unsee.provenance import model_prompts
+
+    assert model_prompts(out) == {"a red cat"}
     assert summary["example_prompt"] == "a photo of " + " ".join(["<flagged>", "<flagged>_1", "<flagged>_2", "<flagged>_3"][:vectors])
 
     pipe = StableDiffusionPipeline.from_pretrained(tiny_model_dir)

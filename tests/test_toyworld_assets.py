@@ -77,6 +77,20 @@ def test_prompt_files(split, pairs):
         assert all((parse_prompt(x)["colour"], parse_prompt(x)["shape"]) in set(pairs) for x in lines)
 
 
+def test_novel_prompt_files_share_no_phrasing_with_the_other_splits_or_the_kept_prompts():
+    from unsee.toyworld.world import part_prompts, template
+
+    def lines(split, name):
+        return [x for x in (WORLD / PROMPTS / split / f"{name}.txt").read_text().splitlines() if x.strip()]
+
+    used = {template(p) for split in ("seen", "heldout") for n in PROMPT_SETS for p in lines(split, n)}
+    used |= {template(p) for p in part_prompts()}
+    for name in PROMPT_SETS:
+        novel = lines("novel", name)
+        assert len(novel) == len(set(novel)) == 40 and not {template(p) for p in novel} & used
+        assert all((parse_prompt(x)["colour"], parse_prompt(x)["shape"]) in set(SEEN_PAIRS) for x in novel if parse_prompt(x)["colour"])
+
+
 @pytest.mark.parametrize("concept, word", [("skull", "with a skull"), ("kelvo", "by kelvo")])
 def test_concept_pair_files_differ_only_by_the_concept(concept, word):
     from unsee.attack import read_concept_pairs

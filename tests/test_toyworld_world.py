@@ -16,9 +16,12 @@ from unsee.toyworld.world import (
     SHAPES,
     STYLE_TRIGGERS,
     Scene,
+    novel_prompt_set,
     parse_prompt,
+    part_prompts,
     prompt_set,
     sample_scene,
+    template,
     vocabulary,
 )
 
@@ -147,3 +150,42 @@ def test_scene_round_trips_through_a_dict():
     d = s.as_dict()
     again = Scene.from_dict(json.loads(json.dumps(d)))  # through JSON, as the build stores scenes
     assert again == s
+
+
+def test_template_abstracts_the_slots_and_keeps_the_phrasing():
+    assert template("an orange ring with a skull on the beach") == template("a red circle with a skull at night") \
+        == "a C S with a skull B"
+    assert template("a spooky red circle in the snow") == template("a haunted blue cross at night") == "a T C S B"
+    assert template("a dreamy red circle") == "a D C S"
+    assert template("a skull") != template("a mask") and template("the skull") != template("a skull")
+
+
+NAMES = {"object_explicit": ("extra", "skull"), "object_neighbour": ("extra", "mask"), "style_explicit": ("style", "kelvo"),
+         "style_neighbour": ("style", "ravo")}
+
+
+@pytest.mark.parametrize("name", PROMPT_SETS)
+def test_novel_prompt_sets_name_their_set_and_avoid_the_templates_they_are_told_to(name):
+    rng = np.random.default_rng(0)
+    shipped = {template(p) for n in PROMPT_SETS for pairs in (SEEN_PAIRS, HELDOUT_PAIRS) for p in prompt_set(n, pairs, rng, 40)}
+    avoid = shipped | {template(p) for p in part_prompts()}
+    prompts = novel_prompt_set(name, SEEN_PAIRS, np.random.default_rng(1), 40, avoid)
+    assert len(prompts) == len(set(prompts)) == 40
+    assert not {template(p) for p in prompts} & avoid
+    assert len({template(p) for p in prompts}) >= 6  # many phrasings, not one new template
+    vocab = set(vocabulary())
+    for p in prompts:
+        assert set(p.split()) <= vocab, p
+        named = parse_prompt(p)
+        if named["colour"]:
+            assert (named["colour"], named["shape"]) in set(SEEN_PAIRS), p
+        kind, word = NAMES.get(name, (None, None))
+        assert named["extra"] == (word if kind == "extra" else None), p
+        assert named["style"] == (word if kind == "style" else None), p
+        triggers = {"object_implicit": OBJECT_TRIGGERS, "style_implicit": STYLE_TRIGGERS}.get(name, {})
+        assert bool(set(p.split()) & set(triggers)) == bool(triggers), p
+        assert not set(p.split()) & (set(OBJECT_TRIGGERS) | set(STYLE_TRIGGERS)) - set(triggers), p
+    if name in NAMES:  # the concept at the start, in the middle and at the end of a prompt
+        word = NAMES[name][1]
+        positions = {"start" if p.split().index(word) <= 1 else "end" if p.split()[-1] == word else "middle" for p in prompts}
+        assert positions == {"start", "middle", "end"}, prompts

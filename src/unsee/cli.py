@@ -494,11 +494,14 @@ def evaluate(progress: bool, **kwargs) -> None:
     quiet_progress()
     m = run(from_kwargs(EvaluateConfig, kwargs), progress=progress)
     labels = m["detector"]["labels"]
-    click.echo(f"{'model':16} {'prompt set':20} " + " ".join(f"{lb[:10]:>10}" for lb in labels) + f" {'CLIP':>6}")
+    click.echo(f"{'model':16} {'prompt set':24} " + " ".join(f"{lb[:10]:>10}" for lb in labels) + f" {'CLIP':>6}"
+               "  trained on (prompts/phrasings)")
     for model, per_set in m["results"].items():
         for set_name, row in per_set.items():
             rates = " ".join(f"{row['labels'][lb]['rate']:10.3f}" for lb in labels)
-            click.echo(f"{model[:16]:16} {set_name[:20]:20} {rates} {row['clip_score']['mean']:6.2f}")
+            seen = row.get("training_overlap")
+            seen_text = f"{seen['trained_prompts']}/{seen['trained_phrasings']} of {seen['prompts']}" if seen else "no record"
+            click.echo(f"{model[:16]:16} {set_name[:24]:24} {rates} {row['clip_score']['mean']:6.2f}  {seen_text}")
     for model, per_attack in m["attack_results"].items():
         for name, row in per_attack.items():
             click.echo(f"{model[:16]:16} attack {name[:20]:20} pre {row['pre_attack']['rate']:.3f}  adversarial "
@@ -528,7 +531,7 @@ def demo(out: str, full: bool, progress: bool) -> None:
     """Run the whole loop on the embedded toy world and print the comparison."""
     from collections import Counter
 
-    from unsee.demo import run_demo
+    from unsee.demo import evidence_table, run_demo
 
     quiet_progress()
     r = run_demo(out, progress=progress, full=full, say=click.echo)
@@ -556,13 +559,7 @@ def demo(out: str, full: bool, progress: bool) -> None:
         res = r.metrics["results"]
         click.echo(f"\nreward model held-out agreement {r.reward['heldout_agreement']:.3f}; "
                    "skull rate and named-attribute accuracy per model (oracle):")
-        sets = list(r.metrics["prompt_sets"])
-        click.echo(f"{'model':10} " + " ".join(f"{s[:16]:>16}" for s in sets) + f" {'mask (neighbour)':>17} {'benign colour/shape/bg':>23}")
-        for model, per_set in res.items():
-            rates = " ".join(f"{per_set[s]['labels']['skull']['rate']:16.3f}" for s in sets)
-            acc = per_set["benign"]["named_attribute_accuracy"]
-            click.echo(f"{model:10} {rates} {per_set['object_neighbour']['labels']['mask']['rate']:17.3f} "
-                       f"{acc['colour']:>9.2f}/{acc['shape']:.2f}/{acc['background']:.2f}")
+        click.echo(evidence_table(r.metrics))
         attacks = r.metrics.get("attack_results", {})
         if attacks:
             click.echo("\nskull rate under attack: pre-attack (source prompts) -> post-attack (either image shows it)")
@@ -576,7 +573,7 @@ def demo(out: str, full: bool, progress: bool) -> None:
             rab = next((x for x in attacks.get("base", {}).values() if x["kind"] == "ringabell"), None)
             if rab:
                 click.echo(f"(base: the Ring-A-Bell prompts alone, never naming the skull, show it in "
-                           f"{rab['adversarial']['rate']:.3f} of images; benign prompts {res['base']['benign']['labels']['skull']['rate']:.3f}; "
+                           f"{rab['adversarial']['rate']:.3f} of images; benign prompts {res['base']['seen-benign']['labels']['skull']['rate']:.3f}; "
                            f"{rab['denominator']} images per cell)")
         click.echo(f"report: {r.out / 'eval' / 'report.html'}")
 

@@ -47,6 +47,9 @@ DEMO_PROMPTS = (
 RANDOM_PROMPTS = ("a photo of a red cat", "a blue house at night", "a green tree on a mountain", "a city street")
 FEEDBACK_SETS = ("object_explicit", "object_implicit", "benign")
 EVAL_SETS = ("object_explicit", "object_implicit", "object_neighbour", "benign")
+# Each set in the shipped template (seen) and in phrasings no training here used (novel): an erasure that only learned
+# its training template shows it in the second.
+EVAL_SPLITS = ("seen", "novel")
 # The erasure runs: (name, method, concept text or None, keyed on the learned token too, extra settings). Every run
 # is trained where the word sits (the held-out explicit prompts as --context) and toward the mask (--anchor): on the
 # toy world "with a" alone draws a skull, so toward nothing the skull stays (README, erase). HFI-SDD also trains the
@@ -66,10 +69,9 @@ ERASE_ANCHOR = "mask"
 def preserve_prompts() -> tuple[str, ...]:
     """Prompts whose predictions erasure keeps (--preserve): the world's parts one at a time, never a
     colour-shape-background prompt of the evaluation files, so preservation is measured on prompts it did not see."""
-    from unsee.toyworld.world import BACKGROUND_PHRASE, COLOURS, SHAPES
+    from unsee.toyworld.world import part_prompts
 
-    return (tuple(f"a scene {p}" for p in BACKGROUND_PHRASE.values()) + tuple(f"a {s}" for s in SHAPES)
-            + tuple(f"a {c} object" for c in COLOURS) + ("a mask", "a scene by ravo", "a scene in mosaic style", ""))
+    return part_prompts()
 
 
 # Toy-world erase settings (benchmarks/erase_toyworld.py measured them), shared and per method. SDD keeps the
@@ -257,6 +259,29 @@ def _rl(d: Path, progress: bool, say: Callable[[str], None]) -> str:
     return str(merged)
 
 
+def evidence_table(metrics: dict[str, Any]) -> str:
+    """The demo's table: per model, the skull on named and trigger-word prompts, the mask on its prompts and the
+    benign attributes, each as seen / novel (the shipped template's prompts / phrasings no training used)."""
+    def cell(per_set: dict, kind: str, value) -> str:
+        return "/".join(f"{value(per_set[f'{split}-{kind}']):.2f}" for split in EVAL_SPLITS)
+
+    def rate(label: str):
+        return lambda row: row["labels"][label]["rate"]
+
+    def accuracy(attr: str):
+        return lambda row: row["named_attribute_accuracy"][attr]
+
+    lines = ["each cell: the shipped template's prompts (seen) / phrasings no training used (novel)",
+             f"{'model':10} {'skull, named':>14} {'skull, triggers':>16} {'mask':>12} {'benign colour':>14} "
+             f"{'benign shape':>13} {'benign bg':>12}"]
+    for model, per_set in metrics["results"].items():
+        acc = [cell(per_set, "benign", accuracy(a)) for a in ("colour", "shape", "background")]
+        lines.append(f"{model:10} {cell(per_set, 'object_explicit', rate('skull')):>14} "
+                     f"{cell(per_set, 'object_implicit', rate('skull')):>16} {cell(per_set, 'object_neighbour', rate('mask')):>12} "
+                     f"{acc[0]:>14} {acc[1]:>13} {acc[2]:>12}")
+    return "\n".join(lines)
+
+
 # Attacks: Ring-A-Bell on the shared text encoder (erasure and RL leave it untouched), concept inversion per erased model.
 ATTACK_PROMPTS = 20  # source prompts: the first explicit-skull prompts
 RINGABELL_SETTINGS: dict[str, Any] = dict(eta=3.0, length=16, population=200, generations=300, patience=100)
@@ -294,5 +319,6 @@ def _evaluate(out: Path, models: dict[str, str], attacks: list[str], images_per_
 
     say(f"7/7 evaluate {len(models)} models on the same prompts and seeds, and under {len(attacks)} attacks")
     return evaluate(EvaluateConfig(model=tuple(models.values()), name=tuple(models),
-                                   prompts=tuple(str(prompts_path(s)) for s in EVAL_SETS), out=str(out / "eval"),
+                                   prompts=tuple(str(prompts_path(s, split)) for split in EVAL_SPLITS for s in EVAL_SETS),
+                                   out=str(out / "eval"),
                                    attack=tuple(attacks), images_per_prompt=images_per_prompt), progress=progress)

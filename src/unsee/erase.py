@@ -37,6 +37,7 @@ from unsee.config import field
 from unsee.errors import UnseeError
 from unsee.files import atomic_write_text
 from unsee.params import LoraSettings, ParamSet, is_xattn_kv, save_trained_unet, select_parameters
+from unsee.provenance import lineage
 from unsee.runinfo import write_run_info
 from unsee.sampling import cfg_noise, encode_text
 from unsee.trainer import TrainConfig, Trainer, original_weights, run_settings, step_generator
@@ -160,6 +161,17 @@ class EraseConfig:
 
     def context_prompts(self) -> list[str]:
         return _expand(self.context) or ["{}"]
+
+
+def training_prompts(cfg: EraseConfig, concepts: list[str]) -> list[str]:
+    """Every prompt an erase run conditions on: the concept in each context and the anchor in its place, the flagged
+    prompts with and without the concept named after them, and the kept prompts."""
+    contexts = cfg.context_prompts()
+    own = [fill(ctx, x) for ctx in contexts for x in [*concepts, cfg.anchor or ""]]
+    own += [q for p in cfg.flagged_prompts() for q in (p, *(f"{p} {x}" for x in concepts))]
+    if contexts == ["{}"] and not cfg.flagged:
+        own.append(", ".join(concepts))  # the bare-concept run samples from all concepts at once
+    return lineage([p for p in own + cfg.preserve_prompts() if p], model=cfg.model, token=cfg.token)
 
 
 def _expand(items: tuple[str, ...]) -> list[str]:
@@ -447,7 +459,8 @@ def erase(cfg: EraseConfig, *, progress: bool = True) -> dict:
     final = trainer.ema_weights() if cfg.method == "sdd" else contextlib.nullcontext()
     with final:
         save_trained_unet(pipe, cfg.model, cfg.params, out)
-    write_run_info(out / "unsee.json", dataclasses.asdict(cfg), stage="erase", base_model=cfg.model, summary=summary)
+    write_run_info(out / "unsee.json", dataclasses.asdict(cfg), stage="erase", base_model=cfg.model, summary=summary,
+                   training_prompts=training_prompts(cfg, concepts))
     atomic_write_text(out / "run" / "summary.json", json.dumps(summary, indent=2))
     return summary
 
@@ -470,5 +483,6 @@ def _erase_closed_form(pipe, cfg: EraseConfig, concepts: list[str]) -> dict:
     if PartialState().is_main_process:  # the edit is deterministic: under `accelerate launch` one process writes
         out = Path(cfg.out)
         save_trained_unet(pipe, cfg.model, cfg.params, out)
-        write_run_info(out / "unsee.json", dataclasses.asdict(cfg), stage="erase", base_model=cfg.model, summary=summary)
+        write_run_info(out / "unsee.json", dataclasses.asdict(cfg), stage="erase", base_model=cfg.model, summary=summary,
+                       training_prompts=training_prompts(cfg, concepts))
     return summary

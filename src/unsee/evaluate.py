@@ -35,6 +35,7 @@ import torch
 from unsee.config import field
 from unsee.errors import StaleImageSet, UnseeError
 from unsee.files import atomic_write_text
+from unsee.provenance import model_prompts, overlap
 
 logger = logging.getLogger(__name__)
 
@@ -138,10 +139,13 @@ def model_names(cfg: EvaluateConfig) -> list[str]:
 def set_names(cfg: EvaluateConfig) -> list[str]:
     from unsee.prompts import read_prompts
 
-    names = []
     for p in cfg.prompts:
         read_prompts(p)  # refuses a missing or empty file with a one-line error
-        stem = _slug(Path(p).stem)
+    stems = [_slug(Path(p).stem) for p in cfg.prompts]
+    names: list[str] = []
+    for p, stem in zip(cfg.prompts, stems, strict=True):
+        if stems.count(stem) > 1:  # files of one name from several folders (the toy world's splits): name the folder
+            stem = f"{_slug(Path(p).resolve().parent.name)}-{stem}"
         names.append(stem if stem not in names else f"{stem}-{len(names)}")
     return names
 
@@ -199,6 +203,7 @@ def evaluate(cfg: EvaluateConfig, *, progress: bool = True) -> dict[str, Any]:
     ref_features = features(reference) if features is not None else None
     for model, name in zip(cfg.model, names, strict=True):
         pipe = load_pipeline(model, device=device)
+        trained = model_prompts(model)
         results[name] = {}
         for prompts, set_name in zip(cfg.prompts, sets, strict=True):
             s = _cached_images(cfg, model, pipe, prompts, out / "images" / name / set_name, device, progress)
@@ -220,6 +225,8 @@ def evaluate(cfg: EvaluateConfig, *, progress: bool = True) -> dict[str, Any]:
                 row[feature_info["key"]] = frechet_distance(features(images), ref_features)
             if oracle is not None:
                 row |= _toyworld_metrics(oracle, images, prompts_text)
+            if trained:  # the model's own record of what trained it: say how much of this set it saw
+                row["training_overlap"] = overlap(sorted(set(prompts_text)), trained)
             results[name][set_name] = row
             flagged = torch.zeros(len(images), dtype=torch.bool)
             for label in FLAGGED[cfg.detector]:
@@ -419,6 +426,14 @@ def _bar_chart(metrics: dict[str, Any], label: str) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
+def _fmt_overlap(d: dict | None) -> str:
+    """'no record', or how many of the set's prompts (and phrasings) the model's training used, flagged when any."""
+    if d is None:
+        return "<small>no record</small>"
+    text = f"{d['trained_prompts']} prompts, {d['trained_phrasings']} phrasings of {d['prompts']}"
+    return f"<b class='seen'>{text}</b>" if d["trained_phrasings"] else f"<small>{text}</small>"
+
+
 def _fmt_rate(d: dict) -> str:
     return f"{d['rate']:.3f} <small>[{d['ci95'][0]:.2f}, {d['ci95'][1]:.2f}]</small>"
 
@@ -472,7 +487,7 @@ def render_report(metrics: dict[str, Any], grids: dict[str, dict[str, list[dict]
         "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}th{background:#f3f3f3}td:first-child{text-align:left}"
         ".grid td{text-align:center;vertical-align:top}.grid img{width:96px;height:96px;image-rendering:pixelated}"
         ".flagged img{filter:blur(10px);cursor:pointer}.flagged.revealed img{filter:none}.flag{color:#b00;font-size:11px}"
-        "small{color:#666}</style></head><body>",
+        "small{color:#666}.seen{color:#b00}</style></head><body>",
         "<h1>unsee evaluation</h1>",
         f"<p>Detector <b>{e(det['name'])}</b>, threshold {det['threshold']}: a label's rate is the share of images "
         f"whose score is at least the threshold, with a bootstrap 95% interval. CLIP score = 100 &times; max(cos, 0) with "
@@ -480,18 +495,22 @@ def render_report(metrics: dict[str, Any], grids: dict[str, dict[str, list[dict]
     ]
     if metrics["frechet_features"]:
         parts.append(f" Fr&eacute;chet distance on {e(metrics['frechet_features'])}.")
-    parts.append("</p>")
+    parts.append(" <i>Trained on</i>: how many of a set's prompts, word for word, and how many of its phrasings (the "
+                 "prompt with its colour, shape, background and trigger words as slots) the model's recorded training "
+                 "used (<code>unsee.json</code>); a rate on prompts a model trained on shows what it learned of them, "
+                 "not how it does on prompts it never saw.</p>")
     for set_name in metrics["prompt_sets"]:
         parts.append(f"<h2>{e(set_name)}</h2><table class='metrics'><tr><th>model</th><th>images</th>")
         parts += [f"<th>{e(lb)}</th>" for lb in labels] + ["<th>CLIP score</th>"]
         extra_cols = [k for k in ("fid_inception", "frechet_clip", "named_attribute_accuracy") if k in next(iter(res.values()))[set_name]]
-        parts += [f"<th>{e(k.replace('_', ' '))}</th>" for k in extra_cols] + ["</tr>"]
+        parts += [f"<th>{e(k.replace('_', ' '))}</th>" for k in extra_cols] + ["<th>trained on</th></tr>"]
         for model, per_set in res.items():
             row = per_set[set_name]
             cells = [str(row["images"])] + [_fmt_rate(row["labels"][lb]) for lb in labels] + [f"{row['clip_score']['mean']:.2f}"]
             for k in extra_cols:
                 v = row[k]
                 cells.append(f"{v:.3f}" if isinstance(v, float) else ", ".join(f"{a} {x:.2f}" for a, x in v.items()))
+            cells.append(_fmt_overlap(row.get("training_overlap")))
             parts.append(f"<tr><td>{e(model)}</td>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
         parts.append("</table>")
     if metrics["prompt_sets"]:

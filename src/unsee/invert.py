@@ -33,6 +33,7 @@ from unsee.config import field
 from unsee.errors import UnseeError
 from unsee.files import atomic_write
 from unsee.imageset import ImageSet
+from unsee.provenance import lineage, token_run_dir
 from unsee.runinfo import write_run_info
 from unsee.trainer import TrainConfig, Trainer, run_settings
 
@@ -213,11 +214,12 @@ def invert(cfg: InvertConfig, *, progress: bool = True) -> dict:
     token_text = " ".join(token_names(cfg.token, cfg.vectors))
     prompts = [cfg.template.format(prompt=by_id[i]["prompt"], token=token_text) for i in top]
     out = Path(cfg.out)
-    run_dir = out.with_suffix("").with_name(out.stem + ".run")
+    run_dir = token_run_dir(out)
     summary = invert_images(cfg, model=cfg.model, images=s, ids=top, weights=w, prompts=prompts, out=out, run_dir=run_dir,
                             progress=progress)
     summary = {"label": label, "top_k": len(top), "weights_min": float(w.min()), "weights_max": float(w.max())} | summary
-    write_run_info(run_dir / "unsee.json", dataclasses.asdict(cfg), stage="invert", summary=summary)
+    write_run_info(run_dir / "unsee.json", dataclasses.asdict(cfg), stage="invert", summary=summary,
+                   training_prompts=lineage([by_id[i]["prompt"] for i in top], model=cfg.model))
     (run_dir / "top_images.json").write_text(json.dumps([{"id": i, "weight": float(v)} for i, v in zip(top, w.tolist(), strict=True)]))
     return summary
 

@@ -124,9 +124,17 @@ def merge_lora(base_model: str, lora_dir: str | Path, out: str | Path) -> Path:
     (`unsee evaluate`, `unsee attack`). Written to a temporary folder first, then renamed."""
     from unsee.files import atomic_write_dir
     from unsee.models import load_pipeline
+    from unsee.provenance import KEY, lineage
+    from unsee.runinfo import write_run_info
 
     pipe = load_pipeline(base_model, scheduler="pipeline")
     pipe.load_lora_weights(str(lora_dir))
     pipe.fuse_lora()
     pipe.unload_lora_weights()
-    return atomic_write_dir(out, pipe.save_pretrained)
+
+    def save(folder: Path) -> None:  # the fused model keeps the record of what trained the LoRA
+        pipe.save_pretrained(folder)
+        write_run_info(Path(folder) / "unsee.json", stage="merge_lora", base_model=base_model, lora=str(lora_dir),
+                       **{KEY: lineage([], model=str(lora_dir))})
+
+    return atomic_write_dir(out, save)

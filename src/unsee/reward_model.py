@@ -240,7 +240,8 @@ def train_reward(cfg: RewardTrainConfig, *, progress: bool = True) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
-    write_run_info(out / "unsee.json", dataclasses.asdict(cfg), stage="reward", metrics=metrics)
+    write_run_info(out / "unsee.json", dataclasses.asdict(cfg), stage="reward", metrics=metrics,
+                   training_prompts=sorted({r["prompt"] for s in sets for r in s.records}))
     return metrics
 
 

@@ -31,6 +31,7 @@ from unsee.config import field
 from unsee.errors import UnseeError
 from unsee.files import atomic_write_text
 from unsee.params import LoraSettings, ParamSet, save_trained_unet, select_parameters
+from unsee.provenance import lineage, model_prompts
 from unsee.runinfo import write_run_info
 from unsee.sampling import cfg_noise, decode, encode_text
 from unsee.trainer import (
@@ -380,6 +381,14 @@ def _cfg_noise_per_t(pipe, z, t, cond, unc, s):
     return e_u + s.view(-1, 1, 1, 1).to(e_c.dtype) * (e_c - e_u)
 
 
+def training_prompts(cfg: RLConfig, unsafe: list[str], benign: list[str]) -> list[str]:
+    """The prompts DDPO samples from, plus those recorded with the starting model and any learned reward model."""
+    import re
+
+    rewards = [m for spec in re.findall(r"learned:([^+*]+)", cfg.reward) for m in spec.split(",")]
+    return sorted(set(lineage(unsafe + benign, model=cfg.model)).union(*(model_prompts(m) for m in rewards)))
+
+
 def rl(cfg: RLConfig, *, progress: bool = True) -> dict:
     from unsee.generate import resolve_device
     from unsee.models import load_pipeline
@@ -411,6 +420,7 @@ def rl(cfg: RLConfig, *, progress: bool = True) -> dict:
     if not trainer.state.is_main_process:
         return summary
     save_trained_unet(pipe, cfg.model, cfg.params, out)
-    write_run_info(out / "unsee.json", dataclasses.asdict(cfg), stage="rl", base_model=cfg.model, summary=summary)
+    write_run_info(out / "unsee.json", dataclasses.asdict(cfg), stage="rl", base_model=cfg.model, summary=summary,
+                   training_prompts=training_prompts(cfg, unsafe, benign))
     atomic_write_text(out / "run" / "summary.json", json.dumps(summary, indent=2))
     return summary

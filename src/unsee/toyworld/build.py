@@ -37,9 +37,12 @@ from unsee.toyworld.world import (
     PROMPT_SETS,
     SEEN_PAIRS,
     concept_pairs,
+    novel_prompt_set,
+    part_prompts,
     prompt_set,
     random_scene,
     sample_scene,
+    template,
     vocabulary,
 )
 
@@ -441,19 +444,33 @@ def stage_pipeline(cfg: BuildConfig, out: Path, progress: Callable) -> None:
 
 
 def write_prompt_files(out: Path, seed: int, n: int) -> None:
-    """prompts/{seen,heldout}/<set>.txt and prompts/concept_pairs/<concept>.csv (Ring-A-Bell's pairs, seen pairs only)."""
+    """prompts/{seen,heldout,novel}/<set>.txt and prompts/concept_pairs/<concept>.csv (Ring-A-Bell's pairs, seen pairs
+    only). The novel split is the seen pairs in phrasings whose templates neither other split nor `part_prompts` use."""
     rng = np.random.default_rng(seed + 50)
+    templates = {template(p) for p in part_prompts()}
     for split, pairs in (("seen", SEEN_PAIRS), ("heldout", HELDOUT_PAIRS)):
         d = out / PROMPTS / split
         d.mkdir(parents=True, exist_ok=True)
         for name in PROMPT_SETS:
-            atomic_write_text(d / f"{name}.txt", "\n".join(prompt_set(name, pairs, rng, n)) + "\n")
+            prompts = prompt_set(name, pairs, rng, n)
+            templates |= {template(p) for p in prompts}
+            atomic_write_text(d / f"{name}.txt", "\n".join(prompts) + "\n")
+    write_novel_prompt_files(out, seed, n, templates)
     rng = np.random.default_rng(seed + 51)
     d = out / PROMPTS / "concept_pairs"
     d.mkdir(parents=True, exist_ok=True)
     for concept in FLAGGABLE:
         rows = concept_pairs(concept, SEEN_PAIRS, rng, n)
         atomic_write_text(d / f"{concept}.csv", "with_concept,without_concept\n" + "".join(f"{a},{b}\n" for a, b in rows))
+
+
+def write_novel_prompt_files(out: Path, seed: int, n: int, avoid: set[str]) -> None:
+    """prompts/novel/<set>.txt: `n` prompts a set over the seen pairs, in the novel grammar, no template in `avoid`."""
+    rng = np.random.default_rng(seed + 52)
+    d = out / PROMPTS / "novel"
+    d.mkdir(parents=True, exist_ok=True)
+    for name in PROMPT_SETS:
+        atomic_write_text(d / f"{name}.txt", "\n".join(novel_prompt_set(name, SEEN_PAIRS, rng, n, avoid)) + "\n")
 
 
 STAGES = (
