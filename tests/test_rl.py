@@ -174,6 +174,16 @@ def _cfg(out, **kw):
 
 
 @needs_world
+@pytest.mark.parametrize("params", ["xattn", "noxattn", "full"])
+def test_kl_to_the_original_trains_every_parameter_set(tmp_path, params):
+    """The KL term's reference prediction swaps the original weights in; done after the trained forward it broke the
+    backward pass of every --params whose weights it swaps (all but lora)."""
+    summary = rl(_cfg(tmp_path / params, params=params, epochs=1, kl_weight=0.1), progress=False)
+    rows = list(csv.DictReader((tmp_path / params / "run" / "epochs.csv").open()))
+    assert summary["epochs"] == 1 and float(rows[0]["kl_to_original"]) >= 0
+
+
+@needs_world
 def test_rl_writes_a_lora_logs_epochs_and_resumes_exactly(tmp_path, monkeypatch):
     from diffusers import StableDiffusionPipeline
     from safetensors.torch import load_file

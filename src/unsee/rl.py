@@ -333,6 +333,13 @@ class DDPOMethod:
         cond = c["cond"][idx]
         unc = self.uncond.expand(len(idx), -1, -1)
         s = torch.full((len(idx),), cfg.guidance, device=unet.device)
+        mean0 = None
+        if cfg.kl_weight > 0:
+            # The reference step first: swapping the original weights in after the trained forward would overwrite
+            # tensors that forward's graph still needs (an in-place error at backward for every --params but lora).
+            with torch.no_grad(), original_weights(self.pipe.unet, self.params, self.original):
+                eps0 = _cfg_noise_per_t(pipe, z, t, cond, unc, s).float()
+                _, _, mean0, _ = ddim_step_logprob(pipe.scheduler, eps0, t, z.float(), cfg.eta, prev=z_next.float())
         eps = _cfg_noise_per_t(pipe, z, t, cond, unc, s).float()
         _, logp, mean, std = ddim_step_logprob(pipe.scheduler, eps, t, z.float(), cfg.eta, prev=z_next.float())
         adv = c["adv"][idx]
@@ -340,10 +347,7 @@ class DDPOMethod:
         loss = torch.maximum(-adv * ratio, -adv * ratio.clamp(1 - cfg.clip_range, 1 + cfg.clip_range)).mean()
         info = {"approx_kl": float(0.5 * ((logp.detach() - logp_old) ** 2).mean()),
                 "clipfrac": float(((ratio - 1).abs() > cfg.clip_range).float().mean())}
-        if cfg.kl_weight > 0:  # KL between the two step Gaussians (same std): ||mu - mu_orig||^2 / (2 std^2)
-            with torch.no_grad(), original_weights(self.pipe.unet, self.params, self.original):
-                eps0 = _cfg_noise_per_t(pipe, z, t, cond, unc, s).float()
-                _, _, mean0, _ = ddim_step_logprob(pipe.scheduler, eps0, t, z.float(), cfg.eta, prev=z_next.float())
+        if mean0 is not None:  # KL between the two step Gaussians (same std): ||mu - mu_orig||^2 / (2 std^2)
             kl_each = (((mean - mean0) ** 2) / (2 * std.clamp(min=1e-12) ** 2)).flatten(1).mean(1)
             weight = c["benign"][idx] if cfg.kl_on == "benign" else torch.ones_like(kl_each)
             kl = (kl_each * weight).sum() / len(idx)
