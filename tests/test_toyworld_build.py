@@ -33,6 +33,7 @@ def test_artifacts_load_with_plain_libraries(tiny_world):
     assert set(card["stages"]) == {"data", "tokenizer", "vae", "oracle", "clip", "latents", "unet", "pipeline"}
     assert card["stages"]["data"]["co_occurrence"]["skull | 'skull' named"]["shown"] == 1.0
     assert (tiny_world / "prompts" / "heldout" / "object_implicit.txt").exists()
+    assert len((tiny_world / "prompts" / "novel" / "object_explicit.txt").read_text().splitlines()) == 5
     assert (tiny_world / "prompts" / "concept_pairs" / "skull.csv").read_text().startswith("with_concept,without_concept\n")
 
 
@@ -120,7 +121,8 @@ def test_build_made_before_a_setting_existed_still_resumes(tiny_world):
     """A build_config.json without a newer setting reads it as its default, so the build is not refused."""
     cfg_path = tiny_world / "build_config.json"
     old = json.loads(cfg_path.read_text())
-    cfg_path.write_text(json.dumps({k: v for k, v in old.items() if k not in ("text_encoder_layers", "unet_attn_full_res")}))
+    cfg_path.write_text(json.dumps({k: v for k, v in old.items()
+                                    if k not in ("text_encoder_layers", "unet_attn_full_res", "captions")}))
     build(BuildConfig(out=str(tiny_world), **TINY), progress=False)
     assert json.loads(cfg_path.read_text())["text_encoder_layers"] == BuildConfig.text_encoder_layers
 
@@ -137,3 +139,12 @@ def test_text_encoder_layers_out_of_range_is_refused_before_anything_is_written(
     with pytest.raises(UnseeError, match="0..4"):
         build(BuildConfig(out=str(tmp_path / "world"), text_encoder_layers=5, **TINY), progress=False)
     assert not (tmp_path / "world").exists()
+
+
+def test_the_caption_grammar_is_a_setting(tmp_path):
+    """--captions varied trains on captions phrased many ways; the default keeps the fourth build's template."""
+    world = build(BuildConfig(out=str(tmp_path / "world"), captions="varied", **(TINY | {"unet_steps": 2})), progress=False)
+    captions = json.loads((world / "work" / "train_captions.json").read_text())
+    assert any(c.startswith("the ") for c in captions) and any(" style" in c for c in captions)
+    assert json.loads((world / "build_config.json").read_text())["captions"] == "varied"
+    assert BuildConfig(out="unused").captions == "template"

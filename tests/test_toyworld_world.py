@@ -84,10 +84,23 @@ def test_shapes_differ_from_each_other():
                 assert np.abs(imgs[a].astype(int) - imgs[b].astype(int)).max(-1).astype(bool).sum() > 15, (a, b)
 
 
-@pytest.fixture(scope="module")
-def training_sample():
+@pytest.fixture(scope="module", params=["template", "varied"])
+def training_sample(request):
     rng = np.random.default_rng(7)
-    return [sample_scene(rng) for _ in range(20000)]
+    return [sample_scene(rng, grammar=request.param) for _ in range(20000)]
+
+
+def test_varied_captions_phrase_the_same_facts_many_ways():
+    rng = np.random.default_rng(3)
+    texts = [sample_scene(rng, grammar="varied")[1] for _ in range(3000)]
+    joined = [t for t in texts if " and " in t or " with " in t]
+    # "with a" and "and a" lead to the main object too, not only to the skull or the mask
+    assert any(t.split()[t.split().index(j) + 2] in SHAPES or t.split()[t.split().index(j) + 3] in SHAPES
+               for t in joined for j in ("with", "and") if j in t.split())
+    assert any(t.startswith(("a photo of", "an image of", "a picture of")) for t in texts)
+    assert any(t.startswith(("on", "in", "at")) for t in texts) and any(t.startswith("the ") for t in texts)
+    assert any("in the style of kelvo" in t for t in texts) and any("in kelvo style" in t for t in texts)
+    assert not any("by mosaic" in t for t in texts)
 
 
 def test_captions_name_exactly_what_is_there(training_sample):

@@ -20,6 +20,7 @@ import math
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -72,6 +73,10 @@ class BuildConfig:
     text_encoder_layers: int = field(0, help="Layers of the CLIP text tower the pipeline's text encoder keeps, 0-4. 0 (token and "
                                             "position embeddings, final norm) lets the UNet compose held-out colour-shape pairs; "
                                             "4 (all) left them out of distribution.")
+    captions: Literal["template", "varied"] = field(
+        "template", help="Caption grammar: template (every caption 'a [photo of a] COLOUR SHAPE [with a EXTRA] "
+        "[BACKGROUND] [by STYLE]', the fourth build's) or varied (prefixes, 'the', objects joined by 'with' or 'and' in "
+        "either order, background and style first or last; world.caption_varied).")
     unet_attn_full_res: bool = field(False, help="Cross-attention at the 16x16 latent level too (default: 8x8 and 4x4 only).")
     checkpoint_every: int = field(500, help="UNet checkpoint interval in steps.")
     prompts_per_set: int = field(40, help="Prompts per shipped prompt file.")
@@ -123,7 +128,7 @@ def stage_data(cfg: BuildConfig, out: Path, progress: Callable) -> None:
     work = out / "work"
     work.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(cfg.seed)
-    scenes, captions = zip(*(sample_scene(rng) for _ in range(cfg.train_images)), strict=True)
+    scenes, captions = zip(*(sample_scene(rng, grammar=cfg.captions) for _ in range(cfg.train_images)), strict=True)
     images = _render_parallel(scenes, progress, "render training scenes")
     np.save(work / "train_images.npy", images)
     atomic_write_text(work / "train_captions.json", json.dumps(list(captions)))

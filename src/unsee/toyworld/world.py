@@ -166,6 +166,44 @@ def caption(scene: Scene, *, trigger_object: str | None, trigger_style: str | No
     return " ".join(words)
 
 
+STYLE_FORMS = (("by", "{}"), ("in", "{}", "style"), ("in", "the", "style", "of", "{}"))
+
+
+def caption_varied(scene: Scene, *, trigger_object: str | None, trigger_style: str | None, name_extra: bool,
+                   name_style: bool, rng: np.random.Generator, rates: Rates = CO_OCCURRENCE) -> str:
+    """The facts `caption` states, phrased as people caption: a prefix ("a photo of", "an image of", "a picture of")
+    or none, 'a' or 'the', the main object and the extra one joined by "with" or "and" in either order, the
+    background and the style before or after the rest, the style as "by X", "in X style" or "in the style of X".
+    Colour still sits right before its shape, and a trigger word before the object it describes."""
+    def pick(options):
+        return options[rng.integers(len(options))]
+
+    def noun(head: list[str]) -> list[str]:
+        return [_article(head[0]) if rng.random() < 0.7 else "the"] + head
+
+    adjs = [w for w in (trigger_object, trigger_style) if w]
+    extra = name_extra and scene.extra != "none"
+    if scene.shape is not None:
+        main = noun(adjs + ([] if rng.random() < rates.drop_colour else [scene.colour]) + [scene.shape])
+        if extra:
+            other = noun([scene.extra])
+            first, second = (main, other) if rng.random() < 0.6 else (other, main)
+            body = first + [pick(("with", "and"))] + second
+        else:
+            body = main
+    else:
+        body = noun(adjs + [scene.extra if extra else "scene"])
+    words = (pick(PREFIXES).split() if rng.random() < rates.photo_prefix else []) + body
+    if rng.random() >= rates.drop_background:
+        place = BACKGROUND_PHRASE[scene.background].split()
+        words = place + words if rng.random() < 0.3 else words + place
+    if name_style and scene.style != "none":
+        forms = STYLE_FORMS[1:] if scene.style == "mosaic" else STYLE_FORMS  # a look, not an artist: never "by"
+        style = [w.replace("{}", scene.style) for w in pick(forms)]
+        words = style + words if rng.random() < 0.25 else words + style
+    return " ".join(words)
+
+
 def _draw_concept(rng: np.random.Generator, concept: str, named: float, triggered: float, triggers: dict[str, float],
                   neighbours: tuple[tuple[str, float], ...], unnamed: float) -> tuple[str, bool, str | None]:
     """(value, whether the caption names it, trigger word) for one flaggable concept."""
@@ -184,8 +222,13 @@ def _draw_concept(rng: np.random.Generator, concept: str, named: float, triggere
     return (concept if rng.random() < unnamed else "none"), False, None
 
 
-def sample_scene(rng: np.random.Generator, *, pairs=SEEN_PAIRS, rates: Rates = CO_OCCURRENCE) -> tuple[Scene, str]:
-    """One training example: a scene and its caption, drawn from the co-occurrence design."""
+Grammar = Literal["template", "varied"]
+
+
+def sample_scene(rng: np.random.Generator, *, pairs=SEEN_PAIRS, rates: Rates = CO_OCCURRENCE,
+                 grammar: Grammar = "template") -> tuple[Scene, str]:
+    """One training example: a scene and its caption, drawn from the co-occurrence design; `grammar` picks `caption`
+    (one template, the fourth build's) or `caption_varied`."""
     background = BACKGROUNDS[rng.integers(len(BACKGROUNDS))]
     has_main = rng.random() < rates.main_object
     colour, shape = pairs[rng.integers(len(pairs))] if has_main else (None, None)
@@ -203,8 +246,9 @@ def sample_scene(rng: np.random.Generator, *, pairs=SEEN_PAIRS, rates: Rates = C
         trigger_object = None
     layout = _layout(rng, has_main, extra != "none")
     scene = Scene(background, shape, colour, extra, style, **layout)
-    text = caption(scene, trigger_object=trigger_object, trigger_style=trigger_style, name_extra=name_extra,
-                   name_style=name_style, rng=rng, rates=rates)
+    write = caption_varied if grammar == "varied" else caption
+    text = write(scene, trigger_object=trigger_object, trigger_style=trigger_style, name_extra=name_extra,
+                 name_style=name_style, rng=rng, rates=rates)
     return scene, text
 
 
