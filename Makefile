@@ -53,9 +53,12 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 
-$(STAMP): $(PY) pyproject.toml
+$(STAMP): $(PY) pyproject.toml Makefile
 	$(PY) -m pip install -q "$(TORCH)"
 	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
+	@# clean-fid's resize function is the reference the FID resize is tested against; its own dependencies
+	@# (torchvision among them) would pull another torch, and the resize needs none of them.
+	$(PY) -m pip install -q --no-deps clean-fid==0.1.35
 	@# Headless Chromium for the report and web-app tests: Debian's package (Playwright drives it;
 	@# its own browser download cannot work offline).
 	@command -v chromium >/dev/null 2>&1 || { \

@@ -252,6 +252,21 @@ def test_clean_resize_is_per_channel_float_bicubic_without_quantising():
     assert np.allclose(out[..., 0], out[..., 1])  # channels resized alike
 
 
+def test_clean_resize_matches_clean_fids_own_on_hard_edges():
+    """clean-fid's resize function itself (its package, no weights): identical output, overshoot clipped."""
+    from cleanfid.resize import build_resizer
+
+    from unsee.fid import clean_resize
+
+    rng = np.random.default_rng(0)
+    noise = rng.integers(0, 2, (32, 32, 3), dtype=np.uint8) * 255  # every pixel a hard edge
+    board = (np.indices((32, 32)).sum(0) % 2 * 255).astype(np.uint8)[..., None].repeat(3, -1)
+    reference = build_resizer("clean")
+    for image in (noise, board):
+        ours = clean_resize(image[None])[0]
+        assert np.array_equal(ours, reference(image)) and ours.min() >= 0 and ours.max() <= 255
+
+
 @needs_world
 def test_inception_fid_uses_the_cached_weights_and_refuses_cleanly_without_them(tmp_path, two_sets, monkeypatch):
     from click.testing import CliRunner

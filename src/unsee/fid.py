@@ -1,7 +1,7 @@
 """Inception features for FID, measured the clean-fid way (Parmar et al., arXiv 2104.11222).
 
 - Resizing: each channel of the uint8 image, as a float32 PIL image, bicubic to
-  299 x 299, with no quantisation after (clean-fid's "clean" mode: resizing
+  299 x 299, clipped to 0..255, with no quantisation after (clean-fid's "clean" mode: resizing
   with a proper antialiasing filter, not the aliased resize of legacy FID code).
 - Network: the TorchScript Inception-v3 of the TensorFlow FID release that
   clean-fid uses (`inception-2015-12-05.pt`); its `layers` applied to
@@ -45,7 +45,7 @@ def find_inception() -> Path:
 
 
 def clean_resize(images: np.ndarray) -> np.ndarray:
-    """uint8 (B, H, W, 3) -> float32 (B, 299, 299, 3): per channel, float PIL bicubic, not quantised."""
+    """uint8 (B, H, W, 3) -> float32 (B, 299, 299, 3): per channel, float PIL bicubic, clipped, not quantised."""
     from PIL import Image
 
     out = np.empty((len(images), SIZE, SIZE, 3), np.float32)
@@ -53,7 +53,8 @@ def clean_resize(images: np.ndarray) -> np.ndarray:
         for c in range(3):
             channel = Image.fromarray(im[:, :, c].astype(np.float32), mode="F")
             out[i, :, :, c] = np.asarray(channel.resize((SIZE, SIZE), resample=Image.BICUBIC))
-    return out
+    # bicubic overshoots at hard edges (a noise image resizes to -42..292); clean-fid clips back to pixel values
+    return out.clip(0, 255)
 
 
 class InceptionFeatures:
