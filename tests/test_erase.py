@@ -296,6 +296,25 @@ def test_uce_reads_the_concept_as_its_anchor_where_it_sits_and_keeps_the_rest(ti
     assert (kept_now - kept_base).norm() < 0.15 * (kv_ctx - kv_base).norm()
 
 
+def test_uce_without_prompts_to_keep_keeps_the_empty_prompt(tiny_model_dir, tmp_path):
+    """As UCE's code: with no --preserve, every state of the empty prompt is held, so classifier-free guidance's
+    unconditional branch reads as before (the padding rows the edit runs through would otherwise move it by ~26%)."""
+    from unsee.uce import text_states
+
+    summary = erase(_cfg(tiny_model_dir, tmp_path / "u", method="uce", concept=("red",), anchor="blue",
+                         context=("a {} cat at night",)), progress=False)
+    base, edited = (StableDiffusionPipeline.from_pretrained(p) for p in (tiny_model_dir, tmp_path / "u"))
+    empty = text_states(base, [""])[1][0].float()
+
+    def values(pipe):
+        return torch.cat([m.to_v(empty) for n, m in pipe.unet.named_modules() if n.endswith("attn2")], 1)
+
+    with torch.no_grad():
+        drift = float((values(edited) - values(base)).norm() / values(base).norm())
+    assert drift < 0.08 and abs(drift - summary["uce"]["empty_prompt_drift"]) < 0.02
+    assert summary["uce"]["edit_residual"] < 0.1
+
+
 def test_uce_keyed_on_a_learned_token(tiny_model_dir, tmp_path):
     """HFI with the closed form: the token's keys and values become the anchor's; the output has no token."""
     from unsee.invert import save_embedding

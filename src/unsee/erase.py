@@ -92,7 +92,8 @@ class EraseConfig:
     checkpoint_every: int = field(160, help="Checkpoint interval (a multiple of --reuse); a rerun resumes.")
     preserve: tuple[str, ...] = field((), help="A prompt to keep as it was (repeatable; @FILE reads one a line): adds "
                                           "--preserve-weight x ||eps(z, t, c_keep) - eps_original(z, t, c_keep)||^2, "
-                                          "an anchor against over-erasure that the original SDD and ESD do not have.")
+                                          "an anchor against over-erasure that the original SDD and ESD do not have; "
+                                          "uce holds these prompts' token states, or without any, the empty prompt's.")
     preserve_weight: float | None = field(None, help="Weight of the --preserve term (default 1); uce: the kept states' "
                                                     "weight in the closed form (default 0.1; on the toy world 1 held the "
                                                     "skull's edit to -19%, README).")

@@ -109,8 +109,10 @@ def uce_edit(pipe, concepts: list[str], anchor: str, contexts: list[str], preser
              preserve_weight: float) -> dict:
     """Apply W <- W M to every cross-attention key and value projection of pipe.unet; return how well it holds."""
     edit_c, edit_t, keep = edit_rows(pipe, concepts, anchor, contexts)
-    if preserve:
-        keep = torch.cat([keep, text_states(pipe, preserve)[1].reshape(-1, keep.shape[1])])
+    # Without prompts to keep, the empty prompt's every state is kept, as UCE's code does: classifier-free guidance's
+    # unconditional branch reads them, and an edit run through the padding would otherwise move them too.
+    empty = text_states(pipe, [""])[1].reshape(-1, keep.shape[1])
+    keep = torch.cat([keep, text_states(pipe, preserve)[1].reshape(-1, keep.shape[1]) if preserve else empty])
     moved = (edit_c - edit_t).norm(dim=1) > 1e-6 * edit_c.norm(dim=1)  # rows whose target differs from the state
     if not moved.any():
         raise UnseeError("every concept state equals its anchor's: nothing to erase (is --anchor the concept itself?)")
@@ -130,5 +132,6 @@ def uce_edit(pipe, concepts: list[str], anchor: str, contexts: list[str], preser
     return {"projections": n, "edit_rows": int(moved.sum()), "keep_rows": len(k),
             # 0: every concept state now reads as its anchor's; 1: unchanged
             "edit_residual": round(float((c @ m.T - t).norm() / (c - t).norm()), 4),
-            # relative change of the kept states as the keys and values see them
-            "keep_drift": round(float((k @ m.T - k).norm() / k.norm().clamp(min=1e-30)), 4)}
+            # relative change of the kept states as the keys and values see them, and of the empty prompt's states
+            "keep_drift": round(float((k @ m.T - k).norm() / k.norm().clamp(min=1e-30)), 4),
+            "empty_prompt_drift": round(float((empty @ m.T - empty).norm() / empty.norm().clamp(min=1e-30)), 4)}
