@@ -77,7 +77,8 @@ class EraseConfig:
                                              "own rows then train as with --context '{}' when no --context is given.")
     flagged_guidance: float = field(1.0, help="--flagged: eta, how far each flagged prompt is pushed off the concept.")
     params: ParamSet = field("xattn", help="Which UNet parameters train: xattn (ESD-x, SDD), xattn-kv (cross-"
-                                   "attention keys and values only), noxattn (ESD-u), full, lora.")
+                                   "attention keys and values only), noxattn (ESD-u: all but cross-attention, the time embedding and the "
+                                   "output block, as ESD's code), full, lora.")
     steps: int = field(1500, help="Updates.")
     lr: float = field(1e-5, help="AdamW learning rate.")
     guidance: float | None = field(None, help="SDD: teacher CFG scale (default 3.0); ESD: negative guidance eta (default 1.0).")

@@ -44,6 +44,15 @@ def _is_xattn(name: str) -> bool:
     return ".attn2." in f".{name}"
 
 
+# What ESD-u leaves frozen besides cross-attention, as the public ESD and SDD code do ('time_embed' and the output
+# block 'out.' in CompVis names): the timestep (and SDXL's size/text) embeddings and the output norm and convolution.
+NOXATTN_FROZEN = ("time_embedding.", "add_embedding.", "conv_norm_out.", "conv_out.")
+
+
+def _is_noxattn(name: str) -> bool:
+    return not _is_xattn(name) and not name.startswith(NOXATTN_FROZEN)
+
+
 def is_xattn_kv(name: str) -> bool:
     return ".attn2.to_k." in f".{name}" or ".attn2.to_v." in f".{name}"
 
@@ -72,7 +81,7 @@ def select_parameters(unet: torch.nn.Module, which: ParamSet, lora: LoraSettings
             unet.add_adapter(config)
         params = [p for n, p in unet.named_parameters() if "lora_" in n]
     else:
-        keep = {"xattn": _is_xattn, "xattn-kv": is_xattn_kv, "noxattn": lambda n: not _is_xattn(n),
+        keep = {"xattn": _is_xattn, "xattn-kv": is_xattn_kv, "noxattn": _is_noxattn,
                 "full": lambda n: True}[which]
         params = [p for n, p in unet.named_parameters() if keep(n)]
     if not params:
