@@ -40,14 +40,22 @@ from unsee.params import LoraSettings, ParamSet, is_xattn_kv, save_trained_unet,
 from unsee.provenance import lineage
 from unsee.runinfo import write_run_info
 from unsee.sampling import cfg_noise, encode_text
-from unsee.trainer import TrainConfig, Trainer, original_weights, run_settings, step_generator
+from unsee.trainer import (
+    TrainConfig,
+    Trainer,
+    TrainingLevers,
+    fp32_master,
+    original_weights,
+    run_settings,
+    step_generator,
+)
 from unsee.uce import distinct_states, fill
 
 logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
-class EraseConfig:
+class EraseConfig(TrainingLevers):
     model: str = field(help="Model to erase from: hub id, folder, .safetensors, or 'toyworld'.")
     out: str = field(help="Output: a diffusers pipeline folder, or LoRA weights with --params lora.")
     method: Literal["sdd", "esd", "uce"] = field("sdd", help="sdd: self-distillation to the unconditional; esd: negative "
@@ -154,6 +162,9 @@ class EraseConfig:
             if self.preserve_on != "concept":
                 raise UnseeError("--method uce keeps the --preserve prompts' token states in its closed form; "
                                  "--preserve-on does not apply")
+            if self.mixed_precision != "no" or self.gradient_checkpointing:
+                raise UnseeError("--method uce trains nothing (a closed form in float64): --mixed-precision and "
+                                 "--gradient-checkpointing do not apply; leave them out")
 
     def preserve_prompts(self) -> list[str]:
         return _expand(self.preserve)
@@ -229,7 +240,7 @@ class EraseMethod:
             with torch.no_grad():
                 for name, m in pipe.unet.named_modules():
                     if name.endswith("attn2"):
-                        self.kv_refs += [(proj, proj(self.c_keep.to(dev, pipe.unet.dtype)).float()) for proj in (m.to_k, m.to_v)]
+                        self.kv_refs += [(proj, proj(self.c_keep.to(dev, proj.weight.dtype)).float()) for proj in (m.to_k, m.to_v)]
         if (self.from_original or (keep and cfg.preserve_on not in ("kv", "null"))) and cfg.params != "lora":
             self.original = {k: p.detach().clone() for k, p in params.items()}
         # --preserve-on null: (name, original weight) of each key/value projection, and the projector off the kept span
@@ -418,7 +429,7 @@ def erase(cfg: EraseConfig, *, progress: bool = True) -> dict:
 
     # 1. Model, concept, trainable parameters.
     device = resolve_device(cfg.device)
-    pipe = load_pipeline(cfg.model, device=device)
+    pipe = load_pipeline(cfg.model, device=device, dtype=cfg.weights_dtype, gradient_checkpointing=cfg.gradient_checkpointing)
     pipe.vae.requires_grad_(False)
     pipe.text_encoder.requires_grad_(False)
     concepts = list(cfg.concept)
@@ -438,13 +449,14 @@ def erase(cfg: EraseConfig, *, progress: bool = True) -> dict:
     trained = select_parameters(pipe.unet, cfg.params, LoraSettings(rank=cfg.lora_rank, alpha=float(cfg.lora_rank)),
                                 seed=cfg.seed)
     names = {id(p): n for n, p in pipe.unet.named_parameters()}
-    params = {names[id(p)]: p for p in trained}
+    params = fp32_master({names[id(p)]: p for p in trained})
 
     # 2. Train on the shared loop.
     out = Path(cfg.out)
     method = EraseMethod(pipe, cfg, concepts, params)
     tcfg = TrainConfig(steps=cfg.steps, lr=cfg.lr, weight_decay=1e-4, grad_clip=1.0, seed=cfg.seed,
-                       ema_decay=cfg.ema_decay if cfg.method == "sdd" else None, checkpoint_every=cfg.checkpoint_every)
+                       ema_decay=cfg.ema_decay if cfg.method == "sdd" else None, checkpoint_every=cfg.checkpoint_every,
+                       mixed_precision=cfg.mixed_precision)
     trainer = Trainer(method, tcfg, out / "run", progress=progress, device=device, settings=run_settings(cfg))
     method.trainer = trainer
     result = trainer.run()
@@ -452,6 +464,7 @@ def erase(cfg: EraseConfig, *, progress: bool = True) -> dict:
     # 3. Output: the EMA (SDD) or trained (ESD) weights, as LoRA or as a full pipeline without the token.
     # Every rank holds the same weights (checked by the trainer); only the main process writes.
     summary = {"method": cfg.method, "concepts": concepts, "seconds": round(result.seconds, 1),
+               "mixed_precision": cfg.mixed_precision, "skipped_steps": result.skipped_steps,
                "unet_passes_per_update": method.unet_passes / max(1, cfg.steps - result.resumed_from),
                "processes": trainer.state.num_processes, "weights_digest": result.digest, "final": result.last_logs}
     if method.null_info is not None:

@@ -124,7 +124,10 @@ def save_trained_unet(pipe, base_model: str, params: ParamSet, out: Path) -> Non
     from unsee.models import load_pipeline
 
     clean = load_pipeline(base_model, scheduler="pipeline")
-    clean.unet.load_state_dict(pipe.unet.state_dict())
+    if all(p.dtype == torch.float32 for p in pipe.unet.parameters()):
+        clean.unet.load_state_dict(pipe.unet.state_dict())
+    else:  # mixed precision: only the fp32 master weights, so the frozen ones keep the base model's own precision
+        clean.unet.load_state_dict(trainable_state_dict(pipe.unet), strict=False)
     clean.save_pretrained(out)
 
 

@@ -50,6 +50,8 @@ class TrainConfig:
     checkpoint_every: int = field(100, help="Checkpoint interval in updates (0: only at the end).")
     log_every: int = field(10, help="Metrics-log interval in updates.")
     seed: int = field(0, help="Seed of every random draw of the run.")
+    mixed_precision: Literal["no", "fp16", "bf16"] = field("no", help="Forward passes under autocast in this dtype; "
+                                                            "fp16 scales the loss (a GradScaler).")
 
     def __post_init__(self) -> None:
         for name in ("steps", "accumulation"):
@@ -59,6 +61,41 @@ class TrainConfig:
             raise UnseeError(f"--lr must be > 0, got {self.lr}")
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
             raise UnseeError(f"--ema-decay must be in (0, 1), got {self.ema_decay}")
+
+
+@dataclasses.dataclass(kw_only=True)
+class TrainingLevers:
+    """Memory and speed levers every training command offers, as diffusers' training scripts do."""
+
+    mixed_precision: Literal["no", "fp16", "bf16"] = field(
+        "no", help="Frozen weights in this dtype and forward passes under autocast; the trained tensors stay fp32 "
+        "master weights. On a GPU pick bf16 (Ampere or newer) or fp16 (older cards: the loss is scaled, and a step "
+        "whose gradients overflow is skipped and counted); keep no on a CPU.")
+    gradient_checkpointing: bool = field(False, help="Recompute the UNet's (and a trained text encoder's) activations "
+                                                     "in the backward pass instead of storing them: less memory, ~30% "
+                                                     "more compute per update.")
+
+    @property
+    def weights_dtype(self) -> str:
+        """The dtype the frozen weights load in (`unsee.models.load_pipeline(dtype=...)`)."""
+        return {"no": "fp32", "fp16": "fp16", "bf16": "bf16"}[self.mixed_precision]
+
+
+def fp32_master(params: dict[str, torch.nn.Parameter]) -> dict[str, torch.nn.Parameter]:
+    """Keep the trained tensors in fp32 inside a model whose frozen weights are fp16 or bf16 (mixed precision)."""
+    with torch.no_grad():
+        for p in params.values():
+            if p.dtype != torch.float32:
+                p.data = p.data.float()
+    return params
+
+
+def autocast(device: torch.device, mixed_precision: str) -> contextlib.AbstractContextManager:
+    """Autocast to the mixed-precision dtype on `device`, or nothing for 'no'."""
+    if mixed_precision == "no":
+        return contextlib.nullcontext()
+    dtype = torch.float16 if mixed_precision == "fp16" else torch.bfloat16
+    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 class Method(Protocol):
@@ -74,6 +111,7 @@ class TrainResult:
     seconds: float
     last_logs: dict[str, float]
     digest: str = ""  # of the trained (and EMA) tensors; equal on every rank, checked at the end
+    skipped_steps: int = 0  # updates not applied because a gradient was not finite
 
 
 def step_generator(seed: int, step: int, micro: int, rank: int, device: str | torch.device = "cpu") -> torch.Generator:
@@ -147,8 +185,9 @@ def _dist():
     return None
 
 
-# Settings a rerun may change and still resume: a longer run, another checkpoint interval, device or progress bar.
-RESUME_MAY_CHANGE = frozenset({"steps", "epochs", "checkpoint_every", "device", "out"})
+# Settings a rerun may change and still resume: a longer run, another checkpoint interval, device, progress bar, or
+# gradient checkpointing (it recomputes the same activations).
+RESUME_MAY_CHANGE = frozenset({"steps", "epochs", "checkpoint_every", "device", "out", "gradient_checkpointing"})
 
 
 def run_settings(cfg: Any) -> dict[str, Any]:
@@ -170,9 +209,13 @@ class Trainer:
         if not self.params:
             raise UnseeError("the method has no trainable parameters")
         for p in self.params.values():
-            if p.dtype != torch.float32:  # train in fp32 whatever the frozen weights' dtype
-                raise UnseeError(f"trainable tensors must be float32, got {p.dtype}; load the model with --dtype fp32")
+            if p.dtype != torch.float32:  # train in fp32 whatever the frozen weights' dtype (fp32_master)
+                raise UnseeError(f"trainable tensors must be float32, got {p.dtype}; keep them as fp32 master weights "
+                                 "(unsee.trainer.fp32_master) or load the model in fp32")
         self.optimizer = torch.optim.AdamW(self.params.values(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none
+        self.scaler = torch.amp.GradScaler(self.device.type) if cfg.mixed_precision == "fp16" else None
+        self.skipped = 0  # updates skipped because a gradient was not finite (fp16 overflow)
         self.ema = {k: p.detach().clone() for k, p in self.params.items()} if cfg.ema_decay else None
         self.progress = progress
         self.ckpt = self.out / "checkpoint"
@@ -197,7 +240,9 @@ class Trainer:
         tensors = {f"param.{k}": p for k, p in self.params.items()}
         if self.ema is not None:
             tensors |= {f"ema.{k}": v for k, v in self.ema.items()}
-        meta: dict[str, Any] = {"step": self.step}
+        meta: dict[str, Any] = {"step": self.step, "skipped_steps": self.skipped}
+        if self.scaler is not None:
+            meta["grad_scaler"] = self.scaler.state_dict()
         if self.settings is not None:
             meta["settings"] = self.settings
         if hasattr(self.method, "state_dict"):  # a method's own state (DDPO's reward buffers), JSON only
@@ -227,6 +272,9 @@ class Trainer:
                 if torch.is_tensor(v) and k != "step":
                     st[k] = v.to(self.device)
         self.step = int(meta["step"])
+        self.skipped = int(meta.get("skipped_steps", 0))
+        if self.scaler is not None and "grad_scaler" in meta:
+            self.scaler.load_state_dict(meta["grad_scaler"])
         if "method" in meta and hasattr(self.method, "load_state_dict"):
             self.method.load_state_dict(meta["method"])
         if hasattr(self.method, "on_resume"):
@@ -254,11 +302,14 @@ class Trainer:
             sums: dict[str, float] = {}
             for micro in range(cfg.accumulation):
                 gen = step_generator(cfg.seed, step, micro, self.state.process_index)
-                loss, info = self.method.loss(step, micro, gen)
+                with autocast(self.device, cfg.mixed_precision):
+                    loss, info = self.method.loss(step, micro, gen)
+                loss = loss.float()
                 if not torch.isfinite(loss):
                     where = f"; the last good checkpoint is {self.ckpt}" if has_checkpoint(self.ckpt) else ""
                     raise UnseeError(f"the loss became {loss.item()} at step {step}: training stopped (try a lower --lr){where}")
-                (loss / cfg.accumulation).backward()
+                scaled = loss / cfg.accumulation
+                (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
                 for k, v in {"loss": float(loss.detach()), **info}.items():
                     sums[k] = sums.get(k, 0.0) + v / cfg.accumulation
             grads = [p.grad for p in self.params.values() if p.grad is not None]
@@ -270,11 +321,23 @@ class Trainer:
                 for g in grads:
                     g.copy_(flat[offset : offset + g.numel()].view_as(g))
                     offset += g.numel()
+            if self.scaler is not None:
+                self.scaler.unscale_(self.optimizer)  # clip the true gradients
             if cfg.grad_clip > 0:
                 sums["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(list(self.params.values()), cfg.grad_clip))
-            self.optimizer.step()
+            finite = all(bool(torch.isfinite(g).all()) for g in grads)
+            if self.scaler is not None:
+                self.scaler.step(self.optimizer)  # skips the update when a gradient overflowed, and lowers the scale
+                self.scaler.update()
+            elif finite:
+                self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
-            if self.ema is not None:
+            if not finite:  # never applied, and counted: the log and the result say how many
+                self.skipped += 1
+                logger.warning("step %d: a gradient was not finite; the update was skipped (%d so far)", step, self.skipped)
+            if self.scaler is not None or self.skipped:
+                sums["skipped_steps"] = float(self.skipped)
+            if self.ema is not None and finite:
                 with torch.no_grad():
                     for k, p in self.params.items():
                         self.ema[k].lerp_(p.detach(), 1 - cfg.ema_decay)
@@ -289,7 +352,7 @@ class Trainer:
             if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < cfg.steps:
                 self.save()
         bar.close()
-        return TrainResult(cfg.steps, start, time.time() - t0, logs, self._check_ranks_agree(dist))
+        return TrainResult(cfg.steps, start, time.time() - t0, logs, self._check_ranks_agree(dist), self.skipped)
 
     def digest(self) -> str:
         return weights_digest({f"param.{k}": p for k, p in self.params.items()} | {f"ema.{k}": v for k, v in (self.ema or {}).items()})

@@ -1,0 +1,90 @@
+"""Mixed precision and gradient checkpointing: fp32 master weights, loss scaling that skips an overflow, and the
+fp32 path's weights unchanged."""
+
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline
+
+from unsee.erase import EraseConfig, erase
+from unsee.errors import UnseeError
+from unsee.trainer import TrainConfig, Trainer
+
+
+def _erase(model, out, **kw):
+    base = dict(model=str(model), out=str(out), concept=("a red cat",), steps=4, reuse=2, checkpoint_every=2, ddim_steps=5,
+                lr=1e-3, device="cpu", batch_size=2)
+    return erase(EraseConfig(**(base | kw)), progress=False)
+
+
+def test_the_fp32_path_keeps_its_weights(tiny_model_dir, tmp_path):
+    """The digests of a tiny SDD and ESD run, as before mixed precision existed (same torch build and CPU)."""
+    assert _erase(tiny_model_dir, tmp_path / "sdd", method="sdd")["weights_digest"] == "c0d0799ba0c8831c3f2a3df307494456"
+    assert _erase(tiny_model_dir, tmp_path / "esd", method="esd")["weights_digest"] == "1f0367e4b1b084d9e12f64da2420ef6c"
+
+
+@pytest.mark.parametrize("method", ["sdd", "esd"])
+def test_bf16_trains_fp32_master_weights_and_saves_the_frozen_ones_untouched(tiny_model_dir, tmp_path, method):
+    summary = _erase(tiny_model_dir, tmp_path / "out", method=method, mixed_precision="bf16")
+    assert summary["mixed_precision"] == "bf16" and summary["skipped_steps"] == 0
+    base = StableDiffusionPipeline.from_pretrained(tiny_model_dir).unet.state_dict()
+    out = StableDiffusionPipeline.from_pretrained(tmp_path / "out").unet.state_dict()
+    assert all(v.dtype == torch.float32 for v in out.values())
+    changed = {k for k in base if not torch.equal(base[k], out[k])}
+    # only cross-attention trained, and every frozen weight is the base model's own, not a bf16 round trip of it
+    assert changed and all(".attn2." in k for k in changed)
+
+
+def test_gradient_checkpointing_checkpoints_the_unet_and_changes_no_update(tiny_model_dir, tmp_path, monkeypatch):
+    import torch.utils.checkpoint as ckpt
+
+    real, calls = ckpt.checkpoint, []
+
+    def counting(*a, **kw):  # diffusers' blocks call torch.utils.checkpoint.checkpoint when checkpointing is on
+        calls.append(1)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(ckpt, "checkpoint", counting)
+    digests = {}
+    for flag in (False, True):
+        calls.clear()
+        digests[flag] = _erase(tiny_model_dir, tmp_path / str(flag), method="esd", gradient_checkpointing=flag)["weights_digest"]
+        assert bool(calls) == flag
+    assert digests[True] == digests[False]  # it recomputes activations, it does not change the maths
+
+
+class _Blowup:
+    """One parameter; at one step the loss's gradient is not finite (once scaled, for fp16), otherwise ordinary."""
+
+    def __init__(self, overflow_at: int, kind: str):
+        self.p = torch.nn.Parameter(torch.ones(4))
+        self.overflow_at, self.kind, self.seen = overflow_at, kind, []
+
+    def parameters(self):
+        return {"p": self.p}
+
+    def loss(self, step, micro, g):
+        if step == self.overflow_at:
+            if self.kind == "fp16":  # a finite loss that the scaler's 65536 times overflows, and its gradients with it
+                return (self.p * 1e34).sum(), {}
+            return torch.sqrt(self.p - self.p.detach()).sum(), {}  # loss 0, gradient infinite
+        return (self.p ** 2).sum(), {}
+
+    def on_step_end(self, trainer, step):
+        self.seen.append(self.p.detach().clone())
+
+
+@pytest.mark.parametrize("precision", ["fp16", "no"])
+def test_a_step_whose_gradient_is_not_finite_is_skipped_and_counted(tmp_path, precision):
+    method = _Blowup(overflow_at=1, kind="fp16" if precision == "fp16" else "sqrt")
+    result = Trainer(method, TrainConfig(steps=4, lr=0.1, grad_clip=0, checkpoint_every=0, mixed_precision=precision),
+                     tmp_path / precision, progress=False).run()
+    assert result.skipped_steps == 1
+    assert torch.equal(method.seen[1], method.seen[0])  # step 1 was not applied
+    assert not torch.equal(method.seen[2], method.seen[1]) and torch.isfinite(method.p).all()  # training went on
+    log = (tmp_path / precision / "train_log.csv").read_text()
+    assert "skipped_steps" in log.splitlines()[0]
+
+
+def test_uce_refuses_the_training_levers(tiny_model_dir, tmp_path):
+    with pytest.raises(UnseeError, match="uce trains nothing"):
+        _erase(tiny_model_dir, tmp_path / "u", method="uce", concept=("red",), anchor="blue", mixed_precision="bf16")
