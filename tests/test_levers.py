@@ -88,3 +88,33 @@ def test_a_step_whose_gradient_is_not_finite_is_skipped_and_counted(tmp_path, pr
 def test_uce_refuses_the_training_levers(tiny_model_dir, tmp_path):
     with pytest.raises(UnseeError, match="uce trains nothing"):
         _erase(tiny_model_dir, tmp_path / "u", method="uce", concept=("red",), anchor="blue", mixed_precision="bf16")
+
+
+def test_a_v_prediction_pipeline_runs_erase_invert_and_rl_in_bf16_with_checkpointing(tiny_vpred_dir, tmp_path):
+    """SD 2.x-style (v-prediction) end to end through every training command, with both levers on."""
+    from unsee.feedback import Binary, Feedback, save_feedback
+    from unsee.generate import GenerateConfig, generate
+    from unsee.invert import InvertConfig, invert
+    from unsee.rl import RLConfig, rl
+
+    levers = dict(mixed_precision="bf16", gradient_checkpointing=True)
+    summary = _erase(tiny_vpred_dir, tmp_path / "erase", method="sdd", **levers)
+    assert summary["skipped_steps"] == 0 and (tmp_path / "erase" / "model_index.json").exists()
+
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a red cat\na blue house\n")
+    images = generate(GenerateConfig(model=str(tiny_vpred_dir), prompts=str(prompts), out=str(tmp_path / "set"),
+                                     images_per_prompt=2, steps=2, device="cpu"), progress=False)
+    ids = [f"{p:05d}-{i:03d}" for p in range(2) for i in range(2)]
+    fb = save_feedback(tmp_path / "fb.jsonl", Feedback(("flag",), [Binary(i, "a", frozenset({"flag"} if i < "00001" else set()), "")
+                                                                     for i in ids]))
+    token = tmp_path / "t.safetensors"
+    s = invert(InvertConfig(model=str(tiny_vpred_dir), images=str(images), feedback=str(fb), out=str(token), init_word="cat",
+                            top_k=2, steps=2, batch_size=2, device="cpu", **levers), progress=False)
+    assert token.exists() and s["mixed_precision"] == "bf16" and s["skipped_steps"] == 0
+
+    out = tmp_path / "rl"
+    s = rl(RLConfig(model=str(tiny_vpred_dir), prompts=str(prompts), out=str(out), reward="clip", epochs=1,
+                    samples_per_epoch=2, sample_batch=2, train_batch=2, ddim_steps=3, train_timesteps=0.5,
+                    checkpoint_every=1, device="cpu", **levers), progress=False)
+    assert s["mixed_precision"] == "bf16" and (out / "pytorch_lora_weights.safetensors").exists()

@@ -35,13 +35,13 @@ from unsee.files import atomic_write
 from unsee.imageset import ImageSet
 from unsee.provenance import lineage, token_run_dir
 from unsee.runinfo import write_run_info
-from unsee.trainer import TrainConfig, Trainer, run_settings
+from unsee.trainer import TrainConfig, Trainer, TrainingLevers, run_settings
 
 logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(kw_only=True)
-class TokenTraining:
+class TokenTraining(TrainingLevers):
     """Settings of one textual-inversion run, shared by `unsee invert` and `unsee attack invert`."""
 
     token: str = field("<flagged>", help="The new token; multi-vector tokens become <flagged>, <flagged>_1, ...")
@@ -51,7 +51,6 @@ class TokenTraining:
     steps: int = field(300, help="Optimiser updates.")
     lr: float = field(5e-3, help="Learning rate of the token vectors.")
     seed: int = field(0, help="Seed of timesteps, noise and batches.")
-    dtype: Literal["fp32", "fp16", "bf16"] = field("fp32", help="Frozen weights' dtype (the token trains in fp32).")
     device: str = field("auto", help="auto, cpu, cuda, cuda:N.")
     checkpoint_every: int = field(100, help="Checkpoint interval (updates); a rerun resumes.")
 
@@ -231,7 +230,7 @@ def invert_images(cfg: TokenTraining, *, model: str, images: ImageSet, ids: list
     from unsee.models import load_pipeline
 
     device = resolve_device(cfg.device)
-    pipe = load_pipeline(model, dtype=cfg.dtype, device=device)
+    pipe = load_pipeline(model, dtype=cfg.weights_dtype, device=device, gradient_checkpointing=cfg.gradient_checkpointing)
     pipe.unet.requires_grad_(False)
     pipe.vae.requires_grad_(False)
     pipe.text_encoder.requires_grad_(False)
@@ -242,8 +241,10 @@ def invert_images(cfg: TokenTraining, *, model: str, images: ImageSet, ids: list
         z0 = torch.cat([pipe.vae.encode(x[k : k + 64] * 2 - 1).latent_dist.mean for k in range(0, len(x), 64)])
         z0 = (z0 * pipe.vae.config.scaling_factor).float()
     method = InversionMethod(pipe, emb, z0, prompts, weights, cfg.batch_size)
-    tcfg = TrainConfig(steps=cfg.steps, lr=cfg.lr, checkpoint_every=cfg.checkpoint_every, seed=cfg.seed, grad_clip=0.0)
+    tcfg = TrainConfig(steps=cfg.steps, lr=cfg.lr, checkpoint_every=cfg.checkpoint_every, seed=cfg.seed, grad_clip=0.0,
+                       mixed_precision=cfg.mixed_precision)
     result = Trainer(method, tcfg, run_dir, progress=progress, device=device, settings=run_settings(cfg)).run()
     out.parent.mkdir(parents=True, exist_ok=True)
     save_embedding(out, cfg.token, emb.vectors)
-    return {"seconds": round(result.seconds, 1), "final": result.last_logs, "example_prompt": prompts[0]}
+    return {"seconds": round(result.seconds, 1), "final": result.last_logs, "example_prompt": prompts[0],
+            "mixed_precision": cfg.mixed_precision, "skipped_steps": result.skipped_steps}

@@ -37,7 +37,9 @@ from unsee.sampling import cfg_noise, decode, encode_text
 from unsee.trainer import (
     TrainConfig,
     Trainer,
+    TrainingLevers,
     append_csv_row,
+    fp32_master,
     keep_csv_rows,
     original_weights,
     run_settings,
@@ -48,7 +50,7 @@ logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
-class RLConfig:
+class RLConfig(TrainingLevers):
     model: str = field(help="Model to fine-tune: hub id, folder, .safetensors, or 'toyworld'.")
     prompts: str = field(help="Unsafe prompts (.txt or I2P .csv): what the model must stop showing.")
     out: str = field(help="Output: LoRA weights (default) or a pipeline folder; checkpoints in OUT/run.")
@@ -403,22 +405,23 @@ def rl(cfg: RLConfig, *, progress: bool = True) -> dict:
     benign = [p.text for p in read_prompts(cfg.benign_prompts)] if cfg.benign_prompts else []
     device = resolve_device(cfg.device)
     reward = parse_reward(cfg.reward, clip=cfg.clip, clip_target=cfg.clip_target, device=device)
-    pipe = load_pipeline(cfg.model, device=device)
+    pipe = load_pipeline(cfg.model, device=device, dtype=cfg.weights_dtype, gradient_checkpointing=cfg.gradient_checkpointing)
     pipe.vae.requires_grad_(False)
     pipe.text_encoder.requires_grad_(False)
     trained = select_parameters(pipe.unet, cfg.params, LoraSettings(rank=cfg.lora_rank, alpha=float(cfg.lora_rank)),
                                 seed=cfg.seed)
     names = {id(p): n for n, p in pipe.unet.named_parameters()}
-    params = {names[id(p)]: p for p in trained}
+    params = fp32_master({names[id(p)]: p for p in trained})
     method = DDPOMethod(pipe, cfg, unsafe, benign, reward, params)
     out = Path(cfg.out)
     tcfg = TrainConfig(steps=cfg.epochs * cfg.updates_per_epoch, lr=cfg.lr, weight_decay=1e-4, grad_clip=1.0,
                        accumulation=cfg.trained_steps, seed=cfg.seed, log_every=cfg.updates_per_epoch,
-                       checkpoint_every=cfg.checkpoint_every * cfg.updates_per_epoch)
+                       checkpoint_every=cfg.checkpoint_every * cfg.updates_per_epoch, mixed_precision=cfg.mixed_precision)
     trainer = Trainer(method, tcfg, out / "run", progress=progress, device=device, settings=run_settings(cfg))
     method.trainer = trainer
     result = trainer.run()
     summary = {"reward": cfg.reward, "epochs": cfg.epochs, "seconds": round(result.seconds, 1),
+               "mixed_precision": cfg.mixed_precision, "skipped_steps": result.skipped_steps,
                "processes": trainer.state.num_processes, "weights_digest": result.digest,
                "last_epoch": method.log_rows[-1] if method.log_rows else {}}
     if not trainer.state.is_main_process:
