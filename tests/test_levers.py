@@ -118,3 +118,16 @@ def test_a_v_prediction_pipeline_runs_erase_invert_and_rl_in_bf16_with_checkpoin
                     samples_per_epoch=2, sample_batch=2, train_batch=2, ddim_steps=3, train_timesteps=0.5,
                     checkpoint_every=1, device="cpu", **levers), progress=False)
     assert s["mixed_precision"] == "bf16" and (out / "pytorch_lora_weights.safetensors").exists()
+
+
+def test_the_8bit_optimizer_is_refused_on_a_cpu_with_one_line_and_nothing_written(tiny_model_dir, tmp_path):
+    from click.testing import CliRunner
+
+    from unsee.cli import cli
+
+    out = tmp_path / "e"
+    r = CliRunner().invoke(cli, ["erase", "--model", str(tiny_model_dir), "--concept", "a red cat", "--out", str(out),
+                                 "--steps", "2", "--reuse", "2", "--checkpoint-every", "2", "--device", "cpu",
+                                 "--optimizer", "adamw8bit"])
+    assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1 and "--optimizer adamw" in r.output, r.output
+    assert not out.exists()

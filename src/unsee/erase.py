@@ -456,7 +456,7 @@ def erase(cfg: EraseConfig, *, progress: bool = True) -> dict:
     method = EraseMethod(pipe, cfg, concepts, params)
     tcfg = TrainConfig(steps=cfg.steps, lr=cfg.lr, weight_decay=1e-4, grad_clip=1.0, seed=cfg.seed,
                        ema_decay=cfg.ema_decay if cfg.method == "sdd" else None, checkpoint_every=cfg.checkpoint_every,
-                       mixed_precision=cfg.mixed_precision)
+                       mixed_precision=cfg.mixed_precision, optimizer=cfg.optimizer)
     trainer = Trainer(method, tcfg, out / "run", progress=progress, device=device, settings=run_settings(cfg))
     method.trainer = trainer
     result = trainer.run()

@@ -242,7 +242,7 @@ def invert_images(cfg: TokenTraining, *, model: str, images: ImageSet, ids: list
         z0 = (z0 * pipe.vae.config.scaling_factor).float()
     method = InversionMethod(pipe, emb, z0, prompts, weights, cfg.batch_size)
     tcfg = TrainConfig(steps=cfg.steps, lr=cfg.lr, checkpoint_every=cfg.checkpoint_every, seed=cfg.seed, grad_clip=0.0,
-                       mixed_precision=cfg.mixed_precision)
+                       mixed_precision=cfg.mixed_precision, optimizer=cfg.optimizer)
     result = Trainer(method, tcfg, run_dir, progress=progress, device=device, settings=run_settings(cfg)).run()
     out.parent.mkdir(parents=True, exist_ok=True)
     save_embedding(out, cfg.token, emb.vectors)

@@ -416,7 +416,7 @@ def rl(cfg: RLConfig, *, progress: bool = True) -> dict:
     out = Path(cfg.out)
     tcfg = TrainConfig(steps=cfg.epochs * cfg.updates_per_epoch, lr=cfg.lr, weight_decay=1e-4, grad_clip=1.0,
                        accumulation=cfg.trained_steps, seed=cfg.seed, log_every=cfg.updates_per_epoch,
-                       checkpoint_every=cfg.checkpoint_every * cfg.updates_per_epoch, mixed_precision=cfg.mixed_precision)
+                       checkpoint_every=cfg.checkpoint_every * cfg.updates_per_epoch, mixed_precision=cfg.mixed_precision, optimizer=cfg.optimizer)
     trainer = Trainer(method, tcfg, out / "run", progress=progress, device=device, settings=run_settings(cfg))
     method.trainer = trainer
     result = trainer.run()
