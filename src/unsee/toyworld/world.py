@@ -176,7 +176,7 @@ def caption_varied(scene: Scene, *, trigger_object: str | None, trigger_style: s
     background and the style before or after the rest, the style as "by X", "in X style" or "in the style of X".
     Colour still sits right before its shape, and a trigger word before the object it describes."""
     def pick(options):
-        return options[rng.integers(len(options))]
+        return _pick(rng, options)
 
     def noun(head: list[str]) -> list[str]:
         return [_article(head[0]) if rng.random() < 0.7 else "the"] + head
@@ -321,7 +321,6 @@ def part_prompts() -> tuple[str, ...]:
 # of"), "the", two objects joined by "and" or "with", the background before the object, trigger words in short
 # sentences. A prompt whose template (`template`) a shipped seen/held-out file or the demo's preserve prompts use is
 # never drawn, so an erasure trained on those files' phrasing is measured on phrasings it never saw.
-BACKGROUND_NOUN = {"beach": "beach", "forest": "forest", "city": "city", "desert": "desert", "snow": "snow", "night": "night"}
 PREFIXES = ("a photo of", "an image of", "a picture of")
 # prompt set -> (the object or style it names, its trigger words)
 _NOVEL_SUBJECT = {
@@ -345,14 +344,19 @@ def template(prompt: str) -> str:
 
 
 def _with_article(words: list[str], article: str) -> list[str]:
-    if article == "a":
-        return [_article(words[0])] + words
-    return ([article] if article else []) + words
+    """'a' (or 'an') or 'the' before `words`."""
+    return [_article(words[0]) if article == "a" else article] + words
+
+
+def _pick(rng: np.random.Generator, options):
+    return options[rng.integers(len(options))]
 
 
 def _novel_prompt(name: str, colour: str, shape: str, bg: str, rng: np.random.Generator) -> str:
     """One prompt of set `name` in a phrasing drawn from the novel grammar."""
-    pick = lambda xs: xs[rng.integers(len(xs))]  # noqa: E731
+    def pick(options):
+        return _pick(rng, options)
+
     subject, triggers = _NOVEL_SUBJECT[name]
     obj = _with_article([colour, shape], pick(("a", "the")))
     place = BACKGROUND_PHRASE[bg].split()
@@ -370,10 +374,10 @@ def _novel_prompt(name: str, colour: str, shape: str, bg: str, rng: np.random.Ge
     elif name in ("object_implicit", "style_implicit"):
         t = pick(triggers)
         other = [w for w in triggers if w != t][0]
-        forms = ([t], _with_article([t, BACKGROUND_NOUN[bg]], "a"), _with_article([t, BACKGROUND_NOUN[bg]], "the"),
+        forms = ([t], _with_article([t, bg], "a"), _with_article([t, bg], "the"),
                  prefix + _with_article([t, colour, shape], "a"), [t, colour, shape] + place,
                  place + _with_article([t, colour, shape], "a"), _with_article([t, "picture", "of"], "a") + obj,
-                 _with_article([t, "and", other, BACKGROUND_NOUN[bg]], "a"), _with_article([t, "scene"], "a") + ["with"] + obj)
+                 _with_article([t, "and", other, bg], "a"), _with_article([t, "scene"], "a") + ["with"] + obj)
     else:
         forms = (["the", colour, shape] + place, prefix + obj + place, place + obj, [colour, shape] + place,
                  prefix + ["the", colour, shape], _with_article([colour, shape], "a"), place + ["the", colour, shape])
