@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.13.0
-EXTRAS ?= dev,nudity,annotate
+EXTRAS ?= dev,nudity,annotate,track
 STAMP  := $(VENV)/.installed
 
 .PHONY: demo test lint bench bench-rl install clean toyworld

@@ -236,3 +236,27 @@ def test_invert_refusals(tmp_path):
         InvertConfig(model="m", images="i", out="o.safetensors", feedback="f", template="no token")
     with pytest.raises(UnseeError, match=".safetensors file"):
         InvertConfig(model="m", images="i", out="o.bin", feedback="f")
+
+
+def test_a_tuned_tower_trains_in_bf16_with_checkpointing_and_saves_fp32(colour_set, clip_dir, tmp_path, monkeypatch):
+    import transformers.modeling_utils as mu
+
+    from unsee.reward_model import RewardTrainConfig, load_reward, train_reward
+
+    real, calls = mu.checkpoint, []
+
+    def counting(*a, **kw):  # transformers' layers call it when gradient checkpointing is on
+        calls.append(1)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(mu, "checkpoint", counting)
+    folder, red = colour_set
+    fb = _binary_feedback(tmp_path / "fb.jsonl", red)
+    m = train_reward(RewardTrainConfig(images=str(folder), feedback=str(fb), out=str(tmp_path / "t"), clip=str(clip_dir),
+                                       mixed_precision="bf16", gradient_checkpointing=True, **TUNED), progress=False)
+    assert calls, "the tower's layers were not checkpointed"
+    assert m["mixed_precision"] == "bf16" and m["skipped_steps"] == 0
+    assert m["heldout_agreement"] >= 0.85, m  # bf16 activations still learn the task
+    assert all(v.dtype == torch.float32 for v in load_reward(tmp_path / "t").state_dict().values())
+    with pytest.raises(UnseeError, match="act on a tuned vision tower; add --tune-vision N"):
+        RewardTrainConfig(images=str(folder), feedback=str(fb), out=str(tmp_path / "x"), mixed_precision="bf16")

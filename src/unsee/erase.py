@@ -40,6 +40,7 @@ from unsee.params import LoraSettings, ParamSet, is_xattn_kv, save_trained_unet,
 from unsee.provenance import lineage
 from unsee.runinfo import write_run_info
 from unsee.sampling import cfg_noise, encode_text
+from unsee.tracking import preview
 from unsee.trainer import (
     TrainConfig,
     Trainer,
@@ -456,8 +457,12 @@ def erase(cfg: EraseConfig, *, progress: bool = True) -> dict:
     method = EraseMethod(pipe, cfg, concepts, params)
     tcfg = TrainConfig(steps=cfg.steps, lr=cfg.lr, weight_decay=1e-4, grad_clip=1.0, seed=cfg.seed,
                        ema_decay=cfg.ema_decay if cfg.method == "sdd" else None, checkpoint_every=cfg.checkpoint_every,
-                       mixed_precision=cfg.mixed_precision, optimizer=cfg.optimizer)
-    trainer = Trainer(method, tcfg, out / "run", progress=progress, device=device, settings=run_settings(cfg))
+                       **cfg.lever_settings())
+    # previews: the concept as trained on, a flagged prompt, a kept prompt
+    shown = [fill(cfg.context_prompts()[0], c) for c in concepts[:2]] + cfg.flagged_prompts()[:1] + cfg.preserve_prompts()[:1]
+    trainer = Trainer(method, tcfg, out / "run", progress=progress, device=device, settings=run_settings(cfg),
+                      preview=preview(pipe, shown, seed=cfg.seed, mixed_precision=cfg.mixed_precision),
+                      run_name=f"erase-{cfg.method}")
     method.trainer = trainer
     result = trainer.run()
 

@@ -35,6 +35,7 @@ from unsee.files import atomic_write
 from unsee.imageset import ImageSet
 from unsee.provenance import lineage, token_run_dir
 from unsee.runinfo import write_run_info
+from unsee.tracking import preview
 from unsee.trainer import TrainConfig, Trainer, TrainingLevers, run_settings
 
 logger = logging.getLogger(__name__)
@@ -242,8 +243,11 @@ def invert_images(cfg: TokenTraining, *, model: str, images: ImageSet, ids: list
         z0 = (z0 * pipe.vae.config.scaling_factor).float()
     method = InversionMethod(pipe, emb, z0, prompts, weights, cfg.batch_size)
     tcfg = TrainConfig(steps=cfg.steps, lr=cfg.lr, checkpoint_every=cfg.checkpoint_every, seed=cfg.seed, grad_clip=0.0,
-                       mixed_precision=cfg.mixed_precision, optimizer=cfg.optimizer)
-    result = Trainer(method, tcfg, run_dir, progress=progress, device=device, settings=run_settings(cfg)).run()
+                       **cfg.lever_settings())
+    shown = list(dict.fromkeys(prompts))[:3]  # the token in its training prompts
+    result = Trainer(method, tcfg, run_dir, progress=progress, device=device, settings=run_settings(cfg),
+                     preview=preview(pipe, shown, seed=cfg.seed, mixed_precision=cfg.mixed_precision),
+                     run_name="invert").run()
     out.parent.mkdir(parents=True, exist_ok=True)
     save_embedding(out, cfg.token, emb.vectors)
     return {"seconds": round(result.seconds, 1), "final": result.last_logs, "example_prompt": prompts[0],

@@ -32,12 +32,13 @@ from unsee.files import atomic_write_text
 from unsee.imageset import ImageSet
 from unsee.runinfo import write_run_info
 from unsee.seeds import stream
+from unsee.trainer import MemoryLevers, apply_update, autocast, make_optimizer
 
 logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
-class RewardTrainConfig:
+class RewardTrainConfig(MemoryLevers):
     images: tuple[str, ...] = field(help="Image set the feedback is about (repeatable: one per --feedback, in the same "
                                          "order, for rounds of feedback on different images).")
     feedback: tuple[str, ...] = field(help="feedback.jsonl (binary or rank judgements) about the --images in the same place.")
@@ -56,6 +57,8 @@ class RewardTrainConfig:
     eval_every: int = field(25, help="Validate every N steps with --tune-vision (every step when frozen).")
     heldout: float = field(0.2, help="Share of images (binary) or groups (rank) held out to measure agreement.")
     seed: int = field(0, help="Seed of the split and the initialisation.")
+    device: str = field("auto", help="Where a tuned tower trains (--tune-vision): auto, cpu, cuda, cuda:N. The head on "
+                                     "frozen embeddings trains on the CPU.")
 
     def __post_init__(self) -> None:
         if isinstance(self.images, str):  # one set, as the Python API's callers write it
@@ -69,6 +72,9 @@ class RewardTrainConfig:
             raise UnseeError(f"--heldout must be in (0, 1), got {self.heldout}")
         if self.tune_vision < 0 or self.batch_size < 1 or self.eval_every < 1:
             raise UnseeError("--tune-vision must be >= 0, --batch-size and --eval-every >= 1")
+        if not self.tune_vision and (self.mixed_precision != "no" or self.gradient_checkpointing or self.optimizer != "adamw"):
+            raise UnseeError("--mixed-precision, --gradient-checkpointing and --optimizer act on a tuned vision tower; "
+                             "add --tune-vision N, or leave them out to train the head on frozen CLIP embeddings")
 
 
 def _per_image(sets: list[ImageSet], ids: list[str], fn) -> torch.Tensor:
@@ -110,6 +116,7 @@ def train_reward(cfg: RewardTrainConfig, *, progress: bool = True) -> dict:
     from tqdm.auto import tqdm
 
     from unsee.clip import load_clip, resolve_clip
+    from unsee.generate import resolve_device
     from unsee.reward_net import RewardModel
 
     # 1. Inputs: the image sets, their feedback (validated against each manifest), the frozen CLIP.
@@ -160,19 +167,29 @@ def train_reward(cfg: RewardTrainConfig, *, progress: bool = True) -> dict:
                             vision_config=vision_config, image_size=clip.size, image_mean=tuple(clip.mean.flatten().tolist()),
                             image_std=tuple(clip.std.flatten().tolist()))
         _tune_tower(model.vision, clip, cfg.tune_vision)
-        opt = torch.optim.AdamW([{"params": model.mlp.parameters(), "lr": cfg.lr},
-                                 {"params": [p for p in model.vision.parameters() if p.requires_grad], "lr": cfg.vision_lr}],
-                                weight_decay=1e-4)
+        device = resolve_device(cfg.device)
+        model.to(device)  # the tower's weights stay fp32 (they are saved); --mixed-precision autocasts its forward
+        if cfg.gradient_checkpointing:
+            model.vision.gradient_checkpointing_enable()
+        groups = [{"params": list(model.mlp.parameters()), "lr": cfg.lr},
+                  {"params": [p for p in model.vision.parameters() if p.requires_grad], "lr": cfg.vision_lr}]
+        opt = make_optimizer(cfg.optimizer, groups, device, lr=cfg.lr, weight_decay=1e-4)
     else:
+        device = torch.device("cpu")
         model = RewardModel(x.shape[1], labels, kind, clip_spec, cfg.hidden, cfg.layers)
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
+    y_dev = y.to(device) if kind == "binary" else None
+    # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none
+    scaler = torch.amp.GradScaler(device.type) if cfg.mixed_precision == "fp16" else None
+    trained = [p for p in model.parameters() if p.requires_grad]
+    skipped = 0
 
     def outputs(rows: torch.Tensor) -> torch.Tensor:
         """Scores (len(rows), L) of those images; a tuned tower embeds them on the way, in chunks when not training."""
         if not tower:
             return model(x[rows])
         if not len(rows):  # an empty part of a handful of images; the tower takes no empty batch
-            return torch.zeros(0, len(labels))
+            return torch.zeros(0, len(labels), device=device)
         if torch.is_grad_enabled() or len(rows) <= 256:
             return model(model.embed_pixels(x[rows]))
         return torch.cat([outputs(rows[k : k + 256]) for k in range(0, len(rows), 256)])
@@ -181,17 +198,17 @@ def train_reward(cfg: RewardTrainConfig, *, progress: bool = True) -> dict:
         """Loss and agreement on a part, or on a minibatch of it (image rows for binary, pairs for rank)."""
         if kind == "binary":
             rows = part_rows[part] if batch is None else batch
-            pred = outputs(rows)
-            loss = F.mse_loss(pred, y[rows])
-            acc = float(((pred > 0.5) == (y[rows] > 0.5)).float().mean()) if len(rows) else float("nan")
+            pred, target = outputs(rows).float(), y_dev[rows.to(device)]
+            loss = F.mse_loss(pred, target)
+            acc = float(((pred > 0.5) == (target > 0.5)).float().mean()) if len(rows) else float("nan")
             return loss, acc
         p = part_pairs[part] if batch is None else batch
         if tower:  # only the images these pairs name go through the tower
             used, where = torch.unique(p[:, :2], return_inverse=True)
-            r, win, lose = outputs(used), where[:, 0], where[:, 1]
+            r, win, lose = outputs(used).float(), where[:, 0].to(device), where[:, 1].to(device)
         else:
             r, win, lose = model(x), p[:, 0], p[:, 1]
-        margin = r[win, p[:, 2]] - r[lose, p[:, 2]]
+        margin = r[win, p[:, 2].to(r.device)] - r[lose, p[:, 2].to(r.device)]
         return -F.logsigmoid(margin).mean(), float((margin > 0).float().mean())  # Bradley-Terry
 
     # 3. Training (full batch on frozen embeddings; minibatches through a tuned tower, validated every
@@ -204,10 +221,11 @@ def train_reward(cfg: RewardTrainConfig, *, progress: bool = True) -> dict:
     for step in tqdm(range(cfg.steps), desc="train reward", disable=not progress):
         model.train()
         batch = train_items[torch.randperm(len(train_items), generator=draws)[: cfg.batch_size]] if tower else None
-        loss, _ = loss_and_metric("train", batch)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        with autocast(device, cfg.mixed_precision):
+            loss, _ = loss_and_metric("train", batch)
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+        if not apply_update(opt, scaler, trained, 0.0)[0]:  # never applied; counted in the metrics
+            skipped += 1
         if tower and (step + 1) % cfg.eval_every and step + 1 < cfg.steps:
             continue
         model.eval()
@@ -225,11 +243,11 @@ def train_reward(cfg: RewardTrainConfig, *, progress: bool = True) -> dict:
                "metric": "accuracy" if kind == "binary" else "pairwise accuracy",
                "images": len(ids), "image_sets": len(sets), "judgements": len(fb.binary if kind == "binary" else fb.ranks)}
     if tower:
-        metrics["tuned_vision_layers"] = cfg.tune_vision
+        metrics |= {"tuned_vision_layers": cfg.tune_vision, "mixed_precision": cfg.mixed_precision, "skipped_steps": skipped}
     if kind == "binary":
         with torch.no_grad():
             held = part_rows["test"]
-            pred = outputs(held)
+            pred = outputs(held).float().cpu()
         metrics["heldout_accuracy_per_label"] = {
             label: float(((pred[:, i] > 0.5) == (y[held][:, i] > 0.5)).float().mean()) for i, label in enumerate(labels)}
     else:

@@ -34,6 +34,7 @@ from unsee.params import LoraSettings, ParamSet, save_trained_unet, select_param
 from unsee.provenance import lineage, model_prompts
 from unsee.runinfo import write_run_info
 from unsee.sampling import cfg_noise, decode, encode_text
+from unsee.tracking import preview
 from unsee.trainer import (
     TrainConfig,
     Trainer,
@@ -416,8 +417,11 @@ def rl(cfg: RLConfig, *, progress: bool = True) -> dict:
     out = Path(cfg.out)
     tcfg = TrainConfig(steps=cfg.epochs * cfg.updates_per_epoch, lr=cfg.lr, weight_decay=1e-4, grad_clip=1.0,
                        accumulation=cfg.trained_steps, seed=cfg.seed, log_every=cfg.updates_per_epoch,
-                       checkpoint_every=cfg.checkpoint_every * cfg.updates_per_epoch, mixed_precision=cfg.mixed_precision, optimizer=cfg.optimizer)
-    trainer = Trainer(method, tcfg, out / "run", progress=progress, device=device, settings=run_settings(cfg))
+                       checkpoint_every=cfg.checkpoint_every * cfg.updates_per_epoch, **cfg.lever_settings())
+    shown = unsafe[:2] + benign[:2]
+    trainer = Trainer(method, tcfg, out / "run", progress=progress, device=device, settings=run_settings(cfg),
+                      preview=preview(pipe, shown, seed=cfg.seed, guidance=cfg.guidance, steps=cfg.ddim_steps,
+                                      mixed_precision=cfg.mixed_precision), run_name="rl")
     method.trainer = trainer
     result = trainer.run()
     summary = {"reward": cfg.reward, "epochs": cfg.epochs, "seconds": round(result.seconds, 1),

@@ -33,6 +33,7 @@ import torch
 from unsee.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 from unsee.config import field
 from unsee.errors import UnseeError
+from unsee.tracking import Preview, open_reporter
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +54,8 @@ class TrainConfig:
     mixed_precision: Literal["no", "fp16", "bf16"] = field("no", help="Forward passes under autocast in this dtype; "
                                                             "fp16 scales the loss (a GradScaler).")
     optimizer: Literal["adamw", "adamw8bit"] = field("adamw", help="AdamW, or bitsandbytes' 8-bit AdamW (CUDA only).")
+    report_to: Literal["none", "tensorboard", "wandb"] = field("none", help="Also send the log rows to this tracker.")
+    sample_every: int = field(0, help="Send preview images to the tracker every this many updates (0: never).")
 
     def __post_init__(self) -> None:
         for name in ("steps", "accumulation"):
@@ -65,7 +68,7 @@ class TrainConfig:
 
 
 @dataclasses.dataclass(kw_only=True)
-class TrainingLevers:
+class MemoryLevers:
     """Memory and speed levers every training command offers, as diffusers' training scripts do."""
 
     mixed_precision: Literal["no", "fp16", "bf16"] = field(
@@ -85,6 +88,22 @@ class TrainingLevers:
         return {"no": "fp32", "fp16": "fp16", "bf16": "bf16"}[self.mixed_precision]
 
 
+@dataclasses.dataclass(kw_only=True)
+class TrainingLevers(MemoryLevers):
+    """The memory levers, and a tracker beside train_log.csv, for the commands on the shared training loop."""
+
+    report_to: Literal["none", "tensorboard", "wandb"] = field(
+        "none", help="Send the training log (loss, learning rate, the method's metrics) to TensorBoard (event files "
+        "under OUT/logs, offline) or Weights & Biases, as well as to train_log.csv.")
+    sample_every: int = field(0, help="With --report-to: every this many updates, send a few images the model draws "
+                                      "from fixed seeds (0: none). Each preview costs one sampling run per prompt.")
+
+    def lever_settings(self) -> dict[str, Any]:
+        """The levers as `TrainConfig` keyword arguments."""
+        return {"mixed_precision": self.mixed_precision, "optimizer": self.optimizer, "report_to": self.report_to,
+                "sample_every": self.sample_every}
+
+
 def fp32_master(params: dict[str, torch.nn.Parameter]) -> dict[str, torch.nn.Parameter]:
     """Keep the trained tensors in fp32 inside a model whose frozen weights are fp16 or bf16 (mixed precision)."""
     with torch.no_grad():
@@ -102,17 +121,39 @@ def autocast(device: torch.device, mixed_precision: str) -> contextlib.AbstractC
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def make_optimizer(cfg: TrainConfig, params: list[torch.nn.Parameter], device: torch.device) -> torch.optim.Optimizer:
-    """AdamW, or bitsandbytes' 8-bit AdamW, whose kernels run only on CUDA."""
-    if cfg.optimizer == "adamw8bit":
+def make_optimizer(kind: str, params: list, device: torch.device, *, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """AdamW, or bitsandbytes' 8-bit AdamW, whose kernels run only on CUDA; `params` may be parameter groups."""
+    if kind == "adamw8bit":
         if device.type != "cuda":
             raise UnseeError(f"--optimizer adamw8bit runs only on a CUDA GPU, not on {device.type}; use --optimizer adamw")
         try:
             import bitsandbytes as bnb
         except ImportError:
             raise UnseeError("--optimizer adamw8bit needs bitsandbytes (pip install bitsandbytes); use --optimizer adamw") from None
-        return bnb.optim.AdamW8bit(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return bnb.optim.AdamW8bit(params, lr=lr, weight_decay=weight_decay)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+
+def apply_update(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None, params: list[torch.nn.Parameter],
+                 grad_clip: float) -> tuple[bool, float | None]:
+    """Unscale (fp16), clip, and step unless a gradient is not finite; returns (finite, gradient norm before clipping).
+
+    A non-finite step is never applied: the scaler skips it (and lowers its scale), and without a scaler it is
+    skipped here. The caller counts it.
+    """
+    grads = [p.grad for p in params if p.grad is not None]
+    if scaler is not None:
+        scaler.unscale_(optimizer)  # clip the true gradients
+    norm = float(torch.nn.utils.clip_grad_norm_(params, grad_clip)) if grad_clip > 0 else None
+    # one device sync for all tensors; the norm alone would not do, since large finite gradients overflow it
+    finite = bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()) if grads else True
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    elif finite:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return finite, norm
 
 
 class Method(Protocol):
@@ -204,7 +245,8 @@ def _dist():
 
 # Settings a rerun may change and still resume: a longer run, another checkpoint interval, device, progress bar, or
 # gradient checkpointing (it recomputes the same activations).
-RESUME_MAY_CHANGE = frozenset({"steps", "epochs", "checkpoint_every", "device", "out", "gradient_checkpointing"})
+RESUME_MAY_CHANGE = frozenset({"steps", "epochs", "checkpoint_every", "device", "out", "gradient_checkpointing",
+                               "report_to", "sample_every"})
 
 
 def run_settings(cfg: Any) -> dict[str, Any]:
@@ -214,10 +256,13 @@ def run_settings(cfg: Any) -> dict[str, Any]:
 
 class Trainer:
     def __init__(self, method: Method, cfg: TrainConfig, out: str | Path, *, progress: bool = True, device: str | torch.device = "cpu",
-                 settings: dict[str, Any] | None = None):
+                 settings: dict[str, Any] | None = None, preview: Preview | None = None, run_name: str = "train"):
         from unsee.generate import process_state
 
         self.method, self.cfg, self.out = method, cfg, Path(out)
+        self.preview, self.run_name = preview, run_name
+        if cfg.sample_every < 0:
+            raise UnseeError(f"--sample-every must be >= 0, got {cfg.sample_every}")
         # the command's settings, kept in each checkpoint: a rerun with other ones is refused, not silently mixed
         self.settings = json.loads(json.dumps(settings, default=str)) if settings is not None else None
         self.state = process_state()
@@ -229,7 +274,8 @@ class Trainer:
             if p.dtype != torch.float32:  # train in fp32 whatever the frozen weights' dtype (fp32_master)
                 raise UnseeError(f"trainable tensors must be float32, got {p.dtype}; keep them as fp32 master weights "
                                  "(unsee.trainer.fp32_master) or load the model in fp32")
-        self.optimizer = make_optimizer(cfg, list(self.params.values()), self.device)
+        self.optimizer = make_optimizer(cfg.optimizer, list(self.params.values()), self.device, lr=cfg.lr,
+                                        weight_decay=cfg.weight_decay)
         # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none
         self.scaler = torch.amp.GradScaler(self.device.type) if cfg.mixed_precision == "fp16" else None
         self.skipped = 0  # updates skipped because a gradient was not finite (fp16 overflow)
@@ -309,6 +355,7 @@ class Trainer:
         log_path = self.out / "train_log.csv"
         if start and log_path.exists() and self.state.is_main_process:  # drop rows logged after the checkpoint
             keep_csv_rows(log_path, lambda r: int(r["step"]) <= start)
+        reporter = open_reporter(cfg.report_to, self.out, self.run_name, self.settings)
         t0, logs = time.time(), {}
         bar = tqdm(total=cfg.steps, initial=start, desc="train", unit="step",
                    disable=not (self.progress and self.state.is_local_main_process))
@@ -338,17 +385,9 @@ class Trainer:
                 for g in grads:
                     g.copy_(flat[offset : offset + g.numel()].view_as(g))
                     offset += g.numel()
-            if self.scaler is not None:
-                self.scaler.unscale_(self.optimizer)  # clip the true gradients
-            if cfg.grad_clip > 0:
-                sums["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(list(self.params.values()), cfg.grad_clip))
-            finite = all(bool(torch.isfinite(g).all()) for g in grads)
-            if self.scaler is not None:
-                self.scaler.step(self.optimizer)  # skips the update when a gradient overflowed, and lowers the scale
-                self.scaler.update()
-            elif finite:
-                self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
+            finite, norm = apply_update(self.optimizer, self.scaler, list(self.params.values()), cfg.grad_clip)
+            if norm is not None:
+                sums["grad_norm"] = norm
             if not finite:  # never applied, and counted: the log and the result say how many
                 self.skipped += 1
                 logger.warning("step %d: a gradient was not finite; the update was skipped (%d so far)", step, self.skipped)
@@ -366,9 +405,16 @@ class Trainer:
             bar.set_postfix(loss=f"{sums['loss']:.4f}")
             if self.state.is_main_process and (self.step % cfg.log_every == 0 or self.step == cfg.steps):
                 append_csv_row(log_path, {"step": self.step, "lr": self.lr_at(step), **sums})
+                if reporter is not None:
+                    reporter.log({"lr": self.lr_at(step), **sums}, self.step)
+            if reporter is not None and self.preview is not None and cfg.sample_every and (
+                    self.step % cfg.sample_every == 0 or self.step == cfg.steps):
+                reporter.log_images(self.preview(), self.step)
             if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < cfg.steps:
                 self.save()
         bar.close()
+        if reporter is not None:
+            reporter.finish()
         return TrainResult(cfg.steps, start, time.time() - t0, logs, self._check_ranks_agree(dist), self.skipped)
 
     def digest(self) -> str:
