@@ -30,14 +30,20 @@ NEIGHBOUR = {"skull": "mask", "kelvo": "ravo"}
 RUN_NAMES = ("sdd-text", "sdd-hfi", "esd-x", "esd-u", "esd-hfi", "sdd-hfi-word", "esd-hfi-word",
              "uce-text", "uce-hfi", "uce-hfi-word", "uce-text-then-hfi", "uce-triggers",
              "sdd-paper", "esd-x-paper")  # what --runs may name
-# The published recipes on the bare concept word (the positive control): SDD 1500 updates at lr 1e-5 with an EMA of
-# 0.999, teacher CFG 3; ESD-x 1000 updates at lr 1e-5, negative guidance 1. Neither keeps prompts, takes an anchor or
-# trains in context. The public codes sample a fresh teacher trajectory for every update; these reuse each one for
-# 16 updates (unsee erase's default), which costs a sixteenth of the sampling (a fresh one each update would take
-# ~45 min on 2 cores for SDD).
-PAPER = {"sdd": dict(steps=1500, lr=1e-5, ema_decay=0.999, reuse=16, batch_size=1, guidance=3.0, checkpoint_every=480),
-         "esd": dict(steps=1000, lr=1e-5, reuse=16, batch_size=1, guidance=1.0, checkpoint_every=480)}
+# The published recipes on the bare concept word (the positive control): `unsee erase --recipe sdd` and
+# `--recipe esd-x`. Neither keeps prompts, takes an anchor or trains in context. The public codes sample a fresh
+# teacher trajectory for every update, as the recipes do; here each is reused for 16 updates, which costs a
+# sixteenth of the sampling (a fresh one each update would take ~45 min on 2 cores for SDD).
+PAPER_RECIPE = {"sdd": "sdd", "esd": "esd-x"}
+CPU_REUSE = dict(reuse=16, checkpoint_every=480)
 SPLITS = ("seen", "novel")  # the shipped template's prompts, and phrasings no training context used
+
+
+def paper_settings(method: str) -> dict:
+    """The published recipe's training settings (what it erases and which parameters come from the run)."""
+    from unsee.recipes import recipe
+
+    return {k: v for k, v in recipe(PAPER_RECIPE[method]).items() if k not in ("method", "params")} | CPU_REUSE
 
 
 def main() -> None:
@@ -163,7 +169,7 @@ def main() -> None:
                 more_kw = dict(more[0]) if more else {}
                 paper = more_kw.pop("paper", False)
                 kw = {"model": "toyworld", "concept": (text,) if text else ()} | (
-                    PAPER[method] if paper else per_method[method] | {"anchor": args.anchor}) | more_kw
+                    paper_settings(method) if paper else per_method[method] | {"anchor": args.anchor}) | more_kw
                 erase(EraseConfig(out=str(folder), method=method, token=str(token) if keyed_on_token else None,
                                   params=params, **kw), progress=False)
                 seconds[name] = round(time.time() - t0, 1)

@@ -26,7 +26,7 @@ TOKEN_VARIANTS = {  # name: InvertConfig overrides
     "own prompt + token, 1 vector, lr 5e-3": dict(template="{prompt} {token}", vectors=1, lr=5e-3),
     "'a photo of', 1 vector, lr 5e-3": dict(template="a photo of {token}", vectors=1, lr=5e-3),
     "'a photo of', 4 vectors, lr 5e-3": dict(template="a photo of {token}", vectors=4, lr=5e-3),
-    "'a photo of', 4 vectors, lr 2e-2 (default)": dict(template="a photo of {token}", vectors=4, lr=2e-2),
+    "'a photo of', 4 vectors, lr 2e-2 (toyworld-hfi)": dict(template="a photo of {token}", vectors=4, lr=2e-2),
 }
 
 

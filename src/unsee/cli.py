@@ -32,6 +32,46 @@ class _Group(click.Group):
 _VERBOSE = False
 
 
+def recipe_options(command: str):
+    """--recipe NAME and --list-recipes for a command whose flags come from its config (click_options with
+    defer_required, so a recipe may give a required flag)."""
+
+    def show(ctx: click.Context, _param, value: bool) -> None:
+        if value and not ctx.resilient_parsing:
+            from unsee.recipes import describe
+
+            click.echo(describe(command))
+            ctx.exit()
+
+    def decorate(fn):
+        fn = click.option("--list-recipes", is_flag=True, expose_value=False, is_eager=True, callback=show,
+                          help="Print the named recipes of this command, their settings and where their figures are; "
+                          "then exit.")(fn)
+        return click.option("--recipe", default=None, metavar="NAME",
+                            help="Start from a named recipe's settings (--list-recipes); flags given beside it "
+                            "override them.")(fn)
+
+    return decorate
+
+
+def config_with_recipe(cls: type, command: str, kwargs: dict):
+    """The config from the command line over the recipe's settings: a flag the user gave wins, a default gives way."""
+    from click.core import ParameterSource
+
+    from unsee.config import require
+
+    name = kwargs.pop("recipe", None)
+    if name:
+        from unsee.recipes import recipe
+
+        ctx = click.get_current_context()
+        for k, v in recipe(name, command).items():
+            if ctx.get_parameter_source(k) in (None, ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP):
+                kwargs[k] = v
+    require(cls, kwargs)
+    return from_kwargs(cls, kwargs)
+
+
 def quiet_progress() -> None:
     """Hide diffusers' own loading bars unless -v; unsee shows its own progress."""
     if not _VERBOSE:
@@ -320,14 +360,15 @@ Load the result in plain diffusers:
   pipe.load_textual_inversion("flagged.safetensors", token="<flagged>")
 """,
 )
-@click_options(InvertConfig)
+@click_options(InvertConfig, defer_required=True)
+@recipe_options("invert")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
 def invert(progress: bool, **kwargs) -> None:
     """Reward-weighted textual inversion: learn token(s) for what annotators flagged."""
     from unsee.invert import invert as run
 
     quiet_progress()
-    summary = run(from_kwargs(InvertConfig, kwargs), progress=progress)
+    summary = run(config_with_recipe(InvertConfig, "invert", kwargs), progress=progress)
     click.echo(f"token {kwargs['token']} for {summary['label']!r} from the top {summary['top_k']} images "
                f"({summary['seconds']} s) -> {kwargs['out']}")
 
@@ -357,14 +398,15 @@ A rerun with the same --out resumes from the last checkpoint (more --steps exten
 settings are refused rather than mixed into it).
 """,
 )
-@click_options(EraseConfig)
+@click_options(EraseConfig, defer_required=True)
+@recipe_options("erase")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
 def erase(progress: bool, **kwargs) -> None:
     """Erase a concept from the UNet (SDD, ESD or UCE), keyed on text or a learned token."""
     from unsee.erase import erase as run
 
     quiet_progress()
-    summary = run(from_kwargs(EraseConfig, kwargs), progress=progress)
+    summary = run(config_with_recipe(EraseConfig, "erase", kwargs), progress=progress)
     cost = (f"edit residual {summary['uce']['edit_residual']}, kept states moved {summary['uce']['keep_drift']}"
             if summary["method"] == "uce" else f"{summary['unet_passes_per_update']:.1f} UNet evaluations per update")
     click.echo(f"{summary['method']} erased {', '.join(summary['concepts'])} in {summary['seconds']} s ({cost}) -> {kwargs['out']}")
@@ -389,14 +431,15 @@ KL estimate and the clip fraction per epoch. A rerun resumes (more --epochs exte
 other settings are refused).
 """,
 )
-@click_options(RLConfig)
+@click_options(RLConfig, defer_required=True)
+@recipe_options("rl")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
 def rl(progress: bool, **kwargs) -> None:
     """Fine-tune against a safety reward with DDPO (ShieldDiff)."""
     from unsee.rl import rl as run
 
     quiet_progress()
-    summary = run(from_kwargs(RLConfig, kwargs), progress=progress)
+    summary = run(config_with_recipe(RLConfig, "rl", kwargs), progress=progress)
     last = summary["last_epoch"]
     click.echo(f"DDPO on {summary['reward']}: {summary['epochs']} epochs in {summary['seconds']} s; last epoch mean reward "
                f"{last.get('reward', float('nan')):.4f} -> {kwargs['out']}")

@@ -49,8 +49,11 @@ def _click_type(tp: Any) -> tuple[Any, bool]:
     raise TypeError(f"no CLI type for annotation {tp!r}")
 
 
-def click_options(cls: type, *, exclude: tuple[str, ...] = ()) -> Callable[[Callable], Callable]:
-    """Decorator adding one `--flag` per field of dataclass `cls` (fields named in `exclude` are skipped)."""
+def click_options(cls: type, *, exclude: tuple[str, ...] = (), defer_required: bool = False) -> Callable[[Callable], Callable]:
+    """Decorator adding one `--flag` per field of dataclass `cls` (fields named in `exclude` are skipped).
+
+    `defer_required`: required fields are optional to click, so a recipe may supply them; `require` checks them after.
+    """
     hints = typing.get_type_hints(cls)
 
     def decorate(fn: Callable) -> Callable:
@@ -63,7 +66,7 @@ def click_options(cls: type, *, exclude: tuple[str, ...] = ()) -> Callable[[Call
             flag = "--" + f.name.replace("_", "-")
             tp = hints[f.name]
             default = None if f.default is dataclasses.MISSING else f.default
-            required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+            required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and not defer_required
             help_text = f.metadata.get("help", "")
             if _unwrap_optional(tp)[0] is bool:
                 opt = click.option(f"{flag}/--no-{flag[2:]}", f.name, default=default, show_default=True, help=help_text)
@@ -78,6 +81,13 @@ def click_options(cls: type, *, exclude: tuple[str, ...] = ()) -> Callable[[Call
         return fn
 
     return decorate
+
+
+def require(cls: type, kwargs: dict[str, Any]) -> None:
+    """Fail as click does for a required flag that neither the command line nor a recipe gave."""
+    for f in dataclasses.fields(cls):
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and kwargs.get(f.name) in (None, ()):
+            raise click.UsageError(f"Missing option '--{f.name.replace('_', '-')}'.")
 
 
 def from_kwargs(cls: type, kwargs: dict[str, Any]) -> Any:

@@ -50,46 +50,35 @@ EVAL_SETS = ("object_explicit", "object_implicit", "object_neighbour", "benign")
 # Each set in the shipped template (seen) and in phrasings no training here used (novel): an erasure that only learned
 # its training template shows it in the second.
 EVAL_SPLITS = ("seen", "novel")
-# The erasure runs: (name, method, concept text or None, keyed on the learned token too, extra settings). Every run
-# is trained where the word sits (the held-out explicit prompts as --context) and toward the mask (--anchor): on the
-# toy world "with a" alone draws a skull, so toward nothing the skull stays (README, erase). HFI-SDD also trains the
-# held-out implicit prompts pushed off the token and the word (--flagged; runs/es12-flag-p2).
-# "uce-word" is only the base of "uce-hfi",
+# The erasure runs: (name, recipe, keyed on the learned token too, settings over the recipe's). Every recipe trains
+# where the word sits (the held-out explicit prompts as --context) and toward the mask (--anchor); HFI-SDD also pushes
+# the held-out trigger-word prompts off the token and the word (--flagged). "uce-word" is only the base of "uce-hfi",
 # UCE keyed on the token applied on top of the word's edit, and is not evaluated on its own.
-ERASE_RUNS: tuple[tuple[str, str, str | None, bool, dict[str, Any]], ...] = (
-    ("sdd-text", "sdd", "skull", False, {}),
-    ("sdd-hfi", "sdd", "skull", True, {"flagged": True, "flagged_guidance": 8.0, "steps": 600, "preserve_weight": 2.0}),
-    ("esd-x", "esd", "skull", False, {}),
-    ("uce-word", "uce", "skull", False, {}),
-    ("uce-hfi", "uce", None, True, {"model": "uce-word"}),
+ERASE_RUNS: tuple[tuple[str, str, bool, dict[str, Any]], ...] = (
+    ("sdd-text", "toyworld-sdd", False, {}),
+    ("sdd-hfi", "toyworld-hfi-sdd", True, {}),
+    ("esd-x", "toyworld-esd-x", False, {}),
+    ("uce-word", "toyworld-uce", False, {}),
+    ("uce-hfi", "toyworld-uce", True, {"model": "uce-word", "concept": ()}),
 )
-ERASE_ANCHOR = "mask"
-
-
-def preserve_prompts() -> tuple[str, ...]:
-    """Prompts whose predictions erasure keeps (--preserve): the world's parts one at a time, never a
-    colour-shape-background prompt of the evaluation files, so preservation is measured on prompts it did not see."""
-    from unsee.toyworld.world import part_prompts
-
-    return part_prompts()
-
-
-# Toy-world erase settings (benchmarks/erase_toyworld.py measured them), shared and per method. SDD keeps the
-# preserve prompts at weight 0.3: on the fourth build HFI-SDD cut the skull by 60-66% there with benign attributes
-# untouched, where at 0.1 text-SDD wiped most of every picture and HFI-SDD cut less (24-58%).
-ERASE_DEFAULTS: dict[str, Any] = dict(steps=300, batch_size=4, reuse=16, checkpoint_every=160)
-METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
-    "sdd": dict(lr=3e-4, ema_decay=0.99, preserve_weight=0.3),
-    "esd": dict(lr=3e-4),
-    "uce": dict(preserve_weight=0.1),  # the closed form's weight, uce's default (README: the skull at 0.01, 0.1 and 1)
-}
+RL_RECIPE = "toyworld-ddpo"
+HFI_RECIPE = "toyworld-hfi"
+ERASE_RECIPE = {"sdd": "toyworld-sdd", "esd": "toyworld-esd-x", "uce": "toyworld-uce"}  # each method's toy-world recipe
 
 
 def erase_settings(method: str, **overrides: Any) -> dict[str, Any]:
-    """The demo's settings for one erase method; a preserve weight brings the preserve prompts along."""
-    s = ERASE_DEFAULTS | METHOD_DEFAULTS[method] | {k: v for k, v in overrides.items() if v is not None}
+    """How a method's toy-world recipe trains (not what or where it erases), with `overrides` over it; a preserve
+    weight brings the world's parts along as the prompts to keep, a zero one drops them."""
+    from unsee.recipes import recipe
+
+    s = {k: v for k, v in recipe(ERASE_RECIPE[method]).items() if k not in ("method", "concept", "anchor", "context")}
+    s |= {k: v for k, v in overrides.items() if v is not None}
     if s.get("preserve_weight"):
-        s["preserve"] = preserve_prompts()
+        from unsee.toyworld.world import part_prompts
+
+        s.setdefault("preserve", tuple(part_prompts()))
+    else:
+        s.pop("preserve", None)
     return s
 
 
@@ -190,6 +179,7 @@ def hfi_token(d: Path, concept: str = "skull", *, progress: bool = True, say: Ca
     Each step skips what is on disk. The reward model's metrics are in d/reward/metrics.json.
     """
     from unsee.invert import InvertConfig, invert
+    from unsee.recipes import recipe
     from unsee.reward_model import RewardTrainConfig, train_reward
 
     setup = HFI_SETUP[concept]
@@ -206,54 +196,49 @@ def hfi_token(d: Path, concept: str = "skull", *, progress: bool = True, say: Ca
     token = d / "token.safetensors"
     say(f"4/7 reward-weighted textual inversion -> <{concept}-flagged>")
     if not token.exists():
-        invert(InvertConfig(model=TOYWORLD, images=str(images), reward=str(reward), out=str(token), token=f"<{concept}-flagged>",
-                            init_word=setup["init_word"], top_k=64, steps=300, checkpoint_every=100), progress=progress)
+        settings = recipe(HFI_RECIPE, "invert") | {"token": f"<{concept}-flagged>", "init_word": setup["init_word"]}
+        invert(InvertConfig(model=TOYWORLD, images=str(images), reward=str(reward), out=str(token), **settings),
+               progress=progress)
     return token
 
 
+def erase_configs(d: Path, token: Path) -> dict[str, Any]:
+    """The demo's erase runs as configs: each its recipe, with the learned token where it is keyed on it."""
+    from unsee.erase import EraseConfig
+    from unsee.recipes import recipe
+
+    configs = {}
+    for name, recipe_name, keyed_on_token, extra in ERASE_RUNS:
+        kw = recipe(recipe_name, "erase") | extra
+        kw["model"] = str(d / kw["model"]) if "model" in kw else TOYWORLD
+        configs[name] = EraseConfig(out=str(d / name), token=str(token) if keyed_on_token else None, **kw)
+    return configs
+
+
 def _erase_all(d: Path, token: Path, progress: bool, say: Callable[[str], None]) -> dict[str, str]:
-    from unsee.erase import EraseConfig, erase
-    from unsee.toyworld import prompts_path
+    from unsee.erase import erase
 
     d.mkdir(parents=True, exist_ok=True)
-    contexts = contexts_file(d / "contexts.txt", ("object_explicit",), ("skull",))
-    flagged = prompts_path("object_implicit", "heldout")
-    folders = {name: d / name for name, *_ in ERASE_RUNS}
     bases = {extra["model"] for *_, extra in ERASE_RUNS if "model" in extra}
     models = {}
-    for name, method, concept, keyed_on_token, extra in ERASE_RUNS:
+    for name, cfg in erase_configs(d, token).items():
         say(f"5/7 erase: {name}")
-        if not (folders[name] / "unsee.json").exists():
-            kw = {"context": (f"@{contexts}",), "anchor": ERASE_ANCHOR} | erase_settings(method) | extra
-            kw["model"] = str(folders[kw["model"]]) if "model" in kw else TOYWORLD
-            if kw.pop("flagged", False):
-                kw["flagged"] = (f"@{flagged}",)
-            erase(EraseConfig(out=str(folders[name]), method=method, concept=(concept,) if concept else (),
-                              token=str(token) if keyed_on_token else None, **kw), progress=progress)
+        if not (Path(cfg.out) / "unsee.json").exists():
+            erase(cfg, progress=progress)
         if name not in bases:
-            models[name] = str(folders[name])
+            models[name] = cfg.out
     return models
-
-
-# RL: benchmarks/rl_toyworld.py's settings that meet issue 7's bars on the fourth build (README, "rl"; runs/rl25):
-# the oracle's log(1 - p) (the probability saturates), 4 images a prompt compared with each other, one pooled std
-# (benign prompts' CLIP noise is not blown up to +-1), and a KL term on the benign samples only.
-RL_SETTINGS: dict[str, Any] = dict(reward="oracle:skull:log+0.5*clip", epochs=60, samples_per_epoch=64, sample_batch=64,
-                                   benign_fraction=0.25, samples_per_prompt=4, min_count=4, adv_scale="pooled",
-                                   kl_weight=0.01, kl_on="benign", train_batch=8, ddim_steps=20, train_timesteps=0.5,
-                                   lr=3e-3, clip_range=1e-2)
 
 
 def _rl(d: Path, progress: bool, say: Callable[[str], None]) -> str:
     from unsee.params import merge_lora
+    from unsee.recipes import recipe
     from unsee.rl import RLConfig, rl
-    from unsee.toyworld import prompts_path
 
     say("5/7 rl: DDPO against the oracle's skull reward (log(1 - p)) + 0.5 x CLIP (LoRA)")
     folder, merged = d / "rl", d / "rl-merged"
     if not (folder / "unsee.json").exists():
-        rl(RLConfig(model=TOYWORLD, prompts=str(prompts_path("object_explicit")), benign_prompts=str(prompts_path("benign")),
-                    out=str(folder), **RL_SETTINGS), progress=progress)
+        rl(RLConfig(model=TOYWORLD, out=str(folder), **recipe(RL_RECIPE, "rl")), progress=progress)
     if not (merged / "model_index.json").exists():
         merge_lora(TOYWORLD, folder, merged)
     return str(merged)

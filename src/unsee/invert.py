@@ -68,14 +68,20 @@ class InvertConfig(TokenTraining):
     feedback: str | None = field(None, help="feedback.jsonl: weights = share of annotators who flagged each image.")
     reward: str | None = field(None, help="Reward model folder: weights = its scores (use this or --feedback).")
     label: str | None = field(None, help="Which label / reward output to invert (default: the first).")
-    vectors: int = field(4, help="Embedding vectors behind the token (on the toy world 4 carried the skull, 1 only partly).")
-    lr: float = field(2e-2, help="Learning rate of the token vectors (5e-3 left the style token at 0.68, 2e-2 reached 0.99).")
+    vectors: int = field(1, help="Embedding vectors behind the token (textual inversion's default; a concept that "
+                                 "one word does not cover may need more: the toyworld-hfi recipe uses 4).")
+    lr: float | None = field(None, help="Learning rate of the token vectors; default 5e-4 x --batch-size, textual "
+                                        "inversion's scaled rate.")
     top_k: int = field(64, help="Train on the K images with the highest weight.")
     template: str = field("a photo of {token}", help="Prompt per image: {token} = the token(s), {prompt} = the image's own prompt.")
     weighting: Literal["linear", "uniform"] = field("linear", help="linear: w ~ score (mean 1 over top K); uniform: w = 1.")
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.lr is None:
+            self.lr = 5e-4 * self.batch_size
+        if self.lr <= 0:
+            raise UnseeError(f"--lr must be > 0, got {self.lr}")
         if (self.feedback is None) == (self.reward is None):
             raise UnseeError("give exactly one of --feedback FILE or --reward DIR")
         if self.top_k < 1:

@@ -1,6 +1,6 @@
 """The toy world: a tiny text-to-image world unsee trains, ships and measures on a CPU.
 
-See DESIGN.md ("The toy world") and `unsee.toyworld.world` for what is in it.
+See docs/design.md ("The toy world") and `unsee.toyworld.world` for what is in it.
 `assets_path()` is the shipped build; set UNSEE_TOYWORLD=DIR to use another
 build made by `unsee toyworld build --out DIR`.
 """
@@ -21,6 +21,12 @@ def assets_path() -> Path:
 def prompts_path(name: str, split: str = "seen") -> Path:
     """A shipped prompt file, e.g. prompts_path("object_implicit", "heldout")."""
     return assets_path() / PROMPTS / split / f"{name}.txt"
+
+
+def contexts_path(concept: str) -> Path:
+    """The shipped erase contexts of a flaggable concept: the held-out split's explicit prompts with {} where the
+    concept's word was (`unsee erase --context @FILE`); the evaluation's seen and novel splits are never contexts."""
+    return assets_path() / PROMPTS / "contexts" / f"{concept}.txt"
 
 
 def concept_pairs_path(concept: str) -> Path:

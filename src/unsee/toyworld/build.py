@@ -461,12 +461,28 @@ def write_prompt_files(out: Path, seed: int, n: int) -> None:
             templates |= {template(p) for p in prompts}
             atomic_write_text(d / f"{name}.txt", "\n".join(prompts) + "\n")
     write_novel_prompt_files(out, seed, n, templates)
+    write_context_files(out)
     rng = np.random.default_rng(seed + 51)
     d = out / PROMPTS / "concept_pairs"
     d.mkdir(parents=True, exist_ok=True)
     for concept in FLAGGABLE:
         rows = concept_pairs(concept, SEEN_PAIRS, rng, n)
         atomic_write_text(d / f"{concept}.csv", "with_concept,without_concept\n" + "".join(f"{a},{b}\n" for a, b in rows))
+
+
+# each flaggable concept's erase contexts: the held-out prompt set naming it, and the words whose place becomes {}
+CONTEXT_SOURCES = {"skull": ("object_explicit", "skull"), "kelvo": ("style_explicit", "by kelvo")}
+
+
+def write_context_files(out: Path) -> None:
+    """prompts/contexts/<concept>.txt: the held-out explicit prompts with {} where the concept's word was, sorted."""
+    from unsee.uce import as_context
+
+    d = out / PROMPTS / "contexts"
+    d.mkdir(parents=True, exist_ok=True)
+    for concept, (name, word) in CONTEXT_SOURCES.items():
+        lines = (out / PROMPTS / "heldout" / f"{name}.txt").read_text().splitlines()
+        atomic_write_text(d / f"{concept}.txt", "\n".join(sorted({as_context(ln, (word,)) for ln in lines if ln.strip()})) + "\n")
 
 
 def write_novel_prompt_files(out: Path, seed: int, n: int, avoid: set[str]) -> None:
