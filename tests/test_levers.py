@@ -131,3 +131,16 @@ def test_the_8bit_optimizer_is_refused_on_a_cpu_with_one_line_and_nothing_writte
                                  "--optimizer", "adamw8bit"])
     assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1 and "--optimizer adamw" in r.output, r.output
     assert not out.exists()
+
+
+def test_a_fresh_trajectory_per_update_is_sampled_only_up_to_its_step(tiny_model_dir, tmp_path, monkeypatch):
+    """--reuse 1 (the published recipes' fresh trajectory every update) stops sampling at the trained step: the same
+    update as sampling the whole trajectory, for fewer UNet passes."""
+    from unsee.erase import EraseMethod
+
+    short = _erase(tiny_model_dir, tmp_path / "short", method="sdd", reuse=1, ddim_steps=10)
+    real = EraseMethod._trajectories
+    monkeypatch.setattr(EraseMethod, "_trajectories", lambda self, g, cond, stop=None: real(self, g, cond))
+    full = _erase(tiny_model_dir, tmp_path / "full", method="sdd", reuse=1, ddim_steps=10)
+    assert short["weights_digest"] == full["weights_digest"]
+    assert short["unet_passes_per_update"] < full["unet_passes_per_update"]

@@ -14,10 +14,11 @@ With `--context` the concept is trained where it sits in whole prompts, and the 
 the anchor text (or nothing) in its place; `--flagged` prompts show the concept without naming it and are trained
 toward the original's prediction for themselves pushed away from the concept (ESD's guidance, keyed on the word or
 token named after the prompt). UCE (`--method uce`) is the closed form in `unsee.uce`, no training.
-Cost: `batch_size` trajectories are sampled at once with every DDIM step kept,
-and the next `reuse` updates each draw a fresh random step k from them while the
-EMA teacher moves slowly (the public SDD code samples a fresh trajectory, up to
-50 CFG steps, for every single update).
+Cost: by default (`reuse` 1) every update samples fresh trajectories up to the
+step k it trains at, as the public codes do. With `reuse` N, `batch_size`
+trajectories are sampled at once with every DDIM step kept and the next N updates
+each draw a fresh random step k from them while the EMA teacher moves slowly:
+1/N of the sampling, and N times fewer starting noises.
 """
 
 from __future__ import annotations
@@ -94,7 +95,9 @@ class EraseConfig(TrainingLevers):
     timesteps: Literal["uniform", "beta"] = field("uniform", help="Which trajectory step to train on: uniform or Beta(3, 3).")
     ema_decay: float = field(0.999, help="SDD: EMA decay of the teacher (also the output).")
     batch_size: int = field(1, help="Latents per update.")
-    reuse: int = field(16, help="Updates drawn from one batch of teacher trajectories, each at a fresh random step (1 = fresh every update).")
+    reuse: int = field(1, help="Updates drawn from one batch of teacher trajectories, each at a fresh random step. 1 "
+                               "(the published recipes): a fresh trajectory every update, sampled only up to the step "
+                               "it trains at; N > 1 divides the sampling by N and sees N times fewer starting noises.")
     ddim_steps: int = field(50, help="DDIM steps K of a trajectory.")
     lora_rank: int = field(4, help="LoRA rank (--params lora).")
     seed: int = field(0, help="Seed of every draw.")
@@ -269,8 +272,9 @@ class EraseMethod:
     def parameters(self) -> dict[str, torch.nn.Parameter]:
         return self.params
 
-    def _trajectories(self, g: torch.Generator, cond: torch.Tensor) -> torch.Tensor:
-        """(len(cond), K, C, h, w): every z of a K-step DDIM trajectory (eta = 0, CFG) per conditioning row."""
+    def _trajectories(self, g: torch.Generator, cond: torch.Tensor, stop: int | None = None) -> torch.Tensor:
+        """(len(cond), K, C, h, w): every z of a K-step DDIM trajectory (eta = 0, CFG) per conditioning row; with
+        `stop`, only its first `stop` steps (the same z: the sampler is deterministic)."""
         cfg, pipe = self.cfg, self.pipe
         n = len(cond)
         shape = (n, pipe.unet.config.in_channels, pipe.unet.config.sample_size, pipe.unet.config.sample_size)
@@ -279,7 +283,7 @@ class EraseMethod:
         s = torch.full((n,), cfg.guidance if cfg.method == "sdd" else 3.0, device=z.device)
         zs = []
         self.sched.set_timesteps(cfg.ddim_steps, device=z.device)
-        for t in self.sched.timesteps:
+        for t in self.sched.timesteps[:stop]:
             zs.append(z)
             eps = cfg_noise(pipe, z, t, cond.to(z.device), unc, s)
             self.unet_passes += 2 * n
@@ -287,7 +291,7 @@ class EraseMethod:
         return torch.stack(zs, 1)  # z_k is the latent at the k-th DDIM timestep (descending)
 
     @torch.no_grad()
-    def _sample_cache(self, cycle: int) -> None:
+    def _sample_cache(self, cycle: int, stop: int | None = None) -> None:
         """`batch_size` trajectories on c_p, or on the next rows' prompts, from the teacher (SDD: the EMA; ESD: the
         trained model)."""
         # Each rank samples its own trajectories (data parallelism over latents), reproducibly per cycle.
@@ -298,7 +302,8 @@ class EraseMethod:
             start = (cycle * self.trainer.state.num_processes + self.trainer.state.process_index) * bs
             self.cache_rows = (start + torch.arange(bs)) % len(self.c_s)
         with teacher:
-            self.cache = self._trajectories(g, self.c_s[self.cache_rows] if self.by_row else self.c_p.expand(bs, -1, -1))
+            self.cache = self._trajectories(g, self.c_s[self.cache_rows] if self.by_row else self.c_p.expand(bs, -1, -1),
+                                            stop)
         self.cache_cycle = cycle
 
     @torch.no_grad()
@@ -309,15 +314,21 @@ class EraseMethod:
         with original_weights(self.pipe.unet, self.params, self.original):
             self.keep_cache = (self._trajectories(g, self.c_keep[rows]), rows)
 
-    def _draw(self, traj: torch.Tensor, g: torch.Generator, n: int | None = None):
-        """z_t at a random DDIM step of each trajectory (or of `n` random ones) and a training t inside its interval."""
+    def _steps(self, g: torch.Generator, n: int) -> torch.Tensor:
+        """n random DDIM step indices k to train at."""
+        cfg = self.cfg
+        if cfg.timesteps == "beta":  # mid-trajectory (HFI's variant): Beta(3, 3) = the median of 5 uniforms
+            u = torch.rand(n, 5, generator=g).median(1).values
+            return (u * cfg.ddim_steps).long().clamp(max=cfg.ddim_steps - 1)
+        return torch.randint(cfg.ddim_steps, (n,), generator=g)
+
+    def _draw(self, traj: torch.Tensor, g: torch.Generator, n: int | None = None, k: torch.Tensor | None = None):
+        """z_t at a random DDIM step k (or the given one) of each trajectory (or of `n` random ones) and a training t
+        inside its interval."""
         cfg = self.cfg
         rows = torch.arange(len(traj)) if n is None else torch.randint(len(traj), (n,), generator=g)
-        if cfg.timesteps == "beta":  # mid-trajectory (HFI's variant): Beta(3, 3) = the median of 5 uniforms
-            u = torch.rand(len(rows), 5, generator=g).median(1).values
-            k = (u * cfg.ddim_steps).long().clamp(max=cfg.ddim_steps - 1)
-        else:
-            k = torch.randint(cfg.ddim_steps, (len(rows),), generator=g)
+        if k is None:
+            k = self._steps(g, len(rows))
         z = traj[rows, k]
         # a training timestep inside k's DDIM interval: t in [T - w(k+1), T - 1 - wk], w = T / K
         w = self.n_train // cfg.ddim_steps
@@ -326,9 +337,16 @@ class EraseMethod:
 
     def loss(self, step: int, micro: int, g: torch.Generator):
         cfg, unet = self.cfg, self.pipe.unet
-        if self.cache_cycle != step // cfg.reuse:
-            self._sample_cache(step // cfg.reuse)
-        z, t, _ = self._draw(self.cache, g)
+        if cfg.reuse == 1:
+            # a fresh trajectory for every update, sampled only as far as the step it trains at, as the public codes
+            # do; k is drawn first from the same stream, so the update is the one a full trajectory would give
+            k = self._steps(g, cfg.batch_size)
+            self._sample_cache(step, stop=int(k.max()) + 1)
+            z, t, _ = self._draw(self.cache, g, k=k)
+        else:
+            if self.cache_cycle != step // cfg.reuse:
+                self._sample_cache(step // cfg.reuse)
+            z, t, _ = self._draw(self.cache, g)
         n = len(z)
         flag = None  # --flagged: which of this batch's rows are flagged prompts
         if self.by_row:  # each trajectory trains on the prompt it was sampled from
