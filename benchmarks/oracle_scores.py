@@ -1,7 +1,7 @@
 """How sure the toy-world oracle is: quantiles of P(LABEL) and of log(1 - P) over folders of images;
 with --reward DIR, the same quantiles of an HFI reward model's score beside them.
 
-Why `oracle:LABEL:log` exists (README, "rl"): on the base model's explicit-prompt images P(skull) sits between
+Why `oracle:LABEL:log` exists (docs/results/rl.md): on the base model's explicit-prompt images P(skull) sits between
 0.98 and 0.9998, so -P barely separates them while log(1 - P) spreads them over several nats.
 
 Run: .venv/bin/python benchmarks/oracle_scores.py runs/rl25/eval/images/base/object_explicit [more folders] [--label skull]

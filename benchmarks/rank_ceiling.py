@@ -69,7 +69,7 @@ def main() -> None:
     ap.add_argument("--work", help="where the oracles are kept between runs (default: a temporary folder)")
     args = ap.parse_args()
 
-    from hfi_toyworld import heldout_pairs_by_truth  # the split HFI's README figures use
+    from hfi_toyworld import heldout_pairs_by_truth  # the split of HFI's figures (docs/results/hfi.md)
     from unsee.imageset import ImageSet
     from unsee.reward_model import load_reward
     from unsee.toyworld import ORACLE, assets_path

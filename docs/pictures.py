@@ -1,4 +1,4 @@
-"""The README's report pictures, from a demo run's HTML report.
+"""The demo's report pictures (README.md, docs/results/toyworld.md), from a demo run's HTML report.
 
 Takes the first rows of the report's "same prompt, same seed" grid and of its
 first attack grid, screenshots them in headless Chromium, and writes them as

@@ -1,4 +1,4 @@
-"""`unsee attack`: red-teaming erased models (ALGORITHMS.md, "Attacks").
+"""`unsee attack`: red-teaming erased models (docs/design.md, "Algorithms"; figures in docs/results/attacks.md).
 
 - Ring-A-Bell (arXiv 2310.10012): needs only the tokenizer and text encoder.
   Concept vector c = mean over prompt pairs of E(with concept) - E(without),

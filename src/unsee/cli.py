@@ -1,4 +1,4 @@
-"""The `unsee` command line. Each stage of DESIGN.md is one subcommand.
+"""The `unsee` command line. Each stage of docs/design.md is one subcommand.
 
 Library code raises `UnseeError` for bad input; here it becomes one line on
 stderr and exit code 2. Flags are generated from each stage's config dataclass.
@@ -103,7 +103,7 @@ def cli(verbose: bool) -> None:
     """unsee: make a text-to-image diffusion model stop producing what people flag.
 
     \b
-    The pipeline, one command a stage (see DESIGN.md):
+    The pipeline, one command a stage (see docs/design.md):
       generate   prompts -> image set (PNGs + manifest.jsonl)
       annotate   image set -> feedback.jsonl (simulated annotators: `annotate auto`)
       reward     image set + feedback -> reward model (`reward train`, `reward score`)
@@ -557,12 +557,12 @@ def evaluate(progress: bool, **kwargs) -> None:
 @cli.command(
     epilog="""\b
 Examples:
-  unsee demo                 # the whole loop, ~13 min on 2 cores; writes runs/demo/
+  unsee demo                 # the whole loop, ~39 min on 2 cores; writes runs/demo/
   unsee demo --out /tmp/d    # resumes if run again
   unsee demo --grid-only     # just the base model's grid and what the oracle reads in it
 
 Stages: grid -> simulated feedback -> reward model -> learned token ->
-text-SDD, HFI-SDD, ESD-x, RL (DDPO) -> attacks (Ring-A-Bell, concept
+text-SDD, HFI-SDD, ESD-x, UCE, RL (DDPO) -> attacks (Ring-A-Bell, concept
 inversion) -> evaluate (runs/demo/eval/report.html).
 """
 )

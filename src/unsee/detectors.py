@@ -18,7 +18,7 @@ from unsee.errors import UnseeError
 
 Detector = Callable[[torch.Tensor], dict[str, torch.Tensor]]
 
-# NudeNet 3.4.2's exposed classes counted in the literature (ALGORITHMS.md), and the explicit subset.
+# NudeNet 3.4.2's exposed classes counted in the literature (docs/design.md, "Algorithms"), and the explicit subset.
 NUDENET_EXPOSED = (
     "FEMALE_BREAST_EXPOSED", "FEMALE_GENITALIA_EXPOSED", "MALE_GENITALIA_EXPOSED", "BUTTOCKS_EXPOSED",
     "ANUS_EXPOSED", "MALE_BREAST_EXPOSED", "ARMPITS_EXPOSED", "BELLY_EXPOSED", "FEET_EXPOSED",

@@ -71,8 +71,7 @@ class EraseConfig(TrainingLevers):
                                           "original model's prediction for it, ESD's negative guidance pushes away from "
                                           "the concept around it, uce maps the concept's token states to its (e.g. "
                                           "'mask' for 'skull': a neighbour the concept is entangled with then moves "
-                                          "toward itself, not away; on the toy world 'with a' alone draws a skull, so "
-                                          "only an object anchor removed it, README).")
+                                          "toward itself, not away; docs/results/erase.md).")
     context: tuple[str, ...] = field((), help="A prompt with {} where the concept goes (repeatable; @FILE reads one a line). "
                                              "sdd/esd train on these prompts (trajectories sampled from each, a batch row "
                                              "each in turn) toward the original model's prediction for the same prompt with "
@@ -83,8 +82,9 @@ class EraseConfig(TrainingLevers):
                                              "sdd/esd train each such prompt p too, toward the original model's prediction for "
                                              "it guided away from the concept: eps*(p) - eta (eps*(p + ' ' + concept) - eps*(p)), "
                                              "eta = --flagged-guidance. An edit keyed on the word or the token reaches a prompt "
-                                             "that never holds either only through what the two share (README). The concept's "
-                                             "own rows then train as with --context '{}' when no --context is given.")
+                                             "that never holds either only through what the two share "
+                                             "(docs/results/erase.md). The concept's own rows then train as with "
+                                             "--context '{}' when no --context is given.")
     flagged_guidance: float = field(1.0, help="--flagged: eta, how far each flagged prompt is pushed off the concept.")
     params: ParamSet = field("xattn", help="Which UNet parameters train: xattn (ESD-x, SDD), xattn-kv (cross-"
                                    "attention keys and values only), noxattn (ESD-u: all but cross-attention, the time embedding and the "
@@ -108,8 +108,8 @@ class EraseConfig(TrainingLevers):
                                           "an anchor against over-erasure that the original SDD and ESD do not have; "
                                           "uce holds these prompts' token states, or without any, the empty prompt's.")
     preserve_weight: float | None = field(None, help="Weight of the --preserve term (default 1); uce: the kept states' "
-                                                    "weight in the closed form (default 0.1; on the toy world 1 held the "
-                                                    "skull's edit to -19%, README).")
+                                                    "weight in the closed form (default 0.1; a higher weight holds the "
+                                                    "edit back: docs/results/erase.md).")
     preserve_on: Literal["concept", "own", "kv", "null"] = field(
         "concept", help="What the --preserve term compares: predictions on the concept's trajectories (concept, no extra "
         "passes) or on trajectories the original model samples from each kept prompt once at the start (own); or kv, "
@@ -121,8 +121,8 @@ class EraseConfig(TrainingLevers):
     preserve_samples: int = field(2, help="--preserve-on own: trajectories sampled per kept prompt.")
     null_energy: float = field(0.8, help="--preserve-on null: the share of the kept token states' energy (uncentred, "
                                           "over their distinct states) whose directions the keys and values may not change; "
-                                          "1 freezes every direction the states span. On the toy world 0.99 and 0.95 held the named "
-                                          "style in place and 0.8 erased it (README).")
+                                          "1 freezes every direction the states span; a setting to sweep "
+                                          "(docs/results/erase.md).")
 
     def __post_init__(self) -> None:
         if not self.concept and not self.token:

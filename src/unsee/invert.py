@@ -12,7 +12,7 @@ inversion, so v stands for what the flagged images share. The other choice,
 "{prompt} {token}" (the image's own prompt plus the token, so v would explain
 only what the prompt leaves out), learned nothing measurable on the toy world:
 its skull token drew the skull in 0 of 100 probe images against 99 of 100 for
-"a photo of <token>" with 4 vectors (benchmarks/hfi_ablations.py). The output
+"a photo of <token>" with 4 vectors (benchmarks/hfi_ablations.py; docs/results/superseded.md, "HFI"). The output
 loads with diffusers' `load_textual_inversion`.
 """
 

@@ -7,7 +7,8 @@
 - `noxattn`: everything but cross-attention (ESD-u, for global concepts).
 - `full`: every UNet parameter.
 - `lora`: a PEFT LoRA adapter on attention projections; the base stays frozen
-  and `unet.disable_adapters()` gives the original model back (STYLE.md, 6).
+  and `unet.disable_adapters()` gives the original model back (docs/design.md,
+  "The shared training loop").
   Saved so that diffusers' `pipe.load_lora_weights(dir)` reads it.
 """
 

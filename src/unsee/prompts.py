@@ -1,6 +1,6 @@
 """Prompt files: plain text (one prompt a line) or CSV with I2P columns.
 
-I2P columns honoured (ALGORITHMS.md, "Evaluation protocol"): `prompt`,
+I2P columns honoured (docs/design.md, "Algorithms": the evaluation protocol): `prompt`,
 `categories`, `sd_seed` or `evaluation_seed`, `sd_guidance` or
 `evaluation_guidance`, `sd_image_width`, `sd_image_height`, `case_number`.
 A prompt's own seed, guidance and size override the command's flags.

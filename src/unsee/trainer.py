@@ -1,6 +1,6 @@
 """The one training loop: textual inversion, SDD, ESD and DDPO all run through `Trainer`.
 
-A method supplies only what differs (STYLE.md, point 2):
+A method supplies only what differs (the `Method` protocol; docs/design.md, "The shared training loop"):
 - `parameters()`: the tensors that train (named, for checkpoints);
 - `loss(step, micro, generator) -> (loss, logs)`: one micro-batch's loss;
 - optionally `on_step_end(trainer, step)`.
