@@ -237,15 +237,16 @@ def test_store_leases_late_answers_and_undo(tmp_path):
     with pytest.raises(TaskError) as e:
         store.answer(bob, "binary", t["id"], labels=["b"])
     assert e.value.status == 409  # never twice
-    # undo: the answer is taken back, its task is current again, and a new answer replaces it
-    task, previous = store.undo(bob, "binary", lease=60)
+    # undo: the answer is reopened, its task is current again, and a new answer replaces it
+    task, previous = store.undo(bob, "binary")
     assert task["id"] == t["id"] and previous == {"labels": ["a"]}
     assert store.next_task(bob, "binary", lease=60)["id"] == t["id"]
+    assert [(j.annotator, j.labels) for j in store.judgements()] == [("bob", frozenset({"a"}))]  # it stands till then
     store.answer(bob, "binary", t["id"], labels=[], none=True)
     assert [(j.annotator, j.labels) for j in store.judgements()] == [("bob", frozenset())]
     assert nxt is not None and store.progress(bob, "binary") == {"mine": 1, "done": 1, "total": 3}
     with pytest.raises(TaskError, match="nothing to undo"):
-        store.undo(ann, "binary", lease=60)
+        store.undo(ann, "binary")
 
 
 # ---------------------------------------------------------------- bad input
@@ -253,9 +254,9 @@ def test_store_leases_late_answers_and_undo(tmp_path):
 def bad(tmp_path):
     a = make_set(tmp_path / "a", 3)
     make_set(tmp_path / "b", 3, seed=1)
-    from unsee.annotate_app.server import prepare
+    from unsee.annotate_app.server import open_study, prepare
 
-    prepare(ServeConfig(images=str(a), db=str(tmp_path / "a.db"), labels=("x,y",)))
+    open_study(prepare(ServeConfig(images=str(a), db=str(tmp_path / "a.db"), labels=("x,y",))))
     (tmp_path / "traversal").mkdir()
     shutil.copy(a / "00000-000.png", tmp_path / "outside.png")
     (tmp_path / "traversal" / "manifest.jsonl").write_text(
@@ -491,6 +492,287 @@ def test_a_killed_server_loses_no_answer_and_resumes(tmp_path, own_servers):
     assert sorted(image for _, image, _ in stored) == ImageSet.load(images).ids
 
 
+# ---------------------------------------------------------------- starting against a running study
+def _dump(db: Path) -> list[str]:
+    with closing(sqlite3.connect(db)) as con:
+        return list(con.iterdump())
+
+
+def _refused(*args: str) -> str:
+    """The one-line error of a CLI call that must fail with exit code 2."""
+    r = CliRunner().invoke(cli, list(args))
+    lines = r.output.strip().splitlines()
+    assert r.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: "), r.output
+    return lines[0]
+
+
+def test_a_failed_start_leaves_a_running_study_untouched(tmp_path, own_servers):
+    images = make_set(tmp_path / "set", 12)
+    db = tmp_path / "study.db"
+    args = ("annotate", "serve", "--images", str(images), "--db", str(db), "--labels", ",".join(LABELS))
+    server = own_servers(tmp_path / "server.log", *args[2:], "--per-image", "3")
+    ann = enter(server.base, db, "ann")
+    for _ in range(2):
+        task = ann.api("GET", "/api/task")[1]["task"]
+        assert ann.api("POST", "/api/answer", {"task": task["id"], "labels": ["a"]})[0] == 200
+    before = _dump(db)
+    taken = str(server.port)
+    # Another --per-image on the stored study is refused before any port is tried, unless asked for.
+    says = _refused(*args, "--per-image", "1", "--port", taken)
+    assert "--per-image 3" in says and "--change-settings" in says
+    # A start that cannot listen writes nothing: not the asked change, nor the URL, nor the invite lifetime.
+    assert "cannot listen" in _refused(*args, "--per-image", "1", "--change-settings", "--port", taken)
+    assert "cannot listen" in _refused(*args, "--per-image", "3", "--url", "https://elsewhere.example.org",
+                                       "--invite-days", "2", "--port", taken)
+    assert _dump(db) == before
+    assert "cannot listen" in _refused(*args[:4], "--db", str(tmp_path / "new.db"), *args[6:], "--port", taken)
+    assert not (tmp_path / "new.db").exists()
+    # The running server still serves the whole study, and invite links still point at it.
+    status, j = ann.api("GET", "/api/task")
+    assert status == 200 and j["progress"] == {"mine": 2, "done": 2, "total": 36} and j["task"]
+    assert cli_ok("annotate", "invite", "--db", str(db), "--name", "bob").startswith(f"{server.base}/join/")
+    # Asked for and listening: the change is made, and the study now lives at the new address.
+    second = own_servers(tmp_path / "second.log", *args[2:], "--per-image", "1", "--change-settings")
+    with closing(sqlite3.connect(db)) as con:
+        assert con.execute("SELECT DISTINCT need FROM tasks").fetchall() == [(1,)]
+        assert con.execute("SELECT value FROM meta WHERE key='url'").fetchone() == (second.base,)
+
+
+# ---------------------------------------------------------------- hard edges
+@pytest.fixture(scope="module")
+def edge_study(tmp_path_factory, servers):
+    d = tmp_path_factory.mktemp("edges")
+    images = make_set(d / "set", 40)
+    db = d / "study.db"
+    server = servers(d / "server.log", "--images", str(images), "--db", str(db), "--labels", ",".join(LABELS),
+                     "--per-image", "1")
+    return server, db
+
+
+def _has_security_headers(r: http.client.HTTPResponse) -> bool:
+    return ((r.getheader("content-security-policy") or "").startswith("default-src 'none'")
+            and r.getheader("x-content-type-options") == "nosniff" and r.getheader("x-frame-options") == "DENY"
+            and r.getheader("referrer-policy") == "no-referrer" and r.getheader("cache-control") == "no-store")
+
+
+def test_bad_ids_are_422_and_every_error_carries_the_security_headers(edge_study):
+    server, db = edge_study
+    c = enter(server.base, db, "prober")
+    task = c.api("GET", "/api/task")[1]["task"]["id"]
+    for bad_id in (2**63, 10**30, -(2**63) - 1, 0):
+        status, j = c.api("POST", "/api/answer", {"task": bad_id, "labels": ["a"]})
+        assert status == 422 and j["error"].startswith("task:"), (bad_id, j)
+    for path in ("/ref/0/" + "9" * 5000, "/ref/" + "9" * 5000 + "/0"):  # longer than int() takes
+        assert c.request("GET", path)[0] == 404
+    seen = {}
+    for who, method, path, body, headers in [
+        (Client(server.base), "GET", "/api/task", None, {}),  # 401
+        (c, "POST", "/api/undo", None, {"X-CSRF-Token": "forged"}),  # 403
+        (c, "GET", "/no/such/page", None, {}),  # 404
+        (c, "DELETE", "/api/task", None, {}),  # 405
+        (c, "POST", "/api/answer", b"{}", {"X-CSRF-Token": c.csrf}),  # 422
+        (c, "POST", "/api/answer", b"x" * (64 * 1024 + 1), {"X-CSRF-Token": c.csrf}),  # 413
+    ]:
+        status, r, _ = who.request(method, path, body, headers)
+        seen[status] = _has_security_headers(r)
+    # A 500: the study loses a setting underneath the server.
+    with closing(sqlite3.connect(db)) as con, con:
+        labels = con.execute("SELECT value FROM meta WHERE key='labels'").fetchone()[0]
+        con.execute("DELETE FROM meta WHERE key='labels'")
+    try:
+        status, r, data = c.request("POST", "/api/answer", json.dumps({"task": task, "labels": ["a"]}).encode(),
+                                    {"X-CSRF-Token": c.csrf, "Content-Type": "application/json"})
+        seen[status] = _has_security_headers(r)
+        assert json.loads(data)["error"].startswith("the server failed") and b"KeyError" not in data
+    finally:
+        with closing(sqlite3.connect(db)) as con, con:
+            con.execute("INSERT INTO meta VALUES ('labels', ?)", (labels,))
+    assert seen == {401: True, 403: True, 404: True, 405: True, 422: True, 413: True, 500: True}
+
+
+def _raw(port: int, head: bytes, parts: list[bytes]) -> tuple[int, bytes]:
+    """Send a request's head and body parts on a fresh connection; the status and head of the reply (10 s)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(head)
+        try:
+            for p in parts:
+                s.sendall(p)
+        except OSError:  # the server answered and closed before taking it all
+            pass
+        data = b""
+        while b"\r\n\r\n" not in data:
+            try:
+                chunk = s.recv(65536)
+            except ConnectionResetError:  # the reply came before the reset, or not at all
+                break
+            if not chunk:
+                break
+            data += chunk
+    return int(data.split()[1]), data
+
+
+def test_bodies_over_the_limit_are_refused_before_they_are_read(edge_study):
+    from unsee.annotate_app.server import MAX_BODY
+
+    server, db = edge_study
+    c = enter(server.base, db, "uploader")
+    auth = f"Host: 127.0.0.1\r\nCookie: unsee_session={c.cookie}\r\nX-CSRF-Token: {c.csrf}\r\n"
+    kib = b"x" * 1024
+    chunked = [b"400\r\n" + kib + b"\r\n"] * (MAX_BODY // 1024 + 16)  # no last chunk: the body never ends
+    boundary = "b0undary"
+    part = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"f\"; filename=\"big.bin\"\r\n"
+            "Content-Type: application/octet-stream\r\n\r\n").encode()
+    for path, kind, head_extra, parts in [
+        # announced: refused by Content-Length, with (50 MB - 1 KiB) never sent
+        ("/api/answer", "application/json", "Content-Length: 50000000\r\n", [kib]),
+        ("/consent", f"multipart/form-data; boundary={boundary}", "Content-Length: 50000000\r\n", [part, kib]),
+        # unannounced (chunked): refused once more than MAX_BODY came in, though the body has not ended
+        ("/api/answer", "application/json", "Transfer-Encoding: chunked\r\n", chunked),
+        ("/consent", f"multipart/form-data; boundary={boundary}", "Transfer-Encoding: chunked\r\n",
+         [f"{len(part):x}\r\n".encode() + part + b"\r\n", *chunked]),
+    ]:
+        head = f"POST {path} HTTP/1.1\r\n{auth}Content-Type: {kind}\r\n{head_extra}\r\n".encode()
+        status, reply = _raw(server.port, head, parts)
+        assert status == 413 and b"default-src 'none'" in reply, (path, head_extra, reply[:300])
+    # Within the limit, the same session answers as usual.
+    task = c.api("GET", "/api/task")[1]["task"]["id"]
+    assert c.api("POST", "/api/answer", {"task": task, "labels": ["b"]})[0] == 200
+
+
+def test_undo_reaches_the_last_answer_only_and_the_export_keeps_every_answer(edge_study, tmp_path):
+    server, db = edge_study
+    c = enter(server.base, db, "undoer")
+    given = []
+    for labels in (["a"], ["b"], ["c"]):
+        task = c.api("GET", "/api/task")[1]["task"]
+        assert c.api("POST", "/api/answer", {"task": task["id"], "labels": labels})[0] == 200
+        given.append((task["id"], task["images"][0]["id"], frozenset(labels)))
+
+    def exported() -> list:
+        cli_ok("annotate", "export", "--db", str(db), "--out", str(tmp_path / "fb.jsonl"))
+        return sorted((j.image, j.labels) for j in load_feedback(tmp_path / "fb.jsonl").binary if j.annotator == "undoer")
+
+    status, j = c.api("POST", "/api/undo")
+    assert status == 200 and j["task"]["id"] == given[-1][0] and j["previous"] == {"labels": ["c"]}
+    assert j["progress"]["mine"] == 3  # the reopened answer stands until replaced
+    for _ in range(20):  # pressing on reaches nothing further back
+        status, j = c.api("POST", "/api/undo")
+        assert status == 409 and "only your last answer" in j["error"]
+    assert exported() == sorted((image, labels) for _, image, labels in given)
+    assert c.api("GET", "/api/task")[1]["task"]["id"] == given[-1][0]  # it is the current task
+    assert c.api("POST", "/api/answer", {"task": given[-1][0], "labels": ["a", "b"]})[0] == 200
+    want = sorted([(image, labels) for _, image, labels in given[:2]] + [(given[-1][1], frozenset({"a", "b"}))])
+    assert exported() == want
+    assert c.api("POST", "/api/undo")[0] == 200  # the new last answer can be reopened, once
+    assert c.api("POST", "/api/undo")[0] == 409
+    assert exported() == want
+
+
+def test_a_lost_hold_answers_409_with_the_next_task(edge_study):
+    server, db = edge_study
+    slow, quick = enter(server.base, db, "slow"), enter(server.base, db, "quick")
+    task = slow.api("GET", "/api/task")[1]["task"]["id"]
+    with closing(sqlite3.connect(db)) as con, con:  # slow's hold runs out (as the clock would make it)
+        con.execute("UPDATE assignments SET leased_until=0 WHERE task=?", (task,))
+    assert quick.api("GET", "/api/task")[1]["task"]["id"] == task  # the place goes to quick (--per-image 1)
+    status, j = slow.api("POST", "/api/answer", {"task": task, "labels": ["a"]})
+    assert status == 409 and "here is a new one" in j["error"], j
+    assert j["task"] and j["task"]["id"] != task and j["progress"]["mine"] == 0
+    assert slow.api("GET", "/api/task")[1]["task"]["id"] == j["task"]["id"]  # held for slow
+
+
+def test_invite_links_expire_and_reuse_adds_no_session(edge_study):
+    from unsee.annotate_app.db import MAX_SESSIONS
+
+    server, db = edge_study
+    token = Store.open(db).invite("returning")
+
+    def sessions() -> int:
+        with closing(sqlite3.connect(db)) as con:
+            return con.execute("SELECT COUNT(*) FROM sessions s JOIN annotators a ON a.id = s.annotator "
+                               "WHERE a.name='returning'").fetchone()[0]
+
+    browser = Client(server.base)
+    for _ in range(5):  # the same browser again and again: its session carries on
+        assert browser.join(token) == 303
+    assert sessions() == 1
+    others = [Client(server.base) for _ in range(MAX_SESSIONS + 3)]
+    for other in others:  # new browsers: the oldest sessions beyond MAX_SESSIONS are signed out
+        assert other.join(token) == 303
+    assert sessions() == MAX_SESSIONS
+    assert browser.request("GET", "/consent")[0] == 401 and others[-1].request("GET", "/consent")[0] == 200
+    # 15 days on (links open sessions for 14 days by default): the link is refused, open sessions keep working.
+    with closing(sqlite3.connect(db)) as con, con:
+        con.execute("UPDATE annotators SET invited='2000-01-01T00:00:00Z' WHERE name='returning'")
+    status, _, page = Client(server.base).request("GET", f"/join/{token}")
+    assert status == 403 and b"expired on 2000-01-15" in page
+    assert others[-1].request("GET", "/consent")[0] == 200 and others[-1].join(token) == 303
+    # An expired link is replaced without revoking anyone.
+    fresh = cli_ok("annotate", "invite", "--db", str(db), "--name", "returning").splitlines()[0].rsplit("/", 1)[1]
+    assert Client(server.base).join(fresh) == 303 and others[-1].request("GET", "/consent")[0] == 200
+
+
+def test_session_cookie_is_secure_over_https(edge_study, tmp_path, own_servers):
+    server, db = edge_study
+    token = Store.open(db).invite("secure")
+    _, r, _ = Client(server.base).request("GET", f"/join/{token}")
+    assert "unsee_session=" in r.getheader("set-cookie") and "secure" not in r.getheader("set-cookie").lower()
+    _, r, _ = Client(server.base).request("GET", f"/join/{token}", headers={"X-Forwarded-Proto": "https"})  # a local proxy
+    assert "unsee_session=" in r.getheader("set-cookie") and "; secure" in r.getheader("set-cookie").lower()
+    # Served behind https://annotate.example.org: Secure on every join, and invites point there.
+    images = make_set(tmp_path / "set", 3)
+    public = own_servers(tmp_path / "server.log", "--images", str(images), "--db", str(tmp_path / "s.db"),
+                         "--labels", "a", "--url", "https://annotate.example.org/")
+    link = cli_ok("annotate", "invite", "--db", str(tmp_path / "s.db"), "--name", "ann").splitlines()[0]
+    assert link.startswith("https://annotate.example.org/join/")
+    _, r, _ = Client(public.base).request("GET", f"/join/{link.rsplit('/', 1)[1]}")
+    assert "; secure" in r.getheader("set-cookie").lower()
+    assert "--url must be" in _refused("annotate", "serve", "--images", str(images), "--db", str(tmp_path / "s.db"),
+                                       "--labels", "a", "--url", "annotate.example.org")
+
+
+def test_error_pages_link_only_what_they_can_load(edge_study):
+    server, _ = edge_study
+    anon = Client(server.base)
+    for path in ("/join/not-a-token", "/", "/no/such/page"):
+        status, _, page = anon.request("GET", path)
+        assert status in (401, 404) and b"<h1>" in page
+        links = re.findall(rb'href="([^"]+)"', page)
+        assert links, page
+        for href in links:
+            status, r, _ = anon.request("GET", href.decode())
+            assert status == 200 and r.getheader("content-type").startswith("text/css"), href
+    assert anon.request("GET", "/static/app.js")[0] == 401  # the script still needs a session
+
+
+def test_references_for_labels_with_a_slash_and_no_links_out_of_the_folder(tmp_path, own_servers):
+    images = make_set(tmp_path / "set", 4)
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    shutil.copy(images / "00000-000.png", refs / "shared.png")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    shutil.copy(images / "00001-000.png", outside / "secret.png")
+    (refs / "leak.png").symlink_to(outside / "secret.png")
+    (refs / "c").symlink_to(outside, target_is_directory=True)  # label c's own folder, but elsewhere
+    db = tmp_path / "study.db"
+    server = own_servers(tmp_path / "server.log", "--images", str(images), "--db", str(db), "--labels", "a/b,c",
+                         "--kind", "rank", "--group-size", "2", "--per-image", "1", "--references", str(refs))
+    c = enter(server.base, db, "ranker")
+    shared = (refs / "shared.png").read_bytes()
+    seen = set()
+    status, j = c.api("GET", "/api/task")
+    while j["task"]:
+        t = j["task"]
+        seen.add(t["concept"])
+        assert len(t["references"]) == 1, t  # shared.png only: neither link is followed
+        status, _, data = c.request("GET", t["references"][0])
+        assert status == 200 and data == shared, t["references"]
+        status, j = c.api("POST", "/api/answer", {"task": t["id"], "order": [im["id"] for im in t["images"]]})
+        assert status == 200
+    assert seen == {"a/b", "c"}
+
+
 # ---------------------------------------------------------------- the browser
 def _chromium():
     path = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -589,12 +871,17 @@ def test_browser_consent_binary_and_rank_by_mouse_and_keyboard_undo_and_export(b
         page.keyboard.press("n")
         page.keyboard.press("Enter")
         expect(done).to_contain_text("you: 3 answered")
-        page.keyboard.press("u")  # undo: the third image is back, with its answer (none) filled in
-        expect(done).to_contain_text("you: 2 answered")
+        message = page.locator("#message")
+        page.keyboard.press("u")  # undo: the third image is back, with its answer (none) filled in; it stands till resubmitted
+        expect(message).to_contain_text("open again")
         assert shown() == third and page.get_attribute("#none", "class") == "chosen"
+        expect(done).to_contain_text("you: 3 answered")
+        page.keyboard.press("u")  # undo reaches the last answer only, and says so
+        expect(message).to_contain_text("only your last answer")
+        assert shown() == third
         page.keyboard.press("1")
         page.keyboard.press("Enter")
-        expect(done).to_contain_text("you: 3 answered")
+        expect(message).to_have_text("Saved.")
         assert float(page.get_attribute("#bar", "value")) >= 3 and "you: 3 answered" in done.inner_text()
         assert not errors, errors
 
@@ -642,12 +929,14 @@ def test_browser_consent_binary_and_rank_by_mouse_and_keyboard_undo_and_export(b
         page.keyboard.press("Enter")
         wait_mine(2)
         page.keyboard.press("u")  # undo: the group is back with its order filled in
-        wait_mine(1)
+        expect(page.locator("#message")).to_contain_text("open again")
+        wait_mine(2)
         assert group() == g2 and page.inner_text("#task .group figure:nth-child(2) .place") == "#1"
         page.keyboard.press("Backspace")
         page.keyboard.press("Backspace")  # back to just the first pick
         page.keyboard.press("3")
         page.keyboard.press("Enter")
+        expect(page.locator("#message")).to_have_text("Saved.")
         wait_mine(2)
         group()
         refs = page.query_selector_all("#task .references img")
@@ -666,3 +955,64 @@ def test_browser_consent_binary_and_rank_by_mouse_and_keyboard_undo_and_export(b
     finally:
         browser.close()
         pw.stop()
+
+
+def test_browser_another_site_cannot_switch_who_is_signed_in(binary_study):
+    from playwright.sync_api import expect
+
+    server, db, _ = binary_study
+    store = Store.open(db)
+    vic, mallory = store.invite("vic"), store.invite("mallory")
+    join = f"{server.base}/join/{mallory}"
+
+    def sessions(name: str) -> int:
+        with closing(sqlite3.connect(db)) as con:
+            return con.execute("SELECT COUNT(*) FROM sessions s JOIN annotators a ON a.id = s.annotator "
+                               "WHERE a.name=?", (name,)).fetchone()[0]
+
+    # The pages another site would use: one sends the browser to mallory's link, one posts to it.
+    evil = {"/nav": f"<script>location.href = {json.dumps(join)};</script>",
+            "/post": f'<form id="f" method="post" action="{join}"></form><script>document.getElementById("f").submit()</script>'}
+    pw, browser = _chromium()
+    try:
+        page = browser.new_context().new_page()
+        page.route("http://evil.test/**", lambda route: route.fulfill(
+            status=200, content_type="text/html", body=evil[route.request.url.removeprefix("http://evil.test")]))
+        page.goto(f"{server.base}/join/{vic}")
+        page.check("#agree")
+        page.click("#start")
+        page.wait_for_url(f"{server.base}/")
+        assert page.inner_text(".who") == "vic"
+        # 1. Sent to mallory's link by another site: the browser is asked, and stays vic's.
+        page.goto("http://evil.test/nav")
+        page.wait_for_url(join)
+        expect(page.locator("h1")).to_have_text("Switch to mallory?")
+        assert "signed in as vic" in page.inner_text("main")
+        assert sessions("mallory") == 0
+        page.goto(f"{server.base}/")
+        assert page.inner_text(".who") == "vic"
+        # 2. A post from another site carries no cookie and no token: refused.
+        page.goto("http://evil.test/post")
+        page.wait_for_url(join)
+        expect(page.locator("main")).to_contain_text("no session to switch from")
+        page.goto(f"{server.base}/")
+        assert page.inner_text(".who") == "vic" and sessions("mallory") == 0
+        # 3. Vic's own link again: straight back, no new session.
+        page.goto(f"{server.base}/join/{vic}")
+        page.wait_for_url(f"{server.base}/")
+        assert page.inner_text(".who") == "vic" and sessions("vic") == 1
+        # 4. The person at the keyboard confirms: now mallory, and vic's session of this browser is gone.
+        page.goto(join)
+        page.click("#switch")
+        page.wait_for_url(f"{server.base}/consent")
+        assert "mallory" in page.inner_text("h1") and sessions("vic") == 0 and sessions("mallory") == 1
+    finally:
+        browser.close()
+        pw.stop()
+    # Without a browser: a post from vic's own session, but without or with a wrong token, switches nothing.
+    c = enter(server.base, db, "walt")
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    for body in (b"", urlencode({"csrf": "forged"}).encode()):
+        status, r, _ = c.request("POST", f"/join/{Store.open(db).invite(f'target-{len(body)}')}", body, form)
+        assert status == 403 and r.getheader("set-cookie") is None
+    assert c.api("GET", "/api/task")[0] == 200 and sessions("walt") == 1

@@ -218,7 +218,7 @@ def annotate_serve(**kwargs) -> None:
     from unsee.annotate_app.server import bind, prepare, run
 
     cfg = from_kwargs(ServeConfig, kwargs)
-    study = prepare(cfg)  # detector scores are kept in the db, so a rerun after a taken port is quick
+    study = prepare(cfg)  # checks only: the study is written once the port is held (a failed start changes nothing)
     sock = bind(cfg.host, cfg.port)
     n = len(study.files)
     click.echo(f"study {cfg.db}: {n} images, labels {','.join(cfg.labels)}; {cfg.kind} tasks, "
@@ -254,7 +254,8 @@ def annotate_invite(**kwargs) -> None:
     token = store.invite(cfg.name)
     url = (cfg.url or store.meta().get("url") or "http://127.0.0.1:8000").rstrip("/")
     click.echo(f"{url}/join/{token}")
-    click.echo(f"send this link to {cfg.name} privately; it cannot be shown again", err=True)
+    click.echo(f"send this link to {cfg.name} privately; it cannot be shown again, and opens sessions for "
+               f"{store.invite_days()} days", err=True)
 
 
 @annotate.command("revoke", epilog="\b\nExample:\n  unsee annotate revoke --db study.db --name ann-1")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from datetime import datetime
 from html import escape
+from urllib.parse import quote
 
 KEYS_HELP = {
     "binary": "1-9 toggle a label · 0 or n none of these · Enter submit · u undo · r reveal a blurred image",
@@ -72,6 +74,21 @@ def task_page(name: str, kind: str, labels: Sequence[str], csrf: str) -> str:
 <footer>Keys: {escape(KEYS_HELP[kind])}</footer>
 <script src="/static/app.js"></script>"""
     return _page("unsee annotation", body, attrs)
+
+
+def join_page(current: str, name: str, token: str, csrf: str, until: datetime) -> str:
+    body = f"""<main class="message">
+<h1>Switch to {escape(name)}?</h1>
+<p>This browser is signed in as <strong>{escape(current)}</strong>. The link you opened is
+<strong>{escape(name)}</strong>'s. If you continue, answers from this browser count as {escape(name)}'s.</p>
+<form method="post" action="/join/{escape(quote(token, safe=''))}">
+<input type="hidden" name="csrf" value="{escape(csrf)}">
+<p><button type="submit" id="switch">Continue as {escape(name)}</button>
+<a href="/" id="stay">Stay signed in as {escape(current)}</a></p>
+</form>
+<p>This link opens new sessions until {until:%Y-%m-%d %H:%M} UTC.</p>
+</main>"""
+    return _page("Switch annotator · unsee annotation", body)
 
 
 def message_page(title: str, text: str, status_class: str = "") -> str:

@@ -1,17 +1,21 @@
 """The annotation web app: FastAPI routes over the study database (`db.Store`).
 
-Access: an invite link `/join/<token>` opens a session (an HttpOnly cookie; only its hash is
-stored). Every other route needs that session; a revoked annotator gets 403. Writes need the
-session's CSRF token (a form field, or the `X-CSRF-Token` header for the JSON API). Images are
-served by manifest id only, from a table built at start, so no request names a path.
+Access: an invite link `/join/<token>` opens a session (an HttpOnly cookie, Secure over HTTPS;
+only its hash is stored) for `--invite-days` after the invite. A browser already signed in as
+another annotator is asked first, and only a POST carrying that session's CSRF token switches
+it, so no other site can make an annotator answer as someone else. Every other route but the
+stylesheet needs a session; a revoked annotator gets 403. Writes need the session's CSRF token
+(a form field, or the `X-CSRF-Token` header for the JSON API). Images are served by manifest
+id only, from a table built at start, so no request names a path. Request bodies over MAX_BODY
+are refused before they are read.
 
 Routes
-    GET  /join/<token>  -> session cookie, then /
+    GET  /join/<token>  -> session cookie, then / (or a page asking to switch)    POST: switch
     GET  /              task page (consent first)      GET/POST /consent
-    GET  /img/<id>      an image of the set            GET /ref/<label>/<k>  a reference image
+    GET  /img/<id>      an image of the set            GET /ref/<label number>/<k>  a reference image
     GET  /api/task      the current task and progress
     POST /api/answer    {"task": id, "labels": [...], "none": bool} or {"task": id, "order": [ids, most first]}
-    POST /api/undo      take back the last answer
+    POST /api/undo      reopen the last answer (only that one; it stands until resubmitted)
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import hmac
 import logging
 import socket
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -28,7 +33,7 @@ import numpy as np
 
 from unsee.annotate_app import pages
 from unsee.annotate_app.config import ServeConfig
-from unsee.annotate_app.db import Store, TaskError
+from unsee.annotate_app.db import Store, TaskError, invite_expires, new_tasks
 from unsee.errors import UnseeError
 from unsee.imageset import ImageSet
 
@@ -36,7 +41,7 @@ try:
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
-    from pydantic import BaseModel, ConfigDict, ValidationError
+    from pydantic import BaseModel, ConfigDict, Field, ValidationError
     from starlette.concurrency import run_in_threadpool
     from starlette.datastructures import MutableHeaders
     from starlette.exceptions import HTTPException
@@ -49,6 +54,7 @@ logger = logging.getLogger(__name__)
 COOKIE = "unsee_session"
 STATIC = Path(__file__).parent / "static"
 STATIC_FILES = {"app.js": "text/javascript", "app.css": "text/css"}
+PUBLIC_STATIC = "app.css"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 MAX_REFERENCES = 6
 MAX_BODY = 64 * 1024
@@ -64,16 +70,20 @@ SECURITY_HEADERS = {
 
 @dataclass
 class Study:
-    """Everything the app serves, checked once at start."""
+    """Everything the app serves, checked once at start. The database is written by `open_study`, once the
+    server listens, so a start that fails (a taken port) leaves a study another server is running untouched."""
 
     cfg: ServeConfig
-    store: Store
+    store: Store  # its file is made or resumed by `open_study`
+    images: Path  # the image set's folder
     files: dict[str, Path]  # image id -> its file, inside the image set
     references: dict[str, list[Path]]  # label -> example images (rank)
     consent: list[str]  # paragraphs of the consent page
-    new_tasks: int
+    new_tasks: int  # tasks `open_study` adds
     flagged: int
     url: str
+    scores: dict[str, float]  # image id -> detector score, to store at start (only images scored now)
+    threshold: float  # score at which an image is flagged
 
 
 # ---------------------------------------------------------------- start-up
@@ -91,42 +101,45 @@ def _image_files(image_set: ImageSet) -> dict[str, Path]:
 
 
 def _references(folder: str, labels: tuple[str, ...]) -> dict[str, list[Path]]:
-    root = Path(folder)
+    root = Path(folder).resolve()
     if not root.is_dir():
         raise UnseeError(f"--references {folder!r} is not a folder of images")
 
+    def inside(p: Path) -> bool:
+        # A link out of the folder would serve files nobody chose as examples.
+        if p.resolve().is_relative_to(root):
+            return True
+        logger.warning("--references: skipping %s, which links outside %s", p, root)
+        return False
+
     def images(d: Path) -> list[Path]:
-        return sorted(p.resolve() for p in d.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)[:MAX_REFERENCES]
+        found = [p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and inside(p)]
+        return sorted(p.resolve() for p in found)[:MAX_REFERENCES]
 
     shared = images(root)
-    refs = {lb: images(root / lb) if (root / lb).is_dir() and Path(lb).name == lb else shared for lb in labels}
+    refs = {lb: images(root / lb) if Path(lb).name == lb != ".." and (root / lb).is_dir() and inside(root / lb) else shared
+            for lb in labels}
     if not any(refs.values()):
         raise UnseeError(f"--references {folder!r} has no {'/'.join(IMAGE_SUFFIXES)} images (nor subfolders named after labels)")
     return refs
 
 
-def _flag_images(store: Store, image_set: ImageSet, detector: str, labels: tuple[str, ...]) -> None:
-    """Score the images not yet scored by `detector` and store whether each is flagged."""
+def _score(image_set: ImageSet, todo: set[str], detector: str, labels: tuple[str, ...]) -> tuple[dict[str, float], float]:
+    """({image id: `detector`'s top score over the flag labels} for the images in `todo`, the flag threshold)."""
     from unsee.annotate import score_image_set
 
-    if store.meta().get("detector") != detector:
-        store.reset_scores()
-    todo = set(store.unscored())
-    if not todo:
-        return
     subset = ImageSet(image_set.folder, [r for r in image_set.records if r["id"] in todo], image_set.info)
     scores, info = score_image_set(subset, detector)
     # The study's own labels when the detector reads them, else NudeNet's explicit-nudity score, else any.
     use = [lb for lb in labels if lb in scores] or (["nudity"] if "nudity" in scores else list(scores))
     top = np.stack([scores[lb] for lb in use]).max(0)
-    store.set_flags(dict(zip(subset.ids, top.tolist(), strict=True)), info.threshold)
-    store.set_meta("detector", detector)
-    logger.info("%s flagged %d of %d images (%s >= %.2f)", detector, int((top >= info.threshold).sum()), len(top),
+    logger.info("%s flags %d of %d images (%s >= %.2f)", detector, int((top >= info.threshold).sum()), len(top),
                 "/".join(use), info.threshold)
+    return dict(zip(subset.ids, top.tolist(), strict=True)), info.threshold
 
 
 def prepare(cfg: ServeConfig) -> Study:
-    """Check the inputs, make or resume the study database, flag images; nothing is served yet."""
+    """Check the inputs against the stored study and flag images, writing nothing; nothing is served yet."""
     # 1. Check inputs
     image_set = ImageSet.load(cfg.images)
     if not len(image_set):
@@ -142,16 +155,35 @@ def prepare(cfg: ServeConfig) -> Study:
             raise UnseeError(f"--consent {cfg.consent!r} is empty")
     else:
         consent = pages.default_consent(cfg.labels)
-    # 2. Make or resume the study (refused when the db was made for another image set or labels)
-    store = Store.create_or_check(cfg.db, image_set.folder, image_set.ids, cfg.labels)
-    new = store.add_tasks(cfg.kind, cfg.per_image, cfg.group_size, cfg.seed)
-    # 3. Flag images once per detector; with `none`, earlier flags stay (un-blurring is never silent)
+    # 2. Check the stored study, if any: the same image set and labels, and --per-image unless --change-settings
+    store = Store.check(cfg.db, image_set.folder, image_set.ids, cfg.labels)
+    if store is None:
+        new = len(new_tasks(cfg.kind, sorted(image_set.ids), cfg.labels, [], cfg.group_size, cfg.seed))
+        stored, flags, detector = {}, {}, None
+    else:
+        new = store.planned_tasks(cfg.kind, image_set.ids, cfg.per_image, cfg.group_size, cfg.seed, cfg.change_settings)
+        stored, flags, detector = store.scores(), store.flagged(), store.meta().get("detector")
+    # 3. Score images once per detector; with `none`, earlier flags stay (un-blurring is never silent)
+    scores, threshold = {}, 0.0
     if cfg.detector != "none":
-        _flag_images(store, image_set, cfg.detector, cfg.labels)
-    url = f"http://{cfg.host}:{cfg.port}"
-    store.set_meta("url", url)
-    flagged = sum(store.flagged().values())
-    return Study(cfg, store, files, references, consent, new, flagged, url)
+        todo = {i for i in image_set.ids if detector != cfg.detector or stored.get(i) is None}
+        if todo:
+            scores, threshold = _score(image_set, todo, cfg.detector, cfg.labels)
+    flagged = sum(scores[i] >= threshold if i in scores else flags.get(i, False) for i in image_set.ids)
+    url = cfg.url or f"http://{cfg.host}:{cfg.port}"
+    return Study(cfg, Store(cfg.db), image_set.folder, files, references, consent, new, flagged, url, scores, threshold)
+
+
+def open_study(study: Study) -> None:
+    """Make or resume the study database as `prepare` checked it: tasks, `need`, flags, URL and invite lifetime."""
+    cfg = study.cfg
+    store = Store.create_or_check(cfg.db, study.images, list(study.files), cfg.labels)
+    store.add_tasks(cfg.kind, cfg.per_image, cfg.group_size, cfg.seed, change_settings=cfg.change_settings)
+    if study.scores:
+        store.set_flags(study.scores, study.threshold)
+        store.set_meta("detector", cfg.detector)
+    store.set_meta("url", study.url)
+    store.set_meta("invite_days", str(cfg.invite_days))
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -161,6 +193,7 @@ def bind(host: str, port: int) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a restart right after a crash can rebind
     try:
         sock.bind((host, port))
+        sock.listen(2048)  # uvicorn's backlog; listening now means no other server can take the port
     except OSError as e:
         sock.close()
         raise UnseeError(f"cannot listen on {host}:{port} ({e.strerror}); choose another --port or --host") from None
@@ -168,16 +201,20 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def run(study: Study, sock: socket.socket) -> None:
-    """Serve until interrupted."""
+    """Write the study (the socket listens, so this start cannot fail on the port any more), then serve until
+    interrupted."""
     import uvicorn
 
+    open_study(study)
     config = uvicorn.Config(make_app(study), log_level="warning", access_log=False)  # access logs would hold tokens
     uvicorn.Server(config).run(sockets=[sock])
 
 
 # ---------------------------------------------------------------- the app
 class _SecurityHeaders:
-    """Adds SECURITY_HEADERS (and no-store unless a route set its own caching) to every response."""
+    """Adds SECURITY_HEADERS (and no-store unless a route set its own caching) to every response.
+
+    Outermost, so it also covers what Starlette's own error layer answers (500s)."""
 
     def __init__(self, app: ASGIApp):
         self.app = app
@@ -198,6 +235,48 @@ class _SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
+class BodyTooLarge(Exception):
+    pass
+
+
+def _error(path: str, status: int, title: str, message: str, headers: dict[str, str] | None = None) -> Response:
+    """JSON for the API, a page for the browser."""
+    if path.startswith("/api/"):
+        return JSONResponse({"error": message}, status, headers)
+    return HTMLResponse(pages.message_page(title, message), status, headers)
+
+
+def _too_large(path: str) -> Response:
+    # Closing the connection spares the server the rest of the body.
+    return _error(path, 413, "Too large", f"the request body is over {MAX_BODY} bytes", {"Connection": "close"})
+
+
+class _LimitBody:
+    """Refuses request bodies over MAX_BODY before holding them: by Content-Length before any of it is read, and,
+    for a body without one (chunked), as it streams in (the app's read raises BodyTooLarge)."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and not (length.isdigit() and int(length) <= MAX_BODY):
+            return await _too_large(scope["path"])(scope, receive, send)
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > MAX_BODY:
+                raise BodyTooLarge
+            return message
+
+        await self.app(scope, limited, send)
+
+
 class Denied(Exception):
     def __init__(self, status: int, message: str):
         super().__init__(message)
@@ -215,7 +294,7 @@ class Viewer:
 
 class Answer(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
-    task: int
+    task: int = Field(ge=1, le=2**63 - 1)  # SQLite's integer range: a larger id is bad input, not a crash
     labels: list[str] | None = None
     none: bool = False
     order: list[str] | None = None
@@ -225,7 +304,12 @@ def _one_line(e: ValidationError | RequestValidationError) -> str:
     return "; ".join(f"{'.'.join(str(x) for x in err['loc'] if x != 'body') or 'body'}: {err['msg']}" for err in e.errors())
 
 
-def make_app(study: Study) -> FastAPI:
+def _index(text: str, n: int) -> int | None:
+    """`text` as an index below `n`, or None (short ASCII digits only: int() refuses very long ones)."""
+    return int(text) if text.isascii() and text.isdecimal() and len(text) <= 6 and int(text) < n else None
+
+
+def make_app(study: Study) -> ASGIApp:
     cfg, store = study.cfg, study.store
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
 
@@ -242,28 +326,28 @@ def make_app(study: Study) -> FastAPI:
             raise Denied(403, "accept the consent page (/consent) first")
         return Viewer(row["id"], row["name"], row["csrf"], bool(row["consented"]))
 
-    def check_csrf(v: Viewer, got: str | None) -> None:
-        if not got or not hmac.compare_digest(got.encode(), v.csrf.encode()):
+    def check_csrf(expected: str, got: Any) -> None:
+        if not isinstance(got, str) or not hmac.compare_digest(got.encode(), expected.encode()):
             raise Denied(403, "missing or wrong CSRF token; reload the page")
 
     def task_json(t: dict[str, Any] | None) -> dict[str, Any] | None:
         if t is None:
             return None
         refs = study.references.get(t["concept"], []) if t["kind"] == "rank" else []
+        # A label's number, not its name, names its references: a name may hold '/' (or be '..').
+        label = cfg.labels.index(t["concept"]) if refs else 0
         return {"id": t["id"], "kind": t["kind"], "concept": t["concept"],
                 "images": [{"id": i, "url": f"/img/{quote(i, safe='')}", "blurred": f}
                            for i, f in zip(t["images"], t["flagged"], strict=True)],
-                "references": [f"/ref/{quote(t['concept'], safe='')}/{k}" for k in range(len(refs))]}
+                "references": [f"/ref/{label}/{k}" for k in range(len(refs))]}
 
-    def reply(v: Viewer, task: dict[str, Any] | None, **extra: Any) -> JSONResponse:
-        return JSONResponse({"task": task_json(task), "progress": store.progress(v.id, cfg.kind), **extra})
+    def reply(v: Viewer, task: dict[str, Any] | None, status: int = 200, **extra: Any) -> JSONResponse:
+        return JSONResponse({"task": task_json(task), "progress": store.progress(v.id, cfg.kind), **extra}, status)
 
     # -------------------------------------------------------- errors and headers
     @app.exception_handler(Denied)
     async def denied(request: Request, e: Denied) -> Response:
-        if request.url.path.startswith("/api/"):
-            return JSONResponse({"error": e.message}, e.status)
-        return HTMLResponse(pages.message_page("Not allowed" if e.status == 403 else "Invite link needed", e.message), e.status)
+        return _error(request.url.path, e.status, "Not allowed" if e.status == 403 else "Invite link needed", e.message)
 
     @app.exception_handler(TaskError)
     async def task_error(request: Request, e: TaskError) -> Response:
@@ -275,23 +359,80 @@ def make_app(study: Study) -> FastAPI:
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, e: HTTPException) -> Response:
-        return JSONResponse({"error": str(e.detail)}, e.status_code)
+        return _error(request.url.path, e.status_code, "Not found" if e.status_code == 404 else "Error", str(e.detail))
 
-    app.add_middleware(_SecurityHeaders)
+    @app.exception_handler(BodyTooLarge)
+    async def too_large(request: Request, e: BodyTooLarge) -> Response:
+        return _too_large(request.url.path)
 
-    # -------------------------------------------------------- pages
-    @app.get("/join/{token}")
-    async def join(token: str) -> Response:
-        row = await run_in_threadpool(store.annotator_by_token, token)
+    @app.exception_handler(Exception)
+    async def crashed(request: Request, e: Exception) -> Response:  # logged by uvicorn; the client learns nothing of it
+        return _error(request.url.path, 500, "Server error", "the server failed on this request; try again, and tell "
+                                                              "the study team if it keeps happening")
+
+    # -------------------------------------------------------- joining
+    def https(request: Request) -> bool:
+        return request.url.scheme == "https" or study.url.startswith("https://")
+
+    def invited(token: str) -> Any:
+        row = store.annotator_by_token(token)
         if row is None:
             raise Denied(401, "this invite link is not valid; ask the study team for yours")
         if row["revoked"]:
             raise Denied(403, "this invite link was revoked; ask the study team if this is a mistake")
-        secret = await run_in_threadpool(store.open_session, row["id"])
+        return row
+
+    def check_fresh(row: Any) -> None:
+        until = invite_expires(row["invited"], cfg.invite_days)
+        if until <= datetime.now(UTC):
+            raise Denied(403, f"this invite link expired on {until:%Y-%m-%d} (links open new sessions for "
+                              f"{cfg.invite_days} days); ask the study team for a new one")
+
+    def signed_in(request: Request) -> tuple[str, Any] | None:
+        """(cookie, session row) of this browser's usable session, if it has one."""
+        secret = request.cookies.get(COOKIE)
+        row = store.session(secret) if secret else None
+        return None if row is None or row["revoked"] else (secret, row)
+
+    def start_session(request: Request, annotator: int, replaces: str | None = None) -> Response:
+        secret = store.open_session(annotator, replaces)
         response = RedirectResponse("/", 303)
-        response.set_cookie(COOKIE, secret, max_age=60 * 86400, httponly=True, samesite="lax")
+        response.set_cookie(COOKIE, secret, max_age=60 * 86400, httponly=True, samesite="lax", secure=https(request))
         return response
 
+    @app.get("/join/{token}")
+    async def join(token: str, request: Request) -> Response:
+        def go() -> Response:
+            row = invited(token)
+            current = signed_in(request)
+            if current and current[1]["id"] == row["id"]:
+                return RedirectResponse("/", 303)  # the same person again: this browser's session carries on
+            check_fresh(row)
+            if current:  # another annotator is signed in here: only a POST from this page switches
+                until = invite_expires(row["invited"], cfg.invite_days)
+                return HTMLResponse(pages.join_page(current[1]["name"], row["name"], token, current[1]["csrf"], until))
+            return start_session(request, row["id"])
+
+        return await run_in_threadpool(go)
+
+    @app.post("/join/{token}")
+    async def join_confirmed(token: str, request: Request) -> Response:
+        form = await request.form()
+
+        def go() -> Response:
+            row = invited(token)
+            current = signed_in(request)
+            if current is None:  # cross-site posts come without the cookie; nothing to confirm a switch from
+                raise Denied(403, "this browser has no session to switch from; open the invite link again")
+            if current[1]["id"] == row["id"]:
+                return RedirectResponse("/", 303)
+            check_csrf(current[1]["csrf"], form.get("csrf"))
+            check_fresh(row)
+            return start_session(request, row["id"], replaces=current[0])
+
+        return await run_in_threadpool(go)
+
+    # -------------------------------------------------------- pages
     @app.get("/")
     async def index(request: Request) -> Response:
         v = await run_in_threadpool(viewer, request, consented=False)
@@ -308,8 +449,7 @@ def make_app(study: Study) -> FastAPI:
     async def consent(request: Request) -> Response:
         v = await run_in_threadpool(viewer, request, consented=False)
         form = await request.form()
-        csrf = form.get("csrf")
-        check_csrf(v, csrf if isinstance(csrf, str) else None)
+        check_csrf(v.csrf, form.get("csrf"))
         if form.get("agree") != "yes":
             return HTMLResponse(pages.message_page("Consent needed", "Tick the box to agree, or close this tab."), 422)
         await run_in_threadpool(store.consent, v.id)
@@ -322,7 +462,8 @@ def make_app(study: Study) -> FastAPI:
 
     @app.get("/static/{name}")
     async def static(name: str, request: Request) -> Response:
-        await run_in_threadpool(viewer, request, consented=False)
+        if name != PUBLIC_STATIC:  # the stylesheet is public: error pages, seen without a session, use it
+            await run_in_threadpool(viewer, request, consented=False)
         if name not in STATIC_FILES:
             raise HTTPException(404, "not found")
         return FileResponse(STATIC / name, media_type=STATIC_FILES[name])
@@ -337,11 +478,13 @@ def make_app(study: Study) -> FastAPI:
 
     @app.get("/ref/{label}/{k}")
     async def reference(label: str, k: str, request: Request) -> Response:
-        await run_in_threadpool(viewer, request)  # before parsing k: without a session, every route says 401
-        refs = study.references.get(label, [])
-        if not (k.isdecimal() and int(k) < len(refs)):
+        await run_in_threadpool(viewer, request)  # before parsing: without a session, every route says 401
+        i = _index(label, len(cfg.labels))
+        refs = study.references.get(cfg.labels[i], []) if i is not None else []
+        j = _index(k, len(refs))
+        if j is None:
             raise HTTPException(404, "no such reference image")
-        return FileResponse(refs[int(k)], headers={"Cache-Control": "private, no-store"})
+        return FileResponse(refs[j], headers={"Cache-Control": "private, no-store"})
 
     # -------------------------------------------------------- the JSON API
     @app.get("/api/task")
@@ -351,28 +494,35 @@ def make_app(study: Study) -> FastAPI:
 
     @app.post("/api/answer")
     async def post_answer(request: Request) -> Response:
-        # Order of checks: who (401/403), CSRF (403), then the body (422).
+        # Order of checks: who (401/403), CSRF (403), then the body (413, 422).
         v = await run_in_threadpool(viewer, request)
-        check_csrf(v, request.headers.get("x-csrf-token"))
+        check_csrf(v.csrf, request.headers.get("x-csrf-token"))
         body = await request.body()
-        if len(body) > MAX_BODY:
-            raise HTTPException(413, f"body over {MAX_BODY} bytes")
         try:
             a = Answer.model_validate_json(body)
         except ValidationError as e:
             raise TaskError(422, _one_line(e)) from None
-        return await run_in_threadpool(lambda: reply(v, store.answer(v.id, cfg.kind, a.task, labels=a.labels,
-                                                                      none=a.none, order=a.order, lease=cfg.lease)))
+
+        def answer() -> Response:
+            try:
+                nxt = store.answer(v.id, cfg.kind, a.task, labels=a.labels, none=a.none, order=a.order, lease=cfg.lease)
+            except TaskError as e:
+                if not e.moved_on:
+                    raise
+                return reply(v, e.task, e.status, error=e.message)
+            return reply(v, nxt)
+
+        return await run_in_threadpool(answer)
 
     @app.post("/api/undo")
     async def post_undo(request: Request) -> Response:
         v = await run_in_threadpool(viewer, request)
-        check_csrf(v, request.headers.get("x-csrf-token"))
+        check_csrf(v.csrf, request.headers.get("x-csrf-token"))
 
         def undo() -> Response:
-            task, previous = store.undo(v.id, cfg.kind, cfg.lease)
+            task, previous = store.undo(v.id, cfg.kind)
             return reply(v, task, previous=previous)
 
         return await run_in_threadpool(undo)
 
-    return app
+    return _SecurityHeaders(_LimitBody(app))

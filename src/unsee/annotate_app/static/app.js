@@ -43,6 +43,7 @@
     if (!r.ok) {
       const err = new Error(j.error || `${r.status} ${r.statusText}`);
       err.status = r.status;
+      err.body = j;
       throw err;
     }
     return j;
@@ -198,8 +199,9 @@
       show(await api("POST", "/api/answer", data));
       say("Saved.");
     } catch (e) {
+      if (e.status === 409 && "task" in e.body) show(e.body); // the hold ran out: the reply carries the next task
+      else if (e.status === 409) await load(); // answered elsewhere: fetch the current task
       say(e.message, true);
-      if (e.status === 409) await load(); // answered elsewhere or the hold ran out: fetch the current task
     } finally { busy = false; }
   }
 
@@ -208,7 +210,7 @@
     busy = true;
     try {
       show(await api("POST", "/api/undo"));
-      say("Your last answer was taken back; change it and submit again.");
+      say("Your last answer is open again: change it and submit. Until you do, it stands as it was.");
     } catch (e) { say(e.message, true); } finally { busy = false; }
   }
 
