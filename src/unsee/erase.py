@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from unsee.config import field
 from unsee.errors import UnseeError
 from unsee.files import atomic_write_text
-from unsee.params import LoraSettings, ParamSet, is_xattn_kv, save_trained_unet, select_parameters
+from unsee.params import ParamSet, is_xattn_kv, save_trained_unet, trained_unet_params
 from unsee.provenance import lineage
 from unsee.runinfo import write_run_info
 from unsee.sampling import cfg_noise, encode_text
@@ -46,7 +46,6 @@ from unsee.trainer import (
     TrainConfig,
     Trainer,
     TrainingLevers,
-    fp32_master,
     original_weights,
     run_settings,
     step_generator,
@@ -449,8 +448,6 @@ def erase(cfg: EraseConfig, *, progress: bool = True) -> dict:
     # 1. Model, concept, trainable parameters.
     device = resolve_device(cfg.device)
     pipe = load_pipeline(cfg.model, device=device, dtype=cfg.weights_dtype, gradient_checkpointing=cfg.gradient_checkpointing)
-    pipe.vae.requires_grad_(False)
-    pipe.text_encoder.requires_grad_(False)
     concepts = list(cfg.concept)
     if cfg.token:
         from safetensors.torch import load_file
@@ -465,10 +462,7 @@ def erase(cfg: EraseConfig, *, progress: bool = True) -> dict:
         concepts.append(name)
     if cfg.method == "uce":
         return _erase_closed_form(pipe, cfg, concepts)
-    trained = select_parameters(pipe.unet, cfg.params, LoraSettings(rank=cfg.lora_rank, alpha=float(cfg.lora_rank)),
-                                seed=cfg.seed)
-    names = {id(p): n for n, p in pipe.unet.named_parameters()}
-    params = fp32_master({names[id(p)]: p for p in trained})
+    params = trained_unet_params(pipe, cfg.params, cfg.lora_rank, cfg.seed)
 
     # 2. Train on the shared loop.
     out = Path(cfg.out)

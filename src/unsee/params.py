@@ -92,6 +92,18 @@ def select_parameters(unet: torch.nn.Module, which: ParamSet, lora: LoraSettings
     return params
 
 
+def trained_unet_params(pipe, which: ParamSet, lora_rank: int, seed: int) -> dict[str, torch.nn.Parameter]:
+    """The UNet parameters a training command updates, by name, as fp32 master weights whatever the frozen dtype;
+    the VAE and text encoder are frozen."""
+    from unsee.trainer import fp32_master
+
+    pipe.vae.requires_grad_(False)
+    pipe.text_encoder.requires_grad_(False)
+    trained = select_parameters(pipe.unet, which, LoraSettings(rank=lora_rank, alpha=float(lora_rank)), seed=seed)
+    names = {id(p): n for n, p in pipe.unet.named_parameters()}
+    return fp32_master({names[id(p)]: p for p in trained})
+
+
 def trainable_state_dict(unet: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Name -> tensor of the parameters that currently train (for checkpoints and EMA)."""
     return {n: p.detach() for n, p in unet.named_parameters() if p.requires_grad}

@@ -30,7 +30,7 @@ import torch
 from unsee.config import field
 from unsee.errors import UnseeError
 from unsee.files import atomic_write_text
-from unsee.params import LoraSettings, ParamSet, save_trained_unet, select_parameters
+from unsee.params import ParamSet, save_trained_unet, trained_unet_params
 from unsee.provenance import lineage, model_prompts
 from unsee.runinfo import write_run_info
 from unsee.sampling import cfg_noise, decode, encode_text
@@ -40,7 +40,6 @@ from unsee.trainer import (
     Trainer,
     TrainingLevers,
     append_csv_row,
-    fp32_master,
     keep_csv_rows,
     original_weights,
     run_settings,
@@ -407,12 +406,7 @@ def rl(cfg: RLConfig, *, progress: bool = True) -> dict:
     device = resolve_device(cfg.device)
     reward = parse_reward(cfg.reward, clip=cfg.clip, clip_target=cfg.clip_target, device=device)
     pipe = load_pipeline(cfg.model, device=device, dtype=cfg.weights_dtype, gradient_checkpointing=cfg.gradient_checkpointing)
-    pipe.vae.requires_grad_(False)
-    pipe.text_encoder.requires_grad_(False)
-    trained = select_parameters(pipe.unet, cfg.params, LoraSettings(rank=cfg.lora_rank, alpha=float(cfg.lora_rank)),
-                                seed=cfg.seed)
-    names = {id(p): n for n, p in pipe.unet.named_parameters()}
-    params = fp32_master({names[id(p)]: p for p in trained})
+    params = trained_unet_params(pipe, cfg.params, cfg.lora_rank, cfg.seed)
     method = DDPOMethod(pipe, cfg, unsafe, benign, reward, params)
     out = Path(cfg.out)
     tcfg = TrainConfig(steps=cfg.epochs * cfg.updates_per_epoch, lr=cfg.lr, weight_decay=1e-4, grad_clip=1.0,
