@@ -19,7 +19,9 @@ commands' own.
 On a GPU the figure is `torch.cuda.max_memory_allocated()`. On a CPU it is the
 process's peak resident memory above its resident memory before loading the
 model (what the model, the optimiser, activations and the reward take), a
-stand-in for GPU memory. A CPU without native bf16 runs bf16 kernels emulated
+stand-in for GPU memory. Each is printed for the training loop alone (what sets
+a GPU's need) and, in brackets, for the whole command: on a CPU, loading and
+saving a model pass through transient copies that a GPU's allocator never sees. A CPU without native bf16 runs bf16 kernels emulated
 (a 3x3 convolution hundreds of times slower than fp32), so there the bf16 cases
 are refused and only fp32 with and without gradient checkpointing is measured;
 the table then also prints the frozen weights' size in bf16, counted from the
@@ -115,11 +117,37 @@ def build_clip(folder: Path) -> Path:
     return folder
 
 
-def rss_gb() -> float:
+def _status_gb(field: str) -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) / 2**20
-    raise RuntimeError("no VmRSS in /proc/self/status")
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def rss_gb() -> float:
+    return _status_gb("VmRSS")
+
+
+def watch_training(device: str) -> dict[str, float]:
+    """Record the peak while the shared training loop runs, apart from loading and saving: on a CPU the kernel's
+    high-water mark is reset when training starts (/proc/self/clear_refs, 5) and read when it ends; on a GPU the
+    allocator's peak is. Weights and everything else resident count, as on a GPU."""
+    from unsee import trainer
+
+    seen: dict[str, float] = {}
+    run = trainer.Trainer.run
+
+    def watched(self):
+        if device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            Path("/proc/self/clear_refs").write_text("5")
+        result = run(self)
+        seen["train"] = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else _status_gb("VmHWM")
+        return result
+
+    trainer.Trainer.run = watched
+    return seen
 
 
 def run_case(model: Path, method: str, precision: str, device: str, clip: Path, work: Path) -> dict:
@@ -163,13 +191,16 @@ def one(args) -> None:
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     base = rss_gb()
+    seen = watch_training(args.device)
     t = time.perf_counter()
     try:
         extra = run_case(Path(args.cache) / model, method, precision, args.device, Path(args.cache) / "clip-vit-l-14", work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20 - base
-    print(json.dumps({"peak_gb": round(peak, 2), "seconds": round(time.perf_counter() - t, 1), **extra}))
+    train = seen["train"] - (0 if cuda else base)
+    print(json.dumps({"train_peak_gb": round(train, 2), "peak_gb": round(peak, 2), "seconds": round(time.perf_counter() - t, 1),
+                      **extra}))
 
 
 def frozen_weights_gb(folder: Path, bytes_per: int) -> float:
@@ -228,10 +259,12 @@ def main() -> None:
                 print(m, method, p, rows[(m, method)][p], flush=True)
     what = "torch.cuda.max_memory_allocated" if args.device.startswith("cuda") else \
         "CPU stand-in: peak resident memory above the process's baseline"
-    print(f"\npeak memory in GiB ({what}); one or two updates at each command's default batch")
-    print(f"{'model':6} {'method':6} " + " ".join(f"{p:>10}" for p in precisions) + f" {'goal (bf16+ckpt)':>17}")
+    print(f"\npeak memory in GiB ({what}) while training, and in brackets over the whole command (loading and "
+          "saving the model too); one or two updates at each command's default batch")
+    print(f"{'model':6} {'method':6} " + " ".join(f"{p:>17}" for p in precisions) + f" {'goal (bf16+ckpt)':>17}")
     for (m, method), r in rows.items():
-        print(f"{m:6} {method:6} " + " ".join(f"{r[p]['peak_gb']:10.2f}" for p in precisions) + f" {GOALS_GB[method]:>17}")
+        cells = " ".join(f"{r[p]['train_peak_gb']:8.2f} ({r[p]['peak_gb']:5.2f})" for p in precisions)
+        print(f"{m:6} {method:6} {cells} {GOALS_GB[method]:>17}")
     if not bf16:
         for m in models:
             print(f"{m}: frozen UNet + text encoder + VAE weights {frozen_weights_gb(cache / m, 4):.2f} GiB in fp32, "
