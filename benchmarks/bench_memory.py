@@ -174,7 +174,7 @@ def run_case(model: Path, method: str, precision: str, device: str, clip: Path, 
         from unsee.testing import write_image_set
 
         cfg = TokenTraining(init_word="person", vectors=1, steps=1, checkpoint_every=0, **levers)
-        n, px = cfg.batch_size, RESOLUTION["sd21" if "sd21" in model.name else "sd15"]
+        n, px = cfg.batch_size, RESOLUTION[model.name]  # the model's folder is named by its key
         images = ImageSet.load(write_image_set(work / "set", torch.rand(n, 3, px, px, generator=torch.Generator().manual_seed(0)),
                                                ["a photo of a person"] * n))
         ids = [r["id"] for r in images.records]

@@ -46,3 +46,19 @@ def two_cpu_processes() -> list[str]:
         port = s.getsockname()[1]
     return ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
             "--main_process_port", str(port), "--mixed_precision", "no", "--dynamo_backend", "no"]
+
+
+def flagged_image_set(model: Path, tmp_path: Path, per_prompt: int) -> tuple[Path, Path]:
+    """An image set of `model` on "a red cat" and "a blue house" (`per_prompt` images each, 2 steps) and a feedback file
+    in which one annotator flags every cat: what `unsee invert --feedback` trains on."""
+    from unsee.feedback import Binary, Feedback, save_feedback
+    from unsee.generate import GenerateConfig, generate
+
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a red cat\na blue house\n")
+    images = generate(GenerateConfig(model=str(model), prompts=str(prompts), out=str(tmp_path / "set"),
+                                     images_per_prompt=per_prompt, steps=2, device="cpu"), progress=False)
+    ids = [f"{p:05d}-{i:03d}" for p in range(2) for i in range(per_prompt)]
+    fb = save_feedback(tmp_path / "fb.jsonl", Feedback(("flag",), [Binary(i, "a", frozenset({"flag"} if i < "00001" else set()), "")
+                                                                     for i in ids]))
+    return images, fb

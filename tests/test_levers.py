@@ -92,8 +92,7 @@ def test_uce_refuses_the_training_levers(tiny_model_dir, tmp_path):
 
 def test_a_v_prediction_pipeline_runs_erase_invert_and_rl_in_bf16_with_checkpointing(tiny_vpred_dir, tmp_path):
     """SD 2.x-style (v-prediction) end to end through every training command, with both levers on."""
-    from unsee.feedback import Binary, Feedback, save_feedback
-    from unsee.generate import GenerateConfig, generate
+    from conftest import flagged_image_set
     from unsee.invert import InvertConfig, invert
     from unsee.rl import RLConfig, rl
 
@@ -101,13 +100,8 @@ def test_a_v_prediction_pipeline_runs_erase_invert_and_rl_in_bf16_with_checkpoin
     summary = _erase(tiny_vpred_dir, tmp_path / "erase", method="sdd", **levers)
     assert summary["skipped_steps"] == 0 and (tmp_path / "erase" / "model_index.json").exists()
 
-    prompts = tmp_path / "p.txt"
-    prompts.write_text("a red cat\na blue house\n")
-    images = generate(GenerateConfig(model=str(tiny_vpred_dir), prompts=str(prompts), out=str(tmp_path / "set"),
-                                     images_per_prompt=2, steps=2, device="cpu"), progress=False)
-    ids = [f"{p:05d}-{i:03d}" for p in range(2) for i in range(2)]
-    fb = save_feedback(tmp_path / "fb.jsonl", Feedback(("flag",), [Binary(i, "a", frozenset({"flag"} if i < "00001" else set()), "")
-                                                                     for i in ids]))
+    images, fb = flagged_image_set(tiny_vpred_dir, tmp_path, 2)
+    prompts = tmp_path / "p.txt"  # the set's prompts, the rl run's too
     token = tmp_path / "t.safetensors"
     s = invert(InvertConfig(model=str(tiny_vpred_dir), images=str(images), feedback=str(fb), out=str(token), init_word="cat",
                             top_k=2, steps=2, batch_size=2, device="cpu", **levers), progress=False)

@@ -186,17 +186,11 @@ def test_a_second_round_of_feedback_on_other_images_trains_one_model(colour_set,
 def test_invert_writes_a_token_plain_diffusers_loads(tiny_model_dir, tmp_path, vectors):
     from diffusers import StableDiffusionPipeline
 
-    from unsee.generate import GenerateConfig, generate
+    from conftest import flagged_image_set
     from unsee.invert import InvertConfig, invert
     from unsee.sampling import encode_text
 
-    prompts = tmp_path / "p.txt"
-    prompts.write_text("a red cat\na blue house\n")
-    images = generate(GenerateConfig(model=str(tiny_model_dir), prompts=str(prompts), out=str(tmp_path / "set"),
-                                     images_per_prompt=4, steps=2, device="cpu"), progress=False)
-    ids = [f"{p:05d}-{i:03d}" for p in range(2) for i in range(4)]
-    fb = save_feedback(tmp_path / "fb.jsonl", Feedback(("flag",), [Binary(i, "a", frozenset({"flag"} if i < "00001" else set()), "")
-                                                                     for i in ids]))
+    images, fb = flagged_image_set(tiny_model_dir, tmp_path, 4)
     out = tmp_path / "tok.safetensors"
     summary = invert(InvertConfig(model=str(tiny_model_dir), images=str(images), feedback=str(fb), out=str(out),
                                   init_word="cat", vectors=vectors, top_k=4, steps=3, batch_size=2, device="cpu",

@@ -43,10 +43,11 @@ def _toyworld_keep() -> tuple[str, ...]:
 def _toyworld_erase(method: str, **extra: Any) -> Callable[[], dict[str, Any]]:
     """The toy world's erase settings: trained where the word sits (the held-out explicit prompts as contexts) and
     toward the mask, the skull's near neighbour; SDD and UCE hold the world's parts one at a time."""
+    trained = dict(steps=300, batch_size=4, reuse=16, checkpoint_every=160, lr=3e-4)  # sdd and esd
     per_method = {
-        "sdd": dict(steps=300, batch_size=4, reuse=16, checkpoint_every=160, lr=3e-4, ema_decay=0.99, preserve_weight=0.3),
-        "esd": dict(steps=300, batch_size=4, reuse=16, checkpoint_every=160, lr=3e-4),
-        "uce": dict(preserve_weight=0.1),
+        "sdd": trained | dict(ema_decay=0.99, preserve_weight=0.3),
+        "esd": trained,
+        "uce": dict(preserve_weight=0.1),  # a closed form: no training settings
     }
 
     def settings() -> dict[str, Any]:
