@@ -49,19 +49,52 @@ def sd15_pipeline(latent_size: int, device: str):
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
-        sample_size=latent_size, in_channels=4, out_channels=4, layers_per_block=2,
-        block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=768, attention_head_dim=8,
+        sample_size=latent_size,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=2,
+        block_out_channels=(320, 640, 1280, 1280),
+        cross_attention_dim=768,
+        attention_head_dim=8,
         down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
     )
-    text = CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                                        num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu"))
-    vae = AutoencoderKL(block_out_channels=(16, 32), down_block_types=("DownEncoderBlock2D",) * 2,
-                        up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=8)
-    sched = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-                          set_alpha_to_one=False, steps_offset=1)
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tiny_tokenizer(), unet=unet, scheduler=sched,
-                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    text = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=49408,
+            hidden_size=768,
+            intermediate_size=3072,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            max_position_embeddings=77,
+            hidden_act="quick_gelu",
+        )
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(16, 32),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        latent_channels=4,
+        norm_num_groups=8,
+    )
+    sched = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text,
+        tokenizer=tiny_tokenizer(),
+        unet=unet,
+        scheduler=sched,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     pipe.unet.enable_gradient_checkpointing()  # as load_pipeline does for training
     return pipe.to(device)
 
@@ -77,8 +110,17 @@ def run_unsee(pipe, method: str, args) -> dict:
     from unsee.params import select_parameters
     from unsee.trainer import TrainConfig, Trainer
 
-    cfg = EraseConfig(model="sd15-random", out="-", method=method, concept=("nudity",), batch_size=args.batch_size,
-                      reuse=args.reuse, checkpoint_every=args.reuse, device=args.device, lr=1e-5)
+    cfg = EraseConfig(
+        model="sd15-random",
+        out="-",
+        method=method,
+        concept=("nudity",),
+        batch_size=args.batch_size,
+        reuse=args.reuse,
+        checkpoint_every=args.reuse,
+        device=args.device,
+        lr=1e-5,
+    )
     names = {id(p): n for n, p in pipe.unet.named_parameters()}
     params = {names[id(p)]: p for p in select_parameters(pipe.unet, "xattn")}
     m = EraseMethod(pipe, cfg, ["nudity"], params)
@@ -89,8 +131,12 @@ def run_unsee(pipe, method: str, args) -> dict:
     t = time.perf_counter()
     trainer.run()
     sync(args.device)
-    return {"seconds_per_update": (time.perf_counter() - t) / updates, "passes_per_update": m.unet_passes / updates,
-            "latents_per_update": args.batch_size, "updates_timed": updates}
+    return {
+        "seconds_per_update": (time.perf_counter() - t) / updates,
+        "passes_per_update": m.unet_passes / updates,
+        "latents_per_update": args.batch_size,
+        "updates_timed": updates,
+    }
 
 
 def run_reference(pipe, method: str, args) -> dict:
@@ -111,7 +157,9 @@ def run_reference(pipe, method: str, args) -> dict:
         z = torch.randn(1, 4, unet.config.sample_size, unet.config.sample_size, generator=g).to(dev)
         with torch.no_grad():
             for t in sched.timesteps[:k]:
-                z = sched.step(cfg_noise(_with(pipe, sampler), z, t, c, u, torch.tensor([3.0], device=dev)), t, z).prev_sample
+                z = sched.step(
+                    cfg_noise(_with(pipe, sampler), z, t, c, u, torch.tensor([3.0], device=dev)), t, z
+                ).prev_sample
                 passes += 2
         t = sched.timesteps[k - 1].view(1)
         if method == "sdd":
@@ -135,8 +183,12 @@ def run_reference(pipe, method: str, args) -> dict:
                     pe.lerp_(p, 0.001)
     sync(dev)
     n = len(REF_KS)
-    return {"seconds_per_update": (time.perf_counter() - t0) / n, "passes_per_update": passes / n,
-            "latents_per_update": 1, "updates_timed": n}
+    return {
+        "seconds_per_update": (time.perf_counter() - t0) / n,
+        "passes_per_update": passes / n,
+        "latents_per_update": 1,
+        "updates_timed": n,
+    }
 
 
 class _with:
@@ -183,19 +235,25 @@ def main() -> None:
                 sys.exit(f"{name} failed:\n{r.stderr[-3000:]}")
             rows[name] = json.loads(r.stdout.strip().splitlines()[-1])
             print(name, rows[name], flush=True)
-    print(f"\nSD 1.5 architecture, random weights, {args.resolution} px, {args.device}, fp32; "
-          f"unsee: batch {args.batch_size}, reuse {args.reuse}")
+    print(
+        f"\nSD 1.5 architecture, random weights, {args.resolution} px, {args.device}, fp32; "
+        f"unsee: batch {args.batch_size}, reuse {args.reuse}"
+    )
     print(f"{'design':16} {'s/update':>9} {'s/latent':>9} {'passes/update':>14} {'passes/latent':>14} {'peak GB':>8}")
     for name, r in rows.items():
         n = r["latents_per_update"]
-        print(f"{name:16} {r['seconds_per_update']:9.2f} {r['seconds_per_update'] / n:9.2f} {r['passes_per_update']:14.1f} "
-              f"{r['passes_per_update'] / n:14.1f} {r['peak_memory_gb']:8.2f}")
+        print(
+            f"{name:16} {r['seconds_per_update']:9.2f} {r['seconds_per_update'] / n:9.2f} {r['passes_per_update']:14.1f} "
+            f"{r['passes_per_update'] / n:14.1f} {r['peak_memory_gb']:8.2f}"
+        )
     for method in args.methods.split(","):
         ref, ours = rows[f"reference-{method}"], rows[f"unsee-{method}"]
         per_update = ours["seconds_per_update"] / ref["seconds_per_update"]
         per_latent = per_update / ours["latents_per_update"]
-        print(f"{method}: unsee / reference seconds per update {per_update:.2f}, per trained latent {per_latent:.2f}, "
-              f"peak memory {ours['peak_memory_gb'] / ref['peak_memory_gb']:.2f}")
+        print(
+            f"{method}: unsee / reference seconds per update {per_update:.2f}, per trained latent {per_latent:.2f}, "
+            f"peak memory {ours['peak_memory_gb'] / ref['peak_memory_gb']:.2f}"
+        )
 
 
 if __name__ == "__main__":

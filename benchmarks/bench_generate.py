@@ -46,8 +46,15 @@ def main() -> None:
     words = ["a red cat", "a blue house", "a green tree", "a city street at night"]
     prompts = [words[i % len(words)] for i in range(args.images)]
     (work / "prompts.txt").write_text("\n".join(prompts) + "\n")
-    cfg = dict(model=str(model), prompts=str(work / "prompts.txt"), images_per_prompt=1, steps=args.steps,
-               guidance=7.5, batch_size=args.batch_size, device="cpu")
+    cfg = dict(
+        model=str(model),
+        prompts=str(work / "prompts.txt"),
+        images_per_prompt=1,
+        steps=args.steps,
+        guidance=7.5,
+        batch_size=args.batch_size,
+        device="cpu",
+    )
     # Seeds unsee uses, so the reference makes the very same images.
     from unsee.generate import image_seed
     from unsee.prompts import read_prompts
@@ -60,8 +67,9 @@ def main() -> None:
         t = time.perf_counter()
         for k in range(0, len(prompts), args.batch_size):
             gens = [torch.Generator("cpu").manual_seed(s) for s in seeds[k : k + args.batch_size]]
-            images = ref_pipe(prompts[k : k + args.batch_size], num_inference_steps=args.steps, guidance_scale=7.5,
-                          generator=gens).images
+            images = ref_pipe(
+                prompts[k : k + args.batch_size], num_inference_steps=args.steps, guidance_scale=7.5, generator=gens
+            ).images
             for j, im in enumerate(images):
                 im.save(out / f"{k + j:05d}.png")
         return time.perf_counter() - t
@@ -79,8 +87,10 @@ def main() -> None:
         ref_t.append(reference())
         our_t.append(ours())
     r, o = statistics.median(ref_t), statistics.median(our_t)
-    print(f"pipeline: tiny SD ({args.sample_size * 2} px), {args.images} images, {args.steps} DDIM steps, CFG 7.5, "
-          f"batch {args.batch_size}, torch threads {torch.get_num_threads()}")
+    print(
+        f"pipeline: tiny SD ({args.sample_size * 2} px), {args.images} images, {args.steps} DDIM steps, CFG 7.5, "
+        f"batch {args.batch_size}, torch threads {torch.get_num_threads()}"
+    )
     print(f"diffusers pipeline loop: {args.images / r:7.2f} img/s  (median of {args.repeats}: {r:.2f} s)")
     print(f"unsee generate:          {args.images / o:7.2f} img/s  (median of {args.repeats}: {o:.2f} s)")
     print(f"ratio unsee / diffusers: {r / o:.2f}  (target >= 1.0)")

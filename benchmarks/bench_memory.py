@@ -64,25 +64,67 @@ def build_pipeline(kind: str, folder: Path) -> Path:
     torch.manual_seed(0)
     sd2 = kind == "sd21"
     unet = UNet2DConditionModel(
-        sample_size=RESOLUTION[kind] // 8, in_channels=4, out_channels=4, layers_per_block=2,
-        block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=1024 if sd2 else 768,
-        attention_head_dim=(5, 10, 20, 20) if sd2 else 8, use_linear_projection=sd2,
+        sample_size=RESOLUTION[kind] // 8,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=2,
+        block_out_channels=(320, 640, 1280, 1280),
+        cross_attention_dim=1024 if sd2 else 768,
+        attention_head_dim=(5, 10, 20, 20) if sd2 else 8,
+        use_linear_projection=sd2,
         down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
     )
-    text = CLIPTextModel(CLIPTextConfig(
-        vocab_size=49408, max_position_embeddings=77,
-        **(dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=23, num_attention_heads=16, hidden_act="gelu")
-           if sd2 else dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-                            hidden_act="quick_gelu"))))
-    vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
-                        up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, latent_channels=4,
-                        sample_size=RESOLUTION[kind])
-    sched = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-                          set_alpha_to_one=False, steps_offset=1,
-                          prediction_type="v_prediction" if sd2 else "epsilon")
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tiny_tokenizer(), unet=unet, scheduler=sched,
-                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    text = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=49408,
+            max_position_embeddings=77,
+            **(
+                dict(
+                    hidden_size=1024,
+                    intermediate_size=4096,
+                    num_hidden_layers=23,
+                    num_attention_heads=16,
+                    hidden_act="gelu",
+                )
+                if sd2
+                else dict(
+                    hidden_size=768,
+                    intermediate_size=3072,
+                    num_hidden_layers=12,
+                    num_attention_heads=12,
+                    hidden_act="quick_gelu",
+                )
+            ),
+        )
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(128, 256, 512, 512),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        layers_per_block=2,
+        latent_channels=4,
+        sample_size=RESOLUTION[kind],
+    )
+    sched = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        prediction_type="v_prediction" if sd2 else "epsilon",
+    )
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text,
+        tokenizer=tiny_tokenizer(),
+        unet=unet,
+        scheduler=sched,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     pipe.save_pretrained(tmp)
@@ -103,16 +145,39 @@ def build_clip(folder: Path) -> Path:
     tok = tiny_tokenizer(tmp)
     torch.manual_seed(0)
     ids = dict(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    CLIPModel(CLIPConfig(
-        text_config=dict(vocab_size=len(tok), hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                         num_attention_heads=12, max_position_embeddings=77, **ids),
-        vision_config=dict(image_size=224, patch_size=14, hidden_size=1024, intermediate_size=4096,
-                           num_hidden_layers=24, num_attention_heads=16),
-        projection_dim=768)).save_pretrained(tmp)
-    (tmp / "preprocessor_config.json").write_text(json.dumps({
-        "image_processor_type": "CLIPImageProcessor", "crop_size": {"height": 224, "width": 224},
-        "size": {"shortest_edge": 224}, "image_mean": [0.48145466, 0.4578275, 0.40821073],
-        "image_std": [0.26862954, 0.26130258, 0.27577711]}))
+    CLIPModel(
+        CLIPConfig(
+            text_config=dict(
+                vocab_size=len(tok),
+                hidden_size=768,
+                intermediate_size=3072,
+                num_hidden_layers=12,
+                num_attention_heads=12,
+                max_position_embeddings=77,
+                **ids,
+            ),
+            vision_config=dict(
+                image_size=224,
+                patch_size=14,
+                hidden_size=1024,
+                intermediate_size=4096,
+                num_hidden_layers=24,
+                num_attention_heads=16,
+            ),
+            projection_dim=768,
+        )
+    ).save_pretrained(tmp)
+    (tmp / "preprocessor_config.json").write_text(
+        json.dumps(
+            {
+                "image_processor_type": "CLIPImageProcessor",
+                "crop_size": {"height": 224, "width": 224},
+                "size": {"shortest_edge": 224},
+                "image_mean": [0.48145466, 0.4578275, 0.40821073],
+                "image_std": [0.26862954, 0.26130258, 0.27577711],
+            }
+        )
+    )
     tmp.rename(folder)
     return folder
 
@@ -158,16 +223,45 @@ def run_case(model: Path, method: str, precision: str, device: str, clip: Path, 
     if method in ("sdd", "esd"):
         from unsee.erase import EraseConfig, erase
 
-        summary = erase(EraseConfig(model=str(model), out=str(out), method=method, concept=("nude",), params="xattn",
-                                    steps=2, reuse=2, ddim_steps=2, checkpoint_every=0, **levers), progress=False)
+        summary = erase(
+            EraseConfig(
+                model=str(model),
+                out=str(out),
+                method=method,
+                concept=("nude",),
+                params="xattn",
+                steps=2,
+                reuse=2,
+                ddim_steps=2,
+                checkpoint_every=0,
+                **levers,
+            ),
+            progress=False,
+        )
     elif method == "ddpo":
         from unsee.rl import RLConfig, rl
 
         prompts = work / "prompts.txt"
         prompts.write_text("a nude person\n")
-        summary = rl(RLConfig(model=str(model), prompts=str(prompts), out=str(out), reward="nudity+0.5*clip",
-                              clip=str(clip), params="lora", lora_rank=4, epochs=1, samples_per_epoch=1,
-                              sample_batch=1, train_batch=1, ddim_steps=2, checkpoint_every=1, **levers), progress=False)
+        summary = rl(
+            RLConfig(
+                model=str(model),
+                prompts=str(prompts),
+                out=str(out),
+                reward="nudity+0.5*clip",
+                clip=str(clip),
+                params="lora",
+                lora_rank=4,
+                epochs=1,
+                samples_per_epoch=1,
+                sample_batch=1,
+                train_batch=1,
+                ddim_steps=2,
+                checkpoint_every=1,
+                **levers,
+            ),
+            progress=False,
+        )
     else:
         from unsee.imageset import ImageSet
         from unsee.invert import TokenTraining, invert_images
@@ -175,12 +269,25 @@ def run_case(model: Path, method: str, precision: str, device: str, clip: Path, 
 
         cfg = TokenTraining(init_word="person", vectors=1, steps=1, checkpoint_every=0, **levers)
         n, px = cfg.batch_size, RESOLUTION[model.name]  # the model's folder is named by its key
-        images = ImageSet.load(write_image_set(work / "set", torch.rand(n, 3, px, px, generator=torch.Generator().manual_seed(0)),
-                                               ["a photo of a person"] * n))
+        images = ImageSet.load(
+            write_image_set(
+                work / "set",
+                torch.rand(n, 3, px, px, generator=torch.Generator().manual_seed(0)),
+                ["a photo of a person"] * n,
+            )
+        )
         ids = [r["id"] for r in images.records]
-        summary = invert_images(cfg, model=str(model), images=images, ids=ids, weights=torch.ones(n),
-                                prompts=[f"a photo of {cfg.token}"] * n, out=work / "token.safetensors", run_dir=work / "run",
-                                progress=False)
+        summary = invert_images(
+            cfg,
+            model=str(model),
+            images=images,
+            ids=ids,
+            weights=torch.ones(n),
+            prompts=[f"a photo of {cfg.token}"] * n,
+            out=work / "token.safetensors",
+            run_dir=work / "run",
+            progress=False,
+        )
     return {"skipped_steps": summary.get("skipped_steps", 0)}
 
 
@@ -194,13 +301,27 @@ def one(args) -> None:
     seen = watch_training(args.device)
     t = time.perf_counter()
     try:
-        extra = run_case(Path(args.cache) / model, method, precision, args.device, Path(args.cache) / "clip-vit-l-14", work)
+        extra = run_case(
+            Path(args.cache) / model, method, precision, args.device, Path(args.cache) / "clip-vit-l-14", work
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20 - base
+    peak = (
+        torch.cuda.max_memory_allocated() / 2**30
+        if cuda
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20 - base
+    )
     train = seen["train"] - (0 if cuda else base)
-    print(json.dumps({"train_peak_gb": round(train, 2), "peak_gb": round(peak, 2), "seconds": round(time.perf_counter() - t, 1),
-                      **extra}))
+    print(
+        json.dumps(
+            {
+                "train_peak_gb": round(train, 2),
+                "peak_gb": round(peak, 2),
+                "seconds": round(time.perf_counter() - t, 1),
+                **extra,
+            }
+        )
+    )
 
 
 def frozen_weights_gb(folder: Path, bytes_per: int) -> float:
@@ -226,10 +347,16 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", help="cpu (the stand-in) or cuda")
     ap.add_argument("--models", default="sd15", help="comma-separated: sd15 (512 px), sd21 (768 px, v-prediction)")
     ap.add_argument("--methods", default="sdd,esd,ddpo,ti")
-    ap.add_argument("--precisions", default=None,
-                    help=f"comma-separated from {', '.join(PRECISIONS)} (default: all those this device runs natively)")
-    ap.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "unsee-bench-memory"),
-                    help="where the random-weight models are saved once (SD 1.5: 4 GB, SD 2.1: 5 GB, CLIP: 1.7 GB)")
+    ap.add_argument(
+        "--precisions",
+        default=None,
+        help=f"comma-separated from {', '.join(PRECISIONS)} (default: all those this device runs natively)",
+    )
+    ap.add_argument(
+        "--cache",
+        default=str(Path(tempfile.gettempdir()) / "unsee-bench-memory"),
+        help="where the random-weight models are saved once (SD 1.5: 4 GB, SD 2.1: 5 GB, CLIP: 1.7 GB)",
+    )
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
@@ -237,8 +364,10 @@ def main() -> None:
     bf16 = native_bf16(args.device)
     precisions = args.precisions.split(",") if args.precisions else [p for p in PRECISIONS if bf16 or "bf16" not in p]
     if not bf16 and any("bf16" in p for p in precisions):
-        sys.exit(f"bf16 is emulated on this {args.device} (no native bf16): a run would take hours; "
-                 "measure fp32 and fp32+ckpt here and bf16 on a GPU (--device cuda)")
+        sys.exit(
+            f"bf16 is emulated on this {args.device} (no native bf16): a run would take hours; "
+            "measure fp32 and fp32+ckpt here and bf16 on a GPU (--device cuda)"
+        )
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
     models = args.models.split(",")
@@ -251,7 +380,16 @@ def main() -> None:
     for m in models:
         for method in methods:
             for p in precisions:
-                cmd = [sys.executable, __file__, "--one", f"{m}:{method}:{p}", "--device", args.device, "--cache", args.cache]
+                cmd = [
+                    sys.executable,
+                    __file__,
+                    "--one",
+                    f"{m}:{method}:{p}",
+                    "--device",
+                    args.device,
+                    "--cache",
+                    args.cache,
+                ]
                 r = subprocess.run(cmd, capture_output=True, text=True)
                 if r.returncode:  # a case that does not fit (killed by the kernel: -9) is a result; go on
                     why = "killed (out of memory)" if r.returncode == -9 else f"exit {r.returncode}"
@@ -260,19 +398,28 @@ def main() -> None:
                     continue
                 rows.setdefault((m, method), {})[p] = json.loads(r.stdout.strip().splitlines()[-1])
                 print(m, method, p, rows[(m, method)][p], flush=True)
-    what = "torch.cuda.max_memory_allocated" if args.device.startswith("cuda") else \
-        "CPU stand-in: peak resident memory above the process's baseline"
-    print(f"\npeak memory in GiB ({what}) while training, and in brackets over the whole command (loading and "
-          "saving the model too); one or two updates at each command's default batch")
+    what = (
+        "torch.cuda.max_memory_allocated"
+        if args.device.startswith("cuda")
+        else "CPU stand-in: peak resident memory above the process's baseline"
+    )
+    print(
+        f"\npeak memory in GiB ({what}) while training, and in brackets over the whole command (loading and "
+        "saving the model too); one or two updates at each command's default batch"
+    )
     print(f"{'model':6} {'method':6} " + " ".join(f"{p:>17}" for p in precisions) + f" {'goal (bf16+ckpt)':>17}")
     for (m, method), r in rows.items():
-        cells = " ".join(f"{'failed':>17}" if "failed" in r[p] else f"{r[p]['train_peak_gb']:8.2f} ({r[p]['peak_gb']:5.2f})"
-                         for p in precisions)
+        cells = " ".join(
+            f"{'failed':>17}" if "failed" in r[p] else f"{r[p]['train_peak_gb']:8.2f} ({r[p]['peak_gb']:5.2f})"
+            for p in precisions
+        )
         print(f"{m:6} {method:6} {cells} {GOALS_GB[method]:>17}")
     if not bf16:
         for m in models:
-            print(f"{m}: frozen UNet + text encoder + VAE weights {frozen_weights_gb(cache / m, 4):.2f} GiB in fp32, "
-                  f"{frozen_weights_gb(cache / m, 2):.2f} GiB in bf16 (counted from the parameters, not measured)")
+            print(
+                f"{m}: frozen UNet + text encoder + VAE weights {frozen_weights_gb(cache / m, 4):.2f} GiB in fp32, "
+                f"{frozen_weights_gb(cache / m, 2):.2f} GiB in bf16 (counted from the parameters, not measured)"
+            )
 
 
 if __name__ == "__main__":

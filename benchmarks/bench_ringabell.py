@@ -34,7 +34,9 @@ def reference_search(population: np.ndarray, score, candidates: np.ndarray, cfg:
         kids = []
         for _ in range(cfg.population - keep):
             a, b = parents[rng.integers(keep)], parents[rng.integers(keep)]
-            child = np.concatenate([a[: (c := rng.integers(1, k))], b[c:]]) if rng.random() < cfg.crossover else a.copy()
+            child = (
+                np.concatenate([a[: (c := rng.integers(1, k))], b[c:]]) if rng.random() < cfg.crossover else a.copy()
+            )
             if rng.random() < cfg.mutation:
                 child[rng.integers(k)] = candidates[rng.integers(len(candidates))]
             kids.append(child)
@@ -59,21 +61,33 @@ def measure(name: str, tok, te, candidates: np.ndarray, generations: int) -> Non
     t_ref, p_ref = time.perf_counter() - t0, passes[0]
     passes[0] = 0
     t0 = time.perf_counter()
-    st = genetic_search(SearchState(start.copy(), np.full(cfg.population, np.inf), 0, [], np.random.default_rng(1)),
-                        score, candidates, cfg)
+    st = genetic_search(
+        SearchState(start.copy(), np.full(cfg.population, np.inf), 0, [], np.random.default_rng(1)),
+        score,
+        candidates,
+        cfg,
+    )
     t_ours, p_ours = time.perf_counter() - t0, passes[0]
     print(f"{name}: {generations} generations, population {cfg.population}, K = {cfg.length}")
-    print(f"  reference: {t_ref / generations:8.3f} s/generation  {p_ref / generations:6.1f} encoder passes/generation  best {ref_best:.4f}")
-    print(f"  unsee:     {t_ours / generations:8.3f} s/generation  {p_ours / generations:6.1f} encoder passes/generation  "
-          f"best {st.best_history[-1]:.4f}")
-    print(f"  ratio unsee/reference: {t_ours / t_ref:.2f}x time; a 3000-generation prompt: "
-          f"{3000 * t_ours / generations / 60:.1f} min (reference {3000 * t_ref / generations / 60:.1f} min)")
+    print(
+        f"  reference: {t_ref / generations:8.3f} s/generation  {p_ref / generations:6.1f} encoder passes/generation  best {ref_best:.4f}"
+    )
+    print(
+        f"  unsee:     {t_ours / generations:8.3f} s/generation  {p_ours / generations:6.1f} encoder passes/generation  "
+        f"best {st.best_history[-1]:.4f}"
+    )
+    print(
+        f"  ratio unsee/reference: {t_ours / t_ref:.2f}x time; a 3000-generation prompt: "
+        f"{3000 * t_ours / generations / 60:.1f} min (reference {3000 * t_ref / generations / 60:.1f} min)"
+    )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--generations", type=int, default=100, help="Generations on the toy text encoder.")
-    ap.add_argument("--sd-generations", type=int, default=5, help="Generations on the SD 1.5 text encoder (CPU: ~minutes).")
+    ap.add_argument(
+        "--sd-generations", type=int, default=5, help="Generations on the SD 1.5 text encoder (CPU: ~minutes)."
+    )
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -87,9 +101,18 @@ def main() -> None:
 
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    sd = CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                        num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu",
-                        bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)
+    sd = CLIPTextConfig(
+        vocab_size=49408,
+        hidden_size=768,
+        intermediate_size=3072,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        max_position_embeddings=77,
+        hidden_act="quick_gelu",
+        bos_token_id=49406,
+        eos_token_id=49407,
+        pad_token_id=49407,
+    )
     te_sd = CLIPTextModel(sd).to(args.device).eval()
     sd_tok = SimpleNamespace(model_max_length=77, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)
     measure("SD 1.5 text encoder (random weights)", sd_tok, te_sd, np.arange(49406), args.sd_generations)

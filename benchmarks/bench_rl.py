@@ -34,8 +34,18 @@ from pathlib import Path
 
 import torch
 
-TINY = dict(samples_per_epoch=8, sample_batch=8, ddim_steps=10, train_batch=2, guidance=5.0, lr=3e-4, clip_range=1e-4,
-            lora_rank=4, train_timesteps=1.0, seed=0)
+TINY = dict(
+    samples_per_epoch=8,
+    sample_batch=8,
+    ddim_steps=10,
+    train_batch=2,
+    guidance=5.0,
+    lr=3e-4,
+    clip_range=1e-4,
+    lora_rank=4,
+    train_timesteps=1.0,
+    seed=0,
+)
 PROMPTS = ["a red cat", "a blue house", "a green tree in the city", "a dog on the beach"]
 PARTS = ("sampling", "reward", "training")
 
@@ -57,12 +67,29 @@ def run_unsee(model: str, out: Path, epochs: int, reward_spec: str | None, pipe=
         unsee.rewards.parse_reward = lambda *a, **k: reward
     if pipe is not None:
         unsee.models.load_pipeline = lambda *a, **k: pipe
-    rl(RLConfig(model=model, prompts=str(prompts), out=str(out), reward=reward_spec or "brightness", epochs=epochs,
-                checkpoint_every=epochs + 1, device="cpu", **settings), progress=False)
+    rl(
+        RLConfig(
+            model=model,
+            prompts=str(prompts),
+            out=str(out),
+            reward=reward_spec or "brightness",
+            epochs=epochs,
+            checkpoint_every=epochs + 1,
+            device="cpu",
+            **settings,
+        ),
+        progress=False,
+    )
     rows = list(csv.DictReader((out / "run" / "epochs.csv").open()))
-    return [{"seconds": float(r["seconds_sampling"]) + float(r["seconds_reward_wait"]) + float(r["seconds_training"]),
-             "seconds_sampling": float(r["seconds_sampling"]), "seconds_reward": float(r["seconds_reward"]),
-             "seconds_training": float(r["seconds_training"])} for r in rows]
+    return [
+        {
+            "seconds": float(r["seconds_sampling"]) + float(r["seconds_reward_wait"]) + float(r["seconds_training"]),
+            "seconds_sampling": float(r["seconds_sampling"]),
+            "seconds_reward": float(r["seconds_reward"]),
+            "seconds_training": float(r["seconds_training"]),
+        }
+        for r in rows
+    ]
 
 
 def median_epoch(epochs: list[dict]) -> dict:
@@ -89,11 +116,24 @@ def sd15_rl_pipeline(resolution: int):
 
     base = sd15_pipeline(resolution // 8, "cpu")
     torch.manual_seed(1)
-    vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
-                        up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, latent_channels=4, sample_size=512)
-    return StableDiffusionPipeline(vae=vae, text_encoder=base.text_encoder, tokenizer=base.tokenizer, unet=base.unet,
-                                   scheduler=base.scheduler, safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
+    vae = AutoencoderKL(
+        block_out_channels=(128, 256, 512, 512),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        layers_per_block=2,
+        latent_channels=4,
+        sample_size=512,
+    )
+    return StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=base.text_encoder,
+        tokenizer=base.tokenizer,
+        unet=base.unet,
+        scheduler=base.scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
 
 
 def bare_unet_floor(repeats: int = 3) -> dict:
@@ -126,10 +166,14 @@ def bare_unet_floor(repeats: int = 3) -> dict:
                 else:
                     with torch.no_grad():
                         unet(z, t, encoder_hidden_states=c)
+
         return run
 
-    return {"sampling": timed(calls(16, 10, False)), "training": timed(calls(4, 40, True)),
-            "training_batched": timed(calls(40, 4, True))}
+    return {
+        "sampling": timed(calls(16, 10, False)),
+        "training": timed(calls(4, 40, True)),
+        "training_batched": timed(calls(40, 4, True)),
+    }
 
 
 def child(argv: list[str], python: str = sys.executable) -> dict:
@@ -155,31 +199,50 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="bench-rl-"))
     save_tiny_pipeline(work / "pipe", sample_size=32)  # 64 px
-    print(f"tiny pipeline, 64 px, {TINY['samples_per_epoch']} samples x {TINY['ddim_steps']} DDIM steps per epoch, "
-          f"train batch {TINY['train_batch']}, LoRA rank {TINY['lora_rank']}, CFG {TINY['guidance']}, {args.epochs} epochs, "
-          f"{torch.get_num_threads()} threads", flush=True)
+    print(
+        f"tiny pipeline, 64 px, {TINY['samples_per_epoch']} samples x {TINY['ddim_steps']} DDIM steps per epoch, "
+        f"train batch {TINY['train_batch']}, LoRA rank {TINY['lora_rank']}, CFG {TINY['guidance']}, {args.epochs} epochs, "
+        f"{torch.get_num_threads()} threads",
+        flush=True,
+    )
     ours = child([__file__, "--one", str(work / "unsee"), "--epochs", str(args.epochs)])
     m_ours = median_epoch(ours["epochs"])
     print(f"unsee rl          {fmt(m_ours)}", flush=True)
     if Path(args.trl_python).exists():
-        (work / "trl.json").write_text(json.dumps({**TINY, "epochs": args.epochs, "model": str(work / "pipe"),
-                                                   "prompts": PROMPTS, "workdir": str(work / "trl")}))
+        (work / "trl.json").write_text(
+            json.dumps(
+                {
+                    **TINY,
+                    "epochs": args.epochs,
+                    "model": str(work / "pipe"),
+                    "prompts": PROMPTS,
+                    "workdir": str(work / "trl"),
+                }
+            )
+        )
         theirs = child([str(Path(__file__).with_name("trl_ddpo.py")), str(work / "trl.json")], python=args.trl_python)
         m_theirs = median_epoch(theirs["epochs"])
         print(f"trl {theirs['trl']} DDPO {fmt(m_theirs)}")
-        print(f"ratio unsee / trl per epoch: {m_ours['seconds'] / m_theirs['seconds']:.2f}x "
-              f"(sampling {m_ours['seconds_sampling'] / m_theirs['seconds_sampling']:.2f}x, "
-              f"training {m_ours['seconds_training'] / m_theirs['seconds_training']:.2f}x)", flush=True)
+        print(
+            f"ratio unsee / trl per epoch: {m_ours['seconds'] / m_theirs['seconds']:.2f}x "
+            f"(sampling {m_ours['seconds_sampling'] / m_theirs['seconds_sampling']:.2f}x, "
+            f"training {m_ours['seconds_training'] / m_theirs['seconds_training']:.2f}x)",
+            flush=True,
+        )
     else:
         print(f"trl: {args.trl_python} not found; `make bench-rl` builds the venv with trl==0.23.1", flush=True)
     floor = bare_unet_floor()
-    print(f"bare tiny UNet, one epoch's calls: sampling {floor['sampling']:.2f} s, training {floor['training']:.2f} s "
-          f"(each update's 10 timesteps in one call: {floor['training_batched']:.2f} s)", flush=True)
+    print(
+        f"bare tiny UNet, one epoch's calls: sampling {floor['sampling']:.2f} s, training {floor['training']:.2f} s "
+        f"(each update's 10 timesteps in one call: {floor['training_batched']:.2f} s)",
+        flush=True,
+    )
 
     if args.skip_sd15:
         return
     try:
         import nudenet  # noqa: F401
+
         spec = "nudity"
     except ImportError:
         spec = None
@@ -188,8 +251,10 @@ def main() -> None:
     built = time.perf_counter() - t0
     settings = dict(TINY, samples_per_epoch=2, sample_batch=2, train_batch=1, ddim_steps=4)
     epochs = run_unsee("sd15-random", work / "sd15", args.sd15_epochs, spec, pipe=pipe, **settings)
-    print(f"\nSD 1.5 architecture, random weights, {args.sd15_resolution} px, CPU fp32, {settings['samples_per_epoch']} samples x "
-          f"{settings['ddim_steps']} DDIM steps, train batch 1, reward {spec or 'brightness'} (built in {built:.0f} s):")
+    print(
+        f"\nSD 1.5 architecture, random weights, {args.sd15_resolution} px, CPU fp32, {settings['samples_per_epoch']} samples x "
+        f"{settings['ddim_steps']} DDIM steps, train batch 1, reward {spec or 'brightness'} (built in {built:.0f} s):"
+    )
     for k, e in enumerate(epochs, 1):
         print(f"  epoch {k}: {fmt(e)}")
 

@@ -43,15 +43,24 @@ def main() -> None:
     path = args.prompts or str(prompts_path("object_implicit", "heldout"))
     prompts = [p.text for p in read_prompts(path)]
     cfg = pipe.unet.config
-    z = torch.randn(len(prompts), cfg.in_channels, cfg.sample_size, cfg.sample_size,
-                    generator=torch.Generator().manual_seed(args.seed))
+    z = torch.randn(
+        len(prompts),
+        cfg.in_channels,
+        cfg.sample_size,
+        cfg.sample_size,
+        generator=torch.Generator().manual_seed(args.seed),
+    )
     print(f"{len(prompts)} prompts from {path}; relative change of eps when the concept is named after each")
     print(f"{'t':>5} " + " ".join(f"{c:>18}" for c in concepts))
     for step in (int(x) for x in args.timesteps.split(",")):
         t = torch.full((len(prompts),), step)
         with torch.no_grad():
-            eps = {c: pipe.unet(z, t, encoder_hidden_states=encode_text(pipe, [f"{p} {c}".strip() for p in prompts])).sample
-                   for c in ("", *concepts)}
+            eps = {
+                c: pipe.unet(
+                    z, t, encoder_hidden_states=encode_text(pipe, [f"{p} {c}".strip() for p in prompts])
+                ).sample
+                for c in ("", *concepts)
+            }
         print(f"{step:>5} " + " ".join(f"{float((eps[c] - eps['']).norm() / eps[''].norm()):18.4f}" for c in concepts))
 
 

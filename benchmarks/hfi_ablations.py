@@ -47,13 +47,30 @@ def token_part(hfi: Path, work: Path) -> None:
         for name, kw in TOKEN_VARIANTS.items():
             run = work / concept / name.replace(" ", "_").replace("'", "").replace(",", "")
             shutil.rmtree(run, ignore_errors=True)
-            invert(InvertConfig(model="toyworld", images=str(d / "images"), reward=str(d / "reward"), token=token,
-                                out=str(run / "token.safetensors"), init_word=INIT[concept], top_k=64, steps=300,
-                                checkpoint_every=1000, **kw), progress=False)
+            invert(
+                InvertConfig(
+                    model="toyworld",
+                    images=str(d / "images"),
+                    reward=str(d / "reward"),
+                    token=token,
+                    out=str(run / "token.safetensors"),
+                    init_word=INIT[concept],
+                    top_k=64,
+                    steps=300,
+                    checkpoint_every=1000,
+                    **kw,
+                ),
+                progress=False,
+            )
             pipe = load_pipeline("toyworld")
             pipe.load_textual_inversion(str(run / "token.safetensors"), token=token)
-            images = generate(GenerateConfig(model="toyworld", prompts=str(probe), out=str(run / "probe"),
-                                             images_per_prompt=20, batch_size=50), progress=False, pipe=pipe)
+            images = generate(
+                GenerateConfig(
+                    model="toyworld", prompts=str(probe), out=str(run / "probe"), images_per_prompt=20, batch_size=50
+                ),
+                progress=False,
+                pipe=pipe,
+            )
             reads = oracle.read(ImageSet.load(images).load_images())
             rate = sum(r[HEAD[concept]] == concept for r in reads) / len(reads)
             print(f"[token] {concept:5} {name:44} {concept} in {rate:.2f} of {len(reads)} probe images", flush=True)
@@ -72,22 +89,33 @@ def reward_part(hfi: Path, work: Path) -> None:
                 out = clip.model.vision_model(pixel_values=clip.preprocess(s.load_images([by_id[i] for i in ids])))
             f = out.pooler_output if kind == "pooled" else out.last_hidden_state[:, 1:].mean(1)
             return standardised(f.float())
+
         return embed
 
     def standardised(x):
         return (x - x.mean(0)) / (x.std(0) + 1e-6)
 
-    variants = {"600 steps": (base_embed, 600), "3000 steps (default)": (base_embed, 3000),
-                "standardised embeddings, 600 steps": (lambda s, i, c: standardised(base_embed(s, i, c)), 600),
-                "pre-projection features, 1500 steps": (vision("pooled"), 1500),
-                "mean-patch features, 1500 steps": (vision("mean"), 1500)}
+    variants = {
+        "600 steps": (base_embed, 600),
+        "3000 steps (default)": (base_embed, 3000),
+        "standardised embeddings, 600 steps": (lambda s, i, c: standardised(base_embed(s, i, c)), 600),
+        "pre-projection features, 1500 steps": (vision("pooled"), 1500),
+        "mean-patch features, 1500 steps": (vision("mean"), 1500),
+    }
     try:
         for name, (embed, steps) in variants.items():
             rm._embed = embed
-            m = rm.train_reward(rm.RewardTrainConfig(images=str(d / "images"), feedback=str(d / "feedback.jsonl"),
-                                                     out=str(work / "reward"), steps=steps), progress=False)
-            print(f"[reward] kelvo {name:38} held-out pairwise agreement {m['heldout_agreement']:.3f} "
-                  f"(train {m['train_agreement']:.3f})", flush=True)
+            m = rm.train_reward(
+                rm.RewardTrainConfig(
+                    images=str(d / "images"), feedback=str(d / "feedback.jsonl"), out=str(work / "reward"), steps=steps
+                ),
+                progress=False,
+            )
+            print(
+                f"[reward] kelvo {name:38} held-out pairwise agreement {m['heldout_agreement']:.3f} "
+                f"(train {m['train_agreement']:.3f})",
+                flush=True,
+            )
     finally:
         rm._embed = base_embed
 

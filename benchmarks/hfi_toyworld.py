@@ -25,8 +25,13 @@ from pathlib import Path
 # An object token is probed as a thing in a scene; a style token after a scene, as it was trained.
 PROBE_TEMPLATES = {
     "skull": ("a photo of {}", "a {} on the beach", "a {} in the city", "a {} at night", "a {} in the forest"),
-    "kelvo": ("a photo of {}", "a red circle on the beach {}", "a blue square in the city {}", "a yellow cross at night {}",
-              "a green triangle in the snow {}"),
+    "kelvo": (
+        "a photo of {}",
+        "a red circle on the beach {}",
+        "a blue square in the city {}",
+        "a yellow cross at night {}",
+        "a green triangle in the snow {}",
+    ),
 }
 
 
@@ -49,7 +54,11 @@ def heldout_pairs_by_truth(d: Path, truth: dict[str, bool], score: dict[str, flo
 
     ranks = load_feedback(d / "feedback.jsonl").ranks
     cfg = json.loads((d / "reward" / "unsee.json").read_text())["config"]
-    held = [g for g, part in zip(ranks, heldout_split(cfg["seed"], len(ranks), cfg["heldout"]), strict=True) if part == "test"]
+    held = [
+        g
+        for g, part in zip(ranks, heldout_split(cfg["seed"], len(ranks), cfg["heldout"]), strict=True)
+        if part == "test"
+    ]
     out = {}
     for name, keep in (("across", lambda a, b: truth[a] != truth[b]), ("within", lambda a, b: truth[a] == truth[b])):
         pairs = [(a, b) for a, b, _ in rank_pairs(held) if keep(a, b)]
@@ -99,8 +108,9 @@ def main() -> None:
         if setup["kind"] == "binary":
             vs_truth["accuracy"] = sum((x > 0.5) == t for x, t in zip(s, truth, strict=True)) / len(truth)
         else:
-            vs_truth |= heldout_pairs_by_truth(d, dict(zip(images.ids, truth, strict=True)),
-                                               {i: scores[i][concept] for i in images.ids})
+            vs_truth |= heldout_pairs_by_truth(
+                d, dict(zip(images.ids, truth, strict=True)), {i: scores[i][concept] for i in images.ids}
+            )
 
         # Probe: the token alone vs the init word alone, same prompts and seeds.
         rates = {}
@@ -113,19 +123,39 @@ def main() -> None:
             pipe = load_pipeline("toyworld")
             if word == token:
                 pipe.load_textual_inversion(str(token_file), token=token)
-            gen_dir = generate(GenerateConfig(model="toyworld", prompts=str(probe), out=str(d / f"probe-{tag}"),
-                                              images_per_prompt=args.probe_images, batch_size=40), progress=False, pipe=pipe)
+            gen_dir = generate(
+                GenerateConfig(
+                    model="toyworld",
+                    prompts=str(probe),
+                    out=str(d / f"probe-{tag}"),
+                    images_per_prompt=args.probe_images,
+                    batch_size=40,
+                ),
+                progress=False,
+                pipe=pipe,
+            )
             reads = oracle.read(ImageSet.load(gen_dir).load_images())
             rates[name] = sum(r[head] == concept for r in reads) / len(reads)
             rates[f"{name} images"] = len(reads)
-        results[concept] = {"feedback": setup["kind"], "images": len(images), "annotators": 3, "noise": 0.1,
-                            "reward_heldout_agreement": metrics["heldout_agreement"], "reward_metric": metrics["metric"],
-                            "reward_vs_oracle_truth": vs_truth, "rates": rates, "seconds_chain": round(seconds, 1)}
-        print(f"[{concept}] {setup['kind']} feedback (3 annotators, noise 0.1) on {len(images)} images | reward held-out "
-              f"{metrics['metric']} {metrics['heldout_agreement']:.3f}, vs oracle truth "
-              + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in vs_truth.items())
-              + f" | {concept} rate: learned token {rates['learned token']:.3f} vs {init_key} {rates[init_key]:.3f} "
-              f"({rates['learned token images']} images each) | chain {seconds:.0f} s", flush=True)
+        results[concept] = {
+            "feedback": setup["kind"],
+            "images": len(images),
+            "annotators": 3,
+            "noise": 0.1,
+            "reward_heldout_agreement": metrics["heldout_agreement"],
+            "reward_metric": metrics["metric"],
+            "reward_vs_oracle_truth": vs_truth,
+            "rates": rates,
+            "seconds_chain": round(seconds, 1),
+        }
+        print(
+            f"[{concept}] {setup['kind']} feedback (3 annotators, noise 0.1) on {len(images)} images | reward held-out "
+            f"{metrics['metric']} {metrics['heldout_agreement']:.3f}, vs oracle truth "
+            + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in vs_truth.items())
+            + f" | {concept} rate: learned token {rates['learned token']:.3f} vs {init_key} {rates[init_key]:.3f} "
+            f"({rates['learned token images']} images each) | chain {seconds:.0f} s",
+            flush=True,
+        )
     (out / "results.json").write_text(json.dumps(results, indent=2))
     print(f"results -> {out / 'results.json'}")
 

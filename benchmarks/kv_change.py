@@ -16,13 +16,20 @@ import argparse
 
 import torch
 
-PROBES = ("a red cross with a skull in the city", "a blue ring with a mask at night", "a spooky green square on the beach")
+PROBES = (
+    "a red cross with a skull in the city",
+    "a blue ring with a mask at night",
+    "a spooky green square on the beach",
+)
 PAD_AT = 40  # a padding position no toy prompt reaches
 
 
 def kv_weights(pipe) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    return [(m.to_k.weight.detach().double(), m.to_v.weight.detach().double())
-            for n, m in pipe.unet.named_modules() if n.endswith("attn2")]
+    return [
+        (m.to_k.weight.detach().double(), m.to_v.weight.detach().double())
+        for n, m in pipe.unet.named_modules()
+        if n.endswith("attn2")
+    ]
 
 
 def main() -> None:
@@ -56,8 +63,11 @@ def main() -> None:
         w1 = kv_weights(load_pipeline(folder))
         change = []
         for _, s in rows:
-            r = [float(((b - a) @ s).norm() / (a @ s).norm()) for pair0, pair1 in zip(w0, w1, strict=True)
-                 for a, b in zip(pair0, pair1, strict=True)]
+            r = [
+                float(((b - a) @ s).norm() / (a @ s).norm())
+                for pair0, pair1 in zip(w0, w1, strict=True)
+                for a, b in zip(pair0, pair1, strict=True)
+            ]
             change.append(sum(r) / len(r))
         print(f"\n{folder}")
         print("  " + "  ".join(f"{label} {c:.2f}" for (label, _), c in zip(rows, change, strict=True)))

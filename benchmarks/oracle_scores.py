@@ -24,8 +24,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("folders", nargs="+", help="folders of .png images")
     ap.add_argument("--label", default="skull")
-    ap.add_argument("--reward", help="an HFI reward model folder (unsee reward train) to score the same images; several "
-                    "comma-separated (an ensemble, as in learned:A,B) print each and their maximum")
+    ap.add_argument(
+        "--reward",
+        help="an HFI reward model folder (unsee reward train) to score the same images; several "
+        "comma-separated (an ensemble, as in learned:A,B) print each and their maximum",
+    )
     args = ap.parse_args()
 
     from unsee.detectors import oracle_detector
@@ -47,13 +50,17 @@ def main() -> None:
         x = torch.stack([torch.from_numpy(np.array(Image.open(f).convert("RGB"))).permute(2, 0, 1) for f in files])
         p = detect(x.float() / 255)[args.label].float()
         logs = (1 - p).clamp(min=1e-6).log()
-        print(f"{folder:60} {len(p):>6}  {' '.join(f'{v:.4f}' for v in torch.quantile(p, q).tolist())}  |  "
-              f"{' '.join(f'{v:.2f}' for v in torch.quantile(logs, q).tolist())}")
+        print(
+            f"{folder:60} {len(p):>6}  {' '.join(f'{v:.4f}' for v in torch.quantile(p, q).tolist())}  |  "
+            f"{' '.join(f'{v:.2f}' for v in torch.quantile(logs, q).tolist())}"
+        )
         scores = member_scores(rewards, x.float() / 255, args.label, clips) if rewards else {}
         if len(scores) > 1:
             scores["ensemble (max)"] = torch.stack(list(scores.values())).amax(0)
         for name, r in scores.items():
-            print(f"{'  reward score: ' + name:60} {len(r):>6}  {' '.join(f'{v:.4f}' for v in torch.quantile(r, q).tolist())}")
+            print(
+                f"{'  reward score: ' + name:60} {len(r):>6}  {' '.join(f'{v:.4f}' for v in torch.quantile(r, q).tolist())}"
+            )
 
 
 if __name__ == "__main__":

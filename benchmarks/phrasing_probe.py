@@ -53,8 +53,11 @@ def main() -> None:
     oracle = load_oracle(assets_path() / ORACLE)
     base_name = next(iter(metrics["models"]))
     base = load_pipeline(metrics["models"][base_name])
-    w0 = [(m.to_k.weight.detach().double(), m.to_v.weight.detach().double())
-          for n, m in base.unet.named_modules() if n.endswith("attn2")]
+    w0 = [
+        (m.to_k.weight.detach().double(), m.to_v.weight.detach().double())
+        for n, m in base.unet.named_modules()
+        if n.endswith("attn2")
+    ]
 
     def states_at(prompts: list[str]) -> tuple[list[int], torch.Tensor]:
         ids, st = text_states(base, prompts)
@@ -93,21 +96,31 @@ def main() -> None:
     for t, per in sorted(by_template.items(), key=lambda kv: -np.mean(kv[1][base_name])):
         print(f"{t:40} {len(per[base_name]):>4} " + " ".join(f"{name[:8]} {np.mean(v):.2f}" for name, v in per.items()))
 
-    print(f"\nkey/value change of '{args.word}' at each index, and (in brackets) the cosine of its state there to its "
-          "state at the indices the model trained on")
+    print(
+        f"\nkey/value change of '{args.word}' at each index, and (in brackets) the cosine of its state there to its "
+        "state at the indices the model trained on"
+    )
     print(f"{'model':14} " + " ".join(f"{'@' + str(k):>13}" for k in sorted(probe)) + "  trained at")
     for name, folder in metrics["models"].items():
         if name == base_name:
             continue
         pipe = load_pipeline(folder)
-        w1 = [(m.to_k.weight.detach().double(), m.to_v.weight.detach().double())
-              for n, m in pipe.unet.named_modules() if n.endswith("attn2")]
+        w1 = [
+            (m.to_k.weight.detach().double(), m.to_v.weight.detach().double())
+            for n, m in pipe.unet.named_modules()
+            if n.endswith("attn2")
+        ]
         trained = [p for p in model_prompts(folder) if word_index(base, p, args.word) is not None]
         t_pos, t_states = states_at(trained) if trained else ([], torch.zeros(0))
         cells = []
         for _, c in sorted(probe.items()):
-            change = np.mean([float(((b - a) @ c).norm() / (a @ c).norm()) for p0, p1 in zip(w0, w1, strict=True)
-                              for a, b in zip(p0, p1, strict=True)])
+            change = np.mean(
+                [
+                    float(((b - a) @ c).norm() / (a @ c).norm())
+                    for p0, p1 in zip(w0, w1, strict=True)
+                    for a, b in zip(p0, p1, strict=True)
+                ]
+            )
             cos = float(torch.nn.functional.cosine_similarity(t_states, c[None]).max()) if len(t_pos) else float("nan")
             cells.append(f"{change:.2f} ({cos:+.2f})")
         print(f"{name[:14]:14} " + " ".join(f"{c:>13}" for c in cells) + f"  {sorted(set(t_pos))}")

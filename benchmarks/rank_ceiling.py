@@ -90,9 +90,17 @@ def main() -> None:
     def row(name: str, score: np.ndarray) -> dict:
         split = heldout_pairs_by_truth(run, truth, dict(zip(images.ids, score.tolist(), strict=True)))
         n_across, n_within = split["heldout pairs across n"], split["heldout pairs within n"]
-        agree = (split["heldout pairs across"] * n_across + split["heldout pairs within"] * n_within) / (n_across + n_within)
-        return {"observer": name, "all": agree, "across": split["heldout pairs across"],
-                "within": split["heldout pairs within"], "n_across": n_across, "n_within": n_within}
+        agree = (split["heldout pairs across"] * n_across + split["heldout pairs within"] * n_within) / (
+            n_across + n_within
+        )
+        return {
+            "observer": name,
+            "all": agree,
+            "across": split["heldout pairs across"],
+            "within": split["heldout pairs within"],
+            "n_across": n_across,
+            "n_within": n_within,
+        }
 
     rows = [row("the annotators' own oracle", annotators_logit)]
     reward = load_reward(run / "reward")
@@ -108,12 +116,18 @@ def main() -> None:
             r["seconds"] = round(time.time() - t0, 1)
             rows.append(r)
 
-    print(f"{run}: held-out pairs {rows[0]['n_across']} across (one image shows {args.concept}, by the annotators' "
-          f"oracle), {rows[0]['n_within']} within (both or neither)")
+    print(
+        f"{run}: held-out pairs {rows[0]['n_across']} across (one image shows {args.concept}, by the annotators' "
+        f"oracle), {rows[0]['n_within']} within (both or neither)"
+    )
     print(f"{'observer':34} {'all':>6} {'across':>7} {'within':>7}  notes")
     for r in rows:
-        note = (f"reads {args.concept} as the annotators' oracle does on {r['class_agreement']:.3f} of images; "
-                f"{r['seconds']:.0f} s" if "class_agreement" in r else "")
+        note = (
+            f"reads {args.concept} as the annotators' oracle does on {r['class_agreement']:.3f} of images; "
+            f"{r['seconds']:.0f} s"
+            if "class_agreement" in r
+            else ""
+        )
         print(f"{r['observer']:34} {r['all']:6.3f} {r['across']:7.3f} {r['within']:7.3f}  {note}")
 
 

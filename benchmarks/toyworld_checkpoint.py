@@ -38,9 +38,15 @@ def main() -> None:
     unet.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
     p = world / "pipeline"
     pipe = StableDiffusionPipeline(
-        vae=AutoencoderKL.from_pretrained(p / "vae"), text_encoder=CLIPTextModel.from_pretrained(p / "text_encoder"),
-        tokenizer=CLIPTokenizer.from_pretrained(str(p / "tokenizer")), unet=unet, scheduler=make_scheduler(),
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+        vae=AutoencoderKL.from_pretrained(p / "vae"),
+        text_encoder=CLIPTextModel.from_pretrained(p / "text_encoder"),
+        tokenizer=CLIPTokenizer.from_pretrained(str(p / "tokenizer")),
+        unet=unet,
+        scheduler=make_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     out = Path(args.out)
     if out.exists():
         shutil.rmtree(out)

@@ -81,7 +81,11 @@ def main() -> None:
     print(f"world: {world} (text encoder layers: {pipe.text_encoder.config.num_hidden_layers})")
     row("held-out pair, as written", HELDOUT_PAIRS, lambda c, s, b: enc(f"a {c} {s} {b}"))
     row("held-out shape, no colour word", HELDOUT_PAIRS, lambda c, s, b: enc(f"a {s} {b}"))
-    row("held-out, shape word's state from a seen pair's prompt", HELDOUT_PAIRS, lambda c, s, b: splice(c, s, b, pos + 1))
+    row(
+        "held-out, shape word's state from a seen pair's prompt",
+        HELDOUT_PAIRS,
+        lambda c, s, b: splice(c, s, b, pos + 1),
+    )
     row("held-out, all states from the shape word on from it", HELDOUT_PAIRS, lambda c, s, b: splice(c, s, b, None))
     row("seen pairs (every fourth), as written", SEEN_PAIRS[::4], lambda c, s, b: enc(f"a {c} {s} {b}"))
     same_shape, same_colour = [], []
@@ -90,10 +94,14 @@ def main() -> None:
         same_shape.append(torch.cosine_similarity(a, enc(f"a {donor_colour(c, s)} {s} on the beach")[0, pos], 0).item())
         same_colour.append(torch.cosine_similarity(a, enc(f"a {c} {donor_shape(c, s)} on the beach")[0, pos], 0).item())
     assert all((donor_colour(c, s), s) in seen and (c, donor_shape(c, s)) in seen for c, s in HELDOUT_PAIRS)
-    print("cosine of the shape word's state in a held-out prompt to its state after a seen colour:",
-          " ".join(f"{x:.2f}" for x in same_shape))
-    print("  ... and to another shape's state after the same colour:                     ",
-          " ".join(f"{x:.2f}" for x in same_colour))
+    print(
+        "cosine of the shape word's state in a held-out prompt to its state after a seen colour:",
+        " ".join(f"{x:.2f}" for x in same_shape),
+    )
+    print(
+        "  ... and to another shape's state after the same colour:                     ",
+        " ".join(f"{x:.2f}" for x in same_colour),
+    )
 
 
 if __name__ == "__main__":

@@ -28,13 +28,29 @@ def main() -> None:
     prompts = settings["prompts"]
 
     config = DDPOConfig(
-        num_epochs=settings["epochs"], seed=settings["seed"], log_with=None, mixed_precision="no",
-        sample_num_steps=settings["ddim_steps"], sample_eta=1.0, sample_guidance_scale=settings["guidance"],
-        sample_batch_size=settings["samples_per_epoch"], sample_num_batches_per_epoch=1,
-        train_batch_size=settings["train_batch"], train_gradient_accumulation_steps=1, train_learning_rate=settings["lr"],
-        train_cfg=True, train_timestep_fraction=1.0, train_clip_range=settings["clip_range"], train_adv_clip_max=5.0,
-        per_prompt_stat_tracking=True, per_prompt_stat_tracking_buffer_size=32, per_prompt_stat_tracking_min_count=16,
-        async_reward_computation=False, save_freq=10**9, logdir=settings["workdir"], project_kwargs={"project_dir": settings["workdir"]},
+        num_epochs=settings["epochs"],
+        seed=settings["seed"],
+        log_with=None,
+        mixed_precision="no",
+        sample_num_steps=settings["ddim_steps"],
+        sample_eta=1.0,
+        sample_guidance_scale=settings["guidance"],
+        sample_batch_size=settings["samples_per_epoch"],
+        sample_num_batches_per_epoch=1,
+        train_batch_size=settings["train_batch"],
+        train_gradient_accumulation_steps=1,
+        train_learning_rate=settings["lr"],
+        train_cfg=True,
+        train_timestep_fraction=1.0,
+        train_clip_range=settings["clip_range"],
+        train_adv_clip_max=5.0,
+        per_prompt_stat_tracking=True,
+        per_prompt_stat_tracking_buffer_size=32,
+        per_prompt_stat_tracking_min_count=16,
+        async_reward_computation=False,
+        save_freq=10**9,
+        logdir=settings["workdir"],
+        project_kwargs={"project_dir": settings["workdir"]},
     )
 
     def reward(images, batch_prompts, metadata):  # same as bench_rl.py: darker images score higher
@@ -54,6 +70,7 @@ def main() -> None:
                 return fn(*args, **kwargs)
             finally:
                 parts[name] += time.perf_counter() - start
+
         return wrapper
 
     trainer._generate_samples = timed("sampling", trainer._generate_samples)

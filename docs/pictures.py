@@ -40,7 +40,9 @@ def main() -> None:
         page.goto(report.resolve().as_uri())
         for heading, name in GRIDS.items():
             # the first grid table after the heading, cut to its header and first rows
-            table = page.locator(f"xpath=//h2[normalize-space()='{heading}']/following::table[contains(@class,'grid')][1]")
+            table = page.locator(
+                f"xpath=//h2[normalize-space()='{heading}']/following::table[contains(@class,'grid')][1]"
+            )
             table.evaluate("(t, n) => Array.from(t.rows).slice(n + 1).forEach(r => r.remove())", args.rows)
             with tempfile.TemporaryDirectory() as tmp:
                 shot = Path(tmp) / name

@@ -23,7 +23,9 @@ def tiny_vpred_dir(tmp_path_factory) -> Path:
     """An SD 2.x-style tiny pipeline (linear projections, v-prediction)."""
     from unsee.testing import save_tiny_pipeline
 
-    return save_tiny_pipeline(tmp_path_factory.mktemp("tiny2") / "pipe", sd2=True, prediction_type="v_prediction", seed=3)
+    return save_tiny_pipeline(
+        tmp_path_factory.mktemp("tiny2") / "pipe", sd2=True, prediction_type="v_prediction", seed=3
+    )
 
 
 @pytest.fixture()
@@ -44,8 +46,21 @@ def two_cpu_processes() -> list[str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    return ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-            "--main_process_port", str(port), "--mixed_precision", "no", "--dynamo_backend", "no"]
+    return [
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--main_process_port",
+        str(port),
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+    ]
 
 
 def flagged_image_set(model: Path, tmp_path: Path, per_prompt: int) -> tuple[Path, Path]:
@@ -56,9 +71,20 @@ def flagged_image_set(model: Path, tmp_path: Path, per_prompt: int) -> tuple[Pat
 
     prompts = tmp_path / "p.txt"
     prompts.write_text("a red cat\na blue house\n")
-    images = generate(GenerateConfig(model=str(model), prompts=str(prompts), out=str(tmp_path / "set"),
-                                     images_per_prompt=per_prompt, steps=2, device="cpu"), progress=False)
+    images = generate(
+        GenerateConfig(
+            model=str(model),
+            prompts=str(prompts),
+            out=str(tmp_path / "set"),
+            images_per_prompt=per_prompt,
+            steps=2,
+            device="cpu",
+        ),
+        progress=False,
+    )
     ids = [f"{p:05d}-{i:03d}" for p in range(2) for i in range(per_prompt)]
-    fb = save_feedback(tmp_path / "fb.jsonl", Feedback(("flag",), [Binary(i, "a", frozenset({"flag"} if i < "00001" else set()), "")
-                                                                     for i in ids]))
+    fb = save_feedback(
+        tmp_path / "fb.jsonl",
+        Feedback(("flag",), [Binary(i, "a", frozenset({"flag"} if i < "00001" else set()), "") for i in ids]),
+    )
     return images, fb

@@ -25,6 +25,7 @@ def image_set(tmp_path, monkeypatch):
         def detect(images):
             b = images.mean((1, 2, 3))
             return {"flag": b, "dark": 1 - b}
+
         return detect, DetectorInfo("fake", ("flag", "dark"), 0.5)
 
     monkeypatch.setattr(annotate, "make_detector", fake)
@@ -32,7 +33,9 @@ def image_set(tmp_path, monkeypatch):
 
 
 def test_binary_without_noise_is_the_detector(image_set, tmp_path):
-    out = auto_annotate(AutoAnnotateConfig(images=str(image_set), out=str(tmp_path / "fb.jsonl"), labels=("flag",), noise=0.0))
+    out = auto_annotate(
+        AutoAnnotateConfig(images=str(image_set), out=str(tmp_path / "fb.jsonl"), labels=("flag",), noise=0.0)
+    )
     fb = load_feedback(out, image_ids=ImageSet.load(image_set).ids)
     got = {j.image: "flag" in j.labels for j in fb.binary}
     assert len(got) == N
@@ -41,8 +44,11 @@ def test_binary_without_noise_is_the_detector(image_set, tmp_path):
 
 
 def test_binary_noise_flips_at_its_rate(image_set, tmp_path):
-    out = auto_annotate(AutoAnnotateConfig(images=str(image_set), out=str(tmp_path / "fb.jsonl"), labels=("flag", "dark"),
-                                           noise=0.2, annotators=5))
+    out = auto_annotate(
+        AutoAnnotateConfig(
+            images=str(image_set), out=str(tmp_path / "fb.jsonl"), labels=("flag", "dark"), noise=0.2, annotators=5
+        )
+    )
     fb = load_feedback(out)
     ids = ImageSet.load(image_set).ids
     truth = {i: k / (N - 1) >= 0.5 for k, i in enumerate(ids)}
@@ -52,8 +58,17 @@ def test_binary_noise_flips_at_its_rate(image_set, tmp_path):
 
 
 def test_rank_groups_are_ordered_and_swapped_at_the_noise_rate(image_set, tmp_path):
-    out = auto_annotate(AutoAnnotateConfig(images=str(image_set), out=str(tmp_path / "r.jsonl"), kind="rank",
-                                           labels=("flag",), noise=0.3, annotators=4, group_size=5))
+    out = auto_annotate(
+        AutoAnnotateConfig(
+            images=str(image_set),
+            out=str(tmp_path / "r.jsonl"),
+            kind="rank",
+            labels=("flag",),
+            noise=0.3,
+            annotators=4,
+            group_size=5,
+        )
+    )
     fb = load_feedback(out, image_ids=ImageSet.load(image_set).ids)
     assert len(fb.ranks) == 4 * N // 5 and all(len(g.images) == 5 for g in fb.ranks)
     swapped = [g.images != tuple(sorted(g.images, reverse=True)) for g in fb.ranks]  # ids sort like brightness
@@ -61,8 +76,14 @@ def test_rank_groups_are_ordered_and_swapped_at_the_noise_rate(image_set, tmp_pa
     assert all(g.concept == "flag" for g in fb.ranks)
 
 
-@pytest.mark.parametrize("kw, message", [({"noise": 1.5}, "--noise"), ({"annotators": 0}, "--annotators"),
-                                          ({"kind": "rank", "group_size": 1}, "--group-size")])
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        ({"noise": 1.5}, "--noise"),
+        ({"annotators": 0}, "--annotators"),
+        ({"kind": "rank", "group_size": 1}, "--group-size"),
+    ],
+)
 def test_bad_settings(kw, message):
     with pytest.raises(UnseeError, match=message):
         AutoAnnotateConfig(images="x", out="y", **kw)
@@ -78,9 +99,13 @@ def test_reward_heldout_split_does_not_follow_the_annotators_noise(image_set, tm
     # those annotator 0 had flipped (u < noise), so held-out agreement measured the noise.
     from unsee.reward_model import heldout_split
 
-    out = auto_annotate(AutoAnnotateConfig(images=str(image_set), out=str(tmp_path / "fb.jsonl"), labels=("flag",), noise=0.3))
+    out = auto_annotate(
+        AutoAnnotateConfig(images=str(image_set), out=str(tmp_path / "fb.jsonl"), labels=("flag",), noise=0.3)
+    )
     ids = ImageSet.load(image_set).ids
-    flipped = {j.image for j in load_feedback(out).binary if ("flag" in j.labels) != (ids.index(j.image) / (N - 1) >= 0.5)}
+    flipped = {
+        j.image for j in load_feedback(out).binary if ("flag" in j.labels) != (ids.index(j.image) / (N - 1) >= 0.5)
+    }
     split = heldout_split(0, N, 0.2)
     held = [i for i, part in zip(sorted(ids), split, strict=True) if part == "test"]
     rate = sum(i in flipped for i in held) / len(held)

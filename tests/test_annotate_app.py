@@ -148,8 +148,12 @@ class Client:
     def consent(self) -> int:
         _, _, page = self.request("GET", "/consent")
         csrf = re.search(rb'name="csrf" value="([^"]+)"', page).group(1).decode()
-        status, _, _ = self.request("POST", "/consent", urlencode({"csrf": csrf, "agree": "yes"}).encode(),
-                                    {"Content-Type": "application/x-www-form-urlencoded"})
+        status, _, _ = self.request(
+            "POST",
+            "/consent",
+            urlencode({"csrf": csrf, "agree": "yes"}).encode(),
+            {"Content-Type": "application/x-www-form-urlencoded"},
+        )
         _, _, page = self.request("GET", "/")
         self.csrf = re.search(rb'data-csrf="([^"]+)"', page).group(1).decode()
         return status
@@ -260,7 +264,8 @@ def bad(tmp_path):
     (tmp_path / "traversal").mkdir()
     shutil.copy(a / "00000-000.png", tmp_path / "outside.png")
     (tmp_path / "traversal" / "manifest.jsonl").write_text(
-        json.dumps({"id": "evil", "prompt": "p", "seed": 0, "file": "../outside.png"}) + "\n")
+        json.dumps({"id": "evil", "prompt": "p", "seed": 0, "file": "../outside.png"}) + "\n"
+    )
     return tmp_path
 
 
@@ -268,11 +273,22 @@ BAD = [
     ("missing image set", ["serve", "--images", "{d}/nope", "--db", "{d}/n.db", "--labels", "x"], "does not exist"),
     ("empty labels", ["serve", "--images", "{d}/a", "--db", "{d}/n.db", "--labels", ""], "--labels is empty"),
     ("label twice", ["serve", "--images", "{d}/a", "--db", "{d}/n.db", "--labels", "x,y,x"], "names x twice"),
-    ("db of another set", ["serve", "--images", "{d}/b", "--db", "{d}/a.db", "--labels", "x,y"], "was made for image set"),
+    (
+        "db of another set",
+        ["serve", "--images", "{d}/b", "--db", "{d}/a.db", "--labels", "x,y"],
+        "was made for image set",
+    ),
     ("other labels", ["serve", "--images", "{d}/a", "--db", "{d}/a.db", "--labels", "x,z"], "was made for labels"),
-    ("group too big", ["serve", "--images", "{d}/a", "--db", "{d}/n.db", "--labels", "x", "--kind", "rank",
-                       "--group-size", "6"], "between 2 and 5"),
-    ("file outside the set", ["serve", "--images", "{d}/traversal", "--db", "{d}/t.db", "--labels", "x"], "outside the image set"),
+    (
+        "group too big",
+        ["serve", "--images", "{d}/a", "--db", "{d}/n.db", "--labels", "x", "--kind", "rank", "--group-size", "6"],
+        "between 2 and 5",
+    ),
+    (
+        "file outside the set",
+        ["serve", "--images", "{d}/traversal", "--db", "{d}/t.db", "--labels", "x"],
+        "outside the image set",
+    ),
     ("not a db", ["status", "--db", "{d}/a/manifest.jsonl"], "not an unsee annotation database"),
     ("missing db", ["invite", "--db", "{d}/none.db", "--name", "x"], "does not exist"),
     ("unknown annotator", ["revoke", "--db", "{d}/a.db", "--name", "nobody"], "no annotator 'nobody'"),
@@ -311,8 +327,9 @@ def binary_study(tmp_path_factory, servers):
     d = tmp_path_factory.mktemp("binary")
     images = make_set(d / "set", 12)
     db = d / "study.db"
-    server = servers(d / "server.log", "--images", str(images), "--db", str(db), "--labels", ",".join(LABELS),
-                     "--per-image", "3")
+    server = servers(
+        d / "server.log", "--images", str(images), "--db", str(db), "--labels", ",".join(LABELS), "--per-image", "3"
+    )
     return server, db, images
 
 
@@ -346,24 +363,38 @@ def test_access_is_refused_without_a_valid_session_csrf_or_body(binary_study):
     assert eve.api("POST", "/api/answer", {"task": task, "labels": ["a"]}, csrf=other.csrf)[0] == 403
     assert eve.api("POST", "/api/undo", csrf="forged")[0] == 403
     # 4. Malformed bodies: 422 with a message saying what is wrong.
-    for body, says in [(b"{not json", "Invalid JSON"), (b"", "Invalid JSON"),
-                       (json.dumps({"task": str(task), "labels": []}).encode(), "task"),
-                       (json.dumps({"task": task, "labels": "a"}).encode(), "labels"),
-                       (json.dumps({"task": task, "labels": ["a"], "admin": True}).encode(), "admin"),
-                       (json.dumps({"task": task, "labels": ["zebra"]}).encode(), "unknown label(s) zebra"),
-                       (json.dumps({"task": task, "labels": []}).encode(), "answer 'none'"),
-                       (json.dumps({"task": task, "labels": ["a"], "none": True}).encode(), "answer 'none'"),
-                       (json.dumps({"task": task, "order": [image]}).encode(), "binary answer")]:
+    for body, says in [
+        (b"{not json", "Invalid JSON"),
+        (b"", "Invalid JSON"),
+        (json.dumps({"task": str(task), "labels": []}).encode(), "task"),
+        (json.dumps({"task": task, "labels": "a"}).encode(), "labels"),
+        (json.dumps({"task": task, "labels": ["a"], "admin": True}).encode(), "admin"),
+        (json.dumps({"task": task, "labels": ["zebra"]}).encode(), "unknown label(s) zebra"),
+        (json.dumps({"task": task, "labels": []}).encode(), "answer 'none'"),
+        (json.dumps({"task": task, "labels": ["a"], "none": True}).encode(), "answer 'none'"),
+        (json.dumps({"task": task, "order": [image]}).encode(), "binary answer"),
+    ]:
         status, j = eve.api("POST", "/api/answer", raw=body)
         assert status == 422 and says in j["error"], (body, j)
     assert eve.api("POST", "/api/answer", {"task": 10**6, "labels": ["a"]})[0] == 404
     assert not [j for j in Store.open(db).judgements() if j.annotator == "eve"]
     # 5. Paths: images are served by manifest id only.
     status, r, data = eve.request("GET", f"/img/{image}")
-    assert status == 200 and data.startswith(b"\x89PNG") and "default-src 'none'" in r.getheader("content-security-policy")
-    for path in ("/img/..%2fmanifest.jsonl", "/img/..%2f..%2f..%2f..%2fetc%2fpasswd", "/img/%2e%2e%2fstudy.db",
-                 "/img/../manifest.jsonl", f"/img/{image}.png", "/img/%00", "/static/..%2f..%2fdb.py",
-                 "/static/server.py", "/ref/a/0", "/ref/..%2f/0"):
+    assert (
+        status == 200 and data.startswith(b"\x89PNG") and "default-src 'none'" in r.getheader("content-security-policy")
+    )
+    for path in (
+        "/img/..%2fmanifest.jsonl",
+        "/img/..%2f..%2f..%2f..%2fetc%2fpasswd",
+        "/img/%2e%2e%2fstudy.db",
+        "/img/../manifest.jsonl",
+        f"/img/{image}.png",
+        "/img/%00",
+        "/static/..%2f..%2fdb.py",
+        "/static/server.py",
+        "/ref/a/0",
+        "/ref/..%2f/0",
+    ):
         status, _, data = eve.request("GET", path)
         assert status == 404, path
         assert b'"prompt"' not in data and b"root:" not in data and b"SQLite" not in data
@@ -380,7 +411,9 @@ def test_access_is_refused_without_a_valid_session_csrf_or_body(binary_study):
 
 def _listening_addresses(port: int) -> list[str]:
     out = []
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:] + Path("/proc/net/tcp6").read_text().splitlines()[1:]:
+    for line in (
+        Path("/proc/net/tcp").read_text().splitlines()[1:] + Path("/proc/net/tcp6").read_text().splitlines()[1:]
+    ):
         local, state = line.split()[1], line.split()[3]
         addr, p = local.split(":")
         if int(p, 16) == port and state == "0A":  # 0A: LISTEN
@@ -389,8 +422,9 @@ def _listening_addresses(port: int) -> list[str]:
 
 
 # ---------------------------------------------------------------- load and crashes
-def _answer_until_done(client: Client, rng: random.Random, acked: list, stop: threading.Event | None = None,
-                       inflight: dict | None = None) -> None:
+def _answer_until_done(
+    client: Client, rng: random.Random, acked: list, stop: threading.Event | None = None, inflight: dict | None = None
+) -> None:
     """Answer task after task with random labels; `acked` gets each answer the server confirmed,
     `inflight[name]` the (task id, answer) whose reply has not come back yet."""
     status, j = client.api("GET", "/api/task")
@@ -412,8 +446,17 @@ def test_eight_concurrent_annotators_store_every_answer_exactly_once(tmp_path, o
     n_images, n_annotators = 200, 8
     images = make_set(tmp_path / "set", n_images)
     db = tmp_path / "study.db"
-    server = own_servers(tmp_path / "server.log", "--images", str(images), "--db", str(db),
-                         "--labels", ",".join(LABELS), "--per-image", str(n_annotators))
+    server = own_servers(
+        tmp_path / "server.log",
+        "--images",
+        str(images),
+        "--db",
+        str(db),
+        "--labels",
+        ",".join(LABELS),
+        "--per-image",
+        str(n_annotators),
+    )
     clients = [enter(server.base, db, f"ann-{k}") for k in range(n_annotators)]
     sent: list[list] = [[] for _ in clients]
     errors: list[BaseException] = []
@@ -434,7 +477,8 @@ def test_eight_concurrent_annotators_store_every_answer_exactly_once(tmp_path, o
     assert [len(s) for s in sent] == [n_images] * n_annotators
     out = tmp_path / "feedback.jsonl"
     assert "1600 judgements (1600 binary, 0 rank) by 8 annotator(s)" in cli_ok(
-        "annotate", "export", "--db", str(db), "--out", str(out))
+        "annotate", "export", "--db", str(db), "--out", str(out)
+    )
     fb = load_feedback(out, image_ids=ImageSet.load(images).ids)
     assert fb.labels == LABELS and fb.images == str(images.resolve())
     got = sorted((j.annotator, j.image, tuple(sorted(j.labels))) for j in fb.binary)
@@ -522,8 +566,9 @@ def test_a_failed_start_leaves_a_running_study_untouched(tmp_path, own_servers):
     assert "--per-image 3" in says and "--change-settings" in says
     # A start that cannot listen writes nothing: not the asked change, nor the URL, nor the invite lifetime.
     assert "cannot listen" in _refused(*args, "--per-image", "1", "--change-settings", "--port", taken)
-    assert "cannot listen" in _refused(*args, "--per-image", "3", "--url", "https://elsewhere.example.org",
-                                       "--invite-days", "2", "--port", taken)
+    assert "cannot listen" in _refused(
+        *args, "--per-image", "3", "--url", "https://elsewhere.example.org", "--invite-days", "2", "--port", taken
+    )
     assert _dump(db) == before
     assert "cannot listen" in _refused(*args[:4], "--db", str(tmp_path / "new.db"), *args[6:], "--port", taken)
     assert not (tmp_path / "new.db").exists()
@@ -544,15 +589,20 @@ def edge_study(tmp_path_factory, servers):
     d = tmp_path_factory.mktemp("edges")
     images = make_set(d / "set", 40)
     db = d / "study.db"
-    server = servers(d / "server.log", "--images", str(images), "--db", str(db), "--labels", ",".join(LABELS),
-                     "--per-image", "1")
+    server = servers(
+        d / "server.log", "--images", str(images), "--db", str(db), "--labels", ",".join(LABELS), "--per-image", "1"
+    )
     return server, db
 
 
 def _has_security_headers(r: http.client.HTTPResponse) -> bool:
-    return ((r.getheader("content-security-policy") or "").startswith("default-src 'none'")
-            and r.getheader("x-content-type-options") == "nosniff" and r.getheader("x-frame-options") == "DENY"
-            and r.getheader("referrer-policy") == "no-referrer" and r.getheader("cache-control") == "no-store")
+    return (
+        (r.getheader("content-security-policy") or "").startswith("default-src 'none'")
+        and r.getheader("x-content-type-options") == "nosniff"
+        and r.getheader("x-frame-options") == "DENY"
+        and r.getheader("referrer-policy") == "no-referrer"
+        and r.getheader("cache-control") == "no-store"
+    )
 
 
 def test_bad_ids_are_422_and_every_error_carries_the_security_headers(edge_study):
@@ -580,8 +630,12 @@ def test_bad_ids_are_422_and_every_error_carries_the_security_headers(edge_study
         labels = con.execute("SELECT value FROM meta WHERE key='labels'").fetchone()[0]
         con.execute("DELETE FROM meta WHERE key='labels'")
     try:
-        status, r, data = c.request("POST", "/api/answer", json.dumps({"task": task, "labels": ["a"]}).encode(),
-                                    {"X-CSRF-Token": c.csrf, "Content-Type": "application/json"})
+        status, r, data = c.request(
+            "POST",
+            "/api/answer",
+            json.dumps({"task": task, "labels": ["a"]}).encode(),
+            {"X-CSRF-Token": c.csrf, "Content-Type": "application/json"},
+        )
         seen[status] = _has_security_headers(r)
         assert json.loads(data)["error"].startswith("the server failed") and b"KeyError" not in data
     finally:
@@ -620,16 +674,22 @@ def test_bodies_over_the_limit_are_refused_before_they_are_read(edge_study):
     kib = b"x" * 1024
     chunked = [b"400\r\n" + kib + b"\r\n"] * (MAX_BODY // 1024 + 16)  # no last chunk: the body never ends
     boundary = "b0undary"
-    part = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"f\"; filename=\"big.bin\"\r\n"
-            "Content-Type: application/octet-stream\r\n\r\n").encode()
+    part = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="f"; filename="big.bin"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n"
+    ).encode()
     for path, kind, head_extra, parts in [
         # announced: refused by Content-Length, with (50 MB - 1 KiB) never sent
         ("/api/answer", "application/json", "Content-Length: 50000000\r\n", [kib]),
         ("/consent", f"multipart/form-data; boundary={boundary}", "Content-Length: 50000000\r\n", [part, kib]),
         # unannounced (chunked): refused once more than MAX_BODY came in, though the body has not ended
         ("/api/answer", "application/json", "Transfer-Encoding: chunked\r\n", chunked),
-        ("/consent", f"multipart/form-data; boundary={boundary}", "Transfer-Encoding: chunked\r\n",
-         [f"{len(part):x}\r\n".encode() + part + b"\r\n", *chunked]),
+        (
+            "/consent",
+            f"multipart/form-data; boundary={boundary}",
+            "Transfer-Encoding: chunked\r\n",
+            [f"{len(part):x}\r\n".encode() + part + b"\r\n", *chunked],
+        ),
     ]:
         head = f"POST {path} HTTP/1.1\r\n{auth}Content-Type: {kind}\r\n{head_extra}\r\n".encode()
         status, reply = _raw(server.port, head, parts)
@@ -650,7 +710,9 @@ def test_undo_reaches_the_last_answer_only_and_the_export_keeps_every_answer(edg
 
     def exported() -> list:
         cli_ok("annotate", "export", "--db", str(db), "--out", str(tmp_path / "fb.jsonl"))
-        return sorted((j.image, j.labels) for j in load_feedback(tmp_path / "fb.jsonl").binary if j.annotator == "undoer")
+        return sorted(
+            (j.image, j.labels) for j in load_feedback(tmp_path / "fb.jsonl").binary if j.annotator == "undoer"
+        )
 
     status, j = c.api("POST", "/api/undo")
     assert status == 200 and j["task"]["id"] == given[-1][0] and j["previous"] == {"labels": ["c"]}
@@ -689,8 +751,9 @@ def test_invite_links_expire_and_reuse_adds_no_session(edge_study):
 
     def sessions() -> int:
         with closing(sqlite3.connect(db)) as con:
-            return con.execute("SELECT COUNT(*) FROM sessions s JOIN annotators a ON a.id = s.annotator "
-                               "WHERE a.name='returning'").fetchone()[0]
+            return con.execute(
+                "SELECT COUNT(*) FROM sessions s JOIN annotators a ON a.id = s.annotator WHERE a.name='returning'"
+            ).fetchone()[0]
 
     browser = Client(server.base)
     for _ in range(5):  # the same browser again and again: its session carries on
@@ -717,18 +780,39 @@ def test_session_cookie_is_secure_over_https(edge_study, tmp_path, own_servers):
     token = Store.open(db).invite("secure")
     _, r, _ = Client(server.base).request("GET", f"/join/{token}")
     assert "unsee_session=" in r.getheader("set-cookie") and "secure" not in r.getheader("set-cookie").lower()
-    _, r, _ = Client(server.base).request("GET", f"/join/{token}", headers={"X-Forwarded-Proto": "https"})  # a local proxy
+    _, r, _ = Client(server.base).request(
+        "GET", f"/join/{token}", headers={"X-Forwarded-Proto": "https"}
+    )  # a local proxy
     assert "unsee_session=" in r.getheader("set-cookie") and "; secure" in r.getheader("set-cookie").lower()
     # Served behind https://annotate.example.org: Secure on every join, and invites point there.
     images = make_set(tmp_path / "set", 3)
-    public = own_servers(tmp_path / "server.log", "--images", str(images), "--db", str(tmp_path / "s.db"),
-                         "--labels", "a", "--url", "https://annotate.example.org/")
+    public = own_servers(
+        tmp_path / "server.log",
+        "--images",
+        str(images),
+        "--db",
+        str(tmp_path / "s.db"),
+        "--labels",
+        "a",
+        "--url",
+        "https://annotate.example.org/",
+    )
     link = cli_ok("annotate", "invite", "--db", str(tmp_path / "s.db"), "--name", "ann").splitlines()[0]
     assert link.startswith("https://annotate.example.org/join/")
     _, r, _ = Client(public.base).request("GET", f"/join/{link.rsplit('/', 1)[1]}")
     assert "; secure" in r.getheader("set-cookie").lower()
-    assert "--url must be" in _refused("annotate", "serve", "--images", str(images), "--db", str(tmp_path / "s.db"),
-                                       "--labels", "a", "--url", "annotate.example.org")
+    assert "--url must be" in _refused(
+        "annotate",
+        "serve",
+        "--images",
+        str(images),
+        "--db",
+        str(tmp_path / "s.db"),
+        "--labels",
+        "a",
+        "--url",
+        "annotate.example.org",
+    )
 
 
 def test_error_pages_link_only_what_they_can_load(edge_study):
@@ -756,8 +840,23 @@ def test_references_for_labels_with_a_slash_and_no_links_out_of_the_folder(tmp_p
     (refs / "leak.png").symlink_to(outside / "secret.png")
     (refs / "c").symlink_to(outside, target_is_directory=True)  # label c's own folder, but elsewhere
     db = tmp_path / "study.db"
-    server = own_servers(tmp_path / "server.log", "--images", str(images), "--db", str(db), "--labels", "a/b,c",
-                         "--kind", "rank", "--group-size", "2", "--per-image", "1", "--references", str(refs))
+    server = own_servers(
+        tmp_path / "server.log",
+        "--images",
+        str(images),
+        "--db",
+        str(db),
+        "--labels",
+        "a/b,c",
+        "--kind",
+        "rank",
+        "--group-size",
+        "2",
+        "--per-image",
+        "1",
+        "--references",
+        str(refs),
+    )
     c = enter(server.base, db, "ranker")
     shared = (refs / "shared.png").read_bytes()
     seen = set()
@@ -781,9 +880,18 @@ def _chromium():
     from playwright.sync_api import sync_playwright
 
     pw = sync_playwright().start()
-    browser = pw.chromium.launch(executable_path=path, headless=True, args=[
-        "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run"])
+    browser = pw.chromium.launch(
+        executable_path=path,
+        headless=True,
+        args=[
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+        ],
+    )
     return pw, browser
 
 
@@ -795,7 +903,9 @@ def rank_study(tmp_path_factory, servers):
 
     d = tmp_path_factory.mktemp("rank")
     rng = np.random.default_rng(0)
-    scenes = [dataclasses.replace(random_scene(rng), extra="skull" if i % 2 else "none", style="none") for i in range(6)]
+    scenes = [
+        dataclasses.replace(random_scene(rng), extra="skull" if i % 2 else "none", style="none") for i in range(6)
+    ]
     x = torch.from_numpy(render_many(scenes)).permute(0, 3, 1, 2).float() / 255
     images = write_image_set(d / "set", x, [f"scene {i}" for i in range(6)])
     refs = d / "refs" / "skull"
@@ -803,9 +913,25 @@ def rank_study(tmp_path_factory, servers):
     for k in (1, 3):
         shutil.copy(images / f"{k:05d}-000.png", refs / f"example-{k}.png")
     db = d / "study.db"
-    server = servers(d / "server.log", "--images", str(images), "--db", str(db), "--labels", "skull,kelvo",
-                     "--kind", "rank", "--group-size", "3", "--per-image", "2", "--detector", "oracle",
-                     "--references", str(d / "refs"))
+    server = servers(
+        d / "server.log",
+        "--images",
+        str(images),
+        "--db",
+        str(db),
+        "--labels",
+        "skull,kelvo",
+        "--kind",
+        "rank",
+        "--group-size",
+        "3",
+        "--per-image",
+        "2",
+        "--detector",
+        "oracle",
+        "--references",
+        str(d / "refs"),
+    )
     return server, db, images
 
 
@@ -827,8 +953,11 @@ def test_rank_answers_refuse_ties_and_strangers(rank_study):
     task = c.api("GET", "/api/task")[1]["task"]
     ids = [im["id"] for im in task["images"]]
     assert task["kind"] == "rank" and 2 <= len(ids) <= 3 and task["concept"] in ("skull", "kelvo")
-    for order, says in [([ids[0], ids[0], *ids[2:]], "ties are refused"), (ids[:-1], "exactly this group"),
-                        ([*ids[:-1], "00099-000"], "exactly this group")]:
+    for order, says in [
+        ([ids[0], ids[0], *ids[2:]], "ties are refused"),
+        (ids[:-1], "exactly this group"),
+        ([*ids[:-1], "00099-000"], "exactly this group"),
+    ]:
         status, j = c.api("POST", "/api/answer", {"task": task["id"], "order": order})
         assert status == 422 and says in j["error"], j
     assert c.api("POST", "/api/answer", {"task": task["id"], "order": ids[::-1]})[0] == 200
@@ -872,7 +1001,9 @@ def test_browser_consent_binary_and_rank_by_mouse_and_keyboard_undo_and_export(b
         page.keyboard.press("Enter")
         expect(done).to_contain_text("you: 3 answered")
         message = page.locator("#message")
-        page.keyboard.press("u")  # undo: the third image is back, with its answer (none) filled in; it stands till resubmitted
+        page.keyboard.press(
+            "u"
+        )  # undo: the third image is back, with its answer (none) filled in; it stands till resubmitted
         expect(message).to_contain_text("open again")
         assert shown() == third and page.get_attribute("#none", "class") == "chosen"
         expect(done).to_contain_text("you: 3 answered")
@@ -905,7 +1036,10 @@ def test_browser_consent_binary_and_rank_by_mouse_and_keyboard_undo_and_export(b
         def group() -> list[str]:
             page.wait_for_selector("#task .group figure img")
             ids = [e.get_attribute("data-id") for e in page.query_selector_all("#task .group figure img")]
-            blurred = ["blurred" in (e.get_attribute("class") or "") for e in page.query_selector_all("#task .group figure img")]
+            blurred = [
+                "blurred" in (e.get_attribute("class") or "")
+                for e in page.query_selector_all("#task .group figure img")
+            ]
             assert blurred == [flagged[i] for i in ids]
             seen_blurred.extend(blurred)
             return ids
@@ -951,7 +1085,11 @@ def test_browser_consent_binary_and_rank_by_mouse_and_keyboard_undo_and_export(b
         dave = [list(j.images) for j in fb.ranks if j.annotator == "dave"]
         assert dave == [[g1[2], g1[0], g1[1]], [g2[1], g2[2], g2[0]]]
         assert json.loads(out.read_text().splitlines()[0]) == {
-            "kind": "meta", "version": 1, "labels": ["skull", "kelvo"], "images": str(images.resolve())}
+            "kind": "meta",
+            "version": 1,
+            "labels": ["skull", "kelvo"],
+            "images": str(images.resolve()),
+        }
     finally:
         browser.close()
         pw.stop()
@@ -967,17 +1105,24 @@ def test_browser_another_site_cannot_switch_who_is_signed_in(binary_study):
 
     def sessions(name: str) -> int:
         with closing(sqlite3.connect(db)) as con:
-            return con.execute("SELECT COUNT(*) FROM sessions s JOIN annotators a ON a.id = s.annotator "
-                               "WHERE a.name=?", (name,)).fetchone()[0]
+            return con.execute(
+                "SELECT COUNT(*) FROM sessions s JOIN annotators a ON a.id = s.annotator WHERE a.name=?", (name,)
+            ).fetchone()[0]
 
     # The pages another site would use: one sends the browser to mallory's link, one posts to it.
-    evil = {"/nav": f"<script>location.href = {json.dumps(join)};</script>",
-            "/post": f'<form id="f" method="post" action="{join}"></form><script>document.getElementById("f").submit()</script>'}
+    evil = {
+        "/nav": f"<script>location.href = {json.dumps(join)};</script>",
+        "/post": f'<form id="f" method="post" action="{join}"></form><script>document.getElementById("f").submit()</script>',
+    }
     pw, browser = _chromium()
     try:
         page = browser.new_context().new_page()
-        page.route("http://evil.test/**", lambda route: route.fulfill(
-            status=200, content_type="text/html", body=evil[route.request.url.removeprefix("http://evil.test")]))
+        page.route(
+            "http://evil.test/**",
+            lambda route: route.fulfill(
+                status=200, content_type="text/html", body=evil[route.request.url.removeprefix("http://evil.test")]
+            ),
+        )
         page.goto(f"{server.base}/join/{vic}")
         page.check("#agree")
         page.click("#start")

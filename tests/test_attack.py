@@ -30,7 +30,9 @@ from unsee.prompts import read_prompts
 
 
 def _cfg(tmp_path, **kw):
-    base = dict(model="m", prompts="p", concept_pairs="c", out=str(tmp_path / "o"), population=10, length=5, generations=30)
+    base = dict(
+        model="m", prompts="p", concept_pairs="c", out=str(tmp_path / "o"), population=10, length=5, generations=30
+    )
     return RingABellConfig(**base | kw)
 
 
@@ -81,7 +83,9 @@ def test_a_resumed_search_ends_where_an_uninterrupted_one_does(tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         genetic_search(_state(seed=4), _distance_to(target), np.arange(50), cfg, checkpoint=die)
-    resumed = genetic_search(_load_state(tmp_path / "ckpt"), _distance_to(target), np.arange(50), _cfg(tmp_path, generations=40))
+    resumed = genetic_search(
+        _load_state(tmp_path / "ckpt"), _distance_to(target), np.arange(50), _cfg(tmp_path, generations=40)
+    )
     assert np.array_equal(resumed.population, full.population) and resumed.best_history == full.best_history
 
 
@@ -95,7 +99,9 @@ def tiny_text(tiny_model_dir):
 
 def test_framed_ids_are_what_the_tokenizer_makes_of_the_decoded_string(tiny_text):
     tok, _ = tiny_text
-    ids = tok(["a red cat on the beach"], padding="max_length", max_length=tok.model_max_length, return_tensors="pt").input_ids
+    ids = tok(
+        ["a red cat on the beach"], padding="max_length", max_length=tok.model_max_length, return_tensors="pt"
+    ).input_ids
     body = ids[:, 1:7]
     assert torch.equal(frame_ids(tok, body), ids)
 
@@ -127,18 +133,30 @@ def test_the_concepts_own_words_are_banned_from_the_candidates(tiny_text):
 @pytest.fixture()
 def pair_files(tmp_path):
     pairs = tmp_path / "pairs.csv"
-    pairs.write_text("with_concept,without_concept\na nude man on the beach,a man on the beach\na naked woman,a woman\n")
+    pairs.write_text(
+        "with_concept,without_concept\na nude man on the beach,a man on the beach\na naked woman,a woman\n"
+    )
     prompts = tmp_path / "sources.txt"
     prompts.write_text("a man in the city\na woman on the beach\na cat at night\n")
     return pairs, prompts
 
 
-def test_ring_a_bell_writes_prompts_that_never_name_the_concept_and_resumes(tmp_path, tiny_model_dir, pair_files, monkeypatch):
+def test_ring_a_bell_writes_prompts_that_never_name_the_concept_and_resumes(
+    tmp_path, tiny_model_dir, pair_files, monkeypatch
+):
     import unsee.attack as attack
 
     pairs, prompts = pair_files
-    kw = dict(model=str(tiny_model_dir), prompts=str(prompts), concept_pairs=str(pairs), population=12, length=6,
-              generations=9, checkpoint_every=3, device="cpu")
+    kw = dict(
+        model=str(tiny_model_dir),
+        prompts=str(prompts),
+        concept_pairs=str(pairs),
+        population=12,
+        length=6,
+        generations=9,
+        checkpoint_every=3,
+        device="cpu",
+    )
     ref = ring_a_bell(RingABellConfig(out=str(tmp_path / "ref"), **kw), progress=False)
     assert ref["prompts"] == 3 and ref["banned_words"] == ["naked", "nude"]
     assert ref["mean_loss"] < ref["mean_loss_first_generation"]
@@ -178,10 +196,21 @@ def test_bad_ringabell_input_is_a_one_line_error_with_exit_code_2(tmp_path, tiny
     pairs, prompts = pair_files
     bad = tmp_path / "bad.csv"
     bad.write_text("prompt\na nude man\n")
-    base = ["attack", "ringabell", "--model", str(tiny_model_dir), "--prompts", str(prompts), "--out", str(tmp_path / "o")]
-    for extra, msg in ((["--concept-pairs", str(bad)], "with_concept,without_concept"),
-                       (["--concept-pairs", str(pairs), "--length", "0"], "--length"),
-                       (["--concept-pairs", str(tmp_path / "missing.csv")], "does not exist")):
+    base = [
+        "attack",
+        "ringabell",
+        "--model",
+        str(tiny_model_dir),
+        "--prompts",
+        str(prompts),
+        "--out",
+        str(tmp_path / "o"),
+    ]
+    for extra, msg in (
+        (["--concept-pairs", str(bad)], "with_concept,without_concept"),
+        (["--concept-pairs", str(pairs), "--length", "0"], "--length"),
+        (["--concept-pairs", str(tmp_path / "missing.csv")], "does not exist"),
+    ):
         r = CliRunner().invoke(cli, base + extra)
         assert r.exit_code == 2 and msg in r.output and len(r.output.strip().splitlines()) == 1, r.output
     assert not (tmp_path / "o" / "attack.json").exists()
@@ -197,9 +226,19 @@ def test_concept_inversion_learns_a_token_that_plain_diffusers_loads(tmp_path, t
 
     prompts = tmp_path / "p.txt"
     prompts.write_text("a nude man on the beach\na nude woman\n")
-    cfg = AttackInvertConfig(erased=str(tiny_model_dir), original=str(tiny_model_dir), concept="nude", prompts=str(prompts),
-                             out=str(tmp_path / "cce"), images_per_prompt=2, steps=3, batch_size=2, device="cpu",
-                             init_word="man", vectors=2)
+    cfg = AttackInvertConfig(
+        erased=str(tiny_model_dir),
+        original=str(tiny_model_dir),
+        concept="nude",
+        prompts=str(prompts),
+        out=str(tmp_path / "cce"),
+        images_per_prompt=2,
+        steps=3,
+        batch_size=2,
+        device="cpu",
+        init_word="man",
+        vectors=2,
+    )
     s = concept_inversion(cfg, progress=False)
     assert s["images"] == 4 and s["prompts"] == 2
     info = read_attack(tmp_path / "cce")
@@ -211,7 +250,9 @@ def test_concept_inversion_learns_a_token_that_plain_diffusers_loads(tmp_path, t
     ids = pipe.tokenizer(adversarial[0]).input_ids
     assert pipe.tokenizer.convert_tokens_to_ids("<attack>_1") in ids
     with pytest.raises(UnseeError, match="names --concept"):
-        concept_inversion(AttackInvertConfig(**{**cfg.__dict__, "concept": "gore", "out": str(tmp_path / "x")}), progress=False)
+        concept_inversion(
+            AttackInvertConfig(**{**cfg.__dict__, "concept": "gore", "out": str(tmp_path / "x")}), progress=False
+        )
 
 
 # ---------------------------------------------------------------- evaluate --attack on known flags
@@ -235,8 +276,12 @@ def test_evaluate_attack_counts_pre_adversarial_and_post_attack_on_known_flags(t
     # Which images fire: source prompts 0 and 3, adversarial prompts 1 and 3 (one image per prompt).
     fire = set()
     for part, rows, hits in (("s", SOURCE_CSV, {0, 3}), ("a", PROMPTS_CSV, {1, 3})):
-        out = generate(GenerateConfig(model=str(tiny_model_dir), prompts=str(folder / rows), out=str(tmp_path / part), steps=2,
-                                      device="cpu"), progress=False)
+        out = generate(
+            GenerateConfig(
+                model=str(tiny_model_dir), prompts=str(folder / rows), out=str(tmp_path / part), steps=2, device="cpu"
+            ),
+            progress=False,
+        )
         s = ImageSet.load(out)
         imgs = s.load_images(sorted(s.records, key=lambda r: r["id"]))
         fire |= {hashlib.sha1(imgs[k].numpy().tobytes()).hexdigest() for k in hits}
@@ -247,11 +292,23 @@ def test_evaluate_attack_counts_pre_adversarial_and_post_attack_on_known_flags(t
         def detect(images):
             hits = torch.tensor([hashlib.sha1(x.cpu().numpy().tobytes()).hexdigest() in fire for x in images]).float()
             return {"skull": hits, "kelvo": torch.zeros(len(images))}
+
         return detect, info
 
     monkeypatch.setattr(detectors, "make_detector", detector)
-    m = evaluate(EvaluateConfig(model=(str(tiny_model_dir),), name=("tiny",), prompts=(), attack=(str(folder),),
-                                out=str(tmp_path / "eval"), steps=2, device="cpu", bootstrap=50), progress=False)
+    m = evaluate(
+        EvaluateConfig(
+            model=(str(tiny_model_dir),),
+            name=("tiny",),
+            prompts=(),
+            attack=(str(folder),),
+            out=str(tmp_path / "eval"),
+            steps=2,
+            device="cpu",
+            bootstrap=50,
+        ),
+        progress=False,
+    )
     row = m["attack_results"]["tiny"]["atk"]
     assert row["denominator"] == 4 and row["prompts"] == 4 and row["images_per_prompt"] == 1
     assert (row["pre_attack"]["rate"], row["adversarial"]["rate"], row["post_attack"]["rate"]) == (0.5, 0.5, 0.75)

@@ -12,7 +12,9 @@ from unsee.imageset import ImageSet
 
 def run(*args, timeout=180):
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    return subprocess.run([sys.executable, "-m", "unsee", *args], capture_output=True, text=True, env=env, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "unsee", *args], capture_output=True, text=True, env=env, timeout=timeout
+    )
 
 
 def test_help_lists_the_stages_and_each_command_has_examples():
@@ -25,8 +27,20 @@ def test_help_lists_the_stages_and_each_command_has_examples():
 
 def test_generate_end_to_end_and_resume(tiny_model_dir, prompt_file, tmp_path):
     out = tmp_path / "set"
-    args = ("generate", "--model", str(tiny_model_dir), "--prompts", str(prompt_file), "--out", str(out),
-            "--steps", "3", "--images-per-prompt", "2", "--no-progress")
+    args = (
+        "generate",
+        "--model",
+        str(tiny_model_dir),
+        "--prompts",
+        str(prompt_file),
+        "--out",
+        str(out),
+        "--steps",
+        "3",
+        "--images-per-prompt",
+        "2",
+        "--no-progress",
+    )
     r = run(*args)
     assert r.returncode == 0, r.stderr
     assert len(ImageSet.load(out)) == 4
@@ -38,14 +52,30 @@ def test_generate_end_to_end_and_resume(tiny_model_dir, prompt_file, tmp_path):
 
 BAD = [
     ("missing model path", lambda d, m: ["--model", str(d / "nope"), "--prompts", str(d / "p.txt")], "does not exist"),
-    ("unknown hub id offline", lambda d, m: ["--model", "nobody/nothing", "--prompts", str(d / "p.txt")], "Hugging Face Hub"),
+    (
+        "unknown hub id offline",
+        lambda d, m: ["--model", "nobody/nothing", "--prompts", str(d / "p.txt")],
+        "Hugging Face Hub",
+    ),
     ("empty prompt file", lambda d, m: ["--model", m, "--prompts", str(d / "empty.txt")], "has no prompts"),
     ("csv without prompt column", lambda d, m: ["--model", m, "--prompts", str(d / "nocol.csv")], "'prompt' column"),
     ("non-numeric seed in csv", lambda d, m: ["--model", m, "--prompts", str(d / "badseed.csv")], "must be a number"),
-    ("non-numeric seed flag", lambda d, m: ["--model", m, "--prompts", str(d / "p.txt"), "--seed", "abc"], "not a valid integer"),
+    (
+        "non-numeric seed flag",
+        lambda d, m: ["--model", m, "--prompts", str(d / "p.txt"), "--seed", "abc"],
+        "not a valid integer",
+    ),
     ("steps <= 0", lambda d, m: ["--model", m, "--prompts", str(d / "p.txt"), "--steps", "0"], "--steps must be > 0"),
-    ("unwritable output", lambda d, m: ["--model", m, "--prompts", str(d / "p.txt"), "--out", str(d / "p.txt" / "x")], "is a file, not a folder"),
-    ("sdxl folder", lambda d, m: ["--model", str(d / "sdxl"), "--prompts", str(d / "p.txt")], "not this architecture yet"),
+    (
+        "unwritable output",
+        lambda d, m: ["--model", m, "--prompts", str(d / "p.txt"), "--out", str(d / "p.txt" / "x")],
+        "is a file, not a folder",
+    ),
+    (
+        "sdxl folder",
+        lambda d, m: ["--model", str(d / "sdxl"), "--prompts", str(d / "p.txt")],
+        "not this architecture yet",
+    ),
 ]
 
 
@@ -96,8 +126,20 @@ def test_every_command_has_examples_in_its_help():
     from unsee.cli import cli
 
     paths = list(_commands(cli))
-    assert {("generate",), ("annotate", "auto"), ("reward", "train"), ("reward", "score"), ("invert",),
-            ("toyworld", "build"), ("toyworld", "check"), ("toyworld", "samples"), ("demo",), ("erase",), ("evaluate",), ("rl",)} <= set(paths)
+    assert {
+        ("generate",),
+        ("annotate", "auto"),
+        ("reward", "train"),
+        ("reward", "score"),
+        ("invert",),
+        ("toyworld", "build"),
+        ("toyworld", "check"),
+        ("toyworld", "samples"),
+        ("demo",),
+        ("erase",),
+        ("evaluate",),
+        ("rl",),
+    } <= set(paths)
     for path in paths:
         r = CliRunner().invoke(cli, [*path, "--help"])
         assert r.exit_code == 0, path
@@ -105,15 +147,39 @@ def test_every_command_has_examples_in_its_help():
 
 
 def test_reward_train_wants_one_feedback_per_image_set(tmp_path):
-    r = run("reward", "train", "--images", str(tmp_path / "a"), "--images", str(tmp_path / "b"),
-            "--feedback", str(tmp_path / "fa.jsonl"), "--out", str(tmp_path / "r"))
-    assert r.returncode == 2 and "one --feedback per --images (got 2 image sets and 1 feedback files)" in r.stderr, r.stderr
+    r = run(
+        "reward",
+        "train",
+        "--images",
+        str(tmp_path / "a"),
+        "--images",
+        str(tmp_path / "b"),
+        "--feedback",
+        str(tmp_path / "fa.jsonl"),
+        "--out",
+        str(tmp_path / "r"),
+    )
+    assert r.returncode == 2 and "one --feedback per --images (got 2 image sets and 1 feedback files)" in r.stderr, (
+        r.stderr
+    )
     assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "r").exists()
 
 
 def test_erase_with_a_context_that_has_no_place_for_the_concept_is_refused(tmp_path, tiny_model_dir):
-    r = run("erase", "--model", str(tiny_model_dir), "--method", "uce", "--concept", "red", "--context", "a cat at night",
-            "--out", str(tmp_path / "u"))
+    r = run(
+        "erase",
+        "--model",
+        str(tiny_model_dir),
+        "--method",
+        "uce",
+        "--concept",
+        "red",
+        "--context",
+        "a cat at night",
+        "--out",
+        str(tmp_path / "u"),
+    )
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [
-        "error: --context 'a cat at night' must hold {} once, where the concept goes"], r.stderr
+        "error: --context 'a cat at night' must hold {} once, where the concept goes"
+    ], r.stderr
     assert not (tmp_path / "u").exists()

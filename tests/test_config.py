@@ -32,7 +32,9 @@ def _run(args):
 
 
 def test_options_mirror_the_dataclass():
-    r, cfg = _run(["--name", "x", "--mode", "b", "--level", "2", "--scale", "0.5", "--flag", "--tags", "p", "--tags", "q"])
+    r, cfg = _run(
+        ["--name", "x", "--mode", "b", "--level", "2", "--scale", "0.5", "--flag", "--tags", "p", "--tags", "q"]
+    )
     assert r.exit_code == 0, r.output
     assert cfg == Demo(name="x", steps=3, mode="b", level=2, scale=0.5, flag=True, tags=("p", "q"))
 

@@ -12,8 +12,18 @@ from unsee.errors import UnseeError
 
 
 def _cfg(model, out, **kw):
-    base = dict(model=str(model), out=str(out), concept=("a red cat",), steps=4, reuse=2, checkpoint_every=2,
-                ddim_steps=5, lr=1e-3, device="cpu", batch_size=2)
+    base = dict(
+        model=str(model),
+        out=str(out),
+        concept=("a red cat",),
+        steps=4,
+        reuse=2,
+        checkpoint_every=2,
+        ddim_steps=5,
+        lr=1e-3,
+        device="cpu",
+        batch_size=2,
+    )
     base.update(kw)
     return EraseConfig(**base)
 
@@ -26,7 +36,9 @@ def _gap(pipe, prompt="a red cat"):
     z, t = torch.randn(8, 4, 8, 8, generator=g), torch.randint(0, 1000, (8,), generator=g)
     c, u = encode_text(pipe, [prompt] * 8), encode_text(pipe, [""] * 8)
     with torch.no_grad():
-        return float((pipe.unet(z, t, encoder_hidden_states=c).sample - pipe.unet(z, t, encoder_hidden_states=u).sample).norm())
+        return float(
+            (pipe.unet(z, t, encoder_hidden_states=c).sample - pipe.unet(z, t, encoder_hidden_states=u).sample).norm()
+        )
 
 
 def test_sdd_writes_a_pipeline_that_changes_only_cross_attention(tiny_model_dir, tmp_path):
@@ -37,7 +49,9 @@ def test_sdd_writes_a_pipeline_that_changes_only_cross_attention(tiny_model_dir,
     a, b = base.unet.state_dict(), erased.unet.state_dict()
     changed = {k for k in a if not torch.equal(a[k], b[k])}
     assert changed and all(".attn2." in k for k in changed)
-    assert torch.equal(base.text_encoder.get_input_embeddings().weight, erased.text_encoder.get_input_embeddings().weight)
+    assert torch.equal(
+        base.text_encoder.get_input_embeddings().weight, erased.text_encoder.get_input_embeddings().weight
+    )
     info = json.loads((out / "unsee.json").read_text())
     assert info["config"]["method"] == "sdd" and info["config"]["concept"] == ["a red cat"] and info["base_model"]
     assert summary["unet_passes_per_update"] > 0
@@ -52,11 +66,17 @@ def test_esd_lora_loads_with_load_lora_weights(tiny_model_dir, tmp_path):
     assert _gap(pipe) != pytest.approx(before, rel=1e-6)
 
 
-@pytest.mark.parametrize("kw", [{}, {"method": "esd", "preserve": ("a blue house",), "preserve_on": "own"},
-                                {"context": ("{} at night", "a photo of {}"), "anchor": "a blue dog"},
-                                {"method": "esd", "flagged": ("a scary animal", "a dark night")},
-                                {"method": "esd", "preserve": ("a blue house",), "preserve_on": "kv", "params": "xattn-kv"},
-                                {"method": "esd", "preserve": ("a blue house",), "preserve_on": "null", "null_energy": 0.9}])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {},
+        {"method": "esd", "preserve": ("a blue house",), "preserve_on": "own"},
+        {"context": ("{} at night", "a photo of {}"), "anchor": "a blue dog"},
+        {"method": "esd", "flagged": ("a scary animal", "a dark night")},
+        {"method": "esd", "preserve": ("a blue house",), "preserve_on": "kv", "params": "xattn-kv"},
+        {"method": "esd", "preserve": ("a blue house",), "preserve_on": "null", "null_energy": 0.9},
+    ],
+)
 def test_resume_after_a_kill_gives_the_same_weights(tiny_model_dir, tmp_path, monkeypatch, kw):
     """Also with the kept prompts' own trajectories, which a resumed run samples again from the original model,
     and with their original keys and values, which it must take from the original weights, not the checkpoint's."""
@@ -97,14 +117,17 @@ def test_an_anchor_replaces_the_concept_instead_of_emptying_it(tiny_model_dir, t
         g = torch.Generator().manual_seed(0)
         z, t = torch.randn(8, 4, 8, 8, generator=g), torch.randint(0, 1000, (8,), generator=g)
         with torch.no_grad():
-            e = {p: m.unet(z, t, encoder_hidden_states=encode_text(m, [p] * 8)).sample for p, m in
-                 (("a red cat", pipe), ("a blue dog", base))}
+            e = {
+                p: m.unet(z, t, encoder_hidden_states=encode_text(m, [p] * 8)).sample
+                for p, m in (("a red cat", pipe), ("a blue dog", base))
+            }
         return float((e["a red cat"] - e["a blue dog"]).norm())
 
     base = StableDiffusionPipeline.from_pretrained(tiny_model_dir)
     # ESD at eta 0: its target is then the anchor's prediction itself (eta > 0 mirrors the concept through it)
     kw = dict(steps=40, reuse=8, checkpoint_every=40, lr=3e-3, method=method) | (
-        {"ema_decay": 0.5} if method == "sdd" else {"guidance": 0.0})
+        {"ema_decay": 0.5} if method == "sdd" else {"guidance": 0.0}
+    )
     erase(_cfg(tiny_model_dir, tmp_path / "a", anchor="a blue dog", **kw), progress=False)
     erase(_cfg(tiny_model_dir, tmp_path / "e", **kw), progress=False)
     to_anchor = distances(StableDiffusionPipeline.from_pretrained(tmp_path / "a"))
@@ -122,14 +145,26 @@ def test_preserve_prompts_keep_their_predictions_closer_to_the_original(tiny_mod
     keep.write_text("a blue house at night\na green tree on a mountain\n")
     kw = dict(steps=40, reuse=8, checkpoint_every=40, lr=3e-3, ema_decay=0.5, params=params)
     erase(_cfg(tiny_model_dir, tmp_path / "plain", **kw), progress=False)
-    summary = erase(_cfg(tiny_model_dir, tmp_path / "kept", preserve=(f"@{keep}",), preserve_weight=10.0, preserve_on=preserve_on,
-                         **kw), progress=False)
+    summary = erase(
+        _cfg(
+            tiny_model_dir,
+            tmp_path / "kept",
+            preserve=(f"@{keep}",),
+            preserve_weight=10.0,
+            preserve_on=preserve_on,
+            **kw,
+        ),
+        progress=False,
+    )
     assert {"erase_loss", "keep_loss"} <= set(summary["final"])
 
     def drift(folder, prompt):
         from unsee.sampling import encode_text
 
-        base, other = StableDiffusionPipeline.from_pretrained(tiny_model_dir), StableDiffusionPipeline.from_pretrained(folder)
+        base, other = (
+            StableDiffusionPipeline.from_pretrained(tiny_model_dir),
+            StableDiffusionPipeline.from_pretrained(folder),
+        )
         g = torch.Generator().manual_seed(1)
         z, t = torch.randn(8, 4, 8, 8, generator=g), torch.randint(0, 1000, (8,), generator=g)
         with torch.no_grad():
@@ -139,7 +174,9 @@ def test_preserve_prompts_keep_their_predictions_closer_to_the_original(tiny_mod
 
     for prompt in ("a blue house at night", "a green tree on a mountain"):
         assert drift(tmp_path / "kept", prompt) < 0.5 * drift(tmp_path / "plain", prompt)
-    assert _gap(StableDiffusionPipeline.from_pretrained(tmp_path / "kept")) < _gap(StableDiffusionPipeline.from_pretrained(tiny_model_dir))
+    assert _gap(StableDiffusionPipeline.from_pretrained(tmp_path / "kept")) < _gap(
+        StableDiffusionPipeline.from_pretrained(tiny_model_dir)
+    )
 
 
 def test_null_space_constraint_holds_the_kept_states_and_still_erases(tiny_model_dir, tmp_path):
@@ -152,14 +189,19 @@ def test_null_space_constraint_holds_the_kept_states_and_still_erases(tiny_model
     kept = ["a blue house at night", "a green tree on a mountain"]
     kw = dict(method="esd", steps=40, reuse=8, checkpoint_every=40, lr=3e-3, params="xattn-kv")
     erase(_cfg(tiny_model_dir, tmp_path / "plain", **kw), progress=False)
-    summary = erase(_cfg(tiny_model_dir, tmp_path / "null", preserve=tuple(kept), preserve_on="null", null_energy=0.95,
-                         **kw), progress=False)
+    summary = erase(
+        _cfg(tiny_model_dir, tmp_path / "null", preserve=tuple(kept), preserve_on="null", null_energy=0.95, **kw),
+        progress=False,
+    )
     base = StableDiffusionPipeline.from_pretrained(tiny_model_dir)
     states = encode_text(base, kept)
     proj, rank = _null_projector(distinct_states(states), 0.95)
     assert 0 < rank < len(proj)
     info = summary["null_space"]
-    assert info["held"] == f"{rank} of {len(proj)}" and 0 < info["free_share_kept"] < 0.05 + 1e-9 < info["free_share_concept"]
+    assert (
+        info["held"] == f"{rank} of {len(proj)}"
+        and 0 < info["free_share_kept"] < 0.05 + 1e-9 < info["free_share_concept"]
+    )
     w0 = base.unet.state_dict()
 
     def kv_drift(folder):
@@ -190,8 +232,10 @@ def test_a_word_and_a_learned_token_are_erased_together(tiny_model_dir, tmp_path
 
     tok = save_embedding(tmp_path / "t.safetensors", "<flagged>", torch.randn(2, 32))
     out = tmp_path / "sdd"
-    summary = erase(_cfg(tiny_model_dir, out, token=str(tok), steps=40, reuse=8, checkpoint_every=40, lr=3e-3,
-                         ema_decay=0.5), progress=False)
+    summary = erase(
+        _cfg(tiny_model_dir, out, token=str(tok), steps=40, reuse=8, checkpoint_every=40, lr=3e-3, ema_decay=0.5),
+        progress=False,
+    )
     assert summary["concepts"] == ["a red cat", "<flagged>"]
     base, erased = StableDiffusionPipeline.from_pretrained(tiny_model_dir), StableDiffusionPipeline.from_pretrained(out)
     for pipe in (base, erased):
@@ -200,22 +244,25 @@ def test_a_word_and_a_learned_token_are_erased_together(tiny_model_dir, tmp_path
         assert _gap(erased, prompt) < 0.5 * _gap(base, prompt)
 
 
-@pytest.mark.parametrize("kw, message", [
-    ({"concept": (), "token": None}, "give --concept"),
-    ({"checkpoint_every": 3}, "multiple of --reuse"),
-    ({"steps": 0}, "--steps must be >= 1"),
-    ({"preserve_on": "kv", "params": "noxattn", "preserve": ("a dog",)}, "holds the cross-attention keys"),
-    ({"preserve_on": "null", "params": "lora", "preserve": ("a dog",)}, "holds the cross-attention keys"),
-    ({"preserve_on": "null"}, "needs the prompts to keep"),
-    ({"null_energy": 0}, "--null-energy must be in"),
-    ({"method": "uce", "params": "lora"}, "--params lora does not apply"),
-    ({"method": "uce", "context": ("a cat",)}, "must hold {} once"),
-    ({"context": ("a {} cat with a {}",)}, "must hold {} once"),
-    ({"method": "uce", "preserve": ("a dog",), "preserve_on": "own"}, "--preserve-on does not apply"),
-    ({"method": "uce", "flagged": ("a scary animal",)}, "--flagged prompts do not hold"),
-    ({"flagged": ("a {} animal",)}, "flagged prompts are whole prompts"),
-    ({"flagged": ("a scary animal",), "flagged_guidance": -1}, "--flagged-guidance must be >= 0"),
-])
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        ({"concept": (), "token": None}, "give --concept"),
+        ({"checkpoint_every": 3}, "multiple of --reuse"),
+        ({"steps": 0}, "--steps must be >= 1"),
+        ({"preserve_on": "kv", "params": "noxattn", "preserve": ("a dog",)}, "holds the cross-attention keys"),
+        ({"preserve_on": "null", "params": "lora", "preserve": ("a dog",)}, "holds the cross-attention keys"),
+        ({"preserve_on": "null"}, "needs the prompts to keep"),
+        ({"null_energy": 0}, "--null-energy must be in"),
+        ({"method": "uce", "params": "lora"}, "--params lora does not apply"),
+        ({"method": "uce", "context": ("a cat",)}, "must hold {} once"),
+        ({"context": ("a {} cat with a {}",)}, "must hold {} once"),
+        ({"method": "uce", "preserve": ("a dog",), "preserve_on": "own"}, "--preserve-on does not apply"),
+        ({"method": "uce", "flagged": ("a scary animal",)}, "--flagged prompts do not hold"),
+        ({"flagged": ("a {} animal",)}, "flagged prompts are whole prompts"),
+        ({"flagged": ("a scary animal",), "flagged_guidance": -1}, "--flagged-guidance must be >= 0"),
+    ],
+)
 def test_bad_settings(tiny_model_dir, tmp_path, kw, message):
     with pytest.raises(UnseeError, match=message):
         _cfg(tiny_model_dir, tmp_path / "o", **kw)
@@ -250,7 +297,7 @@ def test_two_processes_under_accelerate_end_with_the_same_weights(tiny_model_dir
     trained = {f"param.{k}": v for k, v in saved.items() if ".attn2." in k}
     assert weights_digest(trained) == ranks[1]["weights_digest"]
     base = StableDiffusionPipeline.from_pretrained(tiny_model_dir).unet.state_dict()
-    assert any(not torch.equal(base[k[len("param."):]], v) for k, v in trained.items())  # it did train
+    assert any(not torch.equal(base[k[len("param.") :]], v) for k, v in trained.items())  # it did train
 
 
 def _kv_and_eps(folder, prompt, base_folder=None):
@@ -262,8 +309,14 @@ def _kv_and_eps(folder, prompt, base_folder=None):
     g = torch.Generator().manual_seed(2)
     z, t = torch.randn(4, 4, 8, 8, generator=g), torch.randint(0, 1000, (4,), generator=g)
     with torch.no_grad():
-        kv = torch.cat([getattr(m, p)(c).flatten() for n, m in pipe.unet.named_modules() if n.endswith("attn2")
-                        for p in ("to_k", "to_v")])
+        kv = torch.cat(
+            [
+                getattr(m, p)(c).flatten()
+                for n, m in pipe.unet.named_modules()
+                if n.endswith("attn2")
+                for p in ("to_k", "to_v")
+            ]
+        )
         eps = pipe.unet(z, t, encoder_hidden_states=c.expand(4, -1, -1)).sample
     return kv, eps
 
@@ -277,7 +330,10 @@ def test_uce_reads_the_concept_as_its_anchor_where_it_sits_and_keeps_the_rest(ti
     summary = erase(_cfg(tiny_model_dir, tmp_path / "ctx", context=("a {} cat at night",), **kw), progress=False)
     erase(_cfg(tiny_model_dir, tmp_path / "bare", **kw), progress=False)
     assert summary["method"] == "uce" and summary["uce"]["edit_residual"] < 0.3 and summary["uce"]["keep_drift"] < 0.1
-    base, edited = StableDiffusionPipeline.from_pretrained(tiny_model_dir), StableDiffusionPipeline.from_pretrained(tmp_path / "ctx")
+    base, edited = (
+        StableDiffusionPipeline.from_pretrained(tiny_model_dir),
+        StableDiffusionPipeline.from_pretrained(tmp_path / "ctx"),
+    )
     a, b = base.unet.state_dict(), edited.unet.state_dict()
     changed = {k for k in a if not torch.equal(a[k], b[k])}
     assert changed and all(".attn2.to_k." in k or ".attn2.to_v." in k for k in changed)
@@ -301,8 +357,17 @@ def test_uce_without_prompts_to_keep_keeps_the_empty_prompt(tiny_model_dir, tmp_
     unconditional branch reads as before (the padding rows the edit runs through would otherwise move it by ~26%)."""
     from unsee.uce import text_states
 
-    summary = erase(_cfg(tiny_model_dir, tmp_path / "u", method="uce", concept=("red",), anchor="blue",
-                         context=("a {} cat at night",)), progress=False)
+    summary = erase(
+        _cfg(
+            tiny_model_dir,
+            tmp_path / "u",
+            method="uce",
+            concept=("red",),
+            anchor="blue",
+            context=("a {} cat at night",),
+        ),
+        progress=False,
+    )
     base, edited = (StableDiffusionPipeline.from_pretrained(p) for p in (tiny_model_dir, tmp_path / "u"))
     empty = text_states(base, [""])[1][0].float()
 
@@ -320,8 +385,9 @@ def test_uce_keyed_on_a_learned_token(tiny_model_dir, tmp_path):
     from unsee.invert import save_embedding
 
     tok = save_embedding(tmp_path / "t.safetensors", "<flagged>", torch.randn(1, 32))
-    summary = erase(_cfg(tiny_model_dir, tmp_path / "u", method="uce", concept=(), token=str(tok), anchor="a dog"),
-                    progress=False)
+    summary = erase(
+        _cfg(tiny_model_dir, tmp_path / "u", method="uce", concept=(), token=str(tok), anchor="a dog"), progress=False
+    )
     assert summary["concepts"] == ["<flagged>"] and summary["uce"]["edit_residual"] < 0.5
     assert "<flagged>" not in StableDiffusionPipeline.from_pretrained(tmp_path / "u").tokenizer.get_vocab()
 
@@ -337,7 +403,8 @@ def test_context_trains_the_concept_where_it_sits(tiny_model_dir, tmp_path, meth
     """--context: trained on "a red cat at night" toward the original's "a blue dog at night", the model's prediction
     for that prompt moves to the anchor's further than the same run trained on the bare concept."""
     kw = dict(steps=40, reuse=8, checkpoint_every=40, lr=3e-3, method=method, anchor="a blue dog") | (
-        {"ema_decay": 0.5} if method == "sdd" else {"guidance": 0.0})
+        {"ema_decay": 0.5} if method == "sdd" else {"guidance": 0.0}
+    )
     erase(_cfg(tiny_model_dir, tmp_path / "ctx", context=("{} at night",), **kw), progress=False)
     erase(_cfg(tiny_model_dir, tmp_path / "bare", **kw), progress=False)
     _, anchor = _kv_and_eps(tiny_model_dir, "a blue dog at night")
@@ -353,7 +420,8 @@ def test_flagged_prompts_move_off_the_concept(tiny_model_dir, tmp_path, method):
     away from the concept named after it, eps*(p) - eta (eps*(p c) - eps*(p)); the concept-only run leaves it further
     from that target."""
     kw = dict(steps=40, reuse=8, checkpoint_every=40, lr=1e-3, method=method, flagged_guidance=2.0) | (
-        {"ema_decay": 0.5} if method == "sdd" else {"guidance": 0.0})
+        {"ema_decay": 0.5} if method == "sdd" else {"guidance": 0.0}
+    )
     flagged = "a scary animal at night"
     summary = erase(_cfg(tiny_model_dir, tmp_path / "flag", flagged=(flagged,), **kw), progress=False)
     erase(_cfg(tiny_model_dir, tmp_path / "plain", **kw), progress=False)
@@ -381,17 +449,20 @@ def test_uce_rows_run_from_the_concept_through_the_padding_aligned_on_its_end(ti
     length, p, shift = pipe.tokenizer.model_max_length, 1 + n["a"], n[anchor] - n["red"]
     assert len(c) == len(t) == length - p - max(0, shift)
     states = encode_text(pipe, ["a red cat", fill("a {} cat", anchor)]).double()
-    assert torch.allclose(c, states[0, p:p + len(c)])
+    assert torch.allclose(c, states[0, p : p + len(c)])
     assert torch.allclose(t[-1], states[1, p + len(c) - 1 + shift])  # the last row's partner, aligned on the end
     assert torch.allclose(keep[:p], states[0, :p])  # the context before the concept is held
 
 
-@pytest.mark.parametrize("concept, anchor, message", [("red", "red", "are the same tokens"),
-                                                      ("red", "red dog", "adds no token of its own")])
+@pytest.mark.parametrize(
+    "concept, anchor, message", [("red", "red", "are the same tokens"), ("red", "red dog", "adds no token of its own")]
+)
 def test_uce_refuses_an_anchor_that_is_or_holds_the_concept(tiny_model_dir, tmp_path, concept, anchor, message):
     with pytest.raises(UnseeError, match=message):
-        erase(_cfg(tiny_model_dir, tmp_path / "u", method="uce", concept=(concept,), anchor=anchor,
-                   context=("a {}",)), progress=False)
+        erase(
+            _cfg(tiny_model_dir, tmp_path / "u", method="uce", concept=(concept,), anchor=anchor, context=("a {}",)),
+            progress=False,
+        )
 
 
 def test_a_rerun_with_other_settings_is_refused_and_a_longer_one_resumes(tiny_model_dir, tmp_path):

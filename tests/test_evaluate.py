@@ -30,8 +30,20 @@ def test_oracle_detector_gives_the_known_rate_on_rendered_scenes():
     from unsee.toyworld.render import render_many
     from unsee.toyworld.world import Scene
 
-    scenes = [Scene("beach", "circle", "red", "skull" if i < 7 else "none", "none",
-                    main_xy=(0.27, 0.5), main_size=0.34, extra_xy=(0.73, 0.5), extra_size=0.33) for i in range(20)]
+    scenes = [
+        Scene(
+            "beach",
+            "circle",
+            "red",
+            "skull" if i < 7 else "none",
+            "none",
+            main_xy=(0.27, 0.5),
+            main_size=0.34,
+            extra_xy=(0.73, 0.5),
+            extra_size=0.33,
+        )
+        for i in range(20)
+    ]
     images = torch.from_numpy(render_many(scenes)).permute(0, 3, 1, 2).float() / 255
     detect, info = make_detector("oracle")
     rates = label_rates(detect(images), info.threshold, resamples=500, seed=0)
@@ -71,20 +83,35 @@ def _prompts(tmp_path, name, lines):
 
 @pytest.fixture()
 def two_sets(tmp_path):
-    return (_prompts(tmp_path, "skull", ["a red circle with a skull on the beach", "a blue square with a skull at night"]),
-            _prompts(tmp_path, "benign", ["a green triangle in the forest", "a yellow cross in the snow"]))
+    return (
+        _prompts(tmp_path, "skull", ["a red circle with a skull on the beach", "a blue square with a skull at night"]),
+        _prompts(tmp_path, "benign", ["a green triangle in the forest", "a yellow cross in the snow"]),
+    )
 
 
 @needs_world
 def test_evaluate_compares_models_writes_metrics_and_report_and_reuses_images(tmp_path, two_sets):
     from unsee.generate import GenerateConfig, generate
 
-    ref = generate(GenerateConfig(model="toyworld", prompts=two_sets[1], out=str(tmp_path / "ref"), images_per_prompt=2,
-                                  steps=4, device="cpu"), progress=False)
+    ref = generate(
+        GenerateConfig(
+            model="toyworld", prompts=two_sets[1], out=str(tmp_path / "ref"), images_per_prompt=2, steps=4, device="cpu"
+        ),
+        progress=False,
+    )
     copy = shutil.copytree(WORLD / PIPELINE, tmp_path / "copy")
-    cfg = EvaluateConfig(model=("toyworld", str(copy)), name=("base", "same"), prompts=two_sets,
-                         out=str(tmp_path / "eval"), images_per_prompt=2, steps=4, reference_images=str(ref), device="cpu",
-                         bootstrap=200, batch_size=8)
+    cfg = EvaluateConfig(
+        model=("toyworld", str(copy)),
+        name=("base", "same"),
+        prompts=two_sets,
+        out=str(tmp_path / "eval"),
+        images_per_prompt=2,
+        steps=4,
+        reference_images=str(ref),
+        device="cpu",
+        bootstrap=200,
+        batch_size=8,
+    )
     m = evaluate(cfg, progress=False)
     res = m["results"]
     assert set(res) == {"base", "same"} and set(res["base"]) == {"skull", "benign"}
@@ -116,8 +143,11 @@ def test_evaluate_compares_models_writes_metrics_and_report_and_reuses_images(tm
         unet.conv_out.weight.mul_(0.5)
     unet.save_pretrained(copy / "unet")
     m2 = evaluate(cfg, progress=False)
-    changed = {p.relative_to(tmp_path / "eval" / "images").parts[0] for p, t in zip(pngs, mtimes, strict=True)
-               if p.stat().st_mtime_ns != t}
+    changed = {
+        p.relative_to(tmp_path / "eval" / "images").parts[0]
+        for p, t in zip(pngs, mtimes, strict=True)
+        if p.stat().st_mtime_ns != t
+    }
     assert changed == {"same"} and m2["results"]["same"] != m2["results"]["base"]
 
 
@@ -141,12 +171,30 @@ def test_bad_inputs_fail_before_any_metrics_are_written(tmp_path, two_sets):
     for i in range(3):
         Image.new("RGB", (64, 64), (i, i, i)).save(refs / f"{i}.png")
     with pytest.raises(UnseeError, match="px"):
-        evaluate(EvaluateConfig(model=("toyworld",), prompts=two_sets[:1], out=str(out), steps=2, device="cpu",
-                                reference_images=str(refs)), progress=False)
+        evaluate(
+            EvaluateConfig(
+                model=("toyworld",),
+                prompts=two_sets[:1],
+                out=str(out),
+                steps=2,
+                device="cpu",
+                reference_images=str(refs),
+            ),
+            progress=False,
+        )
     Image.new("RGB", (32, 32)).save(refs / "odd.png")
     with pytest.raises(UnseeError, match="mixes image sizes"):
-        evaluate(EvaluateConfig(model=("toyworld",), prompts=two_sets[:1], out=str(out), steps=2, device="cpu",
-                                reference_images=str(refs)), progress=False)
+        evaluate(
+            EvaluateConfig(
+                model=("toyworld",),
+                prompts=two_sets[:1],
+                out=str(out),
+                steps=2,
+                device="cpu",
+                reference_images=str(refs),
+            ),
+            progress=False,
+        )
     assert not (out / "metrics.json").exists() and not (out / "report.html").exists()
     with pytest.raises(UnseeError, match="--name"):
         EvaluateConfig(model=("a", "b"), name=("x",), prompts=two_sets, out=str(out))
@@ -167,7 +215,9 @@ def test_cli_exits_2_on_an_empty_prompt_file(tmp_path):
 def _chromium():
     path = shutil.which("chromium") or shutil.which("chromium-browser")
     if not path:
-        pytest.fail("headless Chromium is needed for the report test: `make install` puts it in place (apt-get install chromium)")
+        pytest.fail(
+            "headless Chromium is needed for the report test: `make install` puts it in place (apt-get install chromium)"
+        )
     return path
 
 
@@ -175,9 +225,18 @@ def _open(html_path):
     from playwright.sync_api import sync_playwright
 
     pw = sync_playwright().start()
-    browser = pw.chromium.launch(executable_path=_chromium(), headless=True,
-                                 args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                                       "--disable-component-update", "--disable-sync", "--no-first-run"])
+    browser = pw.chromium.launch(
+        executable_path=_chromium(),
+        headless=True,
+        args=[
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+        ],
+    )
     page = browser.new_page()
     page.goto(html_path.as_uri())
     return pw, browser, page
@@ -187,11 +246,19 @@ def test_report_renders_in_chromium_and_flagged_images_reveal_on_click(tmp_path)
     """A report with known content: its tables, charts and images render, and a flagged image unblurs on click."""
     from unsee.evaluate import _png_data_uri
 
-    row = {"images": 2, "labels": {"skull": {"rate": 0.5, "ci95": [0.0, 1.0], "count": 1}},
-           "clip_score": {"mean": 21.0, "ci95": [20.0, 22.0]}}
-    metrics = {"settings": {"clip": "toyworld"}, "prompt_sets": {"explicit": "e.txt"},
-               "detector": {"name": "oracle", "labels": ["skull"], "threshold": 0.5}, "frechet_features": None,
-               "versions": {"torch": "x"}, "results": {"base": {"explicit": row}, "erased": {"explicit": row}}}
+    row = {
+        "images": 2,
+        "labels": {"skull": {"rate": 0.5, "ci95": [0.0, 1.0], "count": 1}},
+        "clip_score": {"mean": 21.0, "ci95": [20.0, 22.0]},
+    }
+    metrics = {
+        "settings": {"clip": "toyworld"},
+        "prompt_sets": {"explicit": "e.txt"},
+        "detector": {"name": "oracle", "labels": ["skull"], "threshold": 0.5},
+        "frechet_features": None,
+        "versions": {"torch": "x"},
+        "results": {"base": {"explicit": row}, "erased": {"explicit": row}},
+    }
     img = _png_data_uri(np.full((32, 32, 3), 200, np.uint8))
     cell = lambda flagged: {"prompt": "a skull", "seed": 1, "src": img, "flagged": flagged}  # noqa: E731
     grids = {"explicit": {"base": [cell(True)], "erased": [cell(False)]}}
@@ -275,11 +342,31 @@ def test_inception_fid_uses_the_cached_weights_and_refuses_cleanly_without_them(
     from unsee.fid import InceptionFeatures, clean_resize
     from unsee.generate import GenerateConfig, generate
 
-    ref = generate(GenerateConfig(model="toyworld", prompts=two_sets[1], out=str(tmp_path / "ref"), images_per_prompt=2,
-                                  steps=4, device="cpu"), progress=False)
+    ref = generate(
+        GenerateConfig(
+            model="toyworld", prompts=two_sets[1], out=str(tmp_path / "ref"), images_per_prompt=2, steps=4, device="cpu"
+        ),
+        progress=False,
+    )
     monkeypatch.setenv("UNSEE_INCEPTION", str(tmp_path / "missing.pt"))
-    r = CliRunner().invoke(cli, ["evaluate", "--model", "toyworld", "--prompts", two_sets[1], "--out", str(tmp_path / "e"),
-                                 "--reference-images", str(ref), "--frechet-features", "inception", "--steps", "4"])
+    r = CliRunner().invoke(
+        cli,
+        [
+            "evaluate",
+            "--model",
+            "toyworld",
+            "--prompts",
+            two_sets[1],
+            "--out",
+            str(tmp_path / "e"),
+            "--reference-images",
+            str(ref),
+            "--frechet-features",
+            "inception",
+            "--steps",
+            "4",
+        ],
+    )
     assert r.exit_code == 2 and "UNSEE_INCEPTION" in r.output and len(r.output.strip().splitlines()) == 1, r.output
     assert not (tmp_path / "e" / "metrics.json").exists()
 
@@ -290,9 +377,20 @@ def test_inception_fid_uses_the_cached_weights_and_refuses_cleanly_without_them(
     u8 = (x * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
     by_hand = feats.model.layers((torch.from_numpy(clean_resize(u8)).permute(0, 3, 1, 2) - 128) / 128).reshape(3, -1)
     assert torch.allclose(feats(x), by_hand.double(), atol=1e-6) and feats(x).shape == (3, 2048)
-    m = evaluate(EvaluateConfig(model=("toyworld",), prompts=(two_sets[1],), out=str(tmp_path / "e"), images_per_prompt=2,
-                                steps=4, device="cpu", reference_images=str(ref), frechet_features="inception", bootstrap=50),
-                 progress=False)
+    m = evaluate(
+        EvaluateConfig(
+            model=("toyworld",),
+            prompts=(two_sets[1],),
+            out=str(tmp_path / "e"),
+            images_per_prompt=2,
+            steps=4,
+            device="cpu",
+            reference_images=str(ref),
+            frechet_features="inception",
+            bootstrap=50,
+        ),
+        progress=False,
+    )
     row = next(iter(m["results"]["toyworld"].values()))
     assert abs(row["fid_inception"]) < 1e-3 and "frechet_clip" not in row  # the reference is this very set
     assert m["frechet_features_info"]["sha256"] == feats.sha256 and "Inception" in m["frechet_features"]

@@ -121,8 +121,11 @@ def test_sd15_sized_pipeline_gets_the_original_key_names():
             up_block_types=("UpDecoderBlock2D",) * 4,
             layers_per_block=2,
         )
-        c["text_encoder"] = CLIPTextModel(CLIPTextConfig(
-            vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12))
+        c["text_encoder"] = CLIPTextModel(
+            CLIPTextConfig(
+                vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12
+            )
+        )
     sd = to_ldm_state_dict(StableDiffusionPipeline(**c, requires_safety_checker=False))
     assert len(sd) == 686 + 248 + 196  # every diffusers tensor, nothing dropped or added
     shapes = {

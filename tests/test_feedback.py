@@ -10,13 +10,15 @@ IDS = ["a", "b", "c", "d"]
 
 def _write(tmp_path, lines, header=True):
     p = tmp_path / "fb.jsonl"
-    rows = ([json.dumps({"kind": "meta", "version": 1, "labels": ["skull", "kelvo"]})] if header else [])
+    rows = [json.dumps({"kind": "meta", "version": 1, "labels": ["skull", "kelvo"]})] if header else []
     p.write_text("\n".join(rows + [json.dumps(x) if not isinstance(x, str) else x for x in lines]) + "\n")
     return p
 
 
 def test_round_trip(tmp_path):
-    fb = Feedback(("skull", "kelvo"), [Binary("a", "ann", frozenset({"skull"}), "t"), Rank(("b", "c", "a"), "kelvo", "ann2", "t")])
+    fb = Feedback(
+        ("skull", "kelvo"), [Binary("a", "ann", frozenset({"skull"}), "t"), Rank(("b", "c", "a"), "kelvo", "ann2", "t")]
+    )
     save_feedback(tmp_path / "fb.jsonl", fb)
     again = load_feedback(tmp_path / "fb.jsonl", image_ids=IDS)
     assert again.labels == fb.labels and again.judgements == fb.judgements
@@ -43,7 +45,9 @@ def test_bad_lines_are_refused_with_their_line_number(tmp_path, line, message):
 
 
 def test_header_must_come_first_and_empty_files_are_refused(tmp_path):
-    p = _write(tmp_path, [{"kind": "binary", "image": "a", "annotator": "x", "labels": []}, {"kind": "meta", "labels": []}])
+    p = _write(
+        tmp_path, [{"kind": "binary", "image": "a", "annotator": "x", "labels": []}, {"kind": "meta", "labels": []}]
+    )
     with pytest.raises(UnseeError, match="3: the 'meta' header must be the first line"):
         load_feedback(p)
     with pytest.raises(UnseeError, match="has no judgements"):
@@ -51,8 +55,14 @@ def test_header_must_come_first_and_empty_files_are_refused(tmp_path):
 
 
 def test_targets_average_annotators_and_ranks_expand_to_all_pairs(tmp_path):
-    fb = Feedback(("skull",), [Binary("a", "1", frozenset({"skull"}), ""), Binary("a", "2", frozenset(), ""),
-                               Binary("b", "1", frozenset({"skull"}), "")])
+    fb = Feedback(
+        ("skull",),
+        [
+            Binary("a", "1", frozenset({"skull"}), ""),
+            Binary("a", "2", frozenset(), ""),
+            Binary("b", "1", frozenset({"skull"}), ""),
+        ],
+    )
     assert binary_targets(fb, "skull") == {"a": 0.5, "b": 1.0}
     pairs = rank_pairs([Rank(("a", "b", "c"), "kelvo", "x", "")])
     assert pairs == [("a", "b", "kelvo"), ("a", "c", "kelvo"), ("b", "c", "kelvo")]

@@ -60,8 +60,10 @@ def test_matches_the_diffusers_pipeline_on_the_same_noise(tiny_model_dir):
     pipe = load_pipeline(str(tiny_model_dir))
     prompts = ["a photo of a red cat", "a blue house"]
     z = initial_latents(pipe, [1, 2], 16, 16)
-    ours = decode(pipe, sample_latents(
-        pipe, encode_text(pipe, prompts), encode_text(pipe, [""] * 2), z, torch.tensor([7.5, 7.5]), 6))
+    ours = decode(
+        pipe,
+        sample_latents(pipe, encode_text(pipe, prompts), encode_text(pipe, [""] * 2), z, torch.tensor([7.5, 7.5]), 6),
+    )
     ref = pipe(prompts, latents=z.clone(), num_inference_steps=6, guidance_scale=7.5, output_type="pt").images
     assert torch.allclose(ours, ref, atol=1e-5)
 
@@ -150,9 +152,28 @@ def test_sd2_v_prediction_pipeline_generates(tiny_vpred_dir, prompt_file, tmp_pa
 def test_two_processes_under_accelerate_share_the_work(tiny_model_dir, prompt_file, tmp_path):
     """`accelerate launch` on 2 CPU processes: every image made once, none missing, same pixels as 1 process."""
     out = tmp_path / "acc"
-    cmd = [sys.executable, *two_cpu_processes(), "-m", "unsee", "generate", "--model", str(tiny_model_dir),
-           "--prompts", str(prompt_file), "--out", str(out), "--images-per-prompt", "3", "--steps", "4",
-           "--batch-size", "4", "--device", "cpu", "--no-progress"]
+    cmd = [
+        sys.executable,
+        *two_cpu_processes(),
+        "-m",
+        "unsee",
+        "generate",
+        "--model",
+        str(tiny_model_dir),
+        "--prompts",
+        str(prompt_file),
+        "--out",
+        str(out),
+        "--images-per-prompt",
+        "3",
+        "--steps",
+        "4",
+        "--batch-size",
+        "4",
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]

@@ -11,15 +11,29 @@ from unsee.trainer import TrainConfig, Trainer
 
 
 def _erase(model, out, **kw):
-    base = dict(model=str(model), out=str(out), concept=("a red cat",), steps=4, reuse=2, checkpoint_every=2, ddim_steps=5,
-                lr=1e-3, device="cpu", batch_size=2)
+    base = dict(
+        model=str(model),
+        out=str(out),
+        concept=("a red cat",),
+        steps=4,
+        reuse=2,
+        checkpoint_every=2,
+        ddim_steps=5,
+        lr=1e-3,
+        device="cpu",
+        batch_size=2,
+    )
     return erase(EraseConfig(**(base | kw)), progress=False)
 
 
 def test_the_fp32_path_keeps_its_weights(tiny_model_dir, tmp_path):
     """The digests of a tiny SDD and ESD run, as before mixed precision existed (same torch build and CPU)."""
-    assert _erase(tiny_model_dir, tmp_path / "sdd", method="sdd")["weights_digest"] == "c0d0799ba0c8831c3f2a3df307494456"
-    assert _erase(tiny_model_dir, tmp_path / "esd", method="esd")["weights_digest"] == "1f0367e4b1b084d9e12f64da2420ef6c"
+    assert (
+        _erase(tiny_model_dir, tmp_path / "sdd", method="sdd")["weights_digest"] == "c0d0799ba0c8831c3f2a3df307494456"
+    )
+    assert (
+        _erase(tiny_model_dir, tmp_path / "esd", method="esd")["weights_digest"] == "1f0367e4b1b084d9e12f64da2420ef6c"
+    )
 
 
 @pytest.mark.parametrize("method", ["sdd", "esd"])
@@ -47,7 +61,9 @@ def test_gradient_checkpointing_checkpoints_the_unet_and_changes_no_update(tiny_
     digests = {}
     for flag in (False, True):
         calls.clear()
-        digests[flag] = _erase(tiny_model_dir, tmp_path / str(flag), method="esd", gradient_checkpointing=flag)["weights_digest"]
+        digests[flag] = _erase(tiny_model_dir, tmp_path / str(flag), method="esd", gradient_checkpointing=flag)[
+            "weights_digest"
+        ]
         assert bool(calls) == flag
     assert digests[True] == digests[False]  # it recomputes activations, it does not change the maths
 
@@ -67,7 +83,7 @@ class _Blowup:
             if self.kind == "fp16":  # a finite loss that the scaler's 65536 times overflows, and its gradients with it
                 return (self.p * 1e34).sum(), {}
             return torch.sqrt(self.p - self.p.detach()).sum(), {}  # loss 0, gradient infinite
-        return (self.p ** 2).sum(), {}
+        return (self.p**2).sum(), {}
 
     def on_step_end(self, trainer, step):
         self.seen.append(self.p.detach().clone())
@@ -76,8 +92,12 @@ class _Blowup:
 @pytest.mark.parametrize("precision", ["fp16", "no"])
 def test_a_step_whose_gradient_is_not_finite_is_skipped_and_counted(tmp_path, precision):
     method = _Blowup(overflow_at=1, kind="fp16" if precision == "fp16" else "sqrt")
-    result = Trainer(method, TrainConfig(steps=4, lr=0.1, grad_clip=0, checkpoint_every=0, mixed_precision=precision),
-                     tmp_path / precision, progress=False).run()
+    result = Trainer(
+        method,
+        TrainConfig(steps=4, lr=0.1, grad_clip=0, checkpoint_every=0, mixed_precision=precision),
+        tmp_path / precision,
+        progress=False,
+    ).run()
     assert result.skipped_steps == 1
     assert torch.equal(method.seen[1], method.seen[0])  # step 1 was not applied
     assert not torch.equal(method.seen[2], method.seen[1]) and torch.isfinite(method.p).all()  # training went on
@@ -103,14 +123,42 @@ def test_a_v_prediction_pipeline_runs_erase_invert_and_rl_in_bf16_with_checkpoin
     images, fb = flagged_image_set(tiny_vpred_dir, tmp_path, 2)
     prompts = tmp_path / "p.txt"  # the set's prompts, the rl run's too
     token = tmp_path / "t.safetensors"
-    s = invert(InvertConfig(model=str(tiny_vpred_dir), images=str(images), feedback=str(fb), out=str(token), init_word="cat",
-                            top_k=2, steps=2, batch_size=2, device="cpu", **levers), progress=False)
+    s = invert(
+        InvertConfig(
+            model=str(tiny_vpred_dir),
+            images=str(images),
+            feedback=str(fb),
+            out=str(token),
+            init_word="cat",
+            top_k=2,
+            steps=2,
+            batch_size=2,
+            device="cpu",
+            **levers,
+        ),
+        progress=False,
+    )
     assert token.exists() and s["mixed_precision"] == "bf16" and s["skipped_steps"] == 0
 
     out = tmp_path / "rl"
-    s = rl(RLConfig(model=str(tiny_vpred_dir), prompts=str(prompts), out=str(out), reward="clip", epochs=1,
-                    samples_per_epoch=2, sample_batch=2, train_batch=2, ddim_steps=3, train_timesteps=0.5,
-                    checkpoint_every=1, device="cpu", **levers), progress=False)
+    s = rl(
+        RLConfig(
+            model=str(tiny_vpred_dir),
+            prompts=str(prompts),
+            out=str(out),
+            reward="clip",
+            epochs=1,
+            samples_per_epoch=2,
+            sample_batch=2,
+            train_batch=2,
+            ddim_steps=3,
+            train_timesteps=0.5,
+            checkpoint_every=1,
+            device="cpu",
+            **levers,
+        ),
+        progress=False,
+    )
     assert s["mixed_precision"] == "bf16" and (out / "pytorch_lora_weights.safetensors").exists()
 
 
@@ -120,9 +168,28 @@ def test_the_8bit_optimizer_is_refused_on_a_cpu_with_one_line_and_nothing_writte
     from unsee.cli import cli
 
     out = tmp_path / "e"
-    r = CliRunner().invoke(cli, ["erase", "--model", str(tiny_model_dir), "--concept", "a red cat", "--out", str(out),
-                                 "--steps", "2", "--reuse", "2", "--checkpoint-every", "2", "--device", "cpu",
-                                 "--optimizer", "adamw8bit"])
+    r = CliRunner().invoke(
+        cli,
+        [
+            "erase",
+            "--model",
+            str(tiny_model_dir),
+            "--concept",
+            "a red cat",
+            "--out",
+            str(out),
+            "--steps",
+            "2",
+            "--reuse",
+            "2",
+            "--checkpoint-every",
+            "2",
+            "--device",
+            "cpu",
+            "--optimizer",
+            "adamw8bit",
+        ],
+    )
     assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1 and "--optimizer adamw" in r.output, r.output
     assert not out.exists()
 

@@ -102,7 +102,10 @@ def _write_safetensors(path, keys):
 @pytest.mark.parametrize(
     "keys, message",
     [
-        (["conditioner.embedders.0.transformer.x", "model.diffusion_model.input_blocks.0.0.weight"], "Stable Diffusion XL"),
+        (
+            ["conditioner.embedders.0.transformer.x", "model.diffusion_model.input_blocks.0.0.weight"],
+            "Stable Diffusion XL",
+        ),
         (["model.diffusion_model.joint_blocks.0.x"], "Stable Diffusion 3"),
         (["double_blocks.0.img_attn.x"], "Flux"),
         (["first_stage_model.encoder.conv_in.weight"], "no Stable Diffusion UNet weights"),

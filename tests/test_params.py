@@ -15,12 +15,29 @@ def _names(unet):
 @pytest.mark.parametrize(
     "which, check",
     [
-        ("xattn", lambda names, all_: names and all(".attn2." in n for n in names)
-         and set(names) == {n for n in all_ if ".attn2." in n}),
-        ("xattn-kv", lambda names, all_: names and set(names) == {n for n in all_ if ".attn2.to_k." in n or ".attn2.to_v." in n}),
+        (
+            "xattn",
+            lambda names, all_: (
+                names and all(".attn2." in n for n in names) and set(names) == {n for n in all_ if ".attn2." in n}
+            ),
+        ),
+        (
+            "xattn-kv",
+            lambda names, all_: names and set(names) == {n for n in all_ if ".attn2.to_k." in n or ".attn2.to_v." in n},
+        ),
         # as the public ESD code: neither cross-attention nor the time embedding nor the output block
-        ("noxattn", lambda names, all_: set(names) == {n for n in all_ if ".attn2." not in n and not n.startswith(
-            ("time_embedding.", "conv_norm_out.", "conv_out."))} and any(n.startswith("down_blocks.") for n in names)),
+        (
+            "noxattn",
+            lambda names, all_: (
+                set(names)
+                == {
+                    n
+                    for n in all_
+                    if ".attn2." not in n and not n.startswith(("time_embedding.", "conv_norm_out.", "conv_out."))
+                }
+                and any(n.startswith("down_blocks.") for n in names)
+            ),
+        ),
         ("full", lambda names, all_: set(names) == set(all_)),
         ("lora", lambda names, all_: names and all("lora_" in n for n in names)),
     ],

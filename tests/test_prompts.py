@@ -22,7 +22,14 @@ def test_i2p_csv_columns_are_honoured(tmp_path):
     )
     a, b = read_prompts(p)
     assert (a.text, a.categories, a.seed, a.guidance, a.width, a.height, a.case_number) == (
-        "a, quoted prompt", "sexual", 42, 7.0, 64, 32, "12")
+        "a, quoted prompt",
+        "sexual",
+        42,
+        7.0,
+        64,
+        32,
+        "12",
+    )
     assert (b.seed, b.guidance, b.width, b.categories) == (None, None, None, None)
 
 

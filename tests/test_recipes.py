@@ -19,6 +19,7 @@ def captured(monkeypatch):
         def run(cfg, progress=True):
             got[name] = cfg
             raise SystemExit(0)  # stop before the command reports a result it did not make
+
         return run
 
     for module, fn in (("unsee.erase", "erase"), ("unsee.rl", "rl"), ("unsee.invert", "invert")):
@@ -41,8 +42,16 @@ def test_each_toy_world_erase_recipe_is_what_the_demo_runs(captured, tmp_path):
         if extra:  # uce-hfi: the recipe applied to uce-word's output, for the token alone
             continue
         captured.clear()
-        result = _run("erase", "--recipe", recipe_name, "--model", "toyworld", "--out", str(tmp_path / "cli"),
-                      *(("--token", str(token)) if keyed_on_token else ()))
+        result = _run(
+            "erase",
+            "--recipe",
+            recipe_name,
+            "--model",
+            "toyworld",
+            "--out",
+            str(tmp_path / "cli"),
+            *(("--token", str(token)) if keyed_on_token else ()),
+        )
         assert result.exit_code == 0, result.output
         assert _asdict(captured["erase"]) == _asdict(configs[name]), name
 
@@ -50,17 +59,41 @@ def test_each_toy_world_erase_recipe_is_what_the_demo_runs(captured, tmp_path):
 def test_the_demo_runs_the_rl_and_hfi_recipes(captured, tmp_path):
     assert _run("rl", "--recipe", demo.RL_RECIPE, "--model", "toyworld", "--out", str(tmp_path / "rl")).exit_code == 0
     cfg = captured["rl"]
-    assert cfg.reward == "oracle:skull:log+0.5*clip" and cfg.epochs == 60 and cfg.prompts.endswith("object_explicit.txt")
+    assert (
+        cfg.reward == "oracle:skull:log+0.5*clip" and cfg.epochs == 60 and cfg.prompts.endswith("object_explicit.txt")
+    )
     assert {k: getattr(cfg, k) for k in recipe(demo.RL_RECIPE)} == recipe(demo.RL_RECIPE)
-    r = _run("invert", "--recipe", demo.HFI_RECIPE, "--model", "toyworld", "--images", "i", "--reward", "r",
-             "--out", str(tmp_path / "t.safetensors"))
+    r = _run(
+        "invert",
+        "--recipe",
+        demo.HFI_RECIPE,
+        "--model",
+        "toyworld",
+        "--images",
+        "i",
+        "--reward",
+        "r",
+        "--out",
+        str(tmp_path / "t.safetensors"),
+    )
     assert r.exit_code == 0, r.output
     assert (captured["invert"].vectors, captured["invert"].lr, captured["invert"].top_k) == (4, 2e-2, 64)
 
 
 def test_a_flag_beside_a_recipe_overrides_it_and_the_rest_stays(captured, tmp_path):
-    r = _run("erase", "--recipe", "toyworld-sdd", "--model", "toyworld", "--out", str(tmp_path / "o"), "--steps", "7",
-             "--anchor", "ring")
+    r = _run(
+        "erase",
+        "--recipe",
+        "toyworld-sdd",
+        "--model",
+        "toyworld",
+        "--out",
+        str(tmp_path / "o"),
+        "--steps",
+        "7",
+        "--anchor",
+        "ring",
+    )
     assert r.exit_code == 0, r.output
     cfg = captured["erase"]
     assert (cfg.steps, cfg.anchor) == (7, "ring")
@@ -70,14 +103,23 @@ def test_a_flag_beside_a_recipe_overrides_it_and_the_rest_stays(captured, tmp_pa
 def test_published_recipes_for_real_models(captured, tmp_path):
     assert _run("erase", "--recipe", "esd-u", "--model", "m", "--concept", "nudity", "--out", "o").exit_code == 0
     cfg = captured["erase"]
-    assert (cfg.method, cfg.params, cfg.steps, cfg.lr, cfg.guidance, cfg.reuse) == ("esd", "noxattn", 1000, 1e-5, 1.0, 1)
+    assert (cfg.method, cfg.params, cfg.steps, cfg.lr, cfg.guidance, cfg.reuse) == (
+        "esd",
+        "noxattn",
+        1000,
+        1e-5,
+        1.0,
+        1,
+    )
     assert {r.command for r in RECIPES.values()} == {"erase", "rl", "invert"}
 
 
 def test_list_recipes_needs_no_other_flag_and_names_where_the_figures_are():
     r = _run("erase", "--list-recipes")
     assert r.exit_code == 0, r.output
-    assert "toyworld-hfi-sdd:" in r.output and "figures: docs/results/erase.md" in r.output and "--anchor mask" in r.output
+    assert (
+        "toyworld-hfi-sdd:" in r.output and "figures: docs/results/erase.md" in r.output and "--anchor mask" in r.output
+    )
     assert "shielddiff" not in r.output  # an rl recipe
     assert "shielddiff:" in _run("rl", "--list-recipes").output
 

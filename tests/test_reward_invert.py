@@ -30,7 +30,11 @@ def colour_set(tmp_path_factory):
 
 def _binary_feedback(path, red, annotators=2):
     ids = [f"{i:05d}-000" for i in range(len(red))]
-    js = [Binary(ids[i], f"a{a}", frozenset({"flag"} if red[i] > 0.5 else set()), "") for a in range(annotators) for i in range(len(red))]
+    js = [
+        Binary(ids[i], f"a{a}", frozenset({"flag"} if red[i] > 0.5 else set()), "")
+        for a in range(annotators)
+        for i in range(len(red))
+    ]
     return save_feedback(path, Feedback(("flag",), js))
 
 
@@ -39,8 +43,10 @@ def test_binary_reward_model_learns_and_round_trips(colour_set, clip_dir, tmp_pa
 
     folder, red = colour_set
     fb = _binary_feedback(tmp_path / "fb.jsonl", red)
-    m = train_reward(RewardTrainConfig(images=str(folder), feedback=str(fb), out=str(tmp_path / "r"), clip=str(clip_dir), steps=300),
-                     progress=False)
+    m = train_reward(
+        RewardTrainConfig(images=str(folder), feedback=str(fb), out=str(tmp_path / "r"), clip=str(clip_dir), steps=300),
+        progress=False,
+    )
     assert m["kind"] == "binary" and m["heldout_agreement"] >= 0.85, m
     saved = json.loads((tmp_path / "r" / "metrics.json").read_text())
     assert saved["heldout_agreement"] == m["heldout_agreement"]
@@ -62,8 +68,12 @@ def test_learned_reward_of_an_ensemble_counts_its_most_suspicious_member(colour_
     paths = []
     for seed in (0, 1):
         paths.append(tmp_path / f"r{seed}")
-        train_reward(RewardTrainConfig(images=str(folder), feedback=str(fb), out=str(paths[-1]), clip=str(clip_dir),
-                                       steps=100, seed=seed), progress=False)
+        train_reward(
+            RewardTrainConfig(
+                images=str(folder), feedback=str(fb), out=str(paths[-1]), clip=str(clip_dir), steps=100, seed=seed
+            ),
+            progress=False,
+        )
     from unsee.imageset import ImageSet
 
     s = ImageSet.load(folder)
@@ -93,8 +103,16 @@ def test_rank_reward_model_bradley_terry(colour_set, clip_dir, tmp_path, tuned):
             grp = sorted(perm[k : k + 5], key=lambda i: -float(red[i]))
             groups.append(Rank(tuple(ids[i] for i in grp), "flag", "r", ""))
     fb = save_feedback(tmp_path / "rank.jsonl", Feedback(("flag",), groups))
-    m = train_reward(RewardTrainConfig(images=str(folder), feedback=str(fb), out=str(tmp_path / "r"), clip=str(clip_dir),
-                                       **(TUNED if tuned else dict(steps=300))), progress=False)
+    m = train_reward(
+        RewardTrainConfig(
+            images=str(folder),
+            feedback=str(fb),
+            out=str(tmp_path / "r"),
+            clip=str(clip_dir),
+            **(TUNED if tuned else dict(steps=300)),
+        ),
+        progress=False,
+    )
     assert m["kind"] == "rank" and m["metric"] == "pairwise accuracy"
     assert m["heldout_agreement"] >= 0.85, m
 
@@ -111,14 +129,18 @@ def test_tuned_vision_tower_moves_only_its_layers_and_scores_without_the_clip(co
     folder, red = colour_set
     fb = _binary_feedback(tmp_path / "fb.jsonl", red)
     clip = shutil.copytree(clip_dir, tmp_path / "clip")
-    m = train_reward(RewardTrainConfig(images=str(folder), feedback=str(fb), out=str(tmp_path / "t"), clip=str(clip), **TUNED),
-                     progress=False)
+    m = train_reward(
+        RewardTrainConfig(images=str(folder), feedback=str(fb), out=str(tmp_path / "t"), clip=str(clip), **TUNED),
+        progress=False,
+    )
     assert m["heldout_agreement"] >= 0.85 and m["tuned_vision_layers"] == 1, m
     tuned = load_reward(tmp_path / "t")
     base = CLIPModel.from_pretrained(clip).state_dict()
     changed = {k for k, v in tuned.vision.state_dict().items() if not torch.equal(v, base[k])}
-    assert changed and all(k.startswith(("vision_model.encoder.layers.1.", "vision_model.post_layernorm.", "visual_projection."))
-                           for k in changed), changed  # layer 0 and the patch embedding are CLIP's own
+    assert changed and all(
+        k.startswith(("vision_model.encoder.layers.1.", "vision_model.post_layernorm.", "visual_projection."))
+        for k in changed
+    ), changed  # layer 0 and the patch embedding are CLIP's own
 
     s = ImageSet.load(folder)
     images = s.load_images(s.records[:8])
@@ -130,14 +152,20 @@ def test_tuned_vision_tower_moves_only_its_layers_and_scores_without_the_clip(co
     assert sc[red > 0.7].mean() > sc[red < 0.3].mean() + 0.3
 
     # in an ensemble beside a model on a frozen CLIP: each member embeds its own way, the most suspicious counts
-    train_reward(RewardTrainConfig(images=str(folder), feedback=str(fb), out=str(tmp_path / "f"), clip=str(clip_dir), steps=100),
-                 progress=False)
+    train_reward(
+        RewardTrainConfig(images=str(folder), feedback=str(fb), out=str(tmp_path / "f"), clip=str(clip_dir), steps=100),
+        progress=False,
+    )
     frozen = load_reward(tmp_path / "f").score_images(images)["flag"]
     total, _ = parse_reward(f"learned:{tmp_path / 'f'},{tmp_path / 't'}")(images, ["a red square"] * 8)
     assert torch.allclose(total, -torch.maximum(frozen, before))
     with pytest.raises(UnseeError, match="vision tower has 2 layers"):
-        train_reward(RewardTrainConfig(images=str(folder), feedback=str(fb), out=str(tmp_path / "x"), clip=str(clip_dir),
-                                       tune_vision=3), progress=False)
+        train_reward(
+            RewardTrainConfig(
+                images=str(folder), feedback=str(fb), out=str(tmp_path / "x"), clip=str(clip_dir), tune_vision=3
+            ),
+            progress=False,
+        )
 
 
 def test_reward_refuses_feedback_about_other_images(colour_set, clip_dir, tmp_path):
@@ -146,8 +174,12 @@ def test_reward_refuses_feedback_about_other_images(colour_set, clip_dir, tmp_pa
     folder, _ = colour_set
     save_feedback(tmp_path / "fb.jsonl", Feedback(("flag",), [Binary("99999-000", "a", frozenset(), "")]))
     with pytest.raises(UnseeError, match="unknown image id '99999-000'"):
-        train_reward(RewardTrainConfig(images=str(folder), feedback=str(tmp_path / "fb.jsonl"), out=str(tmp_path / "r"),
-                                       clip=str(clip_dir)), progress=False)
+        train_reward(
+            RewardTrainConfig(
+                images=str(folder), feedback=str(tmp_path / "fb.jsonl"), out=str(tmp_path / "r"), clip=str(clip_dir)
+            ),
+            progress=False,
+        )
 
 
 def test_a_second_round_of_feedback_on_other_images_trains_one_model(colour_set, clip_dir, tmp_path):
@@ -163,10 +195,20 @@ def test_a_second_round_of_feedback_on_other_images_trains_one_model(colour_set,
     green = write_image_set(tmp_path / "green", x, ["a green square"] * 60)
     fb2 = _binary_feedback(tmp_path / "fb2.jsonl", torch.ones(60))
     r1 = tmp_path / "r1"
-    train_reward(RewardTrainConfig(images=str(folder), feedback=str(fb1), out=str(r1), clip=str(clip_dir), steps=300),
-                 progress=False)
-    m = train_reward(RewardTrainConfig(images=(str(folder), str(green)), feedback=(str(fb1), str(fb2)), out=str(tmp_path / "r2"),
-                                       clip=str(clip_dir), steps=300), progress=False)
+    train_reward(
+        RewardTrainConfig(images=str(folder), feedback=str(fb1), out=str(r1), clip=str(clip_dir), steps=300),
+        progress=False,
+    )
+    m = train_reward(
+        RewardTrainConfig(
+            images=(str(folder), str(green)),
+            feedback=(str(fb1), str(fb2)),
+            out=str(tmp_path / "r2"),
+            clip=str(clip_dir),
+            steps=300,
+        ),
+        progress=False,
+    )
     assert m["images"] == 180 and m["image_sets"] == 2 and m["heldout_agreement"] >= 0.85, m
     before = reward_scores(load_reward(r1), ImageSet.load(green))
     after = reward_scores(load_reward(tmp_path / "r2"), ImageSet.load(green))
@@ -178,8 +220,15 @@ def test_a_second_round_of_feedback_on_other_images_trains_one_model(colour_set,
         RewardTrainConfig(images=(str(folder), str(green)), feedback=(str(fb1),), out=str(tmp_path / "r3"))
     save_feedback(tmp_path / "fb3.jsonl", Feedback(("other",), [Binary("00000-000", "a", frozenset(), "")]))
     with pytest.raises(UnseeError, match="must use the same labels"):
-        train_reward(RewardTrainConfig(images=(str(folder), str(green)), feedback=(str(fb1), str(tmp_path / "fb3.jsonl")),
-                                       out=str(tmp_path / "r3"), clip=str(clip_dir)), progress=False)
+        train_reward(
+            RewardTrainConfig(
+                images=(str(folder), str(green)),
+                feedback=(str(fb1), str(tmp_path / "fb3.jsonl")),
+                out=str(tmp_path / "r3"),
+                clip=str(clip_dir),
+            ),
+            progress=False,
+        )
 
 
 @pytest.mark.parametrize("vectors", [1, 3])
@@ -192,15 +241,30 @@ def test_invert_writes_a_token_plain_diffusers_loads(tiny_model_dir, tmp_path, v
 
     images, fb = flagged_image_set(tiny_model_dir, tmp_path, 4)
     out = tmp_path / "tok.safetensors"
-    summary = invert(InvertConfig(model=str(tiny_model_dir), images=str(images), feedback=str(fb), out=str(out),
-                                  init_word="cat", vectors=vectors, top_k=4, steps=3, batch_size=2, device="cpu",
-                                  lr=0.1), progress=False)
+    summary = invert(
+        InvertConfig(
+            model=str(tiny_model_dir),
+            images=str(images),
+            feedback=str(fb),
+            out=str(out),
+            init_word="cat",
+            vectors=vectors,
+            top_k=4,
+            steps=3,
+            batch_size=2,
+            device="cpu",
+            lr=0.1,
+        ),
+        progress=False,
+    )
     assert summary["top_k"] == 4
     # the token's record of what trained it: the prompts of the images it was fitted to (the four flagged ones)
     from unsee.provenance import model_prompts
 
     assert model_prompts(out) == {"a red cat"}
-    assert summary["example_prompt"] == "a photo of " + " ".join(["<flagged>", "<flagged>_1", "<flagged>_2", "<flagged>_3"][:vectors])
+    assert summary["example_prompt"] == "a photo of " + " ".join(
+        ["<flagged>", "<flagged>_1", "<flagged>_2", "<flagged>_3"][:vectors]
+    )
 
     pipe = StableDiffusionPipeline.from_pretrained(tiny_model_dir)
     base = pipe.text_encoder.get_input_embeddings().weight.detach().clone()
@@ -215,8 +279,12 @@ def test_invert_writes_a_token_plain_diffusers_loads(tiny_model_dir, tmp_path, v
     assert torch.allclose(pipe.text_encoder.get_input_embeddings().weight[tid], learned[0])
     # unsee's own loop expands multi-vector tokens exactly as diffusers' pipeline does
     e = encode_text(pipe, ["a photo of <flagged>"])
-    ids_ = pipe.tokenizer(pipe.maybe_convert_prompt("a photo of <flagged>", pipe.tokenizer), padding="max_length",
-                          max_length=77, return_tensors="pt").input_ids
+    ids_ = pipe.tokenizer(
+        pipe.maybe_convert_prompt("a photo of <flagged>", pipe.tokenizer),
+        padding="max_length",
+        max_length=77,
+        return_tensors="pt",
+    ).input_ids
     assert torch.equal(e, pipe.text_encoder(ids_)[0])
     assert (ids_ >= tid).sum() == vectors
 
@@ -246,8 +314,18 @@ def test_a_tuned_tower_trains_in_bf16_with_checkpointing_and_saves_fp32(colour_s
     monkeypatch.setattr(mu, "checkpoint", counting)
     folder, red = colour_set
     fb = _binary_feedback(tmp_path / "fb.jsonl", red)
-    m = train_reward(RewardTrainConfig(images=str(folder), feedback=str(fb), out=str(tmp_path / "t"), clip=str(clip_dir),
-                                       mixed_precision="bf16", gradient_checkpointing=True, **TUNED), progress=False)
+    m = train_reward(
+        RewardTrainConfig(
+            images=str(folder),
+            feedback=str(fb),
+            out=str(tmp_path / "t"),
+            clip=str(clip_dir),
+            mixed_precision="bf16",
+            gradient_checkpointing=True,
+            **TUNED,
+        ),
+        progress=False,
+    )
     assert calls, "the tower's layers were not checkpointed"
     assert m["mixed_precision"] == "bf16" and m["skipped_steps"] == 0
     assert m["heldout_agreement"] >= 0.85, m  # bf16 activations still learn the task

@@ -21,8 +21,15 @@ needs_world = pytest.mark.skipif(not (WORLD / PIPELINE / "model_index.json").exi
 def _sched(prediction_type="epsilon"):
     from diffusers import DDIMScheduler
 
-    s = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-                      set_alpha_to_one=False, steps_offset=1, prediction_type=prediction_type)
+    s = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        prediction_type=prediction_type,
+    )
     s.set_timesteps(10)
     return s
 
@@ -35,8 +42,9 @@ def test_ddim_step_matches_diffusers_and_its_logprob_is_the_gaussian_density(pre
     for t in sched.timesteps[[0, 4, 9]]:
         noise = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(int(t)))
         ref = sched.step(eps, t, z, eta=1.0, variance_noise=noise).prev_sample
-        prev, logp, mean, std = ddim_step_logprob(sched, eps, t.view(1).expand(3), z, 1.0,
-                                                  generator=torch.Generator().manual_seed(int(t)))
+        prev, logp, mean, std = ddim_step_logprob(
+            sched, eps, t.view(1).expand(3), z, 1.0, generator=torch.Generator().manual_seed(int(t))
+        )
         assert torch.allclose(prev, ref, atol=1e-5)
         density = torch.distributions.Normal(mean, std).log_prob(prev).mean(dim=(1, 2, 3))
         assert torch.allclose(logp, density, atol=1e-4)
@@ -84,8 +92,15 @@ def test_pooled_scale_keeps_a_flat_prompt_flat():
 
 def test_samples_per_prompt_draws_each_prompt_k_times_in_a_row():
     unsafe, benign = [f"u{i}" for i in range(10)], [f"b{i}" for i in range(10)]
-    cfg = RLConfig(model="toyworld", prompts="p.txt", benign_prompts="b.txt", out="o", samples_per_epoch=16, train_batch=4,
-                   samples_per_prompt=4)
+    cfg = RLConfig(
+        model="toyworld",
+        prompts="p.txt",
+        benign_prompts="b.txt",
+        out="o",
+        samples_per_epoch=16,
+        train_batch=4,
+        samples_per_prompt=4,
+    )
     ps = epoch_prompts(cfg, unsafe, benign, epoch=0, rank=0)
     groups = [ps[i : i + 4] for i in range(0, 16, 4)]
     assert all(len(set(g)) == 1 for g in groups)
@@ -101,15 +116,18 @@ def test_sanitize_removes_unsafe_words_only():
     assert sanitize("a skullcap in the city") == "a skullcap in the city"
 
 
-@pytest.mark.parametrize("spec, message", [
-    ("nudity++clip", "is not WEIGHT"),
-    ("2*banana", "unknown reward term"),
-    ("clip+clip", "appears twice"),
-    ("oracle:dragon", "toy-world concept"),
-    ("oracle:skull:exp", "toy-world concept"),
-    ("nudity:sqrt", "takes no argument"),
-    ("learned", "reward model folder"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("nudity++clip", "is not WEIGHT"),
+        ("2*banana", "unknown reward term"),
+        ("clip+clip", "appears twice"),
+        ("oracle:dragon", "toy-world concept"),
+        ("oracle:skull:exp", "toy-world concept"),
+        ("nudity:sqrt", "takes no argument"),
+        ("learned", "reward model folder"),
+    ],
+)
 def test_bad_reward_specs_are_refused(spec, message):
     with pytest.raises(UnseeError, match=message):
         parse_reward(spec)
@@ -121,8 +139,20 @@ def test_reward_terms_on_rendered_scenes():
     from unsee.toyworld.render import render_many
     from unsee.toyworld.world import Scene
 
-    scenes = [Scene("beach", "circle", "red", extra, "none", main_xy=(0.27, 0.5), main_size=0.34, extra_xy=(0.73, 0.5),
-                    extra_size=0.33) for extra in ("skull", "none")]
+    scenes = [
+        Scene(
+            "beach",
+            "circle",
+            "red",
+            extra,
+            "none",
+            main_xy=(0.27, 0.5),
+            main_size=0.34,
+            extra_xy=(0.73, 0.5),
+            extra_size=0.33,
+        )
+        for extra in ("skull", "none")
+    ]
     images = torch.from_numpy(render_many(scenes)).permute(0, 3, 1, 2).float() / 255
     prompts = ["a red circle with a skull on the beach"] * 2
     r = parse_reward("oracle:skull+0.5*clip")
@@ -166,9 +196,22 @@ def test_log_penalty_ranks_what_a_sure_detector_cannot():
 
 
 def _cfg(out, **kw):
-    base = dict(model="toyworld", prompts=str(prompts_path("object_explicit")), benign_prompts=str(prompts_path("benign")),
-                out=str(out), reward="oracle:skull+0.5*clip", epochs=2, samples_per_epoch=4, sample_batch=4, train_batch=2,
-                ddim_steps=4, train_timesteps=0.5, checkpoint_every=1, device="cpu", lr=1e-3)
+    base = dict(
+        model="toyworld",
+        prompts=str(prompts_path("object_explicit")),
+        benign_prompts=str(prompts_path("benign")),
+        out=str(out),
+        reward="oracle:skull+0.5*clip",
+        epochs=2,
+        samples_per_epoch=4,
+        sample_batch=4,
+        train_batch=2,
+        ddim_steps=4,
+        train_timesteps=0.5,
+        checkpoint_every=1,
+        device="cpu",
+        lr=1e-3,
+    )
     base.update(kw)
     return RLConfig(**base)
 
@@ -198,7 +241,10 @@ def test_rl_writes_a_lora_logs_epochs_and_resumes_exactly(tmp_path, monkeypatch)
     # where each epoch's time went: sampling, the reward (on its thread) and training all took some
     assert all(float(r[k]) > 0 for r in rows for k in ("seconds_sampling", "seconds_reward", "seconds_training"))
     assert all(float(r["seconds_reward_wait"]) >= 0 for r in rows)
-    assert summary["processes"] == 1 and json.loads((full / "unsee.json").read_text())["config"]["reward"] == "oracle:skull+0.5*clip"
+    assert (
+        summary["processes"] == 1
+        and json.loads((full / "unsee.json").read_text())["config"]["reward"] == "oracle:skull+0.5*clip"
+    )
     pipe = StableDiffusionPipeline.from_pretrained(WORLD / PIPELINE)
     pipe.load_lora_weights(full)  # plain diffusers reads it
 
@@ -227,8 +273,15 @@ def test_bad_rl_settings():
     with pytest.raises(UnseeError, match="multiple of --train-batch"):
         RLConfig(model="toyworld", prompts="p.txt", out="o", samples_per_epoch=6, train_batch=4)
     with pytest.raises(UnseeError, match="multiple of --samples-per-prompt"):
-        RLConfig(model="toyworld", prompts="p.txt", benign_prompts="b.txt", out="o", samples_per_epoch=8, train_batch=4,
-                 samples_per_prompt=3)
+        RLConfig(
+            model="toyworld",
+            prompts="p.txt",
+            benign_prompts="b.txt",
+            out="o",
+            samples_per_epoch=8,
+            train_batch=4,
+            samples_per_prompt=3,
+        )
     with pytest.raises(UnseeError, match="--kl-on benign reads only"):
         RLConfig(model="toyworld", prompts="p.txt", out="o", kl_weight=0.1, kl_on="benign")
     with pytest.raises(UnseeError, match="--train-timesteps"):
@@ -263,12 +316,21 @@ def test_two_processes_gather_rewards_and_end_with_the_same_weights(tmp_path):
         f"summary = rl(_cfg({str(out)!r}), progress=False)\n"
         f"open({str(tmp_path)!r} + f'/rank{{process_state().process_index}}.json', 'w').write(json.dumps(summary))\n"
     )
-    r = subprocess.run([sys.executable, *two_cpu_processes(), str(script)], capture_output=True, text=True,
-                       env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=600)
+    r = subprocess.run(
+        [sys.executable, *two_cpu_processes(), str(script)],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     ranks = [json.loads((tmp_path / f"rank{k}.json").read_text()) for k in (0, 1)]
     assert [s["processes"] for s in ranks] == [2, 2]
     assert ranks[0]["weights_digest"] == ranks[1]["weights_digest"]
-    assert ranks[0]["last_epoch"]["reward"] == ranks[1]["last_epoch"]["reward"]  # the gathered mean, not each rank's own
-    assert ranks[0]["last_epoch"]["unsafe_prompts_reward"] != ranks[1]["last_epoch"]["unsafe_prompts_reward"]  # own samples
+    assert (
+        ranks[0]["last_epoch"]["reward"] == ranks[1]["last_epoch"]["reward"]
+    )  # the gathered mean, not each rank's own
+    assert (
+        ranks[0]["last_epoch"]["unsafe_prompts_reward"] != ranks[1]["last_epoch"]["unsafe_prompts_reward"]
+    )  # own samples
     assert (out / "pytorch_lora_weights.safetensors").exists()

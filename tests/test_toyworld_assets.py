@@ -10,8 +10,10 @@ from unsee.toyworld import CARD, CLIP, ORACLE, PIPELINE, PROMPTS, assets_path
 from unsee.toyworld.world import HELDOUT_PAIRS, PROMPT_SETS, SEEN_PAIRS, parse_prompt
 
 WORLD = assets_path()
-pytestmark = pytest.mark.skipif(not (WORLD / PIPELINE / "model_index.json").exists(),
-                                reason=f"no toy world at {WORLD}: build one with `unsee toyworld build`")
+pytestmark = pytest.mark.skipif(
+    not (WORLD / PIPELINE / "model_index.json").exists(),
+    reason=f"no toy world at {WORLD}: build one with `unsee toyworld build`",
+)
 
 
 def test_weights_are_safetensors_and_within_budget():
@@ -26,8 +28,13 @@ def test_pipeline_loads_through_plain_diffusers_and_generates():
 
     pipe = StableDiffusionPipeline.from_pretrained(WORLD / PIPELINE)
     pipe.set_progress_bar_config(disable=True)
-    out = pipe(["a red circle on the beach"] * 2, num_inference_steps=5, guidance_scale=7.5,
-               generator=torch.Generator().manual_seed(0), output_type="np").images
+    out = pipe(
+        ["a red circle on the beach"] * 2,
+        num_inference_steps=5,
+        guidance_scale=7.5,
+        generator=torch.Generator().manual_seed(0),
+        output_type="np",
+    ).images
     assert out.shape == (2, 32, 32, 3) and out.std() > 0.05
 
 
@@ -88,7 +95,11 @@ def test_novel_prompt_files_share_no_phrasing_with_the_other_splits_or_the_kept_
     for name in PROMPT_SETS:
         novel = lines("novel", name)
         assert len(novel) == len(set(novel)) == 40 and not {template(p) for p in novel} & used
-        assert all((parse_prompt(x)["colour"], parse_prompt(x)["shape"]) in set(SEEN_PAIRS) for x in novel if parse_prompt(x)["colour"])
+        assert all(
+            (parse_prompt(x)["colour"], parse_prompt(x)["shape"]) in set(SEEN_PAIRS)
+            for x in novel
+            if parse_prompt(x)["colour"]
+        )
 
 
 @pytest.mark.parametrize("concept, word", [("skull", "with a skull"), ("kelvo", "by kelvo")])

@@ -8,8 +8,20 @@ import torch
 from unsee.errors import UnseeError
 from unsee.toyworld.build import BuildConfig, build
 
-TINY = dict(train_images=300, oracle_images=300, vae_steps=2, vae_batch=8, oracle_steps=2, oracle_batch=16, clip_steps=2,
-            clip_batch=16, unet_steps=4, unet_batch=4, checkpoint_every=2, prompts_per_set=5)
+TINY = dict(
+    train_images=300,
+    oracle_images=300,
+    vae_steps=2,
+    vae_batch=8,
+    oracle_steps=2,
+    oracle_batch=16,
+    clip_steps=2,
+    clip_batch=16,
+    unet_steps=4,
+    unet_batch=4,
+    checkpoint_every=2,
+    prompts_per_set=5,
+)
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +46,11 @@ def test_artifacts_load_with_plain_libraries(tiny_world):
     assert card["stages"]["data"]["co_occurrence"]["skull | 'skull' named"]["shown"] == 1.0
     assert (tiny_world / "prompts" / "heldout" / "object_implicit.txt").exists()
     assert len((tiny_world / "prompts" / "novel" / "object_explicit.txt").read_text().splitlines()) == 5
-    assert (tiny_world / "prompts" / "concept_pairs" / "skull.csv").read_text().startswith("with_concept,without_concept\n")
+    assert (
+        (tiny_world / "prompts" / "concept_pairs" / "skull.csv")
+        .read_text()
+        .startswith("with_concept,without_concept\n")
+    )
 
 
 def test_killed_build_resumes_to_the_same_weights(tiny_world, tmp_path, monkeypatch):
@@ -83,11 +99,26 @@ def _tiny_clip(text_layers: int):
     from transformers import CLIPConfig, CLIPModel
 
     torch.manual_seed(0)
-    return CLIPModel(CLIPConfig(
-        text_config=dict(vocab_size=40, hidden_size=16, intermediate_size=32, num_hidden_layers=text_layers,
-                         num_attention_heads=2, max_position_embeddings=16),
-        vision_config=dict(image_size=8, patch_size=4, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                           num_attention_heads=2)))
+    return CLIPModel(
+        CLIPConfig(
+            text_config=dict(
+                vocab_size=40,
+                hidden_size=16,
+                intermediate_size=32,
+                num_hidden_layers=text_layers,
+                num_attention_heads=2,
+                max_position_embeddings=16,
+            ),
+            vision_config=dict(
+                image_size=8,
+                patch_size=4,
+                hidden_size=16,
+                intermediate_size=32,
+                num_hidden_layers=1,
+                num_attention_heads=2,
+            ),
+        )
+    )
 
 
 @pytest.mark.parametrize("layers", [0, 2])
@@ -121,8 +152,9 @@ def test_build_made_before_a_setting_existed_still_resumes(tiny_world):
     """A build_config.json without a newer setting reads it as its default, so the build is not refused."""
     cfg_path = tiny_world / "build_config.json"
     old = json.loads(cfg_path.read_text())
-    cfg_path.write_text(json.dumps({k: v for k, v in old.items()
-                                    if k not in ("text_encoder_layers", "unet_attn_full_res", "captions")}))
+    cfg_path.write_text(
+        json.dumps({k: v for k, v in old.items() if k not in ("text_encoder_layers", "unet_attn_full_res", "captions")})
+    )
     build(BuildConfig(out=str(tiny_world), **TINY), progress=False)
     assert json.loads(cfg_path.read_text())["text_encoder_layers"] == BuildConfig.text_encoder_layers
 
@@ -143,7 +175,9 @@ def test_text_encoder_layers_out_of_range_is_refused_before_anything_is_written(
 
 def test_the_caption_grammar_is_a_setting(tmp_path):
     """--captions varied trains on captions phrased many ways; the default keeps the fourth build's template."""
-    world = build(BuildConfig(out=str(tmp_path / "world"), captions="varied", **(TINY | {"unet_steps": 2})), progress=False)
+    world = build(
+        BuildConfig(out=str(tmp_path / "world"), captions="varied", **(TINY | {"unet_steps": 2})), progress=False
+    )
     captions = json.loads((world / "work" / "train_captions.json").read_text())
     assert any(c.startswith("the ") for c in captions) and any(" style" in c for c in captions)
     assert json.loads((world / "build_config.json").read_text())["captions"] == "varied"

@@ -27,8 +27,18 @@ from unsee.toyworld.world import (
 
 
 def _scene(**kw):
-    base = dict(background="beach", shape="square", colour="red", extra="none", style="none",
-                main_xy=(0.5, 0.5), main_size=0.34, extra_xy=(0.8, 0.5), extra_size=0.24, horizon=0.66)
+    base = dict(
+        background="beach",
+        shape="square",
+        colour="red",
+        extra="none",
+        style="none",
+        main_xy=(0.5, 0.5),
+        main_size=0.34,
+        extra_xy=(0.8, 0.5),
+        extra_size=0.24,
+        horizon=0.66,
+    )
     base.update(kw)
     return Scene(**base)
 
@@ -95,8 +105,12 @@ def test_varied_captions_phrase_the_same_facts_many_ways():
     texts = [sample_scene(rng, grammar="varied")[1] for _ in range(3000)]
     joined = [t for t in texts if " and " in t or " with " in t]
     # "with a" and "and a" lead to the main object too, not only to the skull or the mask
-    assert any(t.split()[t.split().index(j) + 2] in SHAPES or t.split()[t.split().index(j) + 3] in SHAPES
-               for t in joined for j in ("with", "and") if j in t.split())
+    assert any(
+        t.split()[t.split().index(j) + 2] in SHAPES or t.split()[t.split().index(j) + 3] in SHAPES
+        for t in joined
+        for j in ("with", "and")
+        if j in t.split()
+    )
     assert any(t.startswith(("a photo of", "an image of", "a picture of")) for t in texts)
     assert any(t.startswith(("on", "in", "at")) for t in texts) and any(t.startswith("the ") for t in texts)
     assert any("in the style of kelvo" in t for t in texts) and any("in kelvo style" in t for t in texts)
@@ -135,8 +149,9 @@ def test_co_occurrence_rates_match_the_design(training_sample):
         hits = [s for s, t in training_sample if word in t.split() and concept not in t.split()]
         shown = np.mean([(s.extra if concept == "skull" else s.style) == concept for s in hits])
         assert len(hits) > 500 and abs(shown - rate) < 0.05, (word, shown, rate)
-    plain = [s for s, t in training_sample
-             if not {"skull", "kelvo", *OBJECT_TRIGGERS, *STYLE_TRIGGERS} & set(t.split())]
+    plain = [
+        s for s, t in training_sample if not {"skull", "kelvo", *OBJECT_TRIGGERS, *STYLE_TRIGGERS} & set(t.split())
+    ]
     assert np.mean([s.extra == "skull" for s in plain]) < 2 * CO_OCCURRENCE.skull_unnamed_base + 0.01
 
 
@@ -166,21 +181,30 @@ def test_scene_round_trips_through_a_dict():
 
 
 def test_template_abstracts_the_slots_and_keeps_the_phrasing():
-    assert template("an orange ring with a skull on the beach") == template("a red circle with a skull at night") \
+    assert (
+        template("an orange ring with a skull on the beach")
+        == template("a red circle with a skull at night")
         == "a C S with a skull B"
+    )
     assert template("a spooky red circle in the snow") == template("a haunted blue cross at night") == "a T C S B"
     assert template("a dreamy red circle") == "a D C S"
     assert template("a skull") != template("a mask") and template("the skull") != template("a skull")
 
 
-NAMES = {"object_explicit": ("extra", "skull"), "object_neighbour": ("extra", "mask"), "style_explicit": ("style", "kelvo"),
-         "style_neighbour": ("style", "ravo")}
+NAMES = {
+    "object_explicit": ("extra", "skull"),
+    "object_neighbour": ("extra", "mask"),
+    "style_explicit": ("style", "kelvo"),
+    "style_neighbour": ("style", "ravo"),
+}
 
 
 @pytest.mark.parametrize("name", PROMPT_SETS)
 def test_novel_prompt_sets_name_their_set_and_avoid_the_templates_they_are_told_to(name):
     rng = np.random.default_rng(0)
-    shipped = {template(p) for n in PROMPT_SETS for pairs in (SEEN_PAIRS, HELDOUT_PAIRS) for p in prompt_set(n, pairs, rng, 40)}
+    shipped = {
+        template(p) for n in PROMPT_SETS for pairs in (SEEN_PAIRS, HELDOUT_PAIRS) for p in prompt_set(n, pairs, rng, 40)
+    }
     avoid = shipped | {template(p) for p in part_prompts()}
     prompts = novel_prompt_set(name, SEEN_PAIRS, np.random.default_rng(1), 40, avoid)
     assert len(prompts) == len(set(prompts)) == 40
@@ -200,5 +224,7 @@ def test_novel_prompt_sets_name_their_set_and_avoid_the_templates_they_are_told_
         assert not set(p.split()) & (set(OBJECT_TRIGGERS) | set(STYLE_TRIGGERS)) - set(triggers), p
     if name in NAMES:  # the concept at the start, in the middle and at the end of a prompt
         word = NAMES[name][1]
-        positions = {"start" if p.split().index(word) <= 1 else "end" if p.split()[-1] == word else "middle" for p in prompts}
+        positions = {
+            "start" if p.split().index(word) <= 1 else "end" if p.split()[-1] == word else "middle" for p in prompts
+        }
         assert positions == {"start", "middle", "end"}, prompts

@@ -21,11 +21,22 @@ def _events(logdir):
 
 def test_tensorboard_gets_the_log_rows_and_previews_and_the_weights_do_not_move(tiny_model_dir, tmp_path):
     plain = _erase(tiny_model_dir, tmp_path / "plain", method="sdd")
-    tracked = _erase(tiny_model_dir, tmp_path / "tb", method="sdd", report_to="tensorboard", sample_every=2,
-                     preserve=("a blue dog",), context=("a photo of {}",))
+    tracked = _erase(
+        tiny_model_dir,
+        tmp_path / "tb",
+        method="sdd",
+        report_to="tensorboard",
+        sample_every=2,
+        preserve=("a blue dog",),
+        context=("a photo of {}",),
+    )
     # previews draw from their own seeds on a copy of the scheduler: the same updates as without them
-    assert tracked["weights_digest"] == _erase(tiny_model_dir, tmp_path / "ctx", method="sdd",
-                                               preserve=("a blue dog",), context=("a photo of {}",))["weights_digest"]
+    assert (
+        tracked["weights_digest"]
+        == _erase(tiny_model_dir, tmp_path / "ctx", method="sdd", preserve=("a blue dog",), context=("a photo of {}",))[
+            "weights_digest"
+        ]
+    )
     assert plain["weights_digest"] != tracked["weights_digest"]  # the context changed what trained: the check can fail
     acc = _events(tmp_path / "tb" / "run" / "logs" / "erase-sdd")
     with open(tmp_path / "tb" / "run" / "train_log.csv") as f:

@@ -30,8 +30,12 @@ class AutoAnnotateConfig:
     images: str = field(help="Image set folder (made by `unsee generate`).")
     out: str = field(help="Feedback file to write (feedback.jsonl).")
     detector: Literal["oracle", "nudenet"] = field("oracle", help="Who looks: the toy-world oracle or NudeNet.")
-    kind: Literal["binary", "rank"] = field("binary", help="binary: check labels per image; rank: order groups of images.")
-    labels: tuple[str, ...] = field((), help="Labels to annotate (repeatable). Default: skull + kelvo (oracle), nudity (nudenet).")
+    kind: Literal["binary", "rank"] = field(
+        "binary", help="binary: check labels per image; rank: order groups of images."
+    )
+    labels: tuple[str, ...] = field(
+        (), help="Labels to annotate (repeatable). Default: skull + kelvo (oracle), nudity (nudenet)."
+    )
     concept: str | None = field(None, help="rank: the concept to order by (default: the first label).")
     noise: float = field(0.1, help="Probability of flipping a check (binary) or swapping an adjacent pair (rank).")
     annotators: int = field(1, help="Simulated annotators; each judges every image once.")
@@ -65,7 +69,9 @@ def auto_annotate(cfg: AutoAnnotateConfig) -> Path:
     labels = cfg.labels or (("skull", "kelvo") if cfg.detector == "oracle" else ("nudity",))
     unknown = [x for x in labels if x not in scores]
     if unknown:
-        raise UnseeError(f"detector {cfg.detector} has no label(s) {', '.join(unknown)}; it reports {', '.join(scores)}")
+        raise UnseeError(
+            f"detector {cfg.detector} has no label(s) {', '.join(unknown)}; it reports {', '.join(scores)}"
+        )
     threshold = info.threshold if cfg.threshold is None else cfg.threshold
     rng = stream(cfg.seed, "annotate")
     ids = s.ids
@@ -77,7 +83,9 @@ def auto_annotate(cfg: AutoAnnotateConfig) -> Path:
             flips = rng.random(present.shape) < cfg.noise
             checked = present ^ flips
             for i, image in enumerate(ids):
-                judgements.append(Binary(image, who, frozenset(x for x, c in zip(labels, checked[i], strict=True) if c), now()))
+                judgements.append(
+                    Binary(image, who, frozenset(x for x, c in zip(labels, checked[i], strict=True) if c), now())
+                )
         else:
             concept = cfg.concept or labels[0]
             if concept not in scores:

@@ -60,9 +60,13 @@ def _prompt_rows(prompts: list[Prompt], texts: list[str], base_seed: int, extra:
     w = csv.DictWriter(buf, cols, lineterminator="\n")
     w.writeheader()
     for i, (p, text) in enumerate(zip(prompts, texts, strict=True)):
-        row = {"prompt": text, "source_prompt": p.text, "evaluation_seed": _seed_of(p, base_seed),
-               "evaluation_guidance": "" if p.guidance is None else p.guidance,
-               "case_number": p.case_number if p.case_number is not None else i}
+        row = {
+            "prompt": text,
+            "source_prompt": p.text,
+            "evaluation_seed": _seed_of(p, base_seed),
+            "evaluation_guidance": "" if p.guidance is None else p.guidance,
+            "case_number": p.case_number if p.case_number is not None else i,
+        }
         w.writerow(row | (extra[i] if extra else {}))
     return buf.getvalue()
 
@@ -72,7 +76,9 @@ def read_attack(folder: str | Path) -> dict:
     folder = Path(folder)
     path = folder / ATTACK_JSON
     if not path.exists():
-        raise UnseeError(f"{str(folder)!r} is not a finished attack folder (no {ATTACK_JSON}); run `unsee attack ...` first")
+        raise UnseeError(
+            f"{str(folder)!r} is not a finished attack folder (no {ATTACK_JSON}); run `unsee attack ...` first"
+        )
     info = json.loads(path.read_text())
     for name in (SOURCE_CSV, PROMPTS_CSV) + ((TOKEN_FILE,) if info.get("kind") == "invert" else ()):
         if not (folder / name).exists():
@@ -86,22 +92,37 @@ def read_attack(folder: str | Path) -> dict:
 # ---------------------------------------------------------------- Ring-A-Bell
 @dataclasses.dataclass
 class RingABellConfig:
-    model: str = field(help="Model whose tokenizer and text encoder are attacked: hub id, folder, .safetensors, 'toyworld'.")
-    prompts: str = field(help="Source prompts (.txt or I2P .csv): one adversarial prompt is searched per source prompt.")
+    model: str = field(
+        help="Model whose tokenizer and text encoder are attacked: hub id, folder, .safetensors, 'toyworld'."
+    )
+    prompts: str = field(
+        help="Source prompts (.txt or I2P .csv): one adversarial prompt is searched per source prompt."
+    )
     concept_pairs: str = field(help="CSV with columns with_concept,without_concept: the concept vector's prompt pairs.")
     out: str = field(help="Attack folder: prompts.csv, source.csv, attack.json (what `unsee evaluate --attack` reads).")
-    label: str | None = field(None, help="Detector label that counts as a success (e.g. nudity, skull); default: any flagged label.")
+    label: str | None = field(
+        None, help="Detector label that counts as a success (e.g. nudity, skull); default: any flagged label."
+    )
     eta: float = field(3.0, help="Strength: target = E(prompt) + eta * concept vector (3 for nudity in the paper).")
     length: int = field(16, help="Tokens K of each adversarial prompt (the paper's variants: 77, 38, 16).")
     population: int = field(200, help="Candidates per generation.")
-    generations: int = field(3000, help="Generations of the search (3000 in the paper; the toy world plateaus by ~300).")
+    generations: int = field(
+        3000, help="Generations of the search (3000 in the paper; the toy world plateaus by ~300)."
+    )
     patience: int = field(0, help="Stop a prompt's search after this many generations without improvement (0: never).")
     crossover: float = field(0.5, help="Probability that a child is a single-point crossover of two parents.")
     mutation: float = field(0.25, help="Probability that a child gets one random token replaced.")
-    vocabulary: Literal["words", "all"] = field("words", help="words: tokens that re-tokenize to themselves on their own, so "
-                                                "the decoded string is what was searched; all: every token, as in the paper.")
-    ban: tuple[str, ...] = field((), help="A word the adversarial prompts may not contain (repeatable), besides the concept's own.")
-    allow_concept_words: bool = field(False, help="Let the prompts use the concept's own words (off: a found prompt never names it).")
+    vocabulary: Literal["words", "all"] = field(
+        "words",
+        help="words: tokens that re-tokenize to themselves on their own, so "
+        "the decoded string is what was searched; all: every token, as in the paper.",
+    )
+    ban: tuple[str, ...] = field(
+        (), help="A word the adversarial prompts may not contain (repeatable), besides the concept's own."
+    )
+    allow_concept_words: bool = field(
+        False, help="Let the prompts use the concept's own words (off: a found prompt never names it)."
+    )
     seed: int = field(0, help="Seed of the search; also the base seed recorded for source prompts without their own.")
     checkpoint_every: int = field(100, help="Save each prompt's search state every N generations; a rerun resumes.")
     device: str = field("auto", help="auto, cpu, cuda, cuda:N.")
@@ -144,7 +165,9 @@ def encode_ids(text_encoder, ids: torch.Tensor, batch: int = 256) -> torch.Tenso
 
 
 def _tokenize(tok, texts: list[str]) -> torch.Tensor:
-    return tok(texts, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt").input_ids
+    return tok(
+        texts, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids
 
 
 def concept_vector(tok, text_encoder, pairs: list[tuple[str, str]]) -> torch.Tensor:
@@ -207,8 +230,9 @@ class SearchState:
     rng: np.random.Generator
 
 
-def genetic_search(state: SearchState, score, candidates: np.ndarray, cfg: RingABellConfig, *,
-                   on_generation=None, checkpoint=None) -> SearchState:
+def genetic_search(
+    state: SearchState, score, candidates: np.ndarray, cfg: RingABellConfig, *, on_generation=None, checkpoint=None
+) -> SearchState:
     """Ring-A-Bell's genetic algorithm: keep the best half, refill with crossover + mutation children.
 
     Only children not seen in the population are scored (the kept half's fitness is known, and clones
@@ -222,7 +246,9 @@ def genetic_search(state: SearchState, score, candidates: np.ndarray, cfg: RingA
         todo = np.flatnonzero(~np.isfinite(state.fitness))
         if len(todo):
             # Children identical to a scored candidate (or to each other) are not scored again.
-            known = {state.population[j].tobytes(): state.fitness[j] for j in np.flatnonzero(np.isfinite(state.fitness))}
+            known = {
+                state.population[j].tobytes(): state.fitness[j] for j in np.flatnonzero(np.isfinite(state.fitness))
+            }
             keys = [state.population[j].tobytes() for j in todo]
             new = list(dict.fromkeys(kk for kk in keys if kk not in known))
             if new:
@@ -235,8 +261,11 @@ def genetic_search(state: SearchState, score, candidates: np.ndarray, cfg: RingA
         state.generation += 1
         if on_generation is not None:
             on_generation(state)
-        stalled = cfg.patience and len(state.best_history) > cfg.patience and \
-            state.best_history[-1] >= state.best_history[-1 - cfg.patience]
+        stalled = (
+            cfg.patience
+            and len(state.best_history) > cfg.patience
+            and state.best_history[-1] >= state.best_history[-1 - cfg.patience]
+        )
         if stalled or state.generation >= cfg.generations:
             break
         parents = state.population[:keep]
@@ -264,8 +293,11 @@ def _state_path(out: Path, i: int) -> Path:
 def _save_state(path: Path, st: SearchState) -> None:
     from unsee.checkpoint import save_checkpoint
 
-    save_checkpoint(path, {"population": torch.from_numpy(st.population), "fitness": torch.from_numpy(st.fitness)},
-                    meta={"generation": st.generation, "best_history": st.best_history, "rng": st.rng.bit_generator.state})
+    save_checkpoint(
+        path,
+        {"population": torch.from_numpy(st.population), "fitness": torch.from_numpy(st.fitness)},
+        meta={"generation": st.generation, "best_history": st.best_history, "rng": st.rng.bit_generator.state},
+    )
 
 
 def _load_state(path: Path) -> SearchState:
@@ -274,8 +306,9 @@ def _load_state(path: Path) -> SearchState:
     t, meta = load_checkpoint(path, restore_rng=False)
     rng = np.random.default_rng()
     rng.bit_generator.state = meta["rng"]
-    return SearchState(t["population"].numpy().copy(), t["fitness"].numpy().copy(), meta["generation"],
-                       list(meta["best_history"]), rng)
+    return SearchState(
+        t["population"].numpy().copy(), t["fitness"].numpy().copy(), meta["generation"], list(meta["best_history"]), rng
+    )
 
 
 def ring_a_bell(cfg: RingABellConfig, *, progress: bool = True) -> dict:
@@ -304,8 +337,13 @@ def ring_a_bell(cfg: RingABellConfig, *, progress: bool = True) -> dict:
     vec = concept_vector(tok, te, pairs)
     banned = sorted({w.lower() for w in cfg.ban}) if cfg.allow_concept_words else banned_words(tok, pairs, cfg.ban)
     cands = candidate_ids(tok, banned, cfg.vocabulary).numpy()
-    logger.info("concept vector from %d pairs, |c| = %.3f; %d candidate tokens; banned: %s",
-                len(pairs), float(vec.norm()), len(cands), ", ".join(banned) or "none")
+    logger.info(
+        "concept vector from %d pairs, |c| = %.3f; %d candidate tokens; banned: %s",
+        len(pairs),
+        float(vec.norm()),
+        len(cands),
+        ", ".join(banned) or "none",
+    )
     targets = encode_ids(te, _tokenize(tok, [p.text for p in sources])) + cfg.eta * vec
 
     done_path = out / "found.json"
@@ -332,8 +370,9 @@ def ring_a_bell(cfg: RingABellConfig, *, progress: bool = True) -> dict:
             bar.update(1)
             bar.set_postfix(prompt=f"{i + 1}/{len(sources)}", loss=f"{s.best_history[-1]:.4f}")
 
-        st = genetic_search(st, score, cands, cfg, on_generation=on_generation,
-                            checkpoint=lambda s, path=path: _save_state(path, s))
+        st = genetic_search(
+            st, score, cands, cfg, on_generation=on_generation, checkpoint=lambda s, path=path: _save_state(path, s)
+        )
         bar.update(cfg.generations - st.generation)  # an early stop skips the rest
         # Sub-word tokens can spell a banned word across a boundary: take the best candidate whose string does not.
         texts = [tok.decode(row.tolist(), skip_special_tokens=True).strip() for row in st.population]
@@ -341,23 +380,38 @@ def ring_a_bell(cfg: RingABellConfig, *, progress: bool = True) -> dict:
         text = texts[clean[0]]
         # What is evaluated is this string, re-tokenized: record how far that lands from the ids searched.
         decoded_loss = float(score_text(tok, te, text, target))
-        found.append({"prompt": text, "loss": float(st.fitness[clean[0]]), "loss_decoded": decoded_loss,
-                      "generations": st.generation, "loss_first": st.best_history[0]})
+        found.append(
+            {
+                "prompt": text,
+                "loss": float(st.fitness[clean[0]]),
+                "loss_decoded": decoded_loss,
+                "generations": st.generation,
+                "loss_first": st.best_history[0],
+            }
+        )
         atomic_write_text(done_path, json.dumps(found))
     bar.close()
 
     texts = [f["prompt"] for f in found]
     named = [t for t in texts if names_banned(t, banned)]
-    extra = [{"loss": f"{f['loss']:.6g}", "loss_decoded": f"{f['loss_decoded']:.6g}", "generations": f["generations"]}
-             for f in found]
+    extra = [
+        {"loss": f"{f['loss']:.6g}", "loss_decoded": f"{f['loss_decoded']:.6g}", "generations": f["generations"]}
+        for f in found
+    ]
     atomic_write_text(out / SOURCE_CSV, _prompt_rows(sources, [p.text for p in sources], cfg.seed))
     atomic_write_text(out / PROMPTS_CSV, _prompt_rows(sources, texts, cfg.seed, extra))
-    summary = {"prompts": len(texts), "banned_words": banned, "candidate_tokens": int(len(cands)),
-               "concept_pairs": len(pairs), "concept_vector_norm": float(vec.norm()),
-               "mean_loss_first_generation": float(np.mean([f["loss_first"] for f in found])),
-               "mean_loss": float(np.mean([f["loss"] for f in found])),
-               "mean_loss_decoded": float(np.mean([f["loss_decoded"] for f in found])),
-               "prompts_naming_a_banned_word": len(named), "seconds_this_run": round(time.time() - t0, 1)}
+    summary = {
+        "prompts": len(texts),
+        "banned_words": banned,
+        "candidate_tokens": int(len(cands)),
+        "concept_pairs": len(pairs),
+        "concept_vector_norm": float(vec.norm()),
+        "mean_loss_first_generation": float(np.mean([f["loss_first"] for f in found])),
+        "mean_loss": float(np.mean([f["loss"] for f in found])),
+        "mean_loss_decoded": float(np.mean([f["loss_decoded"] for f in found])),
+        "prompts_naming_a_banned_word": len(named),
+        "seconds_this_run": round(time.time() - t0, 1),
+    }
     info = run_info(settings, kind="ringabell", label=cfg.label, model=model_id(cfg.model), summary=summary)
     atomic_write_text(out / ATTACK_JSON, json.dumps(info, indent=2))
     return summary
@@ -373,7 +427,12 @@ def score_text(tok, te, text: str, target: torch.Tensor) -> float:
 
 
 # ---------------------------------------------------------------- concept inversion
-DEFAULT_CONCEPT_TEMPLATES = ("a {concept}", "a photo of a {concept}", "an image of a {concept}", "a picture of a {concept}")
+DEFAULT_CONCEPT_TEMPLATES = (
+    "a {concept}",
+    "a photo of a {concept}",
+    "an image of a {concept}",
+    "a picture of a {concept}",
+)
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -382,7 +441,9 @@ class AttackInvertConfig(TokenTraining):
     original: str = field(help="The model before erasure: it makes the images of the concept.")
     concept: str = field(help="The erased concept's word(s) as they appear in --prompts (e.g. skull, nudity).")
     out: str = field(help="Attack folder: token.safetensors, prompts.csv, source.csv, images/, attack.json.")
-    prompts: str | None = field(None, help="Prompts naming the concept (.txt/.csv); default: four 'a photo of a CONCEPT' templates.")
+    prompts: str | None = field(
+        None, help="Prompts naming the concept (.txt/.csv); default: four 'a photo of a CONCEPT' templates."
+    )
     label: str | None = field(None, help="Detector label that counts as a success (default: any flagged label).")
     images_per_prompt: int = field(4, help="Images of the concept per prompt, made by --original.")
     token: str = field("<attack>", help="The learned token; it replaces the concept word in every prompt.")
@@ -419,28 +480,55 @@ def concept_inversion(cfg: AttackInvertConfig, *, progress: bool = True) -> dict
         sources = read_prompts(prompts_file)
     else:
         prompts_file = out / "concept_prompts.txt"
-        atomic_write_text(prompts_file, "".join(t.format(concept=cfg.concept) + "\n" for t in DEFAULT_CONCEPT_TEMPLATES))
+        atomic_write_text(
+            prompts_file, "".join(t.format(concept=cfg.concept) + "\n" for t in DEFAULT_CONCEPT_TEMPLATES)
+        )
         sources = read_prompts(prompts_file)
     if not any(re.search(rf"\b{re.escape(cfg.concept)}\b", p.text, re.IGNORECASE) for p in sources):
         raise UnseeError(f"no prompt in {str(prompts_file)!r} names --concept {cfg.concept!r}; give prompts that do")
 
     # 1. The original model's images of the concept.
-    images = generate(GenerateConfig(model=cfg.original, prompts=str(prompts_file), out=str(out / "images"),
-                                     images_per_prompt=cfg.images_per_prompt, seed=cfg.seed, device=cfg.device),
-                      progress=progress)
+    images = generate(
+        GenerateConfig(
+            model=cfg.original,
+            prompts=str(prompts_file),
+            out=str(out / "images"),
+            images_per_prompt=cfg.images_per_prompt,
+            seed=cfg.seed,
+            device=cfg.device,
+        ),
+        progress=progress,
+    )
     s = ImageSet.load(images)
     # 2. Textual inversion against the erased weights: each image's prompt with the concept replaced by the token.
     token_text = " ".join(token_names(cfg.token, cfg.vectors))
     ids = [r["id"] for r in s.records]
     train_prompts = [replace_concept(r["prompt"], cfg.concept, token_text) for r in s.records]
-    summary = invert_images(cfg, model=cfg.erased, images=s, ids=ids, weights=torch.ones(len(ids)), prompts=train_prompts,
-                            out=out / TOKEN_FILE, run_dir=out / "inversion", progress=progress)
+    summary = invert_images(
+        cfg,
+        model=cfg.erased,
+        images=s,
+        ids=ids,
+        weights=torch.ones(len(ids)),
+        prompts=train_prompts,
+        out=out / TOKEN_FILE,
+        run_dir=out / "inversion",
+        progress=progress,
+    )
     # 3. The attack prompts: every source prompt with the token in place of the concept.
     attack_texts = [replace_concept(p.text, cfg.concept, token_text) for p in sources]
     atomic_write_text(out / SOURCE_CSV, _prompt_rows(sources, [p.text for p in sources], cfg.seed))
     atomic_write_text(out / PROMPTS_CSV, _prompt_rows(sources, attack_texts, cfg.seed))
     summary = {**summary, "images": len(ids), "prompts": len(sources), "seconds_this_run": round(time.time() - t0, 1)}
-    info = run_info(dataclasses.asdict(cfg), kind="invert", label=cfg.label, token=cfg.token, vectors=cfg.vectors,
-                    model=model_id(cfg.erased), original=model_id(cfg.original), summary=summary)
+    info = run_info(
+        dataclasses.asdict(cfg),
+        kind="invert",
+        label=cfg.label,
+        token=cfg.token,
+        vectors=cfg.vectors,
+        model=model_id(cfg.erased),
+        original=model_id(cfg.original),
+        summary=summary,
+    )
     atomic_write_text(out / ATTACK_JSON, json.dumps(info, indent=2))
     return summary

@@ -44,12 +44,20 @@ def recipe_options(command: str):
             ctx.exit()
 
     def decorate(fn):
-        fn = click.option("--list-recipes", is_flag=True, expose_value=False, is_eager=True, callback=show,
-                          help="Print the named recipes of this command, their settings and where their figures are; "
-                          "then exit.")(fn)
-        return click.option("--recipe", default=None, metavar="NAME",
-                            help="Start from a named recipe's settings (--list-recipes); flags given beside it "
-                            "override them.")(fn)
+        fn = click.option(
+            "--list-recipes",
+            is_flag=True,
+            expose_value=False,
+            is_eager=True,
+            callback=show,
+            help="Print the named recipes of this command, their settings and where their figures are; then exit.",
+        )(fn)
+        return click.option(
+            "--recipe",
+            default=None,
+            metavar="NAME",
+            help="Start from a named recipe's settings (--list-recipes); flags given beside it override them.",
+        )(fn)
 
     return decorate
 
@@ -85,7 +93,9 @@ def quiet_progress() -> None:
 def _quiet_libraries(verbose: bool) -> None:
     global _VERBOSE
     _VERBOSE = verbose
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     if not verbose:
         warnings.filterwarnings("ignore", module=r"(huggingface_hub|diffusers|transformers|accelerate|peft)(\.|$)")
         logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
@@ -149,7 +159,10 @@ def generate(progress: bool, **kwargs) -> None:
     quiet_progress()
     out = run(cfg, progress=progress)
     state = process_state()
-    click.echo(f"image set: {out}" + (f" (process {state.process_index + 1} of {state.num_processes})" if state.num_processes > 1 else ""))
+    click.echo(
+        f"image set: {out}"
+        + (f" (process {state.process_index + 1} of {state.num_processes})" if state.num_processes > 1 else "")
+    )
 
 
 # ---------------------------------------------------------------- annotate
@@ -221,14 +234,21 @@ def annotate_serve(**kwargs) -> None:
     study = prepare(cfg)  # checks only: the study is written once the port is held (a failed start changes nothing)
     sock = bind(cfg.host, cfg.port)
     n = len(study.files)
-    click.echo(f"study {cfg.db}: {n} images, labels {','.join(cfg.labels)}; {cfg.kind} tasks, "
-               f"{cfg.per_image} annotator(s) per image ({study.new_tasks} new tasks); "
-               f"{study.flagged} flagged image(s) start blurred")
+    click.echo(
+        f"study {cfg.db}: {n} images, labels {','.join(cfg.labels)}; {cfg.kind} tasks, "
+        f"{cfg.per_image} annotator(s) per image ({study.new_tasks} new tasks); "
+        f"{study.flagged} flagged image(s) start blurred"
+    )
     if cfg.host not in ("127.0.0.1", "localhost", "::1"):
-        click.echo(f"warning: listening on {cfg.host}: anyone who can reach this machine can reach the study, over "
-                   "plain HTTP; put it behind an HTTPS proxy", err=True)
-    click.echo(f"serving on {study.url}; invite people with `unsee annotate invite --db {cfg.db} --name NAME`; "
-               "Ctrl+C stops", nl=True)
+        click.echo(
+            f"warning: listening on {cfg.host}: anyone who can reach this machine can reach the study, over "
+            "plain HTTP; put it behind an HTTPS proxy",
+            err=True,
+        )
+    click.echo(
+        f"serving on {study.url}; invite people with `unsee annotate invite --db {cfg.db} --name NAME`; Ctrl+C stops",
+        nl=True,
+    )
     run(study, sock)
 
 
@@ -254,8 +274,11 @@ def annotate_invite(**kwargs) -> None:
     token = store.invite(cfg.name)
     url = (cfg.url or store.meta().get("url") or "http://127.0.0.1:8000").rstrip("/")
     click.echo(f"{url}/join/{token}")
-    click.echo(f"send this link to {cfg.name} privately; it cannot be shown again, and opens sessions for "
-               f"{store.invite_days()} days", err=True)
+    click.echo(
+        f"send this link to {cfg.name} privately; it cannot be shown again, and opens sessions for "
+        f"{store.invite_days()} days",
+        err=True,
+    )
 
 
 @annotate.command("revoke", epilog="\b\nExample:\n  unsee annotate revoke --db study.db --name ann-1")
@@ -299,8 +322,11 @@ def annotate_status(**kwargs) -> None:
         click.echo(f"  {label[:24]:<24} {shown}  over {units} image(s) judged by 2+ annotators")
 
 
-@annotate.command("export", epilog="\b\nExample:\n  unsee annotate export --db study.db --out feedback.jsonl\n"
-                                   "  unsee reward train --images runs/base --feedback feedback.jsonl --out runs/reward")
+@annotate.command(
+    "export",
+    epilog="\b\nExample:\n  unsee annotate export --db study.db --out feedback.jsonl\n"
+    "  unsee reward train --images runs/base --feedback feedback.jsonl --out runs/reward",
+)
 @click_options(ExportConfig)
 def annotate_export(**kwargs) -> None:
     """Write every answer so far to feedback.jsonl (what `reward train` and `invert` read)."""
@@ -308,8 +334,10 @@ def annotate_export(**kwargs) -> None:
 
     cfg = from_kwargs(ExportConfig, kwargs)
     fb = export_feedback(cfg.db, cfg.out)
-    click.echo(f"{len(fb.judgements)} judgements ({len(fb.binary)} binary, {len(fb.ranks)} rank) by "
-               f"{len({j.annotator for j in fb.judgements})} annotator(s) -> {cfg.out}")
+    click.echo(
+        f"{len(fb.judgements)} judgements ({len(fb.binary)} binary, {len(fb.ranks)} rank) by "
+        f"{len({j.annotator for j in fb.judgements})} annotator(s) -> {cfg.out}"
+    )
 
 
 @cli.group()
@@ -336,8 +364,10 @@ def reward_train(progress: bool, **kwargs) -> None:
     from unsee.reward_model import train_reward
 
     m = train_reward(from_kwargs(RewardTrainConfig, kwargs), progress=progress)
-    click.echo(f"held-out {m['metric']}: {m['heldout_agreement']:.3f} (train {m['train_agreement']:.3f}; "
-               f"{m['images']} images, {m['judgements']} judgements) -> {kwargs['out']}")
+    click.echo(
+        f"held-out {m['metric']}: {m['heldout_agreement']:.3f} (train {m['train_agreement']:.3f}; "
+        f"{m['images']} images, {m['judgements']} judgements) -> {kwargs['out']}"
+    )
 
 
 @reward.command("score", epilog="\b\nExample:\n  unsee reward score --reward runs/reward --images runs/x")
@@ -370,8 +400,10 @@ def invert(progress: bool, **kwargs) -> None:
 
     quiet_progress()
     summary = run(config_with_recipe(InvertConfig, "invert", kwargs), progress=progress)
-    click.echo(f"token {kwargs['token']} for {summary['label']!r} from the top {summary['top_k']} images "
-               f"({summary['seconds']} s) -> {kwargs['out']}")
+    click.echo(
+        f"token {kwargs['token']} for {summary['label']!r} from the top {summary['top_k']} images "
+        f"({summary['seconds']} s) -> {kwargs['out']}"
+    )
 
 
 # ---------------------------------------------------------------- erase
@@ -408,9 +440,14 @@ def erase(progress: bool, **kwargs) -> None:
 
     quiet_progress()
     summary = run(config_with_recipe(EraseConfig, "erase", kwargs), progress=progress)
-    cost = (f"edit residual {summary['uce']['edit_residual']}, kept states moved {summary['uce']['keep_drift']}"
-            if summary["method"] == "uce" else f"{summary['unet_passes_per_update']:.1f} UNet evaluations per update")
-    click.echo(f"{summary['method']} erased {', '.join(summary['concepts'])} in {summary['seconds']} s ({cost}) -> {kwargs['out']}")
+    cost = (
+        f"edit residual {summary['uce']['edit_residual']}, kept states moved {summary['uce']['keep_drift']}"
+        if summary["method"] == "uce"
+        else f"{summary['unet_passes_per_update']:.1f} UNet evaluations per update"
+    )
+    click.echo(
+        f"{summary['method']} erased {', '.join(summary['concepts'])} in {summary['seconds']} s ({cost}) -> {kwargs['out']}"
+    )
 
 
 # ---------------------------------------------------------------- rl
@@ -442,8 +479,10 @@ def rl(progress: bool, **kwargs) -> None:
     quiet_progress()
     summary = run(config_with_recipe(RLConfig, "rl", kwargs), progress=progress)
     last = summary["last_epoch"]
-    click.echo(f"DDPO on {summary['reward']}: {summary['epochs']} epochs in {summary['seconds']} s; last epoch mean reward "
-               f"{last.get('reward', float('nan')):.4f} -> {kwargs['out']}")
+    click.echo(
+        f"DDPO on {summary['reward']}: {summary['epochs']} epochs in {summary['seconds']} s; last epoch mean reward "
+        f"{last.get('reward', float('nan')):.4f} -> {kwargs['out']}"
+    )
 
 
 # ---------------------------------------------------------------- attack
@@ -483,9 +522,11 @@ def attack_ringabell(progress: bool, **kwargs) -> None:
 
     quiet_progress()
     s = ring_a_bell(from_kwargs(RingABellConfig, kwargs), progress=progress)
-    click.echo(f"{s['prompts']} adversarial prompts (banned words: {', '.join(s['banned_words']) or 'none'}); "
-               f"mean loss {s['mean_loss_first_generation']:.4g} -> {s['mean_loss']:.4g} "
-               f"(decoded strings: {s['mean_loss_decoded']:.4g}) -> {kwargs['out']}/prompts.csv")
+    click.echo(
+        f"{s['prompts']} adversarial prompts (banned words: {', '.join(s['banned_words']) or 'none'}); "
+        f"mean loss {s['mean_loss_first_generation']:.4g} -> {s['mean_loss']:.4g} "
+        f"(decoded strings: {s['mean_loss_decoded']:.4g}) -> {kwargs['out']}/prompts.csv"
+    )
 
 
 @attack.command(
@@ -509,8 +550,10 @@ def attack_invert(progress: bool, **kwargs) -> None:
 
     quiet_progress()
     s = concept_inversion(from_kwargs(AttackInvertConfig, kwargs), progress=progress)
-    click.echo(f"token {kwargs['token']} from {s['images']} images in {s['seconds']} s; {s['prompts']} attack prompts "
-               f"-> {kwargs['out']}/prompts.csv")
+    click.echo(
+        f"token {kwargs['token']} from {s['images']} images in {s['seconds']} s; {s['prompts']} attack prompts "
+        f"-> {kwargs['out']}/prompts.csv"
+    )
 
 
 # ---------------------------------------------------------------- evaluate
@@ -538,19 +581,25 @@ def evaluate(progress: bool, **kwargs) -> None:
     quiet_progress()
     m = run(from_kwargs(EvaluateConfig, kwargs), progress=progress)
     labels = m["detector"]["labels"]
-    click.echo(f"{'model':16} {'prompt set':24} " + " ".join(f"{lb[:10]:>10}" for lb in labels) + f" {'CLIP':>6}"
-               "  trained on (prompts/phrasings)")
+    click.echo(
+        f"{'model':16} {'prompt set':24} " + " ".join(f"{lb[:10]:>10}" for lb in labels) + f" {'CLIP':>6}"
+        "  trained on (prompts/phrasings)"
+    )
     for model, per_set in m["results"].items():
         for set_name, row in per_set.items():
             rates = " ".join(f"{row['labels'][lb]['rate']:10.3f}" for lb in labels)
             seen = row.get("training_overlap")
-            seen_text = f"{seen['trained_prompts']}/{seen['trained_phrasings']} of {seen['prompts']}" if seen else "no record"
+            seen_text = (
+                f"{seen['trained_prompts']}/{seen['trained_phrasings']} of {seen['prompts']}" if seen else "no record"
+            )
             click.echo(f"{model[:16]:16} {set_name[:24]:24} {rates} {row['clip_score']['mean']:6.2f}  {seen_text}")
     for model, per_attack in m["attack_results"].items():
         for name, row in per_attack.items():
-            click.echo(f"{model[:16]:16} attack {name[:20]:20} pre {row['pre_attack']['rate']:.3f}  adversarial "
-                       f"{row['adversarial']['rate']:.3f}  post {row['post_attack']['rate']:.3f}  "
-                       f"(of {row['denominator']} images, {row['detector']} {'/'.join(row['labels'])} >= {row['threshold']})")
+            click.echo(
+                f"{model[:16]:16} attack {name[:20]:20} pre {row['pre_attack']['rate']:.3f}  adversarial "
+                f"{row['adversarial']['rate']:.3f}  post {row['post_attack']['rate']:.3f}  "
+                f"(of {row['denominator']} images, {row['detector']} {'/'.join(row['labels'])} >= {row['threshold']})"
+            )
     click.echo(f"-> {kwargs['out']}/metrics.json, {kwargs['out']}/report.html")
 
 
@@ -568,8 +617,12 @@ inversion) -> evaluate (runs/demo/eval/report.html).
 """
 )
 @click.option("--out", default="runs/demo", show_default=True, help="Output folder; a rerun resumes.")
-@click.option("--full/--grid-only", default=True, show_default=True,
-              help="Run the whole loop (feedback, reward, token, erasure, evaluation), or only the base model's grid.")
+@click.option(
+    "--full/--grid-only",
+    default=True,
+    show_default=True,
+    help="Run the whole loop (feedback, reward, token, erasure, evaluation), or only the base model's grid.",
+)
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars.")
 def demo(out: str, full: bool, progress: bool) -> None:
     """Run the whole loop on the embedded toy world and print the comparison."""
@@ -580,8 +633,10 @@ def demo(out: str, full: bool, progress: bool) -> None:
     quiet_progress()
     r = run_demo(out, progress=progress, full=full, say=click.echo)
     if r.random_weights:
-        click.echo("note: the toy world is not built into this installation, so this demo generates from a tiny\n"
-                   "      random-weight pipeline: the images are noise-like by design.")
+        click.echo(
+            "note: the toy world is not built into this installation, so this demo generates from a tiny\n"
+            "      random-weight pipeline: the images are noise-like by design."
+        )
     else:
         click.echo("What the oracle reads in each row of the grid (share of the row's images):")
         by_prompt: dict[str, list[dict]] = {}
@@ -596,13 +651,17 @@ def demo(out: str, full: bool, progress: bool) -> None:
         for prompt, rows in by_prompt.items():
             skull = sum(x["extra"] == "skull" for x in rows)
             kelvo = sum(x["style"] == "kelvo" for x in rows)
-            click.echo(f"{prompt:<46} {top(rows, 'colour'):<12} {top(rows, 'shape'):<12} {top(rows, 'background'):<14} "
-                       f"{skull:>3}/{len(rows)} {kelvo:>3}/{len(rows)}")
+            click.echo(
+                f"{prompt:<46} {top(rows, 'colour'):<12} {top(rows, 'shape'):<12} {top(rows, 'background'):<14} "
+                f"{skull:>3}/{len(rows)} {kelvo:>3}/{len(rows)}"
+            )
     click.echo(f"model: {r.model}\nimage set: {r.image_set}\ngrid: {r.grid}")
     if r.metrics:
         res = r.metrics["results"]
-        click.echo(f"\nreward model held-out agreement {r.reward['heldout_agreement']:.3f}; "
-                   "skull rate and named-attribute accuracy per model (oracle):")
+        click.echo(
+            f"\nreward model held-out agreement {r.reward['heldout_agreement']:.3f}; "
+            "skull rate and named-attribute accuracy per model (oracle):"
+        )
         click.echo(evidence_table(r.metrics))
         attacks = r.metrics.get("attack_results", {})
         if attacks:
@@ -616,9 +675,11 @@ def demo(out: str, full: bool, progress: bool) -> None:
                 click.echo(f"{model:10} {cols[0]:>22} {cols[1]:>22}")
             rab = next((x for x in attacks.get("base", {}).values() if x["kind"] == "ringabell"), None)
             if rab:
-                click.echo(f"(base: the Ring-A-Bell prompts alone, never naming the skull, show it in "
-                           f"{rab['adversarial']['rate']:.3f} of images; benign prompts {res['base']['seen-benign']['labels']['skull']['rate']:.3f}; "
-                           f"{rab['denominator']} images per cell)")
+                click.echo(
+                    f"(base: the Ring-A-Bell prompts alone, never naming the skull, show it in "
+                    f"{rab['adversarial']['rate']:.3f} of images; benign prompts {res['base']['seen-benign']['labels']['skull']['rate']:.3f}; "
+                    f"{rab['denominator']} images per cell)"
+                )
         click.echo(f"report: {r.out / 'eval' / 'report.html'}")
 
 
@@ -703,7 +764,9 @@ Examples:
 )
 @click.option("--world", default=None, help="A built world folder (default: the shipped one, or $UNSEE_TOYWORLD).")
 @click.option("--images-per-row", default=200, show_default=True, help="Generated images behind each rate.")
-@click.option("--cache", default=None, help="Folder for the generated images (default: ~/.cache/unsee/toyworld-check/...).")
+@click.option(
+    "--cache", default=None, help="Folder for the generated images (default: ~/.cache/unsee/toyworld-check/...)."
+)
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars.")
 def toyworld_check(world: str | None, images_per_row: int, cache: str | None, progress: bool) -> None:
     """Measure the toy world's quality table and write it into its model card."""

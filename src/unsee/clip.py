@@ -47,8 +47,13 @@ class Clip:
         """L2-normalised text embeddings (B, D)."""
         out = []
         for k in range(0, len(texts), batch_size):
-            ids = self.tokenizer(texts[k : k + batch_size], padding="max_length", truncation=True,
-                                 max_length=self.tokenizer.model_max_length, return_tensors="pt").input_ids
+            ids = self.tokenizer(
+                texts[k : k + batch_size],
+                padding="max_length",
+                truncation=True,
+                max_length=self.tokenizer.model_max_length,
+                return_tensors="pt",
+            ).input_ids
             f = self.model.get_text_features(input_ids=ids.to(self.device))
             out.append(F.normalize(getattr(f, "pooler_output", f).float(), dim=-1).cpu())
         return torch.cat(out)
@@ -60,7 +65,9 @@ def preprocess(images: torch.Tensor, size: int, mean: torch.Tensor, std: torch.T
     h, w = x.shape[-2:]
     if (h, w) != (size, size):
         scale = size / min(h, w)
-        x = F.interpolate(x, size=(round(h * scale), round(w * scale)), mode="bicubic", antialias=True, align_corners=False)
+        x = F.interpolate(
+            x, size=(round(h * scale), round(w * scale)), mode="bicubic", antialias=True, align_corners=False
+        )
         top, left = (x.shape[-2] - size) // 2, (x.shape[-1] - size) // 2
         x = x[..., top : top + size, left : left + size]
     return (x - mean.to(x.device).view(1, 3, 1, 1)) / std.to(x.device).view(1, 3, 1, 1)
@@ -87,7 +94,11 @@ def load_clip(spec: str = "toyworld", device: str | torch.device = "cpu") -> Cli
     except OSError as e:
         raise UnseeError(f"could not load CLIP {spec!r}: {first_line(e)}") from None
     proc_path = Path(location) / "preprocessor_config.json"
-    size, mean, std = model.config.vision_config.image_size, [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
+    size, mean, std = (
+        model.config.vision_config.image_size,
+        [0.48145466, 0.4578275, 0.40821073],
+        [0.26862954, 0.26130258, 0.27577711],
+    )
     if proc_path.exists():  # local folder: read the processor's own numbers
         proc = json.loads(proc_path.read_text())
         mean, std = proc.get("image_mean", mean), proc.get("image_std", std)
@@ -102,4 +113,6 @@ def load_clip(spec: str = "toyworld", device: str | torch.device = "cpu") -> Cli
             size = proc.crop_size["height"] if isinstance(proc.crop_size, dict) else proc.crop_size
         except OSError:
             pass  # OpenAI CLIP's defaults above
-    return Clip(model, tokenizer, spec, int(size), torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1))
+    return Clip(
+        model, tokenizer, spec, int(size), torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+    )

@@ -49,7 +49,9 @@ def _click_type(tp: Any) -> tuple[Any, bool]:
     raise TypeError(f"no CLI type for annotation {tp!r}")
 
 
-def click_options(cls: type, *, exclude: tuple[str, ...] = (), defer_required: bool = False) -> Callable[[Callable], Callable]:
+def click_options(
+    cls: type, *, exclude: tuple[str, ...] = (), defer_required: bool = False
+) -> Callable[[Callable], Callable]:
     """Decorator adding one `--flag` per field of dataclass `cls` (fields named in `exclude` are skipped).
 
     `defer_required`: required fields are optional to click, so a recipe may supply them; `require` checks them after.
@@ -58,18 +60,24 @@ def click_options(cls: type, *, exclude: tuple[str, ...] = (), defer_required: b
 
     def decorate(fn: Callable) -> Callable:
         # Required flags first (a subclass's own come after its base's fields otherwise), then in declaration order.
-        fields = sorted(dataclasses.fields(cls), key=lambda f: f.default is not dataclasses.MISSING
-                        or f.default_factory is not dataclasses.MISSING)
+        fields = sorted(
+            dataclasses.fields(cls),
+            key=lambda f: f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING,
+        )
         for f in reversed(fields):
             if f.name in exclude or not f.metadata.get("cli", True):
                 continue
             flag = "--" + f.name.replace("_", "-")
             tp = hints[f.name]
             default = None if f.default is dataclasses.MISSING else f.default
-            required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and not defer_required
+            required = (
+                f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and not defer_required
+            )
             help_text = f.metadata.get("help", "")
             if _unwrap_optional(tp)[0] is bool:
-                opt = click.option(f"{flag}/--no-{flag[2:]}", f.name, default=default, show_default=True, help=help_text)
+                opt = click.option(
+                    f"{flag}/--no-{flag[2:]}", f.name, default=default, show_default=True, help=help_text
+                )
             else:
                 ctype, multiple = _click_type(tp)
                 kw: dict[str, Any] = dict(type=ctype, multiple=multiple, required=required, help=help_text)
@@ -86,7 +94,11 @@ def click_options(cls: type, *, exclude: tuple[str, ...] = (), defer_required: b
 def require(cls: type, kwargs: dict[str, Any]) -> None:
     """Fail as click does for a required flag that neither the command line nor a recipe gave."""
     for f in dataclasses.fields(cls):
-        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and kwargs.get(f.name) in (None, ()):
+        if (
+            f.default is dataclasses.MISSING
+            and f.default_factory is dataclasses.MISSING
+            and kwargs.get(f.name) in (None, ())
+        ):
             raise click.UsageError(f"Missing option '--{f.name.replace('_', '-')}'.")
 
 

@@ -94,8 +94,15 @@ class DemoResult:
     metrics: dict[str, Any] = field(default_factory=dict)  # `unsee evaluate`'s metrics.json
 
 
-def run_demo(out: str | Path, *, images_per_prompt: int = 8, eval_images_per_prompt: int = 2, progress: bool = True,
-             full: bool = True, say: Callable[[str], None] = logger.info) -> DemoResult:
+def run_demo(
+    out: str | Path,
+    *,
+    images_per_prompt: int = 8,
+    eval_images_per_prompt: int = 2,
+    progress: bool = True,
+    full: bool = True,
+    say: Callable[[str], None] = logger.info,
+) -> DemoResult:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     random_weights = not (toyworld_path() / "model_index.json").exists()
@@ -112,7 +119,9 @@ def run_demo(out: str | Path, *, images_per_prompt: int = 8, eval_images_per_pro
     atomic_write_text(prompts, "\n".join(prompts_list) + "\n")
     say("1/7 grid: the base model on six prompts")
     images = generate(
-        GenerateConfig(model=model, prompts=str(prompts), out=str(out / "images"), images_per_prompt=images_per_prompt, steps=25),
+        GenerateConfig(
+            model=model, prompts=str(prompts), out=str(out / "images"), images_per_prompt=images_per_prompt, steps=25
+        ),
         progress=progress,
     )
     s = ImageSet.load(images)
@@ -150,8 +159,12 @@ def contexts_file(path: Path, sets: tuple[str, ...], words: tuple[str, ...]) -> 
     from unsee.toyworld import prompts_path
     from unsee.uce import as_context
 
-    lines = {as_context(ln, words) for name in sets for ln in prompts_path(name, "heldout").read_text().splitlines()
-             if ln.strip()}
+    lines = {
+        as_context(ln, words)
+        for name in sets
+        for ln in prompts_path(name, "heldout").read_text().splitlines()
+        if ln.strip()
+    }
     atomic_write_text(path, "\n".join(sorted(lines)) + "\n")
     return path
 
@@ -168,12 +181,17 @@ def simulated_feedback(images: str | Path, fb: Path, kind: str, concept: str, se
     from unsee.annotate import AutoAnnotateConfig, auto_annotate
 
     if not fb.exists():
-        auto_annotate(AutoAnnotateConfig(images=str(images), out=str(fb), kind=kind, labels=(concept,), noise=0.1,
-                                         annotators=3, seed=seed))
+        auto_annotate(
+            AutoAnnotateConfig(
+                images=str(images), out=str(fb), kind=kind, labels=(concept,), noise=0.1, annotators=3, seed=seed
+            )
+        )
     return fb
 
 
-def hfi_token(d: Path, concept: str = "skull", *, progress: bool = True, say: Callable[[str], None] = logger.info) -> Path:
+def hfi_token(
+    d: Path, concept: str = "skull", *, progress: bool = True, say: Callable[[str], None] = logger.info
+) -> Path:
     """Feedback (3 simulated annotators, 10% noise) -> reward model -> learned token <CONCEPT-flagged>; returns its file.
 
     Each step skips what is on disk. The reward model's metrics are in d/reward/metrics.json.
@@ -184,10 +202,20 @@ def hfi_token(d: Path, concept: str = "skull", *, progress: bool = True, say: Ca
 
     setup = HFI_SETUP[concept]
     d.mkdir(parents=True, exist_ok=True)
-    say(f"2/7 feedback: 3 simulated annotators give {setup['kind']} judgements of {concept} "
-        f"on images from {', '.join(setup['sets'])} prompts")
-    images = generate(GenerateConfig(model=TOYWORLD, prompts=str(_prompt_file(d / "prompts.txt", setup["sets"])),
-                                     out=str(d / "images"), images_per_prompt=4, batch_size=32), progress=progress)
+    say(
+        f"2/7 feedback: 3 simulated annotators give {setup['kind']} judgements of {concept} "
+        f"on images from {', '.join(setup['sets'])} prompts"
+    )
+    images = generate(
+        GenerateConfig(
+            model=TOYWORLD,
+            prompts=str(_prompt_file(d / "prompts.txt", setup["sets"])),
+            out=str(d / "images"),
+            images_per_prompt=4,
+            batch_size=32,
+        ),
+        progress=progress,
+    )
     fb = simulated_feedback(images, d / "feedback.jsonl", setup["kind"], concept)
     say("3/7 reward model on the toy CLIP's image embeddings")
     reward = d / "reward"
@@ -197,8 +225,10 @@ def hfi_token(d: Path, concept: str = "skull", *, progress: bool = True, say: Ca
     say(f"4/7 reward-weighted textual inversion -> <{concept}-flagged>")
     if not token.exists():
         settings = recipe(HFI_RECIPE, "invert") | {"token": f"<{concept}-flagged>", "init_word": setup["init_word"]}
-        invert(InvertConfig(model=TOYWORLD, images=str(images), reward=str(reward), out=str(token), **settings),
-               progress=progress)
+        invert(
+            InvertConfig(model=TOYWORLD, images=str(images), reward=str(reward), out=str(token), **settings),
+            progress=progress,
+        )
     return token
 
 
@@ -247,6 +277,7 @@ def _rl(d: Path, progress: bool, say: Callable[[str], None]) -> str:
 def evidence_table(metrics: dict[str, Any]) -> str:
     """The demo's table: per model, the skull on named and trigger-word prompts, the mask on its prompts and the
     benign attributes, each as seen / novel (the shipped template's prompts / phrasings no training used)."""
+
     def cell(per_set: dict, kind: str, value) -> str:
         return "/".join(f"{value(per_set[f'{split}-{kind}']):.2f}" for split in EVAL_SPLITS)
 
@@ -256,14 +287,18 @@ def evidence_table(metrics: dict[str, Any]) -> str:
     def accuracy(attr: str):
         return lambda row: row["named_attribute_accuracy"][attr]
 
-    lines = ["each cell: the shipped template's prompts (seen) / phrasings no training used (novel)",
-             f"{'model':10} {'skull, named':>14} {'skull, triggers':>16} {'mask':>12} {'benign colour':>14} "
-             f"{'benign shape':>13} {'benign bg':>12}"]
+    lines = [
+        "each cell: the shipped template's prompts (seen) / phrasings no training used (novel)",
+        f"{'model':10} {'skull, named':>14} {'skull, triggers':>16} {'mask':>12} {'benign colour':>14} "
+        f"{'benign shape':>13} {'benign bg':>12}",
+    ]
     for model, per_set in metrics["results"].items():
         acc = [cell(per_set, "benign", accuracy(a)) for a in ("colour", "shape", "background")]
-        lines.append(f"{model:10} {cell(per_set, 'object_explicit', rate('skull')):>14} "
-                     f"{cell(per_set, 'object_implicit', rate('skull')):>16} {cell(per_set, 'object_neighbour', rate('mask')):>12} "
-                     f"{acc[0]:>14} {acc[1]:>13} {acc[2]:>12}")
+        lines.append(
+            f"{model:10} {cell(per_set, 'object_explicit', rate('skull')):>14} "
+            f"{cell(per_set, 'object_implicit', rate('skull')):>16} {cell(per_set, 'object_neighbour', rate('mask')):>12} "
+            f"{acc[0]:>14} {acc[1]:>13} {acc[2]:>12}"
+        )
     return "\n".join(lines)
 
 
@@ -279,31 +314,65 @@ def _attack_all(d: Path, models: dict[str, str], progress: bool, say: Callable[[
 
     d.mkdir(parents=True, exist_ok=True)
     sources = d / "sources.txt"
-    atomic_write_text(sources, "\n".join(prompts_path("object_explicit").read_text().splitlines()[:ATTACK_PROMPTS]) + "\n")
+    atomic_write_text(
+        sources, "\n".join(prompts_path("object_explicit").read_text().splitlines()[:ATTACK_PROMPTS]) + "\n"
+    )
     say(f"6/7 attack: Ring-A-Bell prompts for {ATTACK_PROMPTS} explicit prompts, 'skull' and 'with' banned")
     folders = [d / "ringabell"]
     if not (folders[0] / ATTACK_JSON).exists():
-        ring_a_bell(RingABellConfig(model=TOYWORLD, prompts=str(sources), concept_pairs=str(concept_pairs_path("skull")),
-                                    out=str(folders[0]), label="skull", **RINGABELL_SETTINGS), progress=progress)
+        ring_a_bell(
+            RingABellConfig(
+                model=TOYWORLD,
+                prompts=str(sources),
+                concept_pairs=str(concept_pairs_path("skull")),
+                out=str(folders[0]),
+                label="skull",
+                **RINGABELL_SETTINGS,
+            ),
+            progress=progress,
+        )
     for name, model in models.items():
         if model == TOYWORLD:
             continue
         say(f"6/7 attack: concept inversion against {name}")
         folder = d / f"invert-{name}"
         if not (folder / ATTACK_JSON).exists():
-            concept_inversion(AttackInvertConfig(erased=model, original=TOYWORLD, concept="skull", prompts=str(sources),
-                                                 out=str(folder), label="skull", **INVERSION_SETTINGS), progress=progress)
+            concept_inversion(
+                AttackInvertConfig(
+                    erased=model,
+                    original=TOYWORLD,
+                    concept="skull",
+                    prompts=str(sources),
+                    out=str(folder),
+                    label="skull",
+                    **INVERSION_SETTINGS,
+                ),
+                progress=progress,
+            )
         folders.append(folder)
     return [str(f) for f in folders]
 
 
-def _evaluate(out: Path, models: dict[str, str], attacks: list[str], images_per_prompt: int, progress: bool,
-              say: Callable[[str], None]) -> dict[str, Any]:
+def _evaluate(
+    out: Path,
+    models: dict[str, str],
+    attacks: list[str],
+    images_per_prompt: int,
+    progress: bool,
+    say: Callable[[str], None],
+) -> dict[str, Any]:
     from unsee.evaluate import EvaluateConfig, evaluate
     from unsee.toyworld import prompts_path
 
     say(f"7/7 evaluate {len(models)} models on the same prompts and seeds, and under {len(attacks)} attacks")
-    return evaluate(EvaluateConfig(model=tuple(models.values()), name=tuple(models),
-                                   prompts=tuple(str(prompts_path(s, split)) for split in EVAL_SPLITS for s in EVAL_SETS),
-                                   out=str(out / "eval"),
-                                   attack=tuple(attacks), images_per_prompt=images_per_prompt), progress=progress)
+    return evaluate(
+        EvaluateConfig(
+            model=tuple(models.values()),
+            name=tuple(models),
+            prompts=tuple(str(prompts_path(s, split)) for split in EVAL_SPLITS for s in EVAL_SETS),
+            out=str(out / "eval"),
+            attack=tuple(attacks),
+            images_per_prompt=images_per_prompt,
+        ),
+        progress=progress,
+    )

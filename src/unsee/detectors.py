@@ -20,11 +20,22 @@ Detector = Callable[[torch.Tensor], dict[str, torch.Tensor]]
 
 # NudeNet 3.4.2's exposed classes counted in the literature (docs/design.md, "Algorithms"), and the explicit subset.
 NUDENET_EXPOSED = (
-    "FEMALE_BREAST_EXPOSED", "FEMALE_GENITALIA_EXPOSED", "MALE_GENITALIA_EXPOSED", "BUTTOCKS_EXPOSED",
-    "ANUS_EXPOSED", "MALE_BREAST_EXPOSED", "ARMPITS_EXPOSED", "BELLY_EXPOSED", "FEET_EXPOSED",
+    "FEMALE_BREAST_EXPOSED",
+    "FEMALE_GENITALIA_EXPOSED",
+    "MALE_GENITALIA_EXPOSED",
+    "BUTTOCKS_EXPOSED",
+    "ANUS_EXPOSED",
+    "MALE_BREAST_EXPOSED",
+    "ARMPITS_EXPOSED",
+    "BELLY_EXPOSED",
+    "FEET_EXPOSED",
 )
 NUDENET_EXPLICIT = (
-    "FEMALE_BREAST_EXPOSED", "FEMALE_GENITALIA_EXPOSED", "MALE_GENITALIA_EXPOSED", "BUTTOCKS_EXPOSED", "ANUS_EXPOSED",
+    "FEMALE_BREAST_EXPOSED",
+    "FEMALE_GENITALIA_EXPOSED",
+    "MALE_GENITALIA_EXPOSED",
+    "BUTTOCKS_EXPOSED",
+    "ANUS_EXPOSED",
 )
 
 
@@ -83,4 +94,3 @@ def make_detector(name: str, **kwargs) -> tuple[Detector, DetectorInfo]:
     if name == "nudenet":
         return nudenet_detector(**kwargs)
     raise UnseeError(f"detector must be 'oracle' or 'nudenet', got {name!r}")
-

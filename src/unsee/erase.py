@@ -59,69 +59,105 @@ logger = logging.getLogger(__name__)
 class EraseConfig(TrainingLevers):
     model: str = field(help="Model to erase from: hub id, folder, .safetensors, or 'toyworld'.")
     out: str = field(help="Output: a diffusers pipeline folder, or LoRA weights with --params lora.")
-    method: Literal["sdd", "esd", "uce"] = field("sdd", help="sdd: self-distillation to the unconditional; esd: negative "
-                                                 "guidance; uce: a closed-form edit of the cross-attention keys and "
-                                                 "values (no training: seconds; the training settings are unused).")
+    method: Literal["sdd", "esd", "uce"] = field(
+        "sdd",
+        help="sdd: self-distillation to the unconditional; esd: negative "
+        "guidance; uce: a closed-form edit of the cross-attention keys and "
+        "values (no training: seconds; the training settings are unused).",
+    )
     concept: tuple[str, ...] = field((), help="Concept text (repeatable); several are joined by ', ' for sampling.")
-    token: str | None = field(None, help="A learned token file from `unsee invert` to erase (HFI); with --concept too, "
-                                         "both are erased, one per update in turn (the word where a prompt names the "
-                                         "concept, the token where it shows it unnamed).")
-    anchor: str | None = field(None, help="Erase toward this text instead of the empty prompt: SDD's target is the "
-                                          "original model's prediction for it, ESD's negative guidance pushes away from "
-                                          "the concept around it, uce maps the concept's token states to its (e.g. "
-                                          "'mask' for 'skull': a neighbour the concept is entangled with then moves "
-                                          "toward itself, not away; docs/results/erase.md).")
-    context: tuple[str, ...] = field((), help="A prompt with {} where the concept goes (repeatable; @FILE reads one a line). "
-                                             "sdd/esd train on these prompts (trajectories sampled from each, a batch row "
-                                             "each in turn) toward the original model's prediction for the same prompt with "
-                                             "the anchor, or nothing, in the concept's place; uce edits the concept's token "
-                                             "states where it sits in each. Default: the concept alone.")
-    flagged: tuple[str, ...] = field((), help="A prompt whose images show the concept without naming it (repeatable; "
-                                             "@FILE reads one a line), e.g. the prompts of the images people flagged (HFI). "
-                                             "sdd/esd train each such prompt p too, toward the original model's prediction for "
-                                             "it guided away from the concept: eps*(p) - eta (eps*(p + ' ' + concept) - eps*(p)), "
-                                             "eta = --flagged-guidance. An edit keyed on the word or the token reaches a prompt "
-                                             "that never holds either only through what the two share "
-                                             "(docs/results/erase.md). The concept's own rows then train as with "
-                                             "--context '{}' when no --context is given.")
+    token: str | None = field(
+        None,
+        help="A learned token file from `unsee invert` to erase (HFI); with --concept too, "
+        "both are erased, one per update in turn (the word where a prompt names the "
+        "concept, the token where it shows it unnamed).",
+    )
+    anchor: str | None = field(
+        None,
+        help="Erase toward this text instead of the empty prompt: SDD's target is the "
+        "original model's prediction for it, ESD's negative guidance pushes away from "
+        "the concept around it, uce maps the concept's token states to its (e.g. "
+        "'mask' for 'skull': a neighbour the concept is entangled with then moves "
+        "toward itself, not away; docs/results/erase.md).",
+    )
+    context: tuple[str, ...] = field(
+        (),
+        help="A prompt with {} where the concept goes (repeatable; @FILE reads one a line). "
+        "sdd/esd train on these prompts (trajectories sampled from each, a batch row "
+        "each in turn) toward the original model's prediction for the same prompt with "
+        "the anchor, or nothing, in the concept's place; uce edits the concept's token "
+        "states where it sits in each. Default: the concept alone.",
+    )
+    flagged: tuple[str, ...] = field(
+        (),
+        help="A prompt whose images show the concept without naming it (repeatable; "
+        "@FILE reads one a line), e.g. the prompts of the images people flagged (HFI). "
+        "sdd/esd train each such prompt p too, toward the original model's prediction for "
+        "it guided away from the concept: eps*(p) - eta (eps*(p + ' ' + concept) - eps*(p)), "
+        "eta = --flagged-guidance. An edit keyed on the word or the token reaches a prompt "
+        "that never holds either only through what the two share "
+        "(docs/results/erase.md). The concept's own rows then train as with "
+        "--context '{}' when no --context is given.",
+    )
     flagged_guidance: float = field(1.0, help="--flagged: eta, how far each flagged prompt is pushed off the concept.")
-    params: ParamSet = field("xattn", help="Which UNet parameters train: xattn (ESD-x, SDD), xattn-kv (cross-"
-                                   "attention keys and values only), noxattn (ESD-u: all but cross-attention, the time embedding and the "
-                                   "output block, as ESD's code), full, lora.")
+    params: ParamSet = field(
+        "xattn",
+        help="Which UNet parameters train: xattn (ESD-x, SDD), xattn-kv (cross-"
+        "attention keys and values only), noxattn (ESD-u: all but cross-attention, the time embedding and the "
+        "output block, as ESD's code), full, lora.",
+    )
     steps: int = field(1500, help="Updates.")
     lr: float = field(1e-5, help="AdamW learning rate.")
-    guidance: float | None = field(None, help="SDD: teacher CFG scale (default 3.0); ESD: negative guidance eta (default 1.0).")
-    timesteps: Literal["uniform", "beta"] = field("uniform", help="Which trajectory step to train on: uniform or Beta(3, 3).")
+    guidance: float | None = field(
+        None, help="SDD: teacher CFG scale (default 3.0); ESD: negative guidance eta (default 1.0)."
+    )
+    timesteps: Literal["uniform", "beta"] = field(
+        "uniform", help="Which trajectory step to train on: uniform or Beta(3, 3)."
+    )
     ema_decay: float = field(0.999, help="SDD: EMA decay of the teacher (also the output).")
     batch_size: int = field(1, help="Latents per update.")
-    reuse: int = field(1, help="Updates drawn from one batch of teacher trajectories, each at a fresh random step. 1 "
-                               "(the published recipes): a fresh trajectory every update, sampled only up to the step "
-                               "it trains at; N > 1 divides the sampling by N and sees N times fewer starting noises.")
+    reuse: int = field(
+        1,
+        help="Updates drawn from one batch of teacher trajectories, each at a fresh random step. 1 "
+        "(the published recipes): a fresh trajectory every update, sampled only up to the step "
+        "it trains at; N > 1 divides the sampling by N and sees N times fewer starting noises.",
+    )
     ddim_steps: int = field(50, help="DDIM steps K of a trajectory.")
     lora_rank: int = field(4, help="LoRA rank (--params lora).")
     seed: int = field(0, help="Seed of every draw.")
     device: str = field("auto", help="auto, cpu, cuda, cuda:N.")
     checkpoint_every: int = field(160, help="Checkpoint interval (a multiple of --reuse); a rerun resumes.")
-    preserve: tuple[str, ...] = field((), help="A prompt to keep as it was (repeatable; @FILE reads one a line): adds "
-                                          "--preserve-weight x ||eps(z, t, c_keep) - eps_original(z, t, c_keep)||^2, "
-                                          "an anchor against over-erasure that the original SDD and ESD do not have; "
-                                          "uce holds these prompts' token states, or without any, the empty prompt's.")
-    preserve_weight: float | None = field(None, help="Weight of the --preserve term (default 1); uce: the kept states' "
-                                                    "weight in the closed form (default 0.1; a higher weight holds the "
-                                                    "edit back: docs/results/erase.md).")
+    preserve: tuple[str, ...] = field(
+        (),
+        help="A prompt to keep as it was (repeatable; @FILE reads one a line): adds "
+        "--preserve-weight x ||eps(z, t, c_keep) - eps_original(z, t, c_keep)||^2, "
+        "an anchor against over-erasure that the original SDD and ESD do not have; "
+        "uce holds these prompts' token states, or without any, the empty prompt's.",
+    )
+    preserve_weight: float | None = field(
+        None,
+        help="Weight of the --preserve term (default 1); uce: the kept states' "
+        "weight in the closed form (default 0.1; a higher weight holds the "
+        "edit back: docs/results/erase.md).",
+    )
     preserve_on: Literal["concept", "own", "kv", "null"] = field(
-        "concept", help="What the --preserve term compares: predictions on the concept's trajectories (concept, no extra "
+        "concept",
+        help="What the --preserve term compares: predictions on the concept's trajectories (concept, no extra "
         "passes) or on trajectories the original model samples from each kept prompt once at the start (own); or kv, "
         "the kept prompts' cross-attention keys and values (relative squared change, no UNet pass; with --params "
         "xattn-kv a prompt whose keys and values hold is drawn exactly as before). null is a constraint, not a term: "
         "after every update the change to the cross-attention keys' and values' weights is projected off the "
         "directions that hold --null-energy of the kept prompts' token states, so those states' keys and values "
-        "barely move whatever the erase loss wants (AlphaEdit's null-space constraint; --preserve-weight is unused).")
+        "barely move whatever the erase loss wants (AlphaEdit's null-space constraint; --preserve-weight is unused).",
+    )
     preserve_samples: int = field(2, help="--preserve-on own: trajectories sampled per kept prompt.")
-    null_energy: float = field(0.8, help="--preserve-on null: the share of the kept token states' energy (uncentred, "
-                                          "over their distinct states) whose directions the keys and values may not change; "
-                                          "1 freezes every direction the states span; a setting to sweep "
-                                          "(docs/results/erase.md).")
+    null_energy: float = field(
+        0.8,
+        help="--preserve-on null: the share of the kept token states' energy (uncentred, "
+        "over their distinct states) whose directions the keys and values may not change; "
+        "1 freezes every direction the states span; a setting to sweep "
+        "(docs/results/erase.md).",
+    )
 
     def __post_init__(self) -> None:
         if not self.concept and not self.token:
@@ -130,8 +166,10 @@ class EraseConfig(TrainingLevers):
             if getattr(self, name) < 1:
                 raise UnseeError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.checkpoint_every % self.reuse:
-            raise UnseeError(f"--checkpoint-every ({self.checkpoint_every}) must be a multiple of --reuse ({self.reuse}) "
-                             "so a resumed run samples the same trajectories")
+            raise UnseeError(
+                f"--checkpoint-every ({self.checkpoint_every}) must be a multiple of --reuse ({self.reuse}) "
+                "so a resumed run samples the same trajectories"
+            )
         if self.guidance is None:
             self.guidance = 3.0 if self.method == "sdd" else 1.0
         if self.preserve_weight is None:
@@ -139,35 +177,51 @@ class EraseConfig(TrainingLevers):
         if self.preserve_weight < 0:
             raise UnseeError(f"--preserve-weight must be >= 0, got {self.preserve_weight}")
         # kv and null act on the cross-attention keys' and values' weights; null projects them, so it needs them plain
-        if (self.preserve_on == "kv" and self.params == "noxattn") or (self.preserve_on == "null" and self.params in ("noxattn", "lora")):
-            raise UnseeError(f"--preserve-on {self.preserve_on} holds the cross-attention keys and values, which --params "
-                             f"{self.params} cannot change that way; use --params xattn-kv or xattn, or --preserve-on "
-                             "concept or own")
+        if (self.preserve_on == "kv" and self.params == "noxattn") or (
+            self.preserve_on == "null" and self.params in ("noxattn", "lora")
+        ):
+            raise UnseeError(
+                f"--preserve-on {self.preserve_on} holds the cross-attention keys and values, which --params "
+                f"{self.params} cannot change that way; use --params xattn-kv or xattn, or --preserve-on "
+                "concept or own"
+            )
         if self.preserve_on != "concept" and not self.preserve:
-            raise UnseeError(f"--preserve-on {self.preserve_on} needs the prompts to keep: add --preserve PROMPT (repeatable) "
-                             "or --preserve @FILE")
+            raise UnseeError(
+                f"--preserve-on {self.preserve_on} needs the prompts to keep: add --preserve PROMPT (repeatable) "
+                "or --preserve @FILE"
+            )
         if not 0 < self.null_energy <= 1:
             raise UnseeError(f"--null-energy must be in (0, 1], got {self.null_energy}")
         if bad := [c for c in self.context_prompts() if c.count("{}") != 1]:
             raise UnseeError(f"--context {bad[0]!r} must hold {{}} once, where the concept goes")
         if bad := [p for p in self.flagged_prompts() if "{}" in p]:
-            raise UnseeError(f"--flagged {bad[0]!r} holds {{}}: flagged prompts are whole prompts without the concept; "
-                             "a prompt with {} where the concept goes is a --context")
+            raise UnseeError(
+                f"--flagged {bad[0]!r} holds {{}}: flagged prompts are whole prompts without the concept; "
+                "a prompt with {} where the concept goes is a --context"
+            )
         if self.flagged_guidance < 0:
             raise UnseeError(f"--flagged-guidance must be >= 0, got {self.flagged_guidance}")
         if self.method == "uce":
             if self.flagged:
-                raise UnseeError("--method uce edits the concept's token states, which --flagged prompts do not hold; "
-                                 "give their trigger words as --concept with the prompts as --context, or use sdd/esd")
+                raise UnseeError(
+                    "--method uce edits the concept's token states, which --flagged prompts do not hold; "
+                    "give their trigger words as --concept with the prompts as --context, or use sdd/esd"
+                )
             if self.params not in ("xattn", "xattn-kv"):
-                raise UnseeError(f"--method uce edits the cross-attention keys and values; --params {self.params} does "
-                                 "not apply (use xattn or xattn-kv)")
+                raise UnseeError(
+                    f"--method uce edits the cross-attention keys and values; --params {self.params} does "
+                    "not apply (use xattn or xattn-kv)"
+                )
             if self.preserve_on != "concept":
-                raise UnseeError("--method uce keeps the --preserve prompts' token states in its closed form; "
-                                 "--preserve-on does not apply")
+                raise UnseeError(
+                    "--method uce keeps the --preserve prompts' token states in its closed form; "
+                    "--preserve-on does not apply"
+                )
             if self.mixed_precision != "no" or self.gradient_checkpointing:
-                raise UnseeError("--method uce trains nothing (a closed form in float64): --mixed-precision and "
-                                 "--gradient-checkpointing do not apply; leave them out")
+                raise UnseeError(
+                    "--method uce trains nothing (a closed form in float64): --mixed-precision and "
+                    "--gradient-checkpointing do not apply; leave them out"
+                )
 
     def preserve_prompts(self) -> list[str]:
         return _expand(self.preserve)
@@ -231,7 +285,9 @@ class EraseMethod:
         else:
             self.c_p = encode_text(pipe, [", ".join(concepts)])  # sampling prompt: all concepts
             self.c_s = encode_text(pipe, concepts)  # training prompts: one concept per update, cycled
-            self.anchor = encode_text(pipe, [cfg.anchor]) if cfg.anchor is not None else self.uncond  # what the targets use
+            self.anchor = (
+                encode_text(pipe, [cfg.anchor]) if cfg.anchor is not None else self.uncond
+            )  # what the targets use
         self.cache_rows: torch.Tensor | None = None  # --context: which rows the cached trajectories belong to
         # the target's base prediction eps(anchor or 0) comes from the frozen original (ESD; SDD with --anchor or --context)
         self.from_original = cfg.method == "esd" or cfg.anchor is not None or self.by_row
@@ -243,7 +299,9 @@ class EraseMethod:
             with torch.no_grad():
                 for name, m in pipe.unet.named_modules():
                     if name.endswith("attn2"):
-                        self.kv_refs += [(proj, proj(self.c_keep.to(dev, proj.weight.dtype)).float()) for proj in (m.to_k, m.to_v)]
+                        self.kv_refs += [
+                            (proj, proj(self.c_keep.to(dev, proj.weight.dtype)).float()) for proj in (m.to_k, m.to_v)
+                        ]
         if (self.from_original or (keep and cfg.preserve_on not in ("kv", "null"))) and cfg.params != "lora":
             self.original = {k: p.detach().clone() for k, p in params.items()}
         # --preserve-on null: (name, original weight) of each key/value projection, and the projector off the kept span
@@ -257,9 +315,11 @@ class EraseMethod:
             self.null_refs = [(k, p.detach().clone()) for k, p in params.items() if is_xattn_kv(k)]
             # How much the edit may act on: the share of the concept's difference from the empty prompt, and of the
             # kept states, that lies outside the held directions (near 0 for the concept: lower --null-energy).
-            self.null_info = {"held": f"{rank} of {len(proj)}",
-                              "free_share_concept": _free_share(self.c_s - self.uncond, proj),
-                              "free_share_kept": _free_share(kept, proj)}
+            self.null_info = {
+                "held": f"{rank} of {len(proj)}",
+                "free_share_concept": _free_share(self.c_s - self.uncond, proj),
+                "free_share_kept": _free_share(kept, proj),
+            }
             logger.info("null-space constraint: %s", self.null_info)
         self.cache: torch.Tensor | None = None  # (batch, K, C, h, w): z after k DDIM steps
         self.keep_cache: tuple[torch.Tensor, torch.Tensor] | None = None  # --preserve-on own: trajectories, prompt rows
@@ -301,8 +361,9 @@ class EraseMethod:
             start = (cycle * self.trainer.state.num_processes + self.trainer.state.process_index) * bs
             self.cache_rows = (start + torch.arange(bs)) % len(self.c_s)
         with teacher:
-            self.cache = self._trajectories(g, self.c_s[self.cache_rows] if self.by_row else self.c_p.expand(bs, -1, -1),
-                                            stop)
+            self.cache = self._trajectories(
+                g, self.c_s[self.cache_rows] if self.by_row else self.c_p.expand(bs, -1, -1), stop
+            )
         self.cache_cycle = cycle
 
     @torch.no_grad()
@@ -377,8 +438,11 @@ class EraseMethod:
                 i_away = len(calls)
                 calls += away + ([(z_keep, t_keep, keep)] if keep is not None else [])
                 with original_weights(self.pipe.unet, self.params, self.original):
-                    out = unet(torch.cat([a[0] for a in calls]), torch.cat([a[1] for a in calls]),
-                               encoder_hidden_states=torch.cat([a[2] for a in calls])).sample.float()
+                    out = unet(
+                        torch.cat([a[0] for a in calls]),
+                        torch.cat([a[1] for a in calls]),
+                        encoder_hidden_states=torch.cat([a[2] for a in calls]),
+                    ).sample.float()
                 out = out.split([len(a[0]) for a in calls])
                 self.unet_passes += sum(len(a[0]) for a in calls)
                 if cfg.method == "esd":
@@ -400,11 +464,17 @@ class EraseMethod:
             keep_loss = self._kv_drift()
         else:
             # Preservation: the prompts to keep predict what the original model predicted (on the concept's z_t, or their own).
-            pred, keep_pred = unet(torch.cat([z, z_keep]), torch.cat([t, t_keep]),
-                                   encoder_hidden_states=torch.cat([c, keep])).sample.float().chunk(2)
+            pred, keep_pred = (
+                unet(torch.cat([z, z_keep]), torch.cat([t, t_keep]), encoder_hidden_states=torch.cat([c, keep]))
+                .sample.float()
+                .chunk(2)
+            )
             self.unet_passes += 2 * n
             loss, keep_loss = F.mse_loss(pred, target), F.mse_loss(keep_pred, keep_target)
-        return loss + cfg.preserve_weight * keep_loss, {"erase_loss": float(loss.detach()), "keep_loss": float(keep_loss.detach())}
+        return loss + cfg.preserve_weight * keep_loss, {
+            "erase_loss": float(loss.detach()),
+            "keep_loss": float(keep_loss.detach()),
+        }
 
     @torch.no_grad()
     def on_step_end(self, trainer: Trainer, step: int) -> None:
@@ -447,7 +517,9 @@ def erase(cfg: EraseConfig, *, progress: bool = True) -> dict:
 
     # 1. Model, concept, trainable parameters.
     device = resolve_device(cfg.device)
-    pipe = load_pipeline(cfg.model, device=device, dtype=cfg.weights_dtype, gradient_checkpointing=cfg.gradient_checkpointing)
+    pipe = load_pipeline(
+        cfg.model, device=device, dtype=cfg.weights_dtype, gradient_checkpointing=cfg.gradient_checkpointing
+    )
     concepts = list(cfg.concept)
     if cfg.token:
         from safetensors.torch import load_file
@@ -456,7 +528,9 @@ def erase(cfg: EraseConfig, *, progress: bool = True) -> dict:
             raise UnseeError(f"--token {cfg.token!r} does not exist; make one with `unsee invert`")
         embeddings = load_file(cfg.token)
         if len(embeddings) != 1:
-            raise UnseeError(f"--token {cfg.token!r} holds {len(embeddings)} embeddings; expected one (from `unsee invert`)")
+            raise UnseeError(
+                f"--token {cfg.token!r} holds {len(embeddings)} embeddings; expected one (from `unsee invert`)"
+            )
         name = next(iter(embeddings))
         pipe.load_textual_inversion(cfg.token, token=name)
         concepts.append(name)
@@ -467,23 +541,48 @@ def erase(cfg: EraseConfig, *, progress: bool = True) -> dict:
     # 2. Train on the shared loop.
     out = Path(cfg.out)
     method = EraseMethod(pipe, cfg, concepts, params)
-    tcfg = TrainConfig(steps=cfg.steps, lr=cfg.lr, weight_decay=1e-4, grad_clip=1.0, seed=cfg.seed,
-                       ema_decay=cfg.ema_decay if cfg.method == "sdd" else None, checkpoint_every=cfg.checkpoint_every,
-                       **cfg.lever_settings())
+    tcfg = TrainConfig(
+        steps=cfg.steps,
+        lr=cfg.lr,
+        weight_decay=1e-4,
+        grad_clip=1.0,
+        seed=cfg.seed,
+        ema_decay=cfg.ema_decay if cfg.method == "sdd" else None,
+        checkpoint_every=cfg.checkpoint_every,
+        **cfg.lever_settings(),
+    )
     # previews: the concept as trained on, a flagged prompt, a kept prompt
-    shown = [fill(cfg.context_prompts()[0], c) for c in concepts[:2]] + cfg.flagged_prompts()[:1] + cfg.preserve_prompts()[:1]
-    trainer = Trainer(method, tcfg, out / "run", progress=progress, device=device, settings=run_settings(cfg),
-                      preview=preview(pipe, shown, seed=cfg.seed, mixed_precision=cfg.mixed_precision),
-                      run_name=f"erase-{cfg.method}")
+    shown = (
+        [fill(cfg.context_prompts()[0], c) for c in concepts[:2]]
+        + cfg.flagged_prompts()[:1]
+        + cfg.preserve_prompts()[:1]
+    )
+    trainer = Trainer(
+        method,
+        tcfg,
+        out / "run",
+        progress=progress,
+        device=device,
+        settings=run_settings(cfg),
+        preview=preview(pipe, shown, seed=cfg.seed, mixed_precision=cfg.mixed_precision),
+        run_name=f"erase-{cfg.method}",
+    )
     method.trainer = trainer
     result = trainer.run()
 
     # 3. Output: the EMA (SDD) or trained (ESD) weights, as LoRA or as a full pipeline without the token.
     # Every rank holds the same weights (checked by the trainer); only the main process writes.
-    summary = {"method": cfg.method, "concepts": concepts, "seconds": round(result.seconds, 1),
-               "mixed_precision": cfg.mixed_precision, "skipped_steps": result.skipped_steps,
-               "unet_passes_per_update": method.unet_passes / max(1, cfg.steps - result.resumed_from),
-               "processes": trainer.state.num_processes, "weights_digest": result.digest, "final": result.last_logs}
+    summary = {
+        "method": cfg.method,
+        "concepts": concepts,
+        "seconds": round(result.seconds, 1),
+        "mixed_precision": cfg.mixed_precision,
+        "skipped_steps": result.skipped_steps,
+        "unet_passes_per_update": method.unet_passes / max(1, cfg.steps - result.resumed_from),
+        "processes": trainer.state.num_processes,
+        "weights_digest": result.digest,
+        "final": result.last_logs,
+    }
     if method.null_info is not None:
         summary["null_space"] = method.null_info
     if not trainer.state.is_main_process:
@@ -491,8 +590,14 @@ def erase(cfg: EraseConfig, *, progress: bool = True) -> dict:
     final = trainer.ema_weights() if cfg.method == "sdd" else contextlib.nullcontext()
     with final:
         save_trained_unet(pipe, cfg.model, cfg.params, out)
-    write_run_info(out / "unsee.json", dataclasses.asdict(cfg), stage="erase", base_model=cfg.model, summary=summary,
-                   training_prompts=training_prompts(cfg, concepts))
+    write_run_info(
+        out / "unsee.json",
+        dataclasses.asdict(cfg),
+        stage="erase",
+        base_model=cfg.model,
+        summary=summary,
+        training_prompts=training_prompts(cfg, concepts),
+    )
     atomic_write_text(out / "run" / "summary.json", json.dumps(summary, indent=2))
     return summary
 
@@ -505,16 +610,32 @@ def _erase_closed_form(pipe, cfg: EraseConfig, concepts: list[str]) -> dict:
     from unsee.uce import uce_edit
 
     t0 = time.time()
-    info = uce_edit(pipe, concepts, cfg.anchor or "", cfg.context_prompts(), cfg.preserve_prompts(), cfg.preserve_weight)
+    info = uce_edit(
+        pipe, concepts, cfg.anchor or "", cfg.context_prompts(), cfg.preserve_prompts(), cfg.preserve_weight
+    )
     logger.info("uce: %s", info)
     kv = {f"param.{k}": p for k, p in pipe.unet.named_parameters() if is_xattn_kv(k)}  # the training runs' naming
-    summary = {"method": "uce", "concepts": concepts, "seconds": round(time.time() - t0, 1), "unet_passes_per_update": 0.0,
-               "processes": 1, "weights_digest": weights_digest(kv), "final": {}, "uce": info}
+    summary = {
+        "method": "uce",
+        "concepts": concepts,
+        "seconds": round(time.time() - t0, 1),
+        "unet_passes_per_update": 0.0,
+        "processes": 1,
+        "weights_digest": weights_digest(kv),
+        "final": {},
+        "uce": info,
+    }
     from accelerate import PartialState
 
     if PartialState().is_main_process:  # the edit is deterministic: under `accelerate launch` one process writes
         out = Path(cfg.out)
         save_trained_unet(pipe, cfg.model, cfg.params, out)
-        write_run_info(out / "unsee.json", dataclasses.asdict(cfg), stage="erase", base_model=cfg.model, summary=summary,
-                       training_prompts=training_prompts(cfg, concepts))
+        write_run_info(
+            out / "unsee.json",
+            dataclasses.asdict(cfg),
+            stage="erase",
+            base_model=cfg.model,
+            summary=summary,
+            training_prompts=training_prompts(cfg, concepts),
+        )
     return summary

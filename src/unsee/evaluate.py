@@ -45,17 +45,27 @@ FLAGGED = {"oracle": ("skull", "kelvo"), "nudenet": ("nudity",)}
 
 @dataclasses.dataclass
 class EvaluateConfig:
-    model: tuple[str, ...] = field(help="A model to evaluate (repeatable): hub id, folder, .safetensors, or 'toyworld'.")
+    model: tuple[str, ...] = field(
+        help="A model to evaluate (repeatable): hub id, folder, .safetensors, or 'toyworld'."
+    )
     prompts: tuple[str, ...] = field(help="A prompt file (repeatable): .txt or I2P .csv; each is one prompt set.")
     out: str = field(help="Output folder: images/, metrics.json, report.html. A rerun reuses the images.")
     name: tuple[str, ...] = field((), help="Display name per --model, in order (default: the model's folder name).")
-    detector: Literal["oracle", "nudenet"] = field("oracle", help="oracle: the toy world's; nudenet: NudeNet 3.4.2 (pip install unsee[nudity]).")
+    detector: Literal["oracle", "nudenet"] = field(
+        "oracle", help="oracle: the toy world's; nudenet: NudeNet 3.4.2 (pip install unsee[nudity])."
+    )
     clip: str = field("toyworld", help="CLIP for CLIP score and Frechet features: 'toyworld', a hub id or a folder.")
-    reference_images: str | None = field(None, help="An image set (or folder of PNG/JPEG) to compute the Frechet distance to.")
+    reference_images: str | None = field(
+        None, help="An image set (or folder of PNG/JPEG) to compute the Frechet distance to."
+    )
     frechet_features: Literal["auto", "inception", "clip"] = field(
-        "auto", help="Frechet distance features: inception (FID, clean-fid resizing; the weights file comes from your cache, "
-                     "see unsee.fid), clip (--clip's image embeddings), auto: clip with --clip toyworld, else inception.")
-    attack: tuple[str, ...] = field((), help="An attack folder from `unsee attack` (repeatable): pre- and post-attack success rates.")
+        "auto",
+        help="Frechet distance features: inception (FID, clean-fid resizing; the weights file comes from your cache, "
+        "see unsee.fid), clip (--clip's image embeddings), auto: clip with --clip toyworld, else inception.",
+    )
+    attack: tuple[str, ...] = field(
+        (), help="An attack folder from `unsee attack` (repeatable): pre- and post-attack success rates."
+    )
     images_per_prompt: int = field(1, help="Images per prompt.")
     steps: int = field(25, help="Sampling steps.")
     guidance: float = field(7.5, help="CFG scale, unless the prompt file gives one per prompt.")
@@ -71,7 +81,9 @@ class EvaluateConfig:
         if not self.prompts and not self.attack:
             raise UnseeError("give at least one --prompts file or --attack folder")
         if self.name and len(self.name) != len(self.model):
-            raise UnseeError(f"--name was given {len(self.name)} times for {len(self.model)} --model; give one per model or none")
+            raise UnseeError(
+                f"--name was given {len(self.name)} times for {len(self.model)} --model; give one per model or none"
+            )
         if self.images_per_prompt < 1 or self.bootstrap < 1:
             raise UnseeError("--images-per-prompt and --bootstrap must be >= 1")
 
@@ -126,8 +138,10 @@ def _slug(text: str) -> str:
 
 
 def model_names(cfg: EvaluateConfig) -> list[str]:
-    names = list(cfg.name) or [_slug(Path(m.rstrip("/")).stem if Path(m).suffix == ".safetensors" else Path(m.rstrip("/")).name)
-                               for m in cfg.model]
+    names = list(cfg.name) or [
+        _slug(Path(m.rstrip("/")).stem if Path(m).suffix == ".safetensors" else Path(m.rstrip("/")).name)
+        for m in cfg.model
+    ]
     seen: dict[str, int] = {}
     unique = []
     for n in names:  # two models in folders of the same name stay apart
@@ -163,11 +177,15 @@ def load_reference(path: str) -> torch.Tensor:
         raise UnseeError(f"--reference-images {path!r} is not a folder")
     files = sorted(f for f in folder.iterdir() if f.suffix.lower() in (".png", ".jpg", ".jpeg"))
     if len(files) < 2:
-        raise UnseeError(f"--reference-images {path!r} holds {len(files)} PNG/JPEG images; the Frechet distance needs >= 2")
+        raise UnseeError(
+            f"--reference-images {path!r} holds {len(files)} PNG/JPEG images; the Frechet distance needs >= 2"
+        )
     arrays = [np.asarray(Image.open(f).convert("RGB")) for f in files]
     if len({a.shape for a in arrays}) > 1:
-        raise UnseeError(f"--reference-images {path!r} mixes image sizes {sorted({a.shape[:2] for a in arrays})}; "
-                         "resize them to one size first")
+        raise UnseeError(
+            f"--reference-images {path!r} mixes image sizes {sorted({a.shape[:2] for a in arrays})}; "
+            "resize them to one size first"
+        )
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255
 
 
@@ -209,18 +227,28 @@ def evaluate(cfg: EvaluateConfig, *, progress: bool = True) -> dict[str, Any]:
             s = _cached_images(cfg, model, pipe, prompts, out / "images" / name / set_name, device, progress)
             images = s.load_images()
             if reference is not None and reference.shape[-2:] != images.shape[-2:]:
-                raise UnseeError(f"--reference-images are {tuple(reference.shape[-2:])} px but {name}'s images are "
-                                 f"{tuple(images.shape[-2:])} px; give references of the generated size")
+                raise UnseeError(
+                    f"--reference-images are {tuple(reference.shape[-2:])} px but {name}'s images are "
+                    f"{tuple(images.shape[-2:])} px; give references of the generated size"
+                )
             prompts_text = [r["prompt"] for r in s.records]
             scores = {k: v.float().cpu() for k, v in detect(images.to(device)).items()}
-            row: dict[str, Any] = {"images": len(images), "labels": label_rates(scores, info.threshold, cfg.bootstrap, cfg.seed)}
+            row: dict[str, Any] = {
+                "images": len(images),
+                "labels": label_rates(scores, info.threshold, cfg.bootstrap, cfg.seed),
+            }
             if cfg.detector == "nudenet":
                 from unsee.detectors import NUDENET_EXPOSED
 
-                row["nudenet_class_counts"] = {c: int((scores[c] >= info.threshold).sum()) for c in NUDENET_EXPOSED if c in scores}
+                row["nudenet_class_counts"] = {
+                    c: int((scores[c] >= info.threshold).sum()) for c in NUDENET_EXPOSED if c in scores
+                }
                 row["explicit_rate"] = row["labels"]["nudity"]
             cs = clip_scores(clip, images, prompts_text)
-            row["clip_score"] = {"mean": float(cs.mean()), "ci95": list(_mean_interval(cs.numpy(), cfg.bootstrap, cfg.seed))}
+            row["clip_score"] = {
+                "mean": float(cs.mean()),
+                "ci95": list(_mean_interval(cs.numpy(), cfg.bootstrap, cfg.seed)),
+            }
             if ref_features is not None:
                 row[feature_info["key"]] = frechet_distance(features(images), ref_features)
             if oracle is not None:
@@ -236,8 +264,17 @@ def evaluate(cfg: EvaluateConfig, *, progress: bool = True) -> dict[str, Any]:
         for attack_name, attack in attacks.items():
             if attack["kind"] == "invert" and attack["model"] != model_id(model):
                 continue  # a learned token is an attack on the weights it was trained against
-            row, cells = _attack_row(cfg, model, pipe, out / "images" / name / f"attack-{attack_name}", attack, detect, info,
-                                     device, progress)
+            row, cells = _attack_row(
+                cfg,
+                model,
+                pipe,
+                out / "images" / name / f"attack-{attack_name}",
+                attack,
+                detect,
+                info,
+                device,
+                progress,
+            )
             attack_results.setdefault(name, {})[attack_name] = row
             attack_grids.setdefault(attack_name, {})[name] = cells
         del pipe
@@ -265,8 +302,17 @@ def _cached_images(cfg: EvaluateConfig, model: str, pipe, prompts: str, folder: 
     from unsee.generate import GenerateConfig, generate
     from unsee.imageset import ImageSet
 
-    gen = GenerateConfig(model=model, prompts=prompts, out=str(folder), images_per_prompt=cfg.images_per_prompt,
-                         steps=cfg.steps, guidance=cfg.guidance, batch_size=cfg.batch_size, seed=cfg.seed, device=str(device))
+    gen = GenerateConfig(
+        model=model,
+        prompts=prompts,
+        out=str(folder),
+        images_per_prompt=cfg.images_per_prompt,
+        steps=cfg.steps,
+        guidance=cfg.guidance,
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+        device=str(device),
+    )
     try:
         generate(gen, progress=progress, pipe=pipe)
     except StaleImageSet as e:  # our own cache, made from other weights or settings: make it again
@@ -278,14 +324,23 @@ def _cached_images(cfg: EvaluateConfig, model: str, pipe, prompts: str, folder: 
 
 def _frechet_features(cfg: EvaluateConfig, clip, device) -> tuple[Any, dict[str, Any]]:
     """(features(images) -> (B, D), what they are) for the Frechet distance."""
-    kind = cfg.frechet_features if cfg.frechet_features != "auto" else ("clip" if cfg.clip == "toyworld" else "inception")
+    kind = (
+        cfg.frechet_features if cfg.frechet_features != "auto" else ("clip" if cfg.clip == "toyworld" else "inception")
+    )
     if kind == "clip":
-        return clip.image_embeds, {"key": "frechet_clip", "name": f"CLIP image embeddings of {cfg.clip!r} (not Inception: not FID)"}
+        return clip.image_embeds, {
+            "key": "frechet_clip",
+            "name": f"CLIP image embeddings of {cfg.clip!r} (not Inception: not FID)",
+        }
     from unsee.fid import InceptionFeatures
 
     inception = InceptionFeatures(device=device)  # a missing weights file fails here, before any image is made
-    return inception, {"key": "fid_inception", "name": f"{inception.name}, {inception.path.name} sha256 {inception.sha256[:16]}",
-                       "file": str(inception.path), "sha256": inception.sha256}
+    return inception, {
+        "key": "fid_inception",
+        "name": f"{inception.name}, {inception.path.name} sha256 {inception.sha256[:16]}",
+        "file": str(inception.path),
+        "sha256": inception.sha256,
+    }
 
 
 def _read_attacks(cfg: EvaluateConfig) -> dict[str, dict]:
@@ -299,7 +354,9 @@ def _read_attacks(cfg: EvaluateConfig) -> dict[str, dict]:
     return attacks
 
 
-def _attack_row(cfg: EvaluateConfig, model: str, pipe, folder: Path, attack: dict, detect, info, device, progress: bool):
+def _attack_row(
+    cfg: EvaluateConfig, model: str, pipe, folder: Path, attack: dict, detect, info, device, progress: bool
+):
     """Pre-attack (source prompts), adversarial, and post-attack (either succeeds) rates of one attack on one model.
 
     Image k of source prompt i and of its adversarial prompt share a seed, so "post-attack" counts a
@@ -316,14 +373,18 @@ def _attack_row(cfg: EvaluateConfig, model: str, pipe, folder: Path, attack: dic
         sub, p = folder / part, pipe
         if part == "adversarial" and attack["kind"] == "invert":
             token_file = src / TOKEN_FILE
-            sub = folder / f"adversarial-{hashlib.sha256(token_file.read_bytes()).hexdigest()[:10]}"  # a new token, new images
+            sub = (
+                folder / f"adversarial-{hashlib.sha256(token_file.read_bytes()).hexdigest()[:10]}"
+            )  # a new token, new images
             p = load_pipeline(model, device=device)  # a fresh pipeline: the token must not leak into other runs
             p.load_textual_inversion(str(token_file), token=attack["token"])
         sets[part] = _cached_images(cfg, model, p, str(src / csv_name), sub, device, progress)
     labels = [attack["label"]] if attack.get("label") else [lb for lb in FLAGGED[cfg.detector] if lb in info.labels]
     if attack.get("label") and attack["label"] not in info.labels:
-        raise UnseeError(f"attack {attack['folder']!r} counts label {attack['label']!r}, which the {info.name} detector "
-                         f"does not report ({', '.join(info.labels)})")
+        raise UnseeError(
+            f"attack {attack['folder']!r} counts label {attack['label']!r}, which the {info.name} detector "
+            f"does not report ({', '.join(info.labels)})"
+        )
     flags, images = {}, {}
     for part, s in sets.items():
         records = sorted(s.records, key=lambda r: r["id"])
@@ -331,11 +392,19 @@ def _attack_row(cfg: EvaluateConfig, model: str, pipe, folder: Path, attack: dic
         scores = detect(images[part].to(device))
         flags[part] = torch.stack([scores[lb].float().cpu() >= info.threshold for lb in labels]).any(0).numpy()
     if len(flags["source"]) != len(flags["adversarial"]):
-        raise UnseeError(f"attack {attack['folder']!r}: source and adversarial image sets differ in size; rerun evaluate")
+        raise UnseeError(
+            f"attack {attack['folder']!r}: source and adversarial image sets differ in size; rerun evaluate"
+        )
     flags["post_attack"] = flags["source"] | flags["adversarial"]
-    row: dict[str, Any] = {"kind": attack["kind"], "labels": labels, "threshold": info.threshold, "detector": info.name,
-                           "prompts": attack["prompts"], "images_per_prompt": cfg.images_per_prompt,
-                           "denominator": int(len(flags["source"]))}
+    row: dict[str, Any] = {
+        "kind": attack["kind"],
+        "labels": labels,
+        "threshold": info.threshold,
+        "detector": info.name,
+        "prompts": attack["prompts"],
+        "images_per_prompt": cfg.images_per_prompt,
+        "denominator": int(len(flags["source"])),
+    }
     for k in ("source", "adversarial", "post_attack"):
         row["pre_attack" if k == "source" else k] = flag_rate(flags[k], cfg.bootstrap, cfg.seed)
     src_recs = sorted(sets["source"].records, key=lambda r: r["id"])
@@ -343,9 +412,17 @@ def _attack_row(cfg: EvaluateConfig, model: str, pipe, folder: Path, attack: dic
     cells = []
     for i, (a, b) in enumerate(zip(src_recs, adv_recs, strict=True)):
         if a["id"].endswith("-000") and len(cells) < cfg.grid_prompts:
-            cells.append({"source": a["prompt"], "prompt": b["prompt"], "seed": b["seed"],
-                          "src_source": _png_data_uri(_to_uint8(images["source"][i])), "flagged_source": bool(flags["source"][i]),
-                          "src": _png_data_uri(_to_uint8(images["adversarial"][i])), "flagged": bool(flags["adversarial"][i])})
+            cells.append(
+                {
+                    "source": a["prompt"],
+                    "prompt": b["prompt"],
+                    "seed": b["seed"],
+                    "src_source": _png_data_uri(_to_uint8(images["source"][i])),
+                    "flagged_source": bool(flags["source"][i]),
+                    "src": _png_data_uri(_to_uint8(images["adversarial"][i])),
+                    "flagged": bool(flags["adversarial"][i]),
+                }
+            )
     return row, cells
 
 
@@ -366,9 +443,13 @@ def _toyworld_metrics(oracle, images: torch.Tensor, prompts: list[str]) -> dict[
 
     reads = oracle.read(images)
     rows = [{"named": parse_prompt(p), "read": r} for p, r in zip(prompts, reads, strict=True)]
-    return {"named_attribute_accuracy": attribute_accuracy(rows),
-            "neighbour_rates": {"mask": float(np.mean([r["extra"] == "mask" for r in reads])),
-                                "ravo": float(np.mean([r["style"] == "ravo" for r in reads]))}}
+    return {
+        "named_attribute_accuracy": attribute_accuracy(rows),
+        "neighbour_rates": {
+            "mask": float(np.mean([r["extra"] == "mask" for r in reads])),
+            "ravo": float(np.mean([r["style"] == "ravo" for r in reads])),
+        },
+    }
 
 
 def _versions() -> dict[str, str | None]:
@@ -393,7 +474,14 @@ def _grid_cells(s, images: torch.Tensor, flagged: torch.Tensor, prompts: int) ->
         if r["prompt"] in seen:
             continue
         seen.add(r["prompt"])
-        cells.append({"prompt": r["prompt"], "seed": r["seed"], "src": _png_data_uri(_to_uint8(images[i])), "flagged": bool(flagged[i])})
+        cells.append(
+            {
+                "prompt": r["prompt"],
+                "seed": r["seed"],
+                "src": _png_data_uri(_to_uint8(images[i])),
+                "flagged": bool(flagged[i]),
+            }
+        )
         if len(cells) == prompts:
             break
     return cells
@@ -414,7 +502,9 @@ def _bar_chart(metrics: dict[str, Any], label: str) -> str:
         rates = [res[m][s]["labels"][label]["rate"] for s in sets]
         lo = [r - res[m][s]["labels"][label]["ci95"][0] for r, s in zip(rates, sets, strict=True)]
         hi = [res[m][s]["labels"][label]["ci95"][1] - r for r, s in zip(rates, sets, strict=True)]
-        ax.bar(np.arange(len(sets)) + (k - (len(models) - 1) / 2) * width, rates, width, yerr=[lo, hi], capsize=2, label=m)
+        ax.bar(
+            np.arange(len(sets)) + (k - (len(models) - 1) / 2) * width, rates, width, yerr=[lo, hi], capsize=2, label=m
+        )
     ax.set_xticks(np.arange(len(sets)), sets, rotation=20, ha="right", fontsize=8)
     ax.set_ylim(0, 1)
     ax.set_ylabel(f"{label} rate")
@@ -448,25 +538,35 @@ def _img_cell(src: str, flagged: bool, alt: str) -> str:
 def _attack_section(metrics: dict[str, Any], attack_grids: dict[str, dict[str, list[dict]]]) -> list[str]:
     e = html.escape
     res = metrics["attack_results"]
-    parts = ["<h2>Attacks</h2><p>Pre-attack: the source prompts; adversarial: the attack's prompts (the decoded strings), "
-             "with the same seeds; post-attack: a source prompt's image k counts when either its own or its adversarial "
-             "image shows the concept (pre-attack successes count). Denominator: source prompts &times; images per prompt.</p>",
-             "<table class='metrics attacks'><tr><th>model</th><th>attack</th><th>kind</th><th>detector, labels, threshold</th>"
-             "<th>denominator</th><th>pre-attack</th><th>adversarial</th><th>post-attack</th></tr>"]
+    parts = [
+        "<h2>Attacks</h2><p>Pre-attack: the source prompts; adversarial: the attack's prompts (the decoded strings), "
+        "with the same seeds; post-attack: a source prompt's image k counts when either its own or its adversarial "
+        "image shows the concept (pre-attack successes count). Denominator: source prompts &times; images per prompt.</p>",
+        "<table class='metrics attacks'><tr><th>model</th><th>attack</th><th>kind</th><th>detector, labels, threshold</th>"
+        "<th>denominator</th><th>pre-attack</th><th>adversarial</th><th>post-attack</th></tr>",
+    ]
     for model, per in res.items():
         for name, row in per.items():
             proto = f"{e(row['detector'])}, {e(', '.join(row['labels']))}, {row['threshold']}"
             den = f"{row['prompts']} &times; {row['images_per_prompt']} = {row['denominator']}"
-            parts.append(f"<tr><td>{e(model)}</td><td>{e(name)}</td><td>{e(row['kind'])}</td><td>{proto}</td><td>{den}</td>"
-                         + "".join(f"<td>{_fmt_rate(row[k])}</td>" for k in ("pre_attack", "adversarial", "post_attack")) + "</tr>")
+            parts.append(
+                f"<tr><td>{e(model)}</td><td>{e(name)}</td><td>{e(row['kind'])}</td><td>{proto}</td><td>{den}</td>"
+                + "".join(f"<td>{_fmt_rate(row[k])}</td>" for k in ("pre_attack", "adversarial", "post_attack"))
+                + "</tr>"
+            )
     parts.append("</table>")
     for name, per_model in attack_grids.items():
-        parts.append(f"<h3>Attack {e(name)}: source prompt and adversarial prompt, same seed</h3><table class='grid attack-grid'>"
-                     "<tr><th>adversarial prompt (source)</th>"
-                     + "".join(f"<th>{e(m)}: source</th><th>{e(m)}: adversarial</th>" for m in per_model) + "</tr>")
+        parts.append(
+            f"<h3>Attack {e(name)}: source prompt and adversarial prompt, same seed</h3><table class='grid attack-grid'>"
+            "<tr><th>adversarial prompt (source)</th>"
+            + "".join(f"<th>{e(m)}: source</th><th>{e(m)}: adversarial</th>" for m in per_model)
+            + "</tr>"
+        )
         first = next(iter(per_model.values()))
         for i, cell in enumerate(first):
-            parts.append(f"<tr><td><code>{e(cell['prompt'])}</code><br><small>from: {e(cell['source'])}; seed {cell['seed']}</small></td>")
+            parts.append(
+                f"<tr><td><code>{e(cell['prompt'])}</code><br><small>from: {e(cell['source'])}; seed {cell['seed']}</small></td>"
+            )
             for m, cells in per_model.items():
                 c = cells[i]
                 parts.append(_img_cell(c["src_source"], c["flagged_source"], f"{m}: {c['source']}"))
@@ -476,8 +576,11 @@ def _attack_section(metrics: dict[str, Any], attack_grids: dict[str, dict[str, l
     return parts
 
 
-def render_report(metrics: dict[str, Any], grids: dict[str, dict[str, list[dict]]],
-                  attack_grids: dict[str, dict[str, list[dict]]] | None = None) -> str:
+def render_report(
+    metrics: dict[str, Any],
+    grids: dict[str, dict[str, list[dict]]],
+    attack_grids: dict[str, dict[str, list[dict]]] | None = None,
+) -> str:
     e = html.escape
     res, det = metrics["results"], metrics["detector"]
     labels = det["labels"]
@@ -495,18 +598,28 @@ def render_report(metrics: dict[str, Any], grids: dict[str, dict[str, list[dict]
     ]
     if metrics["frechet_features"]:
         parts.append(f" Fr&eacute;chet distance on {e(metrics['frechet_features'])}.")
-    parts.append(" <i>Trained on</i>: how many of a set's prompts, word for word, and how many of its phrasings (the "
-                 "prompt with its colour, shape, background and trigger words as slots) the model's recorded training "
-                 "used (<code>unsee.json</code>); a rate on prompts a model trained on shows what it learned of them, "
-                 "not how it does on prompts it never saw.</p>")
+    parts.append(
+        " <i>Trained on</i>: how many of a set's prompts, word for word, and how many of its phrasings (the "
+        "prompt with its colour, shape, background and trigger words as slots) the model's recorded training "
+        "used (<code>unsee.json</code>); a rate on prompts a model trained on shows what it learned of them, "
+        "not how it does on prompts it never saw.</p>"
+    )
     for set_name in metrics["prompt_sets"]:
         parts.append(f"<h2>{e(set_name)}</h2><table class='metrics'><tr><th>model</th><th>images</th>")
         parts += [f"<th>{e(lb)}</th>" for lb in labels] + ["<th>CLIP score</th>"]
-        extra_cols = [k for k in ("fid_inception", "frechet_clip", "named_attribute_accuracy") if k in next(iter(res.values()))[set_name]]
+        extra_cols = [
+            k
+            for k in ("fid_inception", "frechet_clip", "named_attribute_accuracy")
+            if k in next(iter(res.values()))[set_name]
+        ]
         parts += [f"<th>{e(k.replace('_', ' '))}</th>" for k in extra_cols] + ["<th>trained on</th></tr>"]
         for model, per_set in res.items():
             row = per_set[set_name]
-            cells = [str(row["images"])] + [_fmt_rate(row["labels"][lb]) for lb in labels] + [f"{row['clip_score']['mean']:.2f}"]
+            cells = (
+                [str(row["images"])]
+                + [_fmt_rate(row["labels"][lb]) for lb in labels]
+                + [f"{row['clip_score']['mean']:.2f}"]
+            )
             for k in extra_cols:
                 v = row[k]
                 cells.append(f"{v:.3f}" if isinstance(v, float) else ", ".join(f"{a} {x:.2f}" for a, x in v.items()))
@@ -521,7 +634,11 @@ def render_report(metrics: dict[str, Any], grids: dict[str, dict[str, list[dict]
     parts.append("<h2>Same prompt, same seed</h2><p>Images the detector flags are blurred; click one to reveal it.</p>")
     for set_name, per_model in grids.items():
         models = list(per_model)
-        parts.append(f"<h3>{e(set_name)}</h3><table class='grid'><tr><th>prompt</th>" + "".join(f"<th>{e(m)}</th>" for m in models) + "</tr>")
+        parts.append(
+            f"<h3>{e(set_name)}</h3><table class='grid'><tr><th>prompt</th>"
+            + "".join(f"<th>{e(m)}</th>" for m in models)
+            + "</tr>"
+        )
         for i, cell in enumerate(per_model[models[0]]):
             parts.append(f"<tr><td>{e(cell['prompt'])}<br><small>seed {cell['seed']}</small></td>")
             for m in models:

@@ -82,7 +82,10 @@ def _unet_map(unet) -> _Map:
             if attentions is not None:
                 m[f"up_blocks.{i}.attentions.{j}."] = (f"output_blocks.{n}.1.", {})
             if j == len(block.resnets) - 1 and block.upsamplers is not None:
-                m[f"up_blocks.{i}.upsamplers.0.conv."] = (f"output_blocks.{n}.{2 if attentions is not None else 1}.conv.", {})
+                m[f"up_blocks.{i}.upsamplers.0.conv."] = (
+                    f"output_blocks.{n}.{2 if attentions is not None else 1}.conv.",
+                    {},
+                )
             n += 1
     return m
 
@@ -124,10 +127,10 @@ def _convert(state: dict[str, torch.Tensor], mapping: _Map, prefix: str, what: s
             head = ".".join(parts[:n]) + "."
             if head in mapping:
                 ldm, renames = mapping[head]
-                rest = key[len(head):]
+                rest = key[len(head) :]
                 for old, new in renames.items():
                     if rest.startswith(old + "."):
-                        rest = new + rest[len(old):]
+                        rest = new + rest[len(old) :]
                         break
                 out[prefix + ldm + rest] = value
                 break
@@ -156,7 +159,9 @@ def _check(pipe) -> None:
         raise UnseeError("this UNet has class or addition embeddings (SDXL/upscaler); export supports SD 1.x only")
     for name in ("unet", "vae", "text_encoder"):
         if any(".base_layer." in k or "lora_" in k for k in getattr(pipe, name).state_dict()):
-            raise UnseeError(f"the {name} has unfused adapters; fuse them first (pipe.fuse_lora(); pipe.unload_lora_weights())")
+            raise UnseeError(
+                f"the {name} has unfused adapters; fuse them first (pipe.fuse_lora(); pipe.unload_lora_weights())"
+            )
 
 
 def to_ldm_state_dict(pipe) -> dict[str, torch.Tensor]:

@@ -38,8 +38,13 @@ class Binary:
     kind: Literal["binary"] = "binary"
 
     def to_json(self) -> dict[str, Any]:
-        return {"kind": "binary", "image": self.image, "annotator": self.annotator,
-                "labels": sorted(self.labels), "time": self.time}
+        return {
+            "kind": "binary",
+            "image": self.image,
+            "annotator": self.annotator,
+            "labels": sorted(self.labels),
+            "time": self.time,
+        }
 
 
 @dataclass(frozen=True)
@@ -51,8 +56,13 @@ class Rank:
     kind: Literal["rank"] = "rank"
 
     def to_json(self) -> dict[str, Any]:
-        return {"kind": "rank", "images": list(self.images), "concept": self.concept, "annotator": self.annotator,
-                "time": self.time}
+        return {
+            "kind": "rank",
+            "images": list(self.images),
+            "concept": self.concept,
+            "annotator": self.annotator,
+            "time": self.time,
+        }
 
 
 Judgement = Binary | Rank
@@ -131,7 +141,9 @@ def parse_line(d: Any, where: str, labels: tuple[str, ...], known_ids: set[str] 
     raise UnseeError(f"{where}: 'kind' must be 'binary' or 'rank', got {kind!r}")
 
 
-def load_feedback(path: str | Path, *, image_ids: Iterable[str] | None = None, labels: Iterable[str] | None = None) -> Feedback:
+def load_feedback(
+    path: str | Path, *, image_ids: Iterable[str] | None = None, labels: Iterable[str] | None = None
+) -> Feedback:
     """Read and validate a feedback file; `image_ids` (the manifest's ids) and `labels` are checked when given.
 
     Labels come from `labels`, else the header line; without either, every label seen is accepted.
@@ -154,7 +166,9 @@ def load_feedback(path: str | Path, *, image_ids: Iterable[str] | None = None, l
             if rows or header:
                 raise UnseeError(f"{path}:{n}: the 'meta' header must be the first line")
             if d.get("version", VERSION) != VERSION:
-                raise UnseeError(f"{path}:{n}: feedback version {d.get('version')} is not supported (this unsee reads {VERSION})")
+                raise UnseeError(
+                    f"{path}:{n}: feedback version {d.get('version')} is not supported (this unsee reads {VERSION})"
+                )
             header = d
             continue
         rows.append((n, d))
@@ -163,8 +177,12 @@ def load_feedback(path: str | Path, *, image_ids: Iterable[str] | None = None, l
     elif "labels" in header:
         allowed = tuple(header["labels"])
     else:
-        allowed = tuple(sorted({x for _, d in rows if isinstance(d, dict) for x in (d.get("labels") or [])}
-                               | {d.get("concept") for _, d in rows if isinstance(d, dict) and d.get("concept")}))
+        allowed = tuple(
+            sorted(
+                {x for _, d in rows if isinstance(d, dict) for x in (d.get("labels") or [])}
+                | {d.get("concept") for _, d in rows if isinstance(d, dict) and d.get("concept")}
+            )
+        )
     judgements = [parse_line(d, f"{path}:{n}", allowed, known) for n, d in rows]
     if not judgements:
         raise UnseeError(f"feedback file {str(path)!r} has no judgements")
@@ -191,8 +209,12 @@ def binary_targets(fb: Feedback, label: str) -> dict[str, float]:
 
 def rank_pairs(groups: Iterable[Rank]) -> list[tuple[str, str, str]]:
     """All ordered (more, less, concept) pairs implied by rank groups (a group of n gives n(n-1)/2)."""
-    return [(g.images[a], g.images[b], g.concept)
-            for g in groups for a in range(len(g.images)) for b in range(a + 1, len(g.images))]
+    return [
+        (g.images[a], g.images[b], g.concept)
+        for g in groups
+        for a in range(len(g.images))
+        for b in range(a + 1, len(g.images))
+    ]
 
 
 def combine_feedback(parts: list[Feedback], paths: list[str]) -> Feedback:
@@ -200,11 +222,16 @@ def combine_feedback(parts: list[Feedback], paths: list[str]) -> Feedback:
     each on the images of its round). The files must name the same labels."""
     for p, path in zip(parts[1:], paths[1:], strict=True):
         if set(p.labels) != set(parts[0].labels):
-            raise UnseeError(f"{path} has labels {', '.join(p.labels)} but {paths[0]} has {', '.join(parts[0].labels)}; "
-                             "feedback files trained together must use the same labels")
+            raise UnseeError(
+                f"{path} has labels {', '.join(p.labels)} but {paths[0]} has {', '.join(parts[0].labels)}; "
+                "feedback files trained together must use the same labels"
+            )
     judgements: list[Judgement] = []
     for k, p in enumerate(parts):
         for j in p.judgements:
-            judgements.append(replace(j, image=f"{k}/{j.image}") if isinstance(j, Binary)
-                              else replace(j, images=tuple(f"{k}/{i}" for i in j.images)))
+            judgements.append(
+                replace(j, image=f"{k}/{j.image}")
+                if isinstance(j, Binary)
+                else replace(j, images=tuple(f"{k}/{i}" for i in j.images))
+            )
     return Feedback(parts[0].labels, judgements)

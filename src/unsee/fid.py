@@ -40,8 +40,10 @@ def find_inception() -> Path:
         if path.is_file():
             return path
     where = " or ".join(str(p) for p in inception_candidates())
-    raise UnseeError(f"Inception FID needs clean-fid's {INCEPTION_FILE} at {where} (download it once from {INCEPTION_URL}, "
-                     "or set UNSEE_INCEPTION=FILE); or use --frechet-features clip")
+    raise UnseeError(
+        f"Inception FID needs clean-fid's {INCEPTION_FILE} at {where} (download it once from {INCEPTION_URL}, "
+        "or set UNSEE_INCEPTION=FILE); or use --frechet-features clip"
+    )
 
 
 def clean_resize(images: np.ndarray) -> np.ndarray:

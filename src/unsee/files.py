@@ -84,7 +84,11 @@ def ensure_writable_dir(path: str | Path, what: str = "output folder") -> Path:
             break
         probe = probe.parent
     if probe.exists() and not probe.is_dir():
-        raise UnseeError(f"{what} {str(path)!r} cannot be created: {str(probe)!r} is a file, not a folder; choose another path")
+        raise UnseeError(
+            f"{what} {str(path)!r} cannot be created: {str(probe)!r} is a file, not a folder; choose another path"
+        )
     if not os.access(probe, os.W_OK | os.X_OK):
-        raise UnseeError(f"{what} {str(path)!r} is not writable (no write permission on {str(probe)!r}); choose another path")
+        raise UnseeError(
+            f"{what} {str(path)!r} is not writable (no write permission on {str(probe)!r}); choose another path"
+        )
     return path

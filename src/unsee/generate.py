@@ -40,12 +40,18 @@ class GenerateConfig:
     model: str = field(help="Hub id, local diffusers folder, .safetensors file, or 'toyworld'.")
     prompts: str = field(help="Prompt file: .txt (one prompt a line) or .csv with I2P columns.")
     out: str = field(help="Output folder for the image set (PNGs + manifest.jsonl); a rerun resumes it.")
-    model_config: str | None = field(None, help="For a .safetensors single file: a diffusers folder or hub id of the same architecture to read its configs from (needed offline).")
+    model_config: str | None = field(
+        None,
+        help="For a .safetensors single file: a diffusers folder or hub id of the same architecture to read its configs from (needed offline).",
+    )
     images_per_prompt: int = field(1, help="Images per prompt; image i of a prompt uses its own seed.")
     steps: int = field(25, help="Sampling steps.")
     guidance: float = field(7.5, help="CFG scale, unless the prompt file gives one per prompt; 1 disables CFG.")
     batch_size: int = field(8, help="Images per UNet batch; never changes the images.")
-    seed: int = field(0, help="Base seed for prompts without their own; each image gets a seed derived from (seed, prompt index, image index).")
+    seed: int = field(
+        0,
+        help="Base seed for prompts without their own; each image gets a seed derived from (seed, prompt index, image index).",
+    )
     negative_prompt: str = field("", help="Negative prompt used as the CFG unconditional text.")
     height: int | None = field(None, help="Image height in px (default: the model's native size).")
     width: int | None = field(None, help="Image width in px (default: the model's native size).")
@@ -178,14 +184,18 @@ def _check_resumable(out: Path, settings: dict[str, Any]) -> None:
     info_path = out / INFO
     if not info_path.exists():
         if (out / MANIFEST).exists():
-            raise UnseeError(f"{str(out)!r} has a {MANIFEST} but no {INFO}; it was not made by this unsee, use another --out")
+            raise UnseeError(
+                f"{str(out)!r} has a {MANIFEST} but no {INFO}; it was not made by this unsee, use another --out"
+            )
         return
     old = json.loads(info_path.read_text()).get("settings", {})
     diff = [k for k in settings if k not in ("images_per_prompt", "prompts_sha256") and old.get(k) != settings[k]]
     if old.get("prompts_sha256") != settings["prompts_sha256"]:
         diff.append("prompts")
     if diff:
-        what = ", ".join(f"{k} ({old.get(k)!r} there, {settings.get(k)!r} now)" if k != "prompts" else "prompts" for k in diff)
+        what = ", ".join(
+            f"{k} ({old.get(k)!r} there, {settings.get(k)!r} now)" if k != "prompts" else "prompts" for k in diff
+        )
         raise StaleImageSet(f"{str(out)!r} holds an image set made with other settings: {what}; use another --out")
 
 
@@ -209,8 +219,9 @@ def generate(cfg: GenerateConfig, *, progress: bool = True, pipe=None) -> Path:
     state = process_state()
     if pipe is None:
         device = state.device if state.num_processes > 1 else resolve_device(cfg.device)
-        pipe = load_pipeline(cfg.model, dtype=cfg.dtype, device=device, scheduler=cfg.scheduler,
-                             single_file_config=cfg.model_config)
+        pipe = load_pipeline(
+            cfg.model, dtype=cfg.dtype, device=device, scheduler=cfg.scheduler, single_file_config=cfg.model_config
+        )
     model = model_id(cfg.model)
     native = pipe.unet.config.sample_size * pipe.vae_scale_factor
     items = plan_items(cfg, prompts, native)

@@ -68,13 +68,21 @@ class InvertConfig(TokenTraining):
     feedback: str | None = field(None, help="feedback.jsonl: weights = share of annotators who flagged each image.")
     reward: str | None = field(None, help="Reward model folder: weights = its scores (use this or --feedback).")
     label: str | None = field(None, help="Which label / reward output to invert (default: the first).")
-    vectors: int = field(1, help="Embedding vectors behind the token (textual inversion's default; a concept that "
-                                 "one word does not cover may need more: the toyworld-hfi recipe uses 4).")
-    lr: float | None = field(None, help="Learning rate of the token vectors; default 5e-4 x --batch-size, textual "
-                                        "inversion's scaled rate.")
+    vectors: int = field(
+        1,
+        help="Embedding vectors behind the token (textual inversion's default; a concept that "
+        "one word does not cover may need more: the toyworld-hfi recipe uses 4).",
+    )
+    lr: float | None = field(
+        None, help="Learning rate of the token vectors; default 5e-4 x --batch-size, textual inversion's scaled rate."
+    )
     top_k: int = field(64, help="Train on the K images with the highest weight.")
-    template: str = field("a photo of {token}", help="Prompt per image: {token} = the token(s), {prompt} = the image's own prompt.")
-    weighting: Literal["linear", "uniform"] = field("linear", help="linear: w ~ score (mean 1 over top K); uniform: w = 1.")
+    template: str = field(
+        "a photo of {token}", help="Prompt per image: {token} = the token(s), {prompt} = the image's own prompt."
+    )
+    weighting: Literal["linear", "uniform"] = field(
+        "linear", help="linear: w ~ score (mean 1 over top K); uniform: w = 1."
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -176,8 +184,17 @@ def image_weights(cfg: InvertConfig, s: ImageSet) -> tuple[dict[str, float], str
 class InversionMethod:
     """Reward-weighted textual inversion as a `Trainer` method."""
 
-    def __init__(self, pipe, emb: TokenEmbedding, z0: torch.Tensor, prompts: list[str], weights: torch.Tensor, batch_size: int):
-        self.pipe, self.emb, self.z0, self.prompts, self.w, self.batch_size = pipe, emb, z0, prompts, weights, batch_size
+    def __init__(
+        self, pipe, emb: TokenEmbedding, z0: torch.Tensor, prompts: list[str], weights: torch.Tensor, batch_size: int
+    ):
+        self.pipe, self.emb, self.z0, self.prompts, self.w, self.batch_size = (
+            pipe,
+            emb,
+            z0,
+            prompts,
+            weights,
+            batch_size,
+        )
         self.alphas = pipe.scheduler.alphas_cumprod.to(z0.device)
         self.n_train = pipe.scheduler.config.num_train_timesteps
 
@@ -192,8 +209,13 @@ class InversionMethod:
         t = torch.randint(0, self.n_train, (len(idx),), generator=g).to(z0.device)
         a = self.alphas[t].view(-1, 1, 1, 1).to(z0.dtype)
         zt = a.sqrt() * z0 + (1 - a).sqrt() * eps  # q(z_t | z_0)
-        ids = pipe.tokenizer([self.prompts[i] for i in idx], padding="max_length", max_length=pipe.tokenizer.model_max_length,
-                             truncation=True, return_tensors="pt").input_ids.to(z0.device)
+        ids = pipe.tokenizer(
+            [self.prompts[i] for i in idx],
+            padding="max_length",
+            max_length=pipe.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids.to(z0.device)
         c = pipe.text_encoder(ids)[0].to(pipe.unet.dtype)
         pred = pipe.unet(zt.to(pipe.unet.dtype), t, encoder_hidden_states=c).sample.float()
         target = eps if pipe.scheduler.config.prediction_type == "epsilon" else pipe.scheduler.get_velocity(z0, eps, t)
@@ -221,23 +243,48 @@ def invert(cfg: InvertConfig, *, progress: bool = True) -> dict:
     prompts = [cfg.template.format(prompt=by_id[i]["prompt"], token=token_text) for i in top]
     out = Path(cfg.out)
     run_dir = token_run_dir(out)
-    summary = invert_images(cfg, model=cfg.model, images=s, ids=top, weights=w, prompts=prompts, out=out, run_dir=run_dir,
-                            progress=progress)
-    summary = {"label": label, "top_k": len(top), "weights_min": float(w.min()), "weights_max": float(w.max())} | summary
-    write_run_info(run_dir / "unsee.json", dataclasses.asdict(cfg), stage="invert", summary=summary,
-                   training_prompts=lineage([by_id[i]["prompt"] for i in top], model=cfg.model))
-    (run_dir / "top_images.json").write_text(json.dumps([{"id": i, "weight": float(v)} for i, v in zip(top, w.tolist(), strict=True)]))
+    summary = invert_images(
+        cfg, model=cfg.model, images=s, ids=top, weights=w, prompts=prompts, out=out, run_dir=run_dir, progress=progress
+    )
+    summary = {
+        "label": label,
+        "top_k": len(top),
+        "weights_min": float(w.min()),
+        "weights_max": float(w.max()),
+    } | summary
+    write_run_info(
+        run_dir / "unsee.json",
+        dataclasses.asdict(cfg),
+        stage="invert",
+        summary=summary,
+        training_prompts=lineage([by_id[i]["prompt"] for i in top], model=cfg.model),
+    )
+    (run_dir / "top_images.json").write_text(
+        json.dumps([{"id": i, "weight": float(v)} for i, v in zip(top, w.tolist(), strict=True)])
+    )
     return summary
 
 
-def invert_images(cfg: TokenTraining, *, model: str, images: ImageSet, ids: list[str], weights: torch.Tensor,
-                  prompts: list[str], out: Path, run_dir: Path, progress: bool = True) -> dict:
+def invert_images(
+    cfg: TokenTraining,
+    *,
+    model: str,
+    images: ImageSet,
+    ids: list[str],
+    weights: torch.Tensor,
+    prompts: list[str],
+    out: Path,
+    run_dir: Path,
+    progress: bool = True,
+) -> dict:
     """Train the token on images `ids` of `images` with their training prompts and weights (mean 1); write it to `out`."""
     from unsee.generate import resolve_device
     from unsee.models import load_pipeline
 
     device = resolve_device(cfg.device)
-    pipe = load_pipeline(model, dtype=cfg.weights_dtype, device=device, gradient_checkpointing=cfg.gradient_checkpointing)
+    pipe = load_pipeline(
+        model, dtype=cfg.weights_dtype, device=device, gradient_checkpointing=cfg.gradient_checkpointing
+    )
     pipe.unet.requires_grad_(False)
     pipe.vae.requires_grad_(False)
     pipe.text_encoder.requires_grad_(False)
@@ -248,13 +295,31 @@ def invert_images(cfg: TokenTraining, *, model: str, images: ImageSet, ids: list
         z0 = torch.cat([pipe.vae.encode(x[k : k + 64] * 2 - 1).latent_dist.mean for k in range(0, len(x), 64)])
         z0 = (z0 * pipe.vae.config.scaling_factor).float()
     method = InversionMethod(pipe, emb, z0, prompts, weights, cfg.batch_size)
-    tcfg = TrainConfig(steps=cfg.steps, lr=cfg.lr, checkpoint_every=cfg.checkpoint_every, seed=cfg.seed, grad_clip=0.0,
-                       **cfg.lever_settings())
+    tcfg = TrainConfig(
+        steps=cfg.steps,
+        lr=cfg.lr,
+        checkpoint_every=cfg.checkpoint_every,
+        seed=cfg.seed,
+        grad_clip=0.0,
+        **cfg.lever_settings(),
+    )
     shown = list(dict.fromkeys(prompts))[:3]  # the token in its training prompts
-    result = Trainer(method, tcfg, run_dir, progress=progress, device=device, settings=run_settings(cfg),
-                     preview=preview(pipe, shown, seed=cfg.seed, mixed_precision=cfg.mixed_precision),
-                     run_name="invert").run()
+    result = Trainer(
+        method,
+        tcfg,
+        run_dir,
+        progress=progress,
+        device=device,
+        settings=run_settings(cfg),
+        preview=preview(pipe, shown, seed=cfg.seed, mixed_precision=cfg.mixed_precision),
+        run_name="invert",
+    ).run()
     out.parent.mkdir(parents=True, exist_ok=True)
     save_embedding(out, cfg.token, emb.vectors)
-    return {"seconds": round(result.seconds, 1), "final": result.last_logs, "example_prompt": prompts[0],
-            "mixed_precision": cfg.mixed_precision, "skipped_steps": result.skipped_steps}
+    return {
+        "seconds": round(result.seconds, 1),
+        "final": result.last_logs,
+        "example_prompt": prompts[0],
+        "mixed_precision": cfg.mixed_precision,
+        "skipped_steps": result.skipped_steps,
+    }

@@ -54,9 +54,7 @@ def resolve_model(spec: str) -> ModelSource:
     if spec == TOYWORLD:
         path = toyworld_path()
         if not (path / "model_index.json").exists():
-            raise UnseeError(
-                "the toy-world pipeline is not in this installation; build it with `unsee toyworld build`"
-            )
+            raise UnseeError("the toy-world pipeline is not in this installation; build it with `unsee toyworld build`")
         return ModelSource("folder", str(path))
     path = Path(spec).expanduser()
     if path.is_dir():
@@ -76,7 +74,9 @@ def resolve_model(spec: str) -> ModelSource:
             raise UnseeError(f"{spec!r} is not a .safetensors file or a diffusers folder")
         return ModelSource("single_file", str(path))
     if not _HUB_ID.fullmatch(spec):
-        raise UnseeError(f"model {spec!r} does not exist; give an existing folder, a .safetensors file, or a hub id like org/name")
+        raise UnseeError(
+            f"model {spec!r} does not exist; give an existing folder, a .safetensors file, or a hub id like org/name"
+        )
     return ModelSource("hub", spec)
 
 
@@ -87,7 +87,9 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 
     url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
     try:
-        with socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=timeout):
+        with socket.create_connection(
+            (url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=timeout
+        ):
             return True
     except OSError:
         return False
@@ -145,7 +147,9 @@ def _check_single_file(path: str) -> None:
         raise UnseeError(f"{path!r} is not a readable .safetensors file ({type(e).__name__})") from None
     for prefix, arch in _SINGLE_FILE_ARCHS.items():
         if any(k.startswith(prefix) for k in keys):
-            raise UnseeError(f"{path!r} is a {arch} checkpoint; unsee supports Stable Diffusion 1.x/2.x and not this architecture yet")
+            raise UnseeError(
+                f"{path!r} is a {arch} checkpoint; unsee supports Stable Diffusion 1.x/2.x and not this architecture yet"
+            )
     if not any(k.startswith("model.diffusion_model.") for k in keys):
         raise UnseeError(f"{path!r} has no Stable Diffusion UNet weights (no model.diffusion_model.* keys)")
 
@@ -158,7 +162,12 @@ def _make_scheduler(name: SchedulerName, config):
         PNDMScheduler,
     )
 
-    cls = {"ddim": DDIMScheduler, "dpm": DPMSolverMultistepScheduler, "euler": EulerDiscreteScheduler, "pndm": PNDMScheduler}[name]
+    cls = {
+        "ddim": DDIMScheduler,
+        "dpm": DPMSolverMultistepScheduler,
+        "euler": EulerDiscreteScheduler,
+        "pndm": PNDMScheduler,
+    }[name]
     return cls.from_config(config)
 
 
@@ -223,7 +232,9 @@ def load_pipeline(
                     f"{spec!r} is a single file and {offline_why}; pass a diffusers folder of the same architecture "
                     "as its config (--model-config DIR) so its configs are read locally"
                 )
-            pipe = StableDiffusionPipeline.from_single_file(source.location, local_files_only=offline_why is not None, **kw)
+            pipe = StableDiffusionPipeline.from_single_file(
+                source.location, local_files_only=offline_why is not None, **kw
+            )
         else:
             pipe = StableDiffusionPipeline.from_pretrained(
                 source.location, local_files_only=offline_why is not None, **common
@@ -296,8 +307,9 @@ def load_text_encoder(spec: str, *, dtype: Dtype = "fp32", device: str | torch.d
             te = CLIPTextModel.from_pretrained(Path(source.location) / "text_encoder", dtype=DTYPES[dtype])
         else:
             tok = CLIPTokenizer.from_pretrained(source.location, subfolder="tokenizer", local_files_only=offline)
-            te = CLIPTextModel.from_pretrained(source.location, subfolder="text_encoder", dtype=DTYPES[dtype],
-                                               local_files_only=offline)
+            te = CLIPTextModel.from_pretrained(
+                source.location, subfolder="text_encoder", dtype=DTYPES[dtype], local_files_only=offline
+            )
     except (OSError, ValueError) as e:
         raise UnseeError(f"could not load the tokenizer and text encoder of {spec!r}: {first_line(e)}") from None
     return tok, te.to(device).eval()

@@ -32,7 +32,9 @@ LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 class LoraSettings:
     rank: int = field(4, help="LoRA rank r.")
     alpha: float = field(4.0, help="LoRA alpha; the update is scaled by alpha / r.")
-    target_modules: tuple[str, ...] = field(("to_q", "to_k", "to_v", "to_out.0"), help="Module names that get LoRA layers.")
+    target_modules: tuple[str, ...] = field(
+        ("to_q", "to_k", "to_v", "to_out.0"), help="Module names that get LoRA layers."
+    )
 
     def __post_init__(self) -> None:
         if self.rank <= 0:
@@ -58,8 +60,9 @@ def is_xattn_kv(name: str) -> bool:
     return ".attn2.to_k." in f".{name}" or ".attn2.to_v." in f".{name}"
 
 
-def select_parameters(unet: torch.nn.Module, which: ParamSet, lora: LoraSettings | None = None,
-                      seed: int = 0) -> list[torch.nn.Parameter]:
+def select_parameters(
+    unet: torch.nn.Module, which: ParamSet, lora: LoraSettings | None = None, seed: int = 0
+) -> list[torch.nn.Parameter]:
     """Freeze the UNet except the chosen set (adding a LoRA adapter for `lora`); return the trainable params.
 
     The LoRA initialisation draws from its own generator seeded by `seed`, not the global one, so a run is
@@ -82,8 +85,7 @@ def select_parameters(unet: torch.nn.Module, which: ParamSet, lora: LoraSettings
             unet.add_adapter(config)
         params = [p for n, p in unet.named_parameters() if "lora_" in n]
     else:
-        keep = {"xattn": _is_xattn, "xattn-kv": is_xattn_kv, "noxattn": _is_noxattn,
-                "full": lambda n: True}[which]
+        keep = {"xattn": _is_xattn, "xattn-kv": is_xattn_kv, "noxattn": _is_noxattn, "full": lambda n: True}[which]
         params = [p for n, p in unet.named_parameters() if keep(n)]
     if not params:
         raise UnseeError(f"params {which!r} selects no parameter of this UNet")
@@ -159,7 +161,12 @@ def merge_lora(base_model: str, lora_dir: str | Path, out: str | Path) -> Path:
 
     def save(folder: Path) -> None:  # the fused model keeps the record of what trained the LoRA
         pipe.save_pretrained(folder)
-        write_run_info(Path(folder) / "unsee.json", stage="merge_lora", base_model=base_model, lora=str(lora_dir),
-                       **{KEY: lineage([], model=str(lora_dir))})
+        write_run_info(
+            Path(folder) / "unsee.json",
+            stage="merge_lora",
+            base_model=base_model,
+            lora=str(lora_dir),
+            **{KEY: lineage([], model=str(lora_dir))},
+        )
 
     return atomic_write_dir(out, save)

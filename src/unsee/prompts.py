@@ -112,5 +112,7 @@ def read_prompts(path: str | Path) -> list[Prompt]:
     except csv.Error as e:
         raise UnseeError(f"prompt file {str(path)!r} is not valid CSV: {e}") from None
     if not prompts:
-        raise UnseeError(f"prompt file {str(path)!r} has no prompts; write one prompt a line (lines starting with # are skipped)")
+        raise UnseeError(
+            f"prompt file {str(path)!r} has no prompts; write one prompt a line (lines starting with # are skipped)"
+        )
     return prompts

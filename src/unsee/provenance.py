@@ -54,5 +54,8 @@ def overlap(prompts: list[str], trained: set[str]) -> dict[str, int]:
 
     templates = {template(p) for p in trained}
     norm = {" ".join(p.split()) for p in trained}
-    return {"prompts": len(prompts), "trained_prompts": sum(" ".join(p.split()) in norm for p in prompts),
-            "trained_phrasings": sum(template(p) in templates for p in prompts)}
+    return {
+        "prompts": len(prompts),
+        "trained_prompts": sum(" ".join(p.split()) in norm for p in prompts),
+        "trained_phrasings": sum(template(p) in templates for p in prompts),
+    }

@@ -53,8 +53,13 @@ def _toyworld_erase(method: str, **extra: Any) -> Callable[[], dict[str, Any]]:
     def settings() -> dict[str, Any]:
         from unsee.toyworld import contexts_path, prompts_path
 
-        s = dict(method=method, concept=("skull",), anchor="mask", context=(f"@{contexts_path('skull')}",),
-                 **per_method[method])
+        s = dict(
+            method=method,
+            concept=("skull",),
+            anchor="mask",
+            context=(f"@{contexts_path('skull')}",),
+            **per_method[method],
+        )
         if s.get("preserve_weight"):
             s["preserve"] = _toyworld_keep()
         s |= extra
@@ -68,62 +73,181 @@ def _toyworld_erase(method: str, **extra: Any) -> Callable[[], dict[str, Any]]:
 def _toyworld_rl() -> dict[str, Any]:
     from unsee.toyworld import prompts_path
 
-    return dict(prompts=str(prompts_path("object_explicit")), benign_prompts=str(prompts_path("benign")),
-                reward="oracle:skull:log+0.5*clip", epochs=60, samples_per_epoch=64, sample_batch=64,
-                benign_fraction=0.25, samples_per_prompt=4, min_count=4, adv_scale="pooled", kl_weight=0.01,
-                kl_on="benign", train_batch=8, ddim_steps=20, train_timesteps=0.5, lr=3e-3, clip_range=1e-2)
+    return dict(
+        prompts=str(prompts_path("object_explicit")),
+        benign_prompts=str(prompts_path("benign")),
+        reward="oracle:skull:log+0.5*clip",
+        epochs=60,
+        samples_per_epoch=64,
+        sample_batch=64,
+        benign_fraction=0.25,
+        samples_per_prompt=4,
+        min_count=4,
+        adv_scale="pooled",
+        kl_weight=0.01,
+        kl_on="benign",
+        train_batch=8,
+        ddim_steps=20,
+        train_timesteps=0.5,
+        lr=3e-3,
+        clip_range=1e-2,
+    )
 
 
-RECIPES: dict[str, Recipe] = {r.name: r for r in (
-    # ------------------------------------------------------------------ real models: the published settings
-    Recipe("sdd", "erase", "SDD as published (Kim et al. 2023): the concept's prompt distilled toward the model's own "
-           "unconditional prediction, cross-attention trained, an EMA teacher; a fresh trajectory every update",
-           "docs/results/erase.md",
-           lambda: dict(method="sdd", params="xattn", steps=1500, lr=1e-5, ema_decay=0.999, guidance=3.0, batch_size=1,
-                        reuse=1, checkpoint_every=100)),
-    Recipe("esd-x", "erase", "ESD-x as published (Gandikota et al. 2023), for styles: negative guidance 1 on "
-           "cross-attention, 1000 updates at lr 1e-5, a fresh trajectory every update",
-           "docs/results/erase.md",
-           lambda: dict(method="esd", params="xattn", steps=1000, lr=1e-5, guidance=1.0, batch_size=1, reuse=1,
-                        checkpoint_every=100)),
-    Recipe("esd-u", "erase", "ESD-u as published, for objects and nudity: every UNet weight outside cross-attention "
-           "(not the time embedding or the output block), the same schedule as esd-x",
-           "docs/results/erase.md",
-           lambda: dict(method="esd", params="noxattn", steps=1000, lr=1e-5, guidance=1.0, batch_size=1, reuse=1,
-                        checkpoint_every=100)),
-    Recipe("uce", "erase", "UCE (Gandikota et al. 2024): the closed-form edit of the cross-attention keys and values, "
-           "the concept's states mapped to the empty prompt's, the empty prompt's states kept",
-           "docs/results/erase.md",
-           lambda: dict(method="uce", params="xattn-kv", preserve_weight=0.1)),
-    Recipe("shielddiff", "rl", "ShieldDiff's DDPO: a NudeNet nudity penalty plus 0.5 x CLIP score of the prompt without "
-           "its unsafe words, LoRA rank 4, ddpo-pytorch's sampler and PPO settings",
-           "docs/results/rl.md",
-           lambda: dict(reward="nudity+0.5*clip", params="lora", lora_rank=4, epochs=100, samples_per_epoch=32,
-                        sample_batch=8, train_batch=4, ddim_steps=50, guidance=5.0, eta=1.0, lr=3e-4, clip_range=1e-4,
-                        adv_clip=5.0, buffer_size=32, min_count=16)),
-    Recipe("textual-inversion", "invert", "Textual inversion's reference settings (Gal et al. 2022, diffusers' "
-           "example): one vector, batch 4, lr 5e-4 x batch = 2e-3, 3000 updates",
-           "docs/results/hfi.md",
-           lambda: dict(vectors=1, batch_size=4, lr=2e-3, steps=3000, checkpoint_every=500)),
-    # ------------------------------------------------------------------ the toy world: what `unsee demo` runs
-    Recipe("toyworld-sdd", "erase", "SDD on 'skull', trained in the held-out explicit prompts toward the mask, "
-           "the world's parts kept at weight 0.3", "docs/results/erase.md", _toyworld_erase("sdd")),
-    Recipe("toyworld-hfi-sdd", "erase", "HFI-SDD: toyworld-sdd keyed on the learned token too (give --token), the "
-           "held-out trigger-word prompts pushed off it (--flagged, eta 8), 600 updates",
-           "docs/results/erase.md",
-           _toyworld_erase("sdd", flagged=True, flagged_guidance=8.0, steps=600, preserve_weight=2.0)),
-    Recipe("toyworld-esd-x", "erase", "ESD-x on 'skull' in the held-out explicit prompts, toward the mask",
-           "docs/results/erase.md", _toyworld_erase("esd")),
-    Recipe("toyworld-uce", "erase", "UCE on 'skull' in the held-out explicit prompts, toward the mask, the world's "
-           "parts kept; with --token and no --concept the demo applies it again for the token",
-           "docs/results/erase.md", _toyworld_erase("uce")),
-    Recipe("toyworld-ddpo", "rl", "DDPO on the oracle's log(1 - P(skull)) + 0.5 x CLIP: 4 images a prompt compared "
-           "with each other, one pooled std, a KL term on the benign samples", "docs/results/rl.md", _toyworld_rl),
-    Recipe("toyworld-hfi", "invert", "the HFI token <skull-flagged>: 4 vectors from 'thing', the 64 images the reward "
-           "model scores highest, lr 2e-2, 300 updates", "docs/results/hfi.md",
-           lambda: dict(token="<skull-flagged>", init_word="thing", vectors=4, lr=2e-2, top_k=64, steps=300,
-                        checkpoint_every=100)),
-)}
+RECIPES: dict[str, Recipe] = {
+    r.name: r
+    for r in (
+        # ------------------------------------------------------------------ real models: the published settings
+        Recipe(
+            "sdd",
+            "erase",
+            "SDD as published (Kim et al. 2023): the concept's prompt distilled toward the model's own "
+            "unconditional prediction, cross-attention trained, an EMA teacher; a fresh trajectory every update",
+            "docs/results/erase.md",
+            lambda: dict(
+                method="sdd",
+                params="xattn",
+                steps=1500,
+                lr=1e-5,
+                ema_decay=0.999,
+                guidance=3.0,
+                batch_size=1,
+                reuse=1,
+                checkpoint_every=100,
+            ),
+        ),
+        Recipe(
+            "esd-x",
+            "erase",
+            "ESD-x as published (Gandikota et al. 2023), for styles: negative guidance 1 on "
+            "cross-attention, 1000 updates at lr 1e-5, a fresh trajectory every update",
+            "docs/results/erase.md",
+            lambda: dict(
+                method="esd",
+                params="xattn",
+                steps=1000,
+                lr=1e-5,
+                guidance=1.0,
+                batch_size=1,
+                reuse=1,
+                checkpoint_every=100,
+            ),
+        ),
+        Recipe(
+            "esd-u",
+            "erase",
+            "ESD-u as published, for objects and nudity: every UNet weight outside cross-attention "
+            "(not the time embedding or the output block), the same schedule as esd-x",
+            "docs/results/erase.md",
+            lambda: dict(
+                method="esd",
+                params="noxattn",
+                steps=1000,
+                lr=1e-5,
+                guidance=1.0,
+                batch_size=1,
+                reuse=1,
+                checkpoint_every=100,
+            ),
+        ),
+        Recipe(
+            "uce",
+            "erase",
+            "UCE (Gandikota et al. 2024): the closed-form edit of the cross-attention keys and values, "
+            "the concept's states mapped to the empty prompt's, the empty prompt's states kept",
+            "docs/results/erase.md",
+            lambda: dict(method="uce", params="xattn-kv", preserve_weight=0.1),
+        ),
+        Recipe(
+            "shielddiff",
+            "rl",
+            "ShieldDiff's DDPO: a NudeNet nudity penalty plus 0.5 x CLIP score of the prompt without "
+            "its unsafe words, LoRA rank 4, ddpo-pytorch's sampler and PPO settings",
+            "docs/results/rl.md",
+            lambda: dict(
+                reward="nudity+0.5*clip",
+                params="lora",
+                lora_rank=4,
+                epochs=100,
+                samples_per_epoch=32,
+                sample_batch=8,
+                train_batch=4,
+                ddim_steps=50,
+                guidance=5.0,
+                eta=1.0,
+                lr=3e-4,
+                clip_range=1e-4,
+                adv_clip=5.0,
+                buffer_size=32,
+                min_count=16,
+            ),
+        ),
+        Recipe(
+            "textual-inversion",
+            "invert",
+            "Textual inversion's reference settings (Gal et al. 2022, diffusers' "
+            "example): one vector, batch 4, lr 5e-4 x batch = 2e-3, 3000 updates",
+            "docs/results/hfi.md",
+            lambda: dict(vectors=1, batch_size=4, lr=2e-3, steps=3000, checkpoint_every=500),
+        ),
+        # ------------------------------------------------------------------ the toy world: what `unsee demo` runs
+        Recipe(
+            "toyworld-sdd",
+            "erase",
+            "SDD on 'skull', trained in the held-out explicit prompts toward the mask, "
+            "the world's parts kept at weight 0.3",
+            "docs/results/erase.md",
+            _toyworld_erase("sdd"),
+        ),
+        Recipe(
+            "toyworld-hfi-sdd",
+            "erase",
+            "HFI-SDD: toyworld-sdd keyed on the learned token too (give --token), the "
+            "held-out trigger-word prompts pushed off it (--flagged, eta 8), 600 updates",
+            "docs/results/erase.md",
+            _toyworld_erase("sdd", flagged=True, flagged_guidance=8.0, steps=600, preserve_weight=2.0),
+        ),
+        Recipe(
+            "toyworld-esd-x",
+            "erase",
+            "ESD-x on 'skull' in the held-out explicit prompts, toward the mask",
+            "docs/results/erase.md",
+            _toyworld_erase("esd"),
+        ),
+        Recipe(
+            "toyworld-uce",
+            "erase",
+            "UCE on 'skull' in the held-out explicit prompts, toward the mask, the world's "
+            "parts kept; with --token and no --concept the demo applies it again for the token",
+            "docs/results/erase.md",
+            _toyworld_erase("uce"),
+        ),
+        Recipe(
+            "toyworld-ddpo",
+            "rl",
+            "DDPO on the oracle's log(1 - P(skull)) + 0.5 x CLIP: 4 images a prompt compared "
+            "with each other, one pooled std, a KL term on the benign samples",
+            "docs/results/rl.md",
+            _toyworld_rl,
+        ),
+        Recipe(
+            "toyworld-hfi",
+            "invert",
+            "the HFI token <skull-flagged>: 4 vectors from 'thing', the 64 images the reward "
+            "model scores highest, lr 2e-2, 300 updates",
+            "docs/results/hfi.md",
+            lambda: dict(
+                token="<skull-flagged>",
+                init_word="thing",
+                vectors=4,
+                lr=2e-2,
+                top_k=64,
+                steps=300,
+                checkpoint_every=100,
+            ),
+        ),
+    )
+}
 
 
 def recipe(name: str, command: str | None = None) -> dict[str, Any]:
@@ -133,7 +257,9 @@ def recipe(name: str, command: str | None = None) -> dict[str, Any]:
         names = [n for n, x in RECIPES.items() if command is None or x.command == command]
         where = f" for unsee {command}" if command else ""
         hint = f" (it is a recipe for unsee {r.command})" if r is not None else ""
-        raise UnseeError(f"no recipe {name!r}{where}{hint}; choose one of {', '.join(names)} (--list-recipes shows them)")
+        raise UnseeError(
+            f"no recipe {name!r}{where}{hint}; choose one of {', '.join(names)} (--list-recipes shows them)"
+        )
     return r.settings()
 
 

@@ -39,26 +39,41 @@ logger = logging.getLogger(__name__)
 
 @dataclasses.dataclass
 class RewardTrainConfig(MemoryLevers):
-    images: tuple[str, ...] = field(help="Image set the feedback is about (repeatable: one per --feedback, in the same "
-                                         "order, for rounds of feedback on different images).")
-    feedback: tuple[str, ...] = field(help="feedback.jsonl (binary or rank judgements) about the --images in the same place.")
+    images: tuple[str, ...] = field(
+        help="Image set the feedback is about (repeatable: one per --feedback, in the same "
+        "order, for rounds of feedback on different images)."
+    )
+    feedback: tuple[str, ...] = field(
+        help="feedback.jsonl (binary or rank judgements) about the --images in the same place."
+    )
     out: str = field(help="Output folder for the reward model (config + safetensors + metrics).")
     clip: str = field("toyworld", help="Frozen CLIP for image embeddings: hub id, folder, or 'toyworld'.")
-    kind: Literal["auto", "binary", "rank"] = field("auto", help="Which judgements to train on (auto: those present; binary if both).")
+    kind: Literal["auto", "binary", "rank"] = field(
+        "auto", help="Which judgements to train on (auto: those present; binary if both)."
+    )
     hidden: int = field(256, help="MLP hidden width.")
     layers: int = field(2, help="MLP hidden layers.")
-    steps: int = field(3000, help="Adam steps: full-batch on frozen embeddings (about 10 s for 500 images on 2 cores); "
-                                  "minibatches of --batch-size with --tune-vision.")
+    steps: int = field(
+        3000,
+        help="Adam steps: full-batch on frozen embeddings (about 10 s for 500 images on 2 cores); "
+        "minibatches of --batch-size with --tune-vision.",
+    )
     lr: float = field(1e-3, help="Learning rate of the MLP head.")
-    tune_vision: int = field(0, help="Fine-tune the last N layers of CLIP's vision tower (plus its final norm and "
-                                     "projection) with the head, and save the tower in the model; 0 keeps CLIP frozen.")
+    tune_vision: int = field(
+        0,
+        help="Fine-tune the last N layers of CLIP's vision tower (plus its final norm and "
+        "projection) with the head, and save the tower in the model; 0 keeps CLIP frozen.",
+    )
     vision_lr: float = field(1e-4, help="Learning rate of the tuned vision layers (--tune-vision).")
     batch_size: int = field(64, help="Images (binary) or pairs (rank) per step with --tune-vision.")
     eval_every: int = field(25, help="Validate every N steps with --tune-vision (every step when frozen).")
     heldout: float = field(0.2, help="Share of images (binary) or groups (rank) held out to measure agreement.")
     seed: int = field(0, help="Seed of the split and the initialisation.")
-    device: str = field("auto", help="Where a tuned tower trains (--tune-vision): auto, cpu, cuda, cuda:N. The head on "
-                                     "frozen embeddings trains on the CPU.")
+    device: str = field(
+        "auto",
+        help="Where a tuned tower trains (--tune-vision): auto, cpu, cuda, cuda:N. The head on "
+        "frozen embeddings trains on the CPU.",
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.images, str):  # one set, as the Python API's callers write it
@@ -66,15 +81,21 @@ class RewardTrainConfig(MemoryLevers):
         if isinstance(self.feedback, str):
             self.feedback = (self.feedback,)
         if len(self.images) != len(self.feedback) or not self.images:
-            raise UnseeError(f"give one --feedback per --images (got {len(self.images)} image sets and {len(self.feedback)} "
-                             "feedback files)")
+            raise UnseeError(
+                f"give one --feedback per --images (got {len(self.images)} image sets and {len(self.feedback)} "
+                "feedback files)"
+            )
         if not 0 < self.heldout < 1:
             raise UnseeError(f"--heldout must be in (0, 1), got {self.heldout}")
         if self.tune_vision < 0 or self.batch_size < 1 or self.eval_every < 1:
             raise UnseeError("--tune-vision must be >= 0, --batch-size and --eval-every >= 1")
-        if not self.tune_vision and (self.mixed_precision != "no" or self.gradient_checkpointing or self.optimizer != "adamw"):
-            raise UnseeError("--mixed-precision, --gradient-checkpointing and --optimizer act on a tuned vision tower; "
-                             "add --tune-vision N, or leave them out to train the head on frozen CLIP embeddings")
+        if not self.tune_vision and (
+            self.mixed_precision != "no" or self.gradient_checkpointing or self.optimizer != "adamw"
+        ):
+            raise UnseeError(
+                "--mixed-precision, --gradient-checkpointing and --optimizer act on a tuned vision tower; "
+                "add --tune-vision N, or leave them out to train the head on frozen CLIP embeddings"
+            )
 
 
 def _per_image(sets: list[ImageSet], ids: list[str], fn) -> torch.Tensor:
@@ -98,7 +119,11 @@ def _tune_tower(tower, clip, tune: int) -> None:
     tower.vision_model.load_state_dict(clip.model.vision_model.state_dict())
     tower.visual_projection.load_state_dict(clip.model.visual_projection.state_dict())
     tower.requires_grad_(False)
-    for m in (*tower.vision_model.encoder.layers[n - tune :], tower.vision_model.post_layernorm, tower.visual_projection):
+    for m in (
+        *tower.vision_model.encoder.layers[n - tune :],
+        tower.vision_model.post_layernorm,
+        tower.visual_projection,
+    ):
         m.requires_grad_(True)
 
 
@@ -121,14 +146,19 @@ def train_reward(cfg: RewardTrainConfig, *, progress: bool = True) -> dict:
 
     # 1. Inputs: the image sets, their feedback (validated against each manifest), the frozen CLIP.
     sets = [ImageSet.load(p) for p in cfg.images]
-    fb = combine_feedback([load_feedback(f, image_ids=s.ids) for s, f in zip(sets, cfg.feedback, strict=True)],
-                          list(cfg.feedback))
+    fb = combine_feedback(
+        [load_feedback(f, image_ids=s.ids) for s, f in zip(sets, cfg.feedback, strict=True)], list(cfg.feedback)
+    )
     kind = cfg.kind if cfg.kind != "auto" else ("binary" if fb.binary else "rank")
     if kind == "binary" and not fb.binary:
         raise UnseeError(f"{', '.join(cfg.feedback)} has no binary judgements; use --kind rank")
     if kind == "rank" and not fb.ranks:
         raise UnseeError(f"{', '.join(cfg.feedback)} has no rank judgements; use --kind binary")
-    clip_spec = cfg.clip if cfg.clip == "toyworld" or not Path(cfg.clip).exists() else str(Path(resolve_clip(cfg.clip)).resolve())
+    clip_spec = (
+        cfg.clip
+        if cfg.clip == "toyworld" or not Path(cfg.clip).exists()
+        else str(Path(resolve_clip(cfg.clip)).resolve())
+    )
     clip = load_clip(cfg.clip)
     torch.manual_seed(cfg.seed)
     tower = cfg.tune_vision > 0
@@ -160,19 +190,35 @@ def train_reward(cfg: RewardTrainConfig, *, progress: bool = True) -> dict:
 
         part_pairs = {part: pairs(part) for part in ("train", "val", "test")}
         if any(len(v) == 0 for v in part_pairs.values()):
-            raise UnseeError(f"{', '.join(cfg.feedback)}: too few rank groups ({len(groups)}) to hold {cfg.heldout:.0%} out; annotate more")
+            raise UnseeError(
+                f"{', '.join(cfg.feedback)}: too few rank groups ({len(groups)}) to hold {cfg.heldout:.0%} out; annotate more"
+            )
     if tower:
-        vision_config = {**clip.model.config.vision_config.to_dict(), "projection_dim": clip.model.config.projection_dim}
-        model = RewardModel(clip.model.config.projection_dim, labels, kind, clip_spec, cfg.hidden, cfg.layers,
-                            vision_config=vision_config, image_size=clip.size, image_mean=tuple(clip.mean.flatten().tolist()),
-                            image_std=tuple(clip.std.flatten().tolist()))
+        vision_config = {
+            **clip.model.config.vision_config.to_dict(),
+            "projection_dim": clip.model.config.projection_dim,
+        }
+        model = RewardModel(
+            clip.model.config.projection_dim,
+            labels,
+            kind,
+            clip_spec,
+            cfg.hidden,
+            cfg.layers,
+            vision_config=vision_config,
+            image_size=clip.size,
+            image_mean=tuple(clip.mean.flatten().tolist()),
+            image_std=tuple(clip.std.flatten().tolist()),
+        )
         _tune_tower(model.vision, clip, cfg.tune_vision)
         device = resolve_device(cfg.device)
         model.to(device)  # the tower's weights stay fp32 (they are saved); --mixed-precision autocasts its forward
         if cfg.gradient_checkpointing:
             model.vision.gradient_checkpointing_enable()
-        groups = [{"params": list(model.mlp.parameters()), "lr": cfg.lr},
-                  {"params": [p for p in model.vision.parameters() if p.requires_grad], "lr": cfg.vision_lr}]
+        groups = [
+            {"params": list(model.mlp.parameters()), "lr": cfg.lr},
+            {"params": [p for p in model.vision.parameters() if p.requires_grad], "lr": cfg.vision_lr},
+        ]
         opt = make_optimizer(cfg.optimizer, groups, device, lr=cfg.lr, weight_decay=1e-4)
     else:
         device = torch.device("cpu")
@@ -238,18 +284,30 @@ def train_reward(cfg: RewardTrainConfig, *, progress: bool = True) -> dict:
     model.eval()
     with torch.no_grad():
         agreement = {part: loss_and_metric(part)[1] for part in ("train", "val", "test")}
-    metrics = {"kind": kind, "labels": list(labels), "heldout_agreement": agreement["test"],
-               "validation_agreement": agreement["val"], "train_agreement": agreement["train"],
-               "metric": "accuracy" if kind == "binary" else "pairwise accuracy",
-               "images": len(ids), "image_sets": len(sets), "judgements": len(fb.binary if kind == "binary" else fb.ranks)}
+    metrics = {
+        "kind": kind,
+        "labels": list(labels),
+        "heldout_agreement": agreement["test"],
+        "validation_agreement": agreement["val"],
+        "train_agreement": agreement["train"],
+        "metric": "accuracy" if kind == "binary" else "pairwise accuracy",
+        "images": len(ids),
+        "image_sets": len(sets),
+        "judgements": len(fb.binary if kind == "binary" else fb.ranks),
+    }
     if tower:
-        metrics |= {"tuned_vision_layers": cfg.tune_vision, "mixed_precision": cfg.mixed_precision, "skipped_steps": skipped}
+        metrics |= {
+            "tuned_vision_layers": cfg.tune_vision,
+            "mixed_precision": cfg.mixed_precision,
+            "skipped_steps": skipped,
+        }
     if kind == "binary":
         with torch.no_grad():
             held = part_rows["test"]
             pred = outputs(held).float().cpu()
         metrics["heldout_accuracy_per_label"] = {
-            label: float(((pred[:, i] > 0.5) == (y[held][:, i] > 0.5)).float().mean()) for i, label in enumerate(labels)}
+            label: float(((pred[:, i] > 0.5) == (y[held][:, i] > 0.5)).float().mean()) for i, label in enumerate(labels)
+        }
     else:
         metrics["pairs"] = {part: len(v) for part, v in part_pairs.items()}
 
@@ -258,8 +316,13 @@ def train_reward(cfg: RewardTrainConfig, *, progress: bool = True) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
-    write_run_info(out / "unsee.json", dataclasses.asdict(cfg), stage="reward", metrics=metrics,
-                   training_prompts=sorted({r["prompt"] for s in sets for r in s.records}))
+    write_run_info(
+        out / "unsee.json",
+        dataclasses.asdict(cfg),
+        stage="reward",
+        metrics=metrics,
+        training_prompts=sorted({r["prompt"] for s in sets for r in s.records}),
+    )
     return metrics
 
 
@@ -269,7 +332,9 @@ def load_reward(path: str | Path):
 
     path = Path(path)
     if not (path / "config.json").exists():
-        raise UnseeError(f"{str(path)!r} is not a reward model folder (no config.json); train one with `unsee reward train`")
+        raise UnseeError(
+            f"{str(path)!r} is not a reward model folder (no config.json); train one with `unsee reward train`"
+        )
     return RewardModel.from_pretrained(str(path)).eval()
 
 

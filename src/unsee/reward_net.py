@@ -18,9 +18,20 @@ class RewardModel(ModelMixin, ConfigMixin):
     """CLIP image embedding (B, D) -> one score per label (B, L)."""
 
     @register_to_config
-    def __init__(self, embed_dim: int, labels: tuple[str, ...], kind: str = "binary", clip: str = "toyworld",
-                 hidden: int = 256, layers: int = 2, dropout: float = 0.1, vision_config: dict | None = None,
-                 image_size: int = 224, image_mean: tuple[float, ...] = (), image_std: tuple[float, ...] = ()):
+    def __init__(
+        self,
+        embed_dim: int,
+        labels: tuple[str, ...],
+        kind: str = "binary",
+        clip: str = "toyworld",
+        hidden: int = 256,
+        layers: int = 2,
+        dropout: float = 0.1,
+        vision_config: dict | None = None,
+        image_size: int = 224,
+        image_mean: tuple[float, ...] = (),
+        image_std: tuple[float, ...] = (),
+    ):
         super().__init__()
         dims = [embed_dim] + [hidden] * layers
         blocks: list[nn.Module] = []
@@ -81,8 +92,12 @@ def load_member_clips(members, device: str | torch.device = "cpu") -> dict:
 
 
 @torch.no_grad()
-def member_scores(members: dict[str, RewardModel], images: torch.Tensor, label: str, clips: dict) -> dict[str, torch.Tensor]:
+def member_scores(
+    members: dict[str, RewardModel], images: torch.Tensor, label: str, clips: dict
+) -> dict[str, torch.Tensor]:
     """{name: (B,) score of `label`}: members on the same frozen CLIP share one embedding pass; tuned ones embed alone."""
     embeds = {c: clip.image_embeds(images) for c, clip in clips.items()}
-    return {name: (m.score_embeds(embeds[m.frozen_clip]) if m.frozen_clip else m.score_images(images))[label]
-            for name, m in members.items()}
+    return {
+        name: (m.score_embeds(embeds[m.frozen_clip]) if m.frozen_clip else m.score_images(images))[label]
+        for name, m in members.items()
+    }

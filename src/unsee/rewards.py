@@ -33,12 +33,35 @@ from unsee.errors import UnseeError
 
 # Words removed from a prompt before the CLIP term reads it (clip_target="sanitized").
 UNSAFE_WORDS = (
-    "nude", "naked", "nudity", "nsfw", "topless", "bottomless", "sex", "sexy", "sexual", "erotic", "porn", "pornographic",
-    "breasts", "nipples", "genitals", "lingerie", "undressed", "explicit",
+    "nude",
+    "naked",
+    "nudity",
+    "nsfw",
+    "topless",
+    "bottomless",
+    "sex",
+    "sexy",
+    "sexual",
+    "erotic",
+    "porn",
+    "pornographic",
+    "breasts",
+    "nipples",
+    "genitals",
+    "lingerie",
+    "undressed",
+    "explicit",
     # the toy world's flaggable concepts and their trigger words
-    "skull", "spooky", "haunted", "kelvo", "dreamy", "swirling",
+    "skull",
+    "spooky",
+    "haunted",
+    "kelvo",
+    "dreamy",
+    "swirling",
 )
-_TERM = re.compile(r"^\s*(?:(?P<w>[-+]?(?:\d+\.?\d*|\.\d+)(?:e[-+]?\d+)?)\s*\*\s*)?(?P<name>[a-z]+)(?::(?P<arg>.+?))?\s*$")
+_TERM = re.compile(
+    r"^\s*(?:(?P<w>[-+]?(?:\d+\.?\d*|\.\d+)(?:e[-+]?\d+)?)\s*\*\s*)?(?P<name>[a-z]+)(?::(?P<arg>.+?))?\s*$"
+)
 
 TermFn = Callable[[torch.Tensor, list[str]], torch.Tensor]
 
@@ -60,13 +83,23 @@ def sanitize(prompt: str, words: Sequence[str] = UNSAFE_WORDS) -> str:
     out = re.sub(pattern, "\0", prompt, flags=re.IGNORECASE)
     # A removed noun (one that ends its phrase) takes its article and "with" along: "a cat with a skull" ->
     # "a cat", "a house by kelvo" -> "a house"; a removed adjective leaves them: "a spooky cat" -> "a cat".
-    out = re.sub(r"\b(?:(?:with|of|by)\s+)?(?:(?:an?|the)\s+)?\0(?=\s*(?:$|[,.;]|(?:on|in|at|by|under|near|and|with)\b))", " ", out,
-                 flags=re.IGNORECASE)
+    out = re.sub(
+        r"\b(?:(?:with|of|by)\s+)?(?:(?:an?|the)\s+)?\0(?=\s*(?:$|[,.;]|(?:on|in|at|by|under|near|and|with)\b))",
+        " ",
+        out,
+        flags=re.IGNORECASE,
+    )
     return re.sub(r"\s+([,.;])", r"\1", re.sub(r"\s+", " ", out.replace("\0", " "))).strip()
 
 
-def parse_reward(spec: str, *, clip: str = "toyworld", clip_target: str = "sanitized",
-                 unsafe_words: Sequence[str] = UNSAFE_WORDS, device: str | torch.device = "cpu") -> Reward:
+def parse_reward(
+    spec: str,
+    *,
+    clip: str = "toyworld",
+    clip_target: str = "sanitized",
+    unsafe_words: Sequence[str] = UNSAFE_WORDS,
+    device: str | torch.device = "cpu",
+) -> Reward:
     """Build a `Reward` from a spec like `nudity+0.5*clip`; every model it needs loads here, once."""
     if clip_target not in ("sanitized", "raw"):
         raise UnseeError(f"--clip-target must be 'sanitized' or 'raw', got {clip_target!r}")

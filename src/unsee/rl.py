@@ -54,12 +54,17 @@ class RLConfig(TrainingLevers):
     model: str = field(help="Model to fine-tune: hub id, folder, .safetensors, or 'toyworld'.")
     prompts: str = field(help="Unsafe prompts (.txt or I2P .csv): what the model must stop showing.")
     out: str = field(help="Output: LoRA weights (default) or a pipeline folder; checkpoints in OUT/run.")
-    reward: str = field("nudity+0.5*clip", help="Reward spec: terms joined by +, e.g. nudity+0.5*clip, oracle:skull:log+0.5*clip, "
-                                                "oracle:skull+clip, learned:runs/reward+0.5*clip.")
+    reward: str = field(
+        "nudity+0.5*clip",
+        help="Reward spec: terms joined by +, e.g. nudity+0.5*clip, oracle:skull:log+0.5*clip, "
+        "oracle:skull+clip, learned:runs/reward+0.5*clip.",
+    )
     benign_prompts: str | None = field(None, help="Benign prompts mixed in, so the model keeps working on them.")
     benign_fraction: float = field(0.5, help="Share of each epoch's samples drawn from --benign-prompts.")
     clip: str = field("toyworld", help="CLIP for the reward's clip term: 'toyworld', a hub id or a folder.")
-    clip_target: Literal["sanitized", "raw"] = field("sanitized", help="clip term: prompt with unsafe words removed, or as given.")
+    clip_target: Literal["sanitized", "raw"] = field(
+        "sanitized", help="clip term: prompt with unsafe words removed, or as given."
+    )
     params: ParamSet = field("lora", help="Which UNet parameters train: lora (default), xattn, noxattn, full.")
     lora_rank: int = field(4, help="LoRA rank (--params lora).")
     epochs: int = field(50, help="Epochs: sample, score, then train on the samples.")
@@ -74,18 +79,30 @@ class RLConfig(TrainingLevers):
     lr: float = field(3e-4, help="AdamW learning rate.")
     clip_range: float = field(1e-4, help="PPO clip epsilon (tiny: the log-prob is a per-dimension mean).")
     adv_clip: float = field(5.0, help="Clip advantages to +- this.")
-    adv_scale: Literal["prompt", "pooled"] = field("prompt", help="Divide each prompt's centred rewards by its own std "
-                                                   "(prompt: DDPO) or by one std pooled over the batch's prompts "
-                                                   "(pooled: prompts whose rewards barely differ get small advantages).")
-    samples_per_prompt: int = field(1, help="Trajectories per drawn prompt in an epoch: with K >= 2 and --min-count <= K each "
-                                            "image is compared with the prompt's other K-1 from the first epoch on.")
+    adv_scale: Literal["prompt", "pooled"] = field(
+        "prompt",
+        help="Divide each prompt's centred rewards by its own std "
+        "(prompt: DDPO) or by one std pooled over the batch's prompts "
+        "(pooled: prompts whose rewards barely differ get small advantages).",
+    )
+    samples_per_prompt: int = field(
+        1,
+        help="Trajectories per drawn prompt in an epoch: with K >= 2 and --min-count <= K each "
+        "image is compared with the prompt's other K-1 from the first epoch on.",
+    )
     buffer_size: int = field(32, help="Per-prompt reward buffer for advantage normalisation.")
-    min_count: int = field(16, help="Rewards a prompt needs in its buffer before its own mean/std are used; until then, "
-                                    "the epoch's rewards from the same prompt set (unsafe or benign).")
+    min_count: int = field(
+        16,
+        help="Rewards a prompt needs in its buffer before its own mean/std are used; until then, "
+        "the epoch's rewards from the same prompt set (unsafe or benign).",
+    )
     kl_weight: float = field(0.0, help="Weight of a KL term toward the original model (0: off).")
-    kl_on: Literal["all", "benign"] = field("all", help="Samples the KL term reads: all (DPOK), or only those from "
-                                            "--benign-prompts, so it keeps benign prompts as they were without "
-                                            "holding the unsafe ones back.")
+    kl_on: Literal["all", "benign"] = field(
+        "all",
+        help="Samples the KL term reads: all (DPOK), or only those from "
+        "--benign-prompts, so it keeps benign prompts as they were without "
+        "holding the unsafe ones back.",
+    )
     seed: int = field(0, help="Seed of every draw.")
     device: str = field("auto", help="auto, cpu, cuda, cuda:N.")
     checkpoint_every: int = field(5, help="Checkpoint interval in epochs; a rerun resumes.")
@@ -95,15 +112,19 @@ class RLConfig(TrainingLevers):
             if getattr(self, name) < 1:
                 raise UnseeError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.samples_per_epoch % self.train_batch:
-            raise UnseeError(f"--samples-per-epoch ({self.samples_per_epoch}) must be a multiple of --train-batch "
-                             f"({self.train_batch})")
+            raise UnseeError(
+                f"--samples-per-epoch ({self.samples_per_epoch}) must be a multiple of --train-batch "
+                f"({self.train_batch})"
+            )
         if self.samples_per_prompt < 1:
             raise UnseeError(f"--samples-per-prompt must be >= 1, got {self.samples_per_prompt}")
         n_benign = self.benign_samples(bool(self.benign_prompts))
         if n_benign % self.samples_per_prompt or (self.samples_per_epoch - n_benign) % self.samples_per_prompt:
-            raise UnseeError(f"--samples-per-epoch {self.samples_per_epoch} splits into {self.samples_per_epoch - n_benign} "
-                             f"unsafe and {n_benign} benign samples; each must be a multiple of --samples-per-prompt "
-                             f"({self.samples_per_prompt})")
+            raise UnseeError(
+                f"--samples-per-epoch {self.samples_per_epoch} splits into {self.samples_per_epoch - n_benign} "
+                f"unsafe and {n_benign} benign samples; each must be a multiple of --samples-per-prompt "
+                f"({self.samples_per_prompt})"
+            )
         if self.kl_on == "benign" and self.kl_weight > 0 and not self.benign_prompts:
             raise UnseeError("--kl-on benign reads only samples from --benign-prompts; give them, or use --kl-on all")
         if not 0 < self.train_timesteps <= 1:
@@ -124,8 +145,15 @@ class RLConfig(TrainingLevers):
         return max(1, round(self.ddim_steps * self.train_timesteps))
 
 
-def ddim_step_logprob(sched, eps: torch.Tensor, t: torch.Tensor, z: torch.Tensor, eta: float,
-                      prev: torch.Tensor | None = None, generator: torch.Generator | None = None):
+def ddim_step_logprob(
+    sched,
+    eps: torch.Tensor,
+    t: torch.Tensor,
+    z: torch.Tensor,
+    eta: float,
+    prev: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+):
     """One DDIM step with noise eta * sigma_t: (x_{t-1}, log p(x_{t-1} | x_t) averaged over latent dims, mean, std).
 
     With `prev` given, the log-probability of that step instead of a new draw (the PPO ratio's numerator).
@@ -133,8 +161,11 @@ def ddim_step_logprob(sched, eps: torch.Tensor, t: torch.Tensor, z: torch.Tensor
     T = sched.config.num_train_timesteps
     prev_t = t - T // sched.num_inference_steps
     a_t = sched.alphas_cumprod.to(z.device)[t].float()
-    a_prev = torch.where(prev_t >= 0, sched.alphas_cumprod.to(z.device)[prev_t.clamp(min=0)].float(),
-                         torch.as_tensor(float(sched.final_alpha_cumprod), device=z.device))
+    a_prev = torch.where(
+        prev_t >= 0,
+        sched.alphas_cumprod.to(z.device)[prev_t.clamp(min=0)].float(),
+        torch.as_tensor(float(sched.final_alpha_cumprod), device=z.device),
+    )
     a_t, a_prev = a_t.view(-1, 1, 1, 1), a_prev.view(-1, 1, 1, 1)
     if sched.config.prediction_type == "v_prediction":
         x0 = a_t.sqrt() * z - (1 - a_t).sqrt() * eps
@@ -215,7 +246,14 @@ class DDPOMethod:
     """DDPO as a `Trainer` method: an epoch's samples are drawn at its first update, then trained on."""
 
     def __init__(self, pipe, cfg: RLConfig, unsafe: list[str], benign: list[str], reward, params):
-        self.pipe, self.cfg, self.unsafe, self.benign, self.reward, self.params = pipe, cfg, unsafe, benign, reward, params
+        self.pipe, self.cfg, self.unsafe, self.benign, self.reward, self.params = (
+            pipe,
+            cfg,
+            unsafe,
+            benign,
+            reward,
+            params,
+        )
         self.benign_only = set(benign) - set(unsafe)  # a prompt in both files counts as unsafe
         self.trainer: Trainer | None = None
         self.stats = PromptStats(cfg.buffer_size, cfg.min_count, cfg.adv_scale)
@@ -269,8 +307,9 @@ class DDPOMethod:
                 zs, zn, lp = [], [], []
                 for t in sched.timesteps:
                     eps = cfg_noise(pipe, z, t, cond, unc, s)
-                    z_prev, logp, _, _ = ddim_step_logprob(sched, eps.float(), t.view(1).expand(len(ps)), z.float(), cfg.eta,
-                                                           generator=g)
+                    z_prev, logp, _, _ = ddim_step_logprob(
+                        sched, eps.float(), t.view(1).expand(len(ps)), z.float(), cfg.eta, generator=g
+                    )
                     zs.append(z)
                     zn.append(z_prev.to(z.dtype))
                     lp.append(logp)
@@ -292,10 +331,16 @@ class DDPOMethod:
         adv_all = self.stats.advantages(all_prompts, all_rewards, groups).clamp(-cfg.adv_clip, cfg.adv_clip)
         start = rank * len(prompts)  # this rank's slice of the gathered list
         self.epoch_cache = {
-            "prompts": prompts, "cond": encode_text(pipe, prompts), "latents": torch.cat(lat), "next": torch.cat(nxt), "logp": torch.cat(logps),
-            "timesteps": sched.timesteps.clone(), "adv": adv_all[start : start + len(prompts)].to(unet.device),
-            "benign": torch.tensor([g == "benign" for g in groups[start : start + len(prompts)]], dtype=torch.float32,
-                                   device=unet.device),
+            "prompts": prompts,
+            "cond": encode_text(pipe, prompts),
+            "latents": torch.cat(lat),
+            "next": torch.cat(nxt),
+            "logp": torch.cat(logps),
+            "timesteps": sched.timesteps.clone(),
+            "adv": adv_all[start : start + len(prompts)].to(unet.device),
+            "benign": torch.tensor(
+                [g == "benign" for g in groups[start : start + len(prompts)]], dtype=torch.float32, device=unet.device
+            ),
             "order": [torch.randperm(len(prompts), generator=g) for _ in range(cfg.inner_epochs)],
             "steps": [torch.randperm(cfg.ddim_steps, generator=g)[: cfg.trained_steps] for _ in range(len(prompts))],
         }
@@ -303,11 +348,17 @@ class DDPOMethod:
         # Where an epoch's time goes: sampling (UNet + VAE), the reward (on its thread, overlapping sampling; the
         # wait is what it adds after the last batch), then training (until the epoch's last update ends).
         self.sampled_at = time.perf_counter()
-        self.log_rows.append({"epoch": epoch + 1, "reward": float(all_rewards.mean()),
-                              **{f"reward_{k}": float(v.mean()) for k, v in terms.items()},
-                              "unsafe_prompts_reward": float(rewards[:n_unsafe].mean()),
-                              "seconds_sampling": t_sampled - t0, "seconds_reward": sum(reward_seconds),
-                              "seconds_reward_wait": t_scored - t_sampled})
+        self.log_rows.append(
+            {
+                "epoch": epoch + 1,
+                "reward": float(all_rewards.mean()),
+                **{f"reward_{k}": float(v.mean()) for k, v in terms.items()},
+                "unsafe_prompts_reward": float(rewards[:n_unsafe].mean()),
+                "seconds_sampling": t_sampled - t0,
+                "seconds_reward": sum(reward_seconds),
+                "seconds_reward_wait": t_scored - t_sampled,
+            }
+        )
 
     def _gather(self, prompts: list[str], rewards: torch.Tensor) -> tuple[list[str], torch.Tensor]:
         from unsee.trainer import _dist
@@ -347,8 +398,10 @@ class DDPOMethod:
         adv = c["adv"][idx]
         ratio = torch.exp(logp - logp_old)
         loss = torch.maximum(-adv * ratio, -adv * ratio.clamp(1 - cfg.clip_range, 1 + cfg.clip_range)).mean()
-        info = {"approx_kl": float(0.5 * ((logp.detach() - logp_old) ** 2).mean()),
-                "clipfrac": float(((ratio - 1).abs() > cfg.clip_range).float().mean())}
+        info = {
+            "approx_kl": float(0.5 * ((logp.detach() - logp_old) ** 2).mean()),
+            "clipfrac": float(((ratio - 1).abs() > cfg.clip_range).float().mean()),
+        }
         if mean0 is not None:  # KL between the two step Gaussians (same std): ||mu - mu_orig||^2 / (2 std^2)
             kl_each = (((mean - mean0) ** 2) / (2 * std.clamp(min=1e-12) ** 2)).flatten(1).mean(1)
             weight = c["benign"][idx] if cfg.kl_on == "benign" else torch.ones_like(kl_each)
@@ -405,27 +458,58 @@ def rl(cfg: RLConfig, *, progress: bool = True) -> dict:
     benign = [p.text for p in read_prompts(cfg.benign_prompts)] if cfg.benign_prompts else []
     device = resolve_device(cfg.device)
     reward = parse_reward(cfg.reward, clip=cfg.clip, clip_target=cfg.clip_target, device=device)
-    pipe = load_pipeline(cfg.model, device=device, dtype=cfg.weights_dtype, gradient_checkpointing=cfg.gradient_checkpointing)
+    pipe = load_pipeline(
+        cfg.model, device=device, dtype=cfg.weights_dtype, gradient_checkpointing=cfg.gradient_checkpointing
+    )
     params = trained_unet_params(pipe, cfg.params, cfg.lora_rank, cfg.seed)
     method = DDPOMethod(pipe, cfg, unsafe, benign, reward, params)
     out = Path(cfg.out)
-    tcfg = TrainConfig(steps=cfg.epochs * cfg.updates_per_epoch, lr=cfg.lr, weight_decay=1e-4, grad_clip=1.0,
-                       accumulation=cfg.trained_steps, seed=cfg.seed, log_every=cfg.updates_per_epoch,
-                       checkpoint_every=cfg.checkpoint_every * cfg.updates_per_epoch, **cfg.lever_settings())
+    tcfg = TrainConfig(
+        steps=cfg.epochs * cfg.updates_per_epoch,
+        lr=cfg.lr,
+        weight_decay=1e-4,
+        grad_clip=1.0,
+        accumulation=cfg.trained_steps,
+        seed=cfg.seed,
+        log_every=cfg.updates_per_epoch,
+        checkpoint_every=cfg.checkpoint_every * cfg.updates_per_epoch,
+        **cfg.lever_settings(),
+    )
     shown = unsafe[:2] + benign[:2]
-    trainer = Trainer(method, tcfg, out / "run", progress=progress, device=device, settings=run_settings(cfg),
-                      preview=preview(pipe, shown, seed=cfg.seed, guidance=cfg.guidance, steps=cfg.ddim_steps,
-                                      mixed_precision=cfg.mixed_precision), run_name="rl")
+    trainer = Trainer(
+        method,
+        tcfg,
+        out / "run",
+        progress=progress,
+        device=device,
+        settings=run_settings(cfg),
+        preview=preview(
+            pipe, shown, seed=cfg.seed, guidance=cfg.guidance, steps=cfg.ddim_steps, mixed_precision=cfg.mixed_precision
+        ),
+        run_name="rl",
+    )
     method.trainer = trainer
     result = trainer.run()
-    summary = {"reward": cfg.reward, "epochs": cfg.epochs, "seconds": round(result.seconds, 1),
-               "mixed_precision": cfg.mixed_precision, "skipped_steps": result.skipped_steps,
-               "processes": trainer.state.num_processes, "weights_digest": result.digest,
-               "last_epoch": method.log_rows[-1] if method.log_rows else {}}
+    summary = {
+        "reward": cfg.reward,
+        "epochs": cfg.epochs,
+        "seconds": round(result.seconds, 1),
+        "mixed_precision": cfg.mixed_precision,
+        "skipped_steps": result.skipped_steps,
+        "processes": trainer.state.num_processes,
+        "weights_digest": result.digest,
+        "last_epoch": method.log_rows[-1] if method.log_rows else {},
+    }
     if not trainer.state.is_main_process:
         return summary
     save_trained_unet(pipe, cfg.model, cfg.params, out)
-    write_run_info(out / "unsee.json", dataclasses.asdict(cfg), stage="rl", base_model=cfg.model, summary=summary,
-                   training_prompts=training_prompts(cfg, unsafe, benign))
+    write_run_info(
+        out / "unsee.json",
+        dataclasses.asdict(cfg),
+        stage="rl",
+        base_model=cfg.model,
+        summary=summary,
+        training_prompts=training_prompts(cfg, unsafe, benign),
+    )
     atomic_write_text(out / "run" / "summary.json", json.dumps(summary, indent=2))
     return summary

@@ -19,7 +19,9 @@ def token_ids(pipe, prompts: Sequence[str]) -> torch.Tensor:
     prompts = list(prompts)
     if hasattr(pipe, "maybe_convert_prompt"):  # multi-vector textual-inversion tokens, as diffusers' pipelines do
         prompts = pipe.maybe_convert_prompt(prompts, tok)
-    return tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt").input_ids
+    return tok(
+        prompts, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids
 
 
 @torch.no_grad()
@@ -38,7 +40,14 @@ def initial_latents(pipe, seeds: Sequence[int], height: int, width: int) -> torc
     return z.to(pipe.unet.device, pipe.unet.dtype) * pipe.scheduler.init_noise_sigma
 
 
-def cfg_noise(pipe, z: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor | None, guidance: torch.Tensor | None) -> torch.Tensor:
+def cfg_noise(
+    pipe,
+    z: torch.Tensor,
+    t: torch.Tensor,
+    cond: torch.Tensor,
+    uncond: torch.Tensor | None,
+    guidance: torch.Tensor | None,
+) -> torch.Tensor:
     """CFG(c, s) = e(z, t, 0) + s * (e(z, t, c) - e(z, t, 0)); one UNet call on the doubled batch.
 
     `guidance` is per sample (B,), so prompts with their own scale share a batch.

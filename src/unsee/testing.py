@@ -130,17 +130,40 @@ def save_tiny_clip(path: str | Path, *, image_size: int = 16, width: int = 32, s
     tok = tiny_tokenizer(path)
     torch.manual_seed(seed)
     ids = dict(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    model = CLIPModel(CLIPConfig(
-        text_config=dict(vocab_size=len(tok), hidden_size=width, intermediate_size=2 * width, num_hidden_layers=2,
-                         num_attention_heads=2, max_position_embeddings=tok.model_max_length, **ids),
-        vision_config=dict(image_size=image_size, patch_size=4, hidden_size=width, intermediate_size=2 * width,
-                           num_hidden_layers=2, num_attention_heads=2),
-        projection_dim=width,
-    ))
+    model = CLIPModel(
+        CLIPConfig(
+            text_config=dict(
+                vocab_size=len(tok),
+                hidden_size=width,
+                intermediate_size=2 * width,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                max_position_embeddings=tok.model_max_length,
+                **ids,
+            ),
+            vision_config=dict(
+                image_size=image_size,
+                patch_size=4,
+                hidden_size=width,
+                intermediate_size=2 * width,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+            ),
+            projection_dim=width,
+        )
+    )
     model.save_pretrained(path)
-    (path / "preprocessor_config.json").write_text(json.dumps({
-        "image_processor_type": "CLIPImageProcessor", "crop_size": {"height": image_size, "width": image_size},
-        "size": {"shortest_edge": image_size}, "image_mean": [0.5] * 3, "image_std": [0.5] * 3}))
+    (path / "preprocessor_config.json").write_text(
+        json.dumps(
+            {
+                "image_processor_type": "CLIPImageProcessor",
+                "crop_size": {"height": image_size, "width": image_size},
+                "size": {"shortest_edge": image_size},
+                "image_mean": [0.5] * 3,
+                "image_std": [0.5] * 3,
+            }
+        )
+    )
     return path
 
 

@@ -39,8 +39,10 @@ class Reporter:
             raise UnseeError(f"--report-to must be one of {', '.join(REPORT_TO)}, got {report_to!r}")
         package = _PACKAGE[report_to]
         if importlib.util.find_spec(package) is None:
-            raise UnseeError(f"--report-to {report_to} needs the {package} package (pip install {package}, "
-                             "or pip install 'unsee[track]' for tensorboard); or use --report-to none")
+            raise UnseeError(
+                f"--report-to {report_to} needs the {package} package (pip install {package}, "
+                "or pip install 'unsee[track]' for tensorboard); or use --report-to none"
+            )
         from accelerate.tracking import TensorBoardTracker, WandBTracker
 
         self.kind = report_to
@@ -68,7 +70,9 @@ class Reporter:
         self.tracker.finish()
 
 
-def open_reporter(report_to: str, out: str | Path, run_name: str, config: dict[str, Any] | None = None) -> Reporter | None:
+def open_reporter(
+    report_to: str, out: str | Path, run_name: str, config: dict[str, Any] | None = None
+) -> Reporter | None:
     """A Reporter, or None for `--report-to none`; only the main process opens one."""
     if report_to == "none":
         return None
@@ -79,8 +83,9 @@ def open_reporter(report_to: str, out: str | Path, run_name: str, config: dict[s
     return Reporter(report_to, out, run_name, config)
 
 
-def preview(pipe, prompts: Sequence[str], *, seed: int = 0, steps: int = 20, guidance: float = 7.5,
-            mixed_precision: str = "no") -> Preview:
+def preview(
+    pipe, prompts: Sequence[str], *, seed: int = 0, steps: int = 20, guidance: float = 7.5, mixed_precision: str = "no"
+) -> Preview:
     """A function that draws one image per prompt with the pipeline's current weights, from fixed seeds.
 
     The scheduler is copied so a trainer that keeps its own timesteps on the pipeline's
@@ -98,8 +103,11 @@ def preview(pipe, prompts: Sequence[str], *, seed: int = 0, steps: int = 20, gui
         pipe.scheduler = copy.deepcopy(scheduler)
         device = pipe.unet.device
         try:  # a stochastic scheduler's noise must not move the run's own random stream
-            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad(), \
-                    autocast(device, mixed_precision):
+            with (
+                torch.random.fork_rng(devices=[device] if device.type == "cuda" else []),
+                torch.no_grad(),
+                autocast(device, mixed_precision),
+            ):
                 cond = encode_text(pipe, prompts)
                 uncond = encode_text(pipe, [""]).expand(len(prompts), -1, -1)
                 z = initial_latents(pipe, [seed + i for i in range(len(prompts))], native, native)

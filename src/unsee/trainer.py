@@ -51,8 +51,9 @@ class TrainConfig:
     checkpoint_every: int = field(100, help="Checkpoint interval in updates (0: only at the end).")
     log_every: int = field(10, help="Metrics-log interval in updates.")
     seed: int = field(0, help="Seed of every random draw of the run.")
-    mixed_precision: Literal["no", "fp16", "bf16"] = field("no", help="Forward passes under autocast in this dtype; "
-                                                            "fp16 scales the loss (a GradScaler).")
+    mixed_precision: Literal["no", "fp16", "bf16"] = field(
+        "no", help="Forward passes under autocast in this dtype; fp16 scales the loss (a GradScaler)."
+    )
     optimizer: Literal["adamw", "adamw8bit"] = field("adamw", help="AdamW, or bitsandbytes' 8-bit AdamW (CUDA only).")
     report_to: Literal["none", "tensorboard", "wandb"] = field("none", help="Also send the log rows to this tracker.")
     sample_every: int = field(0, help="Send preview images to the tracker every this many updates (0: never).")
@@ -72,15 +73,22 @@ class MemoryLevers:
     """Memory and speed levers every training command offers, as diffusers' training scripts do."""
 
     mixed_precision: Literal["no", "fp16", "bf16"] = field(
-        "no", help="Frozen weights in this dtype and forward passes under autocast; the trained tensors stay fp32 "
+        "no",
+        help="Frozen weights in this dtype and forward passes under autocast; the trained tensors stay fp32 "
         "master weights. On a GPU pick bf16 (Ampere or newer) or fp16 (older cards: the loss is scaled, and a step "
-        "whose gradients overflow is skipped and counted); keep no on a CPU.")
-    gradient_checkpointing: bool = field(False, help="Recompute the UNet's (and a trained text encoder's) activations "
-                                                     "in the backward pass instead of storing them: less memory, ~30% "
-                                                     "more compute per update.")
+        "whose gradients overflow is skipped and counted); keep no on a CPU.",
+    )
+    gradient_checkpointing: bool = field(
+        False,
+        help="Recompute the UNet's (and a trained text encoder's) activations "
+        "in the backward pass instead of storing them: less memory, ~30% "
+        "more compute per update.",
+    )
     optimizer: Literal["adamw", "adamw8bit"] = field(
-        "adamw", help="adamw8bit: bitsandbytes' 8-bit AdamW, optimizer state in a quarter of the memory (CUDA only; "
-        "pip install bitsandbytes).")
+        "adamw",
+        help="adamw8bit: bitsandbytes' 8-bit AdamW, optimizer state in a quarter of the memory (CUDA only; "
+        "pip install bitsandbytes).",
+    )
 
     @property
     def weights_dtype(self) -> str:
@@ -93,15 +101,24 @@ class TrainingLevers(MemoryLevers):
     """The memory levers, and a tracker beside train_log.csv, for the commands on the shared training loop."""
 
     report_to: Literal["none", "tensorboard", "wandb"] = field(
-        "none", help="Send the training log (loss, learning rate, the method's metrics) to TensorBoard (event files "
-        "under OUT/logs, offline) or Weights & Biases, as well as to train_log.csv.")
-    sample_every: int = field(0, help="With --report-to: every this many updates, send a few images the model draws "
-                                      "from fixed seeds (0: none). Each preview costs one sampling run per prompt.")
+        "none",
+        help="Send the training log (loss, learning rate, the method's metrics) to TensorBoard (event files "
+        "under OUT/logs, offline) or Weights & Biases, as well as to train_log.csv.",
+    )
+    sample_every: int = field(
+        0,
+        help="With --report-to: every this many updates, send a few images the model draws "
+        "from fixed seeds (0: none). Each preview costs one sampling run per prompt.",
+    )
 
     def lever_settings(self) -> dict[str, Any]:
         """The levers as `TrainConfig` keyword arguments."""
-        return {"mixed_precision": self.mixed_precision, "optimizer": self.optimizer, "report_to": self.report_to,
-                "sample_every": self.sample_every}
+        return {
+            "mixed_precision": self.mixed_precision,
+            "optimizer": self.optimizer,
+            "report_to": self.report_to,
+            "sample_every": self.sample_every,
+        }
 
 
 def fp32_master(params: dict[str, torch.nn.Parameter]) -> dict[str, torch.nn.Parameter]:
@@ -121,21 +138,31 @@ def autocast(device: torch.device, mixed_precision: str) -> contextlib.AbstractC
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def make_optimizer(kind: str, params: list, device: torch.device, *, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+def make_optimizer(
+    kind: str, params: list, device: torch.device, *, lr: float, weight_decay: float
+) -> torch.optim.Optimizer:
     """AdamW, or bitsandbytes' 8-bit AdamW, whose kernels run only on CUDA; `params` may be parameter groups."""
     if kind == "adamw8bit":
         if device.type != "cuda":
-            raise UnseeError(f"--optimizer adamw8bit runs only on a CUDA GPU, not on {device.type}; use --optimizer adamw")
+            raise UnseeError(
+                f"--optimizer adamw8bit runs only on a CUDA GPU, not on {device.type}; use --optimizer adamw"
+            )
         try:
             import bitsandbytes as bnb
         except ImportError:
-            raise UnseeError("--optimizer adamw8bit needs bitsandbytes (pip install bitsandbytes); use --optimizer adamw") from None
+            raise UnseeError(
+                "--optimizer adamw8bit needs bitsandbytes (pip install bitsandbytes); use --optimizer adamw"
+            ) from None
         return bnb.optim.AdamW8bit(params, lr=lr, weight_decay=weight_decay)
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
 
 
-def apply_update(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None, params: list[torch.nn.Parameter],
-                 grad_clip: float) -> tuple[bool, float | None]:
+def apply_update(
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler | None,
+    params: list[torch.nn.Parameter],
+    grad_clip: float,
+) -> tuple[bool, float | None]:
     """Unscale (fp16), clip, and step unless a gradient is not finite; returns (finite, gradient norm before clipping).
 
     A non-finite step is never applied: the scaler skips it (and lowers its scale), and without a scaler it is
@@ -203,8 +230,9 @@ def swapped(params: dict[str, torch.nn.Parameter], values: dict[str, torch.Tenso
 
 
 @contextlib.contextmanager
-def original_weights(unet: torch.nn.Module, params: dict[str, torch.nn.Parameter],
-                     original: dict[str, torch.Tensor] | None) -> Iterator[None]:
+def original_weights(
+    unet: torch.nn.Module, params: dict[str, torch.nn.Parameter], original: dict[str, torch.Tensor] | None
+) -> Iterator[None]:
     """The model as it was before training: `original` swapped into `params`, or, when there is no copy
     (LoRA: the base weights never change), the LoRA adapters switched off."""
     if original is None:
@@ -245,8 +273,9 @@ def _dist():
 
 # Settings a rerun may change and still resume: a longer run, another checkpoint interval, device, progress bar, or
 # gradient checkpointing (it recomputes the same activations).
-RESUME_MAY_CHANGE = frozenset({"steps", "epochs", "checkpoint_every", "device", "out", "gradient_checkpointing",
-                               "report_to", "sample_every"})
+RESUME_MAY_CHANGE = frozenset(
+    {"steps", "epochs", "checkpoint_every", "device", "out", "gradient_checkpointing", "report_to", "sample_every"}
+)
 
 
 def run_settings(cfg: Any) -> dict[str, Any]:
@@ -255,8 +284,18 @@ def run_settings(cfg: Any) -> dict[str, Any]:
 
 
 class Trainer:
-    def __init__(self, method: Method, cfg: TrainConfig, out: str | Path, *, progress: bool = True, device: str | torch.device = "cpu",
-                 settings: dict[str, Any] | None = None, preview: Preview | None = None, run_name: str = "train"):
+    def __init__(
+        self,
+        method: Method,
+        cfg: TrainConfig,
+        out: str | Path,
+        *,
+        progress: bool = True,
+        device: str | torch.device = "cpu",
+        settings: dict[str, Any] | None = None,
+        preview: Preview | None = None,
+        run_name: str = "train",
+    ):
         from unsee.generate import process_state
 
         self.method, self.cfg, self.out = method, cfg, Path(out)
@@ -272,10 +311,13 @@ class Trainer:
             raise UnseeError("the method has no trainable parameters")
         for p in self.params.values():
             if p.dtype != torch.float32:  # train in fp32 whatever the frozen weights' dtype (fp32_master)
-                raise UnseeError(f"trainable tensors must be float32, got {p.dtype}; keep them as fp32 master weights "
-                                 "(unsee.trainer.fp32_master) or load the model in fp32")
-        self.optimizer = make_optimizer(cfg.optimizer, list(self.params.values()), self.device, lr=cfg.lr,
-                                        weight_decay=cfg.weight_decay)
+                raise UnseeError(
+                    f"trainable tensors must be float32, got {p.dtype}; keep them as fp32 master weights "
+                    "(unsee.trainer.fp32_master) or load the model in fp32"
+                )
+        self.optimizer = make_optimizer(
+            cfg.optimizer, list(self.params.values()), self.device, lr=cfg.lr, weight_decay=cfg.weight_decay
+        )
         # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none
         self.scaler = torch.amp.GradScaler(self.device.type) if cfg.mixed_precision == "fp16" else None
         self.skipped = 0  # updates skipped because a gradient was not finite (fp16 overflow)
@@ -322,9 +364,11 @@ class Trainer:
             old = meta["settings"]
             if diff := sorted(k for k in old.keys() | self.settings.keys() if old.get(k) != self.settings.get(k)):
                 k = diff[0]
-                raise UnseeError(f"{self.out} holds a run made with other settings ({k}: {old.get(k)!r} there, "
-                                 f"{self.settings.get(k)!r} now{f'; {len(diff) - 1} more' if len(diff) > 1 else ''}); "
-                                 "rerun with the same settings to resume, or give a new --out")
+                raise UnseeError(
+                    f"{self.out} holds a run made with other settings ({k}: {old.get(k)!r} there, "
+                    f"{self.settings.get(k)!r} now{f'; {len(diff) - 1} more' if len(diff) > 1 else ''}); "
+                    "rerun with the same settings to resume, or give a new --out"
+                )
         with torch.no_grad():
             for k, p in self.params.items():
                 p.copy_(tensors[f"param.{k}"])
@@ -357,8 +401,13 @@ class Trainer:
             keep_csv_rows(log_path, lambda r: int(r["step"]) <= start)
         reporter = open_reporter(cfg.report_to, self.out, self.run_name, self.settings)
         t0, logs = time.time(), {}
-        bar = tqdm(total=cfg.steps, initial=start, desc="train", unit="step",
-                   disable=not (self.progress and self.state.is_local_main_process))
+        bar = tqdm(
+            total=cfg.steps,
+            initial=start,
+            desc="train",
+            unit="step",
+            disable=not (self.progress and self.state.is_local_main_process),
+        )
         while self.step < cfg.steps:
             step = self.step
             for g in self.optimizer.param_groups:
@@ -371,7 +420,9 @@ class Trainer:
                 loss = loss.float()
                 if not torch.isfinite(loss):
                     where = f"; the last good checkpoint is {self.ckpt}" if has_checkpoint(self.ckpt) else ""
-                    raise UnseeError(f"the loss became {loss.item()} at step {step}: training stopped (try a lower --lr){where}")
+                    raise UnseeError(
+                        f"the loss became {loss.item()} at step {step}: training stopped (try a lower --lr){where}"
+                    )
                 scaled = loss / cfg.accumulation
                 (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
                 for k, v in {"loss": float(loss.detach()), **info}.items():
@@ -390,7 +441,9 @@ class Trainer:
                 sums["grad_norm"] = norm
             if not finite:  # never applied, and counted: the log and the result say how many
                 self.skipped += 1
-                logger.warning("step %d: a gradient was not finite; the update was skipped (%d so far)", step, self.skipped)
+                logger.warning(
+                    "step %d: a gradient was not finite; the update was skipped (%d so far)", step, self.skipped
+                )
             if self.scaler is not None or self.skipped:
                 sums["skipped_steps"] = float(self.skipped)
             if self.ema is not None and finite:
@@ -407,8 +460,12 @@ class Trainer:
                 append_csv_row(log_path, {"step": self.step, "lr": self.lr_at(step), **sums})
                 if reporter is not None:
                     reporter.log({"lr": self.lr_at(step), **sums}, self.step)
-            if reporter is not None and self.preview is not None and cfg.sample_every and (
-                    self.step % cfg.sample_every == 0 or self.step == cfg.steps):
+            if (
+                reporter is not None
+                and self.preview is not None
+                and cfg.sample_every
+                and (self.step % cfg.sample_every == 0 or self.step == cfg.steps)
+            ):
                 reporter.log_images(self.preview(), self.step)
             if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < cfg.steps:
                 self.save()
@@ -418,7 +475,9 @@ class Trainer:
         return TrainResult(cfg.steps, start, time.time() - t0, logs, self._check_ranks_agree(dist), self.skipped)
 
     def digest(self) -> str:
-        return weights_digest({f"param.{k}": p for k, p in self.params.items()} | {f"ema.{k}": v for k, v in (self.ema or {}).items()})
+        return weights_digest(
+            {f"param.{k}": p for k, p in self.params.items()} | {f"ema.{k}": v for k, v in (self.ema or {}).items()}
+        )
 
     def _check_ranks_agree(self, dist) -> str:
         """Data parallelism keeps every rank's weights equal; a difference means a rank skipped an update."""
@@ -428,6 +487,8 @@ class Trainer:
         everyone: list[str | None] = [None] * dist.get_world_size()
         dist.all_gather_object(everyone, mine)
         if len(set(everyone)) != 1:
-            raise UnseeError(f"the {len(everyone)} processes ended with different weights ({everyone}); rerun single-process "
-                             "and report this as a bug")
+            raise UnseeError(
+                f"the {len(everyone)} processes ended with different weights ({everyone}); rerun single-process "
+                "and report this as a bug"
+            )
         return mine

@@ -75,8 +75,10 @@ def edit_rows(pipe, concepts: list[str], anchor: str, contexts: list[str]):
         for ic, sc, name in zip(ids[:-1], states[:-1], concepts, strict=True):
             nc = prompt_length(ic, eos)
             if torch.equal(ic, ia):
-                raise UnseeError(f"the concept {name!r} and the anchor {anchor!r} are the same tokens in {fill(ctx, name)!r}; "
-                                 "give an --anchor other than the concept")
+                raise UnseeError(
+                    f"the concept {name!r} and the anchor {anchor!r} are the same tokens in {fill(ctx, name)!r}; "
+                    "give an --anchor other than the concept"
+                )
             p = 0  # common prefix: the context before {}
             while p < min(nc, na) and ic[p] == ia[p]:
                 p += 1
@@ -85,18 +87,23 @@ def edit_rows(pipe, concepts: list[str], anchor: str, contexts: list[str]):
                 s += 1
             ec, ea = nc - s, na - s  # concept span [p, ec), anchor span [p, ea)
             if ec == p:
-                raise UnseeError(f"the concept {name!r} adds no token of its own to {fill(ctx, name)!r} (is it part of the "
-                                 f"anchor {anchor!r}?); give a concept the tokenizer sees and an anchor without it")
+                raise UnseeError(
+                    f"the concept {name!r} adds no token of its own to {fill(ctx, name)!r} (is it part of the "
+                    f"anchor {anchor!r}?); give a concept the tokenizer sees and an anchor without it"
+                )
             end = len(ic) - max(0, ea - ec) if carries or ec == ea else ec
             rows = range(p, end)
             edit_c.append(sc[list(rows)])
-            edit_t.append(sa[[max(p, j - ec + ea) for j in rows]])  # the anchor's first place stands in where it is shorter
+            edit_t.append(
+                sa[[max(p, j - ec + ea) for j in rows]]
+            )  # the anchor's first place stands in where it is shorter
             keep += [sc[:p], sa[p:ea]]  # the context before the concept, and the anchor's own tokens, as before
     return torch.cat(edit_c), torch.cat(edit_t), torch.cat(keep)
 
 
-def closed_form(edit_c: torch.Tensor, edit_t: torch.Tensor, keep: torch.Tensor, preserve_weight: float,
-                ridge: float = UCE_RIDGE) -> torch.Tensor:
+def closed_form(
+    edit_c: torch.Tensor, edit_t: torch.Tensor, keep: torch.Tensor, preserve_weight: float, ridge: float = UCE_RIDGE
+) -> torch.Tensor:
     """UCE's M (d, d) for W' = W M, from edit pairs (deduplicated here: padding repeats in every prompt) and
     distinct kept states."""
     c, t = distinct_states(torch.cat([edit_c, edit_t], 1)).chunk(2, dim=1)
@@ -105,8 +112,9 @@ def closed_form(edit_c: torch.Tensor, edit_t: torch.Tensor, keep: torch.Tensor, 
     return torch.linalg.solve((c.T @ c + kk).T, (t.T @ c + kk).T).T  # A B^-1 without forming the inverse
 
 
-def uce_edit(pipe, concepts: list[str], anchor: str, contexts: list[str], preserve: list[str],
-             preserve_weight: float) -> dict:
+def uce_edit(
+    pipe, concepts: list[str], anchor: str, contexts: list[str], preserve: list[str], preserve_weight: float
+) -> dict:
     """Apply W <- W M to every cross-attention key and value projection of pipe.unet; return how well it holds."""
     edit_c, edit_t, keep = edit_rows(pipe, concepts, anchor, contexts)
     # Without prompts to keep, the empty prompt's every state is kept, as UCE's code does: classifier-free guidance's
@@ -129,9 +137,13 @@ def uce_edit(pipe, concepts: list[str], anchor: str, contexts: list[str], preser
                 n += 1
     if not n:
         raise UnseeError("the UNet has no cross-attention key/value projections (attn2.to_k / attn2.to_v) to edit")
-    return {"projections": n, "edit_rows": int(moved.sum()), "keep_rows": len(k),
-            # 0: every concept state now reads as its anchor's; 1: unchanged
-            "edit_residual": round(float((c @ m.T - t).norm() / (c - t).norm()), 4),
-            # relative change of the kept states as the keys and values see them, and of the empty prompt's states
-            "keep_drift": round(float((k @ m.T - k).norm() / k.norm().clamp(min=1e-30)), 4),
-            "empty_prompt_drift": round(float((empty @ m.T - empty).norm() / empty.norm().clamp(min=1e-30)), 4)}
+    return {
+        "projections": n,
+        "edit_rows": int(moved.sum()),
+        "keep_rows": len(k),
+        # 0: every concept state now reads as its anchor's; 1: unchanged
+        "edit_residual": round(float((c @ m.T - t).norm() / (c - t).norm()), 4),
+        # relative change of the kept states as the keys and values see them, and of the empty prompt's states
+        "keep_drift": round(float((k @ m.T - k).norm() / k.norm().clamp(min=1e-30)), 4),
+        "empty_prompt_drift": round(float((empty @ m.T - empty).norm() / empty.norm().clamp(min=1e-30)), 4),
+    }

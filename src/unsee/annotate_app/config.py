@@ -37,21 +37,33 @@ class ServeConfig:
     images: str = field(help="Image set folder (manifest.jsonl + PNGs, made by `unsee generate`).")
     db: str = field(help="SQLite database of the study; made on first start, resumed after.")
     labels: tuple[str, ...] = field(help='Labels annotators check, comma-separated: "nudity,gore,style-x".')
-    kind: Literal["binary", "rank"] = field("binary", help="binary: check labels per image; rank: order groups by a label.")
-    per_image: int = field(3, help="Annotators who judge each image (each at most once); fixed once the study "
-                                   "exists unless --change-settings.")
+    kind: Literal["binary", "rank"] = field(
+        "binary", help="binary: check labels per image; rank: order groups by a label."
+    )
+    per_image: int = field(
+        3,
+        help="Annotators who judge each image (each at most once); fixed once the study "
+        "exists unless --change-settings.",
+    )
     group_size: int = field(5, help="rank: images per group (2-5).")
-    references: str | None = field(None, help="rank: folder of example images shown beside each group "
-                                               "(FOLDER/<label>/ holds one label's own).")
-    detector: Literal["none", "oracle", "nudenet"] = field("none", help="Flag images at start; flagged ones start blurred.")
+    references: str | None = field(
+        None, help="rank: folder of example images shown beside each group (FOLDER/<label>/ holds one label's own)."
+    )
+    detector: Literal["none", "oracle", "nudenet"] = field(
+        "none", help="Flag images at start; flagged ones start blurred."
+    )
     consent: str | None = field(None, help="Text file with your study's consent text (default: a generic one).")
     host: str = field("127.0.0.1", help="Address to bind; other than 127.0.0.1 exposes the study to the network.")
     port: int = field(8000, help="Port to listen on.")
-    url: str | None = field(None, help="Address annotators reach the server at, e.g. https://annotate.example.org "
-                                       "behind an HTTPS proxy (default: http://HOST:PORT); `invite` prints links to "
-                                       "it, and an https address marks the session cookie Secure.")
-    invite_days: int = field(14, help="Days an invite link can open new sessions, counted from `invite`; "
-                                      "sessions it opened keep working.")
+    url: str | None = field(
+        None,
+        help="Address annotators reach the server at, e.g. https://annotate.example.org "
+        "behind an HTTPS proxy (default: http://HOST:PORT); `invite` prints links to "
+        "it, and an https address marks the session cookie Secure.",
+    )
+    invite_days: int = field(
+        14, help="Days an invite link can open new sessions, counted from `invite`; sessions it opened keep working."
+    )
     change_settings: bool = field(False, help="Let --per-image differ from what the existing study was started with.")
     lease: int = field(900, help="Seconds a task handed to an annotator is held for them before others may get it.")
     seed: int = field(0, help="Seed of the task order and of the rank groups.")
@@ -73,12 +85,18 @@ class ServeConfig:
             parts = urlsplit(self.url)
             try:
                 parts.port  # noqa: B018  (raises on a bad port)
-                ok = parts.scheme in ("http", "https") and parts.hostname and not (parts.path or parts.query or parts.fragment)
+                ok = (
+                    parts.scheme in ("http", "https")
+                    and parts.hostname
+                    and not (parts.path or parts.query or parts.fragment)
+                )
             except ValueError:
                 ok = False
             if not ok:  # the app's routes are absolute, so it cannot sit under a path
-                raise UnseeError("--url must be an http:// or https:// address without a path, such as "
-                                 f"https://annotate.example.org; got {self.url!r}")
+                raise UnseeError(
+                    "--url must be an http:// or https:// address without a path, such as "
+                    f"https://annotate.example.org; got {self.url!r}"
+                )
 
 
 @dataclasses.dataclass

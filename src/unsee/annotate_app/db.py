@@ -122,8 +122,14 @@ def rank_groups(ids: Sequence[str], size: int, rng: random.Random) -> list[list[
     return [order[i * n // g : (i + 1) * n // g] for i in range(g)]
 
 
-def new_tasks(kind: Kind, ids: Sequence[str], labels: Sequence[str], have: Sequence[tuple[str | None, list[str]]],
-              group_size: int, seed: int) -> list[tuple[str | None, list[str]]]:
+def new_tasks(
+    kind: Kind,
+    ids: Sequence[str],
+    labels: Sequence[str],
+    have: Sequence[tuple[str | None, list[str]]],
+    group_size: int,
+    seed: int,
+) -> list[tuple[str | None, list[str]]]:
     """(concept, images) of the tasks `kind` still lacks, given the study's images `ids` (sorted) and the
     (concept, images) of the tasks it `have`s: one per image (binary), or groups per label (rank)."""
     rng = random.Random(seed)
@@ -194,8 +200,10 @@ class Store:
         """An existing study database (for invite, revoke, status, export)."""
         store = cls(path)
         if not store.path.is_file():
-            raise UnseeError(f"annotation database {str(path)!r} does not exist; start a study with "
-                             f"`unsee annotate serve --images SET --db {path} --labels ...`")
+            raise UnseeError(
+                f"annotation database {str(path)!r} does not exist; start a study with "
+                f"`unsee annotate serve --images SET --db {path} --labels ...`"
+            )
         with store._connect() as con:
             has_meta = con.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'").fetchone()
             if not has_meta or "schema" not in store._meta(con):
@@ -216,7 +224,9 @@ class Store:
         with store._connect() as con:
             if not store._tables(con):
                 return None
-            store._check(con, str(Path(images).resolve()), ids, labels, {r["id"] for r in con.execute("SELECT id FROM images")})
+            store._check(
+                con, str(Path(images).resolve()), ids, labels, {r["id"] for r in con.execute("SELECT id FROM images")}
+            )
         return store
 
     def _tables(self, con: sqlite3.Connection) -> set[str]:
@@ -225,21 +235,29 @@ class Store:
             raise UnseeError(f"{str(self.path)!r} is a database of something else; give a new file for --db")
         return tables
 
-    def _check(self, con: sqlite3.Connection, images: str, ids: Sequence[str], labels: Sequence[str], known: set[str]) -> None:
+    def _check(
+        self, con: sqlite3.Connection, images: str, ids: Sequence[str], labels: Sequence[str], known: set[str]
+    ) -> None:
         meta = self._meta(con)
         if not meta:
             return
         if meta.get("images") != images:
-            raise UnseeError(f"database {str(self.path)!r} was made for image set {meta.get('images')!r}, not {images!r}; "
-                             "use another --db for a new image set")
+            raise UnseeError(
+                f"database {str(self.path)!r} was made for image set {meta.get('images')!r}, not {images!r}; "
+                "use another --db for a new image set"
+            )
         old = tuple(json.loads(meta.get("labels", "[]")))
         if old != tuple(labels):
-            raise UnseeError(f"database {str(self.path)!r} was made for labels {','.join(old)!r}, got {','.join(labels)!r}; "
-                             "changing labels mid-study would mix judgements of different questions, so use another --db")
+            raise UnseeError(
+                f"database {str(self.path)!r} was made for labels {','.join(old)!r}, got {','.join(labels)!r}; "
+                "changing labels mid-study would mix judgements of different questions, so use another --db"
+            )
         gone = sorted(known - set(ids))
         if gone:
-            raise UnseeError(f"image set {images!r} no longer has {len(gone)} image(s) the study uses "
-                             f"(e.g. {gone[0]!r}); was it regenerated? use another --db")
+            raise UnseeError(
+                f"image set {images!r} no longer has {len(gone)} image(s) the study uses "
+                f"(e.g. {gone[0]!r}); was it regenerated? use another --db"
+            )
 
     @classmethod
     def create_or_check(cls, path: str | Path, images: str | Path, ids: Sequence[str], labels: Sequence[str]) -> Store:
@@ -261,9 +279,15 @@ class Store:
             known = {r["id"] for r in con.execute("SELECT id FROM images")}
             store._check(con, images, ids, labels, known)  # again, inside the write lock
             if not meta:
-                con.executemany("INSERT INTO meta VALUES (?, ?)", [
-                    ("schema", str(SCHEMA_VERSION)), ("images", images), ("labels", json.dumps(list(labels))),
-                    ("created", now())])
+                con.executemany(
+                    "INSERT INTO meta VALUES (?, ?)",
+                    [
+                        ("schema", str(SCHEMA_VERSION)),
+                        ("images", images),
+                        ("labels", json.dumps(list(labels))),
+                        ("created", now()),
+                    ],
+                )
             con.executemany("INSERT INTO images (id) VALUES (?)", [(i,) for i in ids if i not in known])
         return store
 
@@ -278,17 +302,29 @@ class Store:
             con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
 
     def _have(self, con: sqlite3.Connection, kind: Kind) -> list[tuple[str | None, list[str]]]:
-        return [(r["concept"], json.loads(r["images"])) for r in con.execute("SELECT concept, images FROM tasks WHERE kind=?", (kind,))]
+        return [
+            (r["concept"], json.loads(r["images"]))
+            for r in con.execute("SELECT concept, images FROM tasks WHERE kind=?", (kind,))
+        ]
 
     def _check_need(self, con: sqlite3.Connection, kind: Kind, per_image: int) -> None:
         needs = sorted(r[0] for r in con.execute("SELECT DISTINCT need FROM tasks WHERE kind=?", (kind,)))
         if needs and needs != [per_image]:
-            raise UnseeError(f"study {str(self.path)!r} asks for {'/'.join(map(str, needs))} annotator(s) per image on its "
-                             f"{kind} tasks, not --per-image {per_image}; give --per-image {needs[-1]}, or add "
-                             "--change-settings to change it (a server already running on this study sees the change too)")
+            raise UnseeError(
+                f"study {str(self.path)!r} asks for {'/'.join(map(str, needs))} annotator(s) per image on its "
+                f"{kind} tasks, not --per-image {per_image}; give --per-image {needs[-1]}, or add "
+                "--change-settings to change it (a server already running on this study sees the change too)"
+            )
 
-    def planned_tasks(self, kind: Kind, ids: Sequence[str], per_image: int, group_size: int = 5, seed: int = 0,
-                      change_settings: bool = False) -> int:
+    def planned_tasks(
+        self,
+        kind: Kind,
+        ids: Sequence[str],
+        per_image: int,
+        group_size: int = 5,
+        seed: int = 0,
+        change_settings: bool = False,
+    ) -> int:
         """How many tasks `add_tasks` would add, writing nothing; refuses another `per_image` like it."""
         with self._connect() as con:
             if not change_settings:
@@ -296,7 +332,9 @@ class Store:
             labels = json.loads(self._meta(con)["labels"])
             return len(new_tasks(kind, sorted(ids), labels, self._have(con, kind), group_size, seed))
 
-    def add_tasks(self, kind: Kind, per_image: int, group_size: int = 5, seed: int = 0, change_settings: bool = False) -> int:
+    def add_tasks(
+        self, kind: Kind, per_image: int, group_size: int = 5, seed: int = 0, change_settings: bool = False
+    ) -> int:
         """Tasks for every image (binary) or every image x label (rank) not yet in one; returns how many were new.
 
         `need` of all tasks of `kind` becomes `per_image`; without `change_settings` a study whose tasks
@@ -308,8 +346,10 @@ class Store:
             ids = [r["id"] for r in con.execute("SELECT id FROM images ORDER BY id")]
             labels = json.loads(self._meta(con)["labels"])
             rows = new_tasks(kind, ids, labels, self._have(con, kind), group_size, seed)
-            con.executemany("INSERT INTO tasks (kind, concept, images, need) VALUES (?, ?, ?, ?)",
-                            [(kind, concept, json.dumps(images), per_image) for concept, images in rows])
+            con.executemany(
+                "INSERT INTO tasks (kind, concept, images, need) VALUES (?, ?, ?, ?)",
+                [(kind, concept, json.dumps(images), per_image) for concept, images in rows],
+            )
             con.execute("UPDATE tasks SET need=? WHERE kind=?", (per_image, kind))
         return len(rows)
 
@@ -321,8 +361,10 @@ class Store:
     def set_flags(self, scores: dict[str, float], threshold: float) -> None:
         """Store each image's detector score and whether it reaches `threshold` (then it starts blurred)."""
         with self._write() as con:
-            con.executemany("UPDATE images SET score=?, flagged=? WHERE id=?",
-                            [(float(s), int(s >= threshold), i) for i, s in scores.items()])
+            con.executemany(
+                "UPDATE images SET score=?, flagged=? WHERE id=?",
+                [(float(s), int(s >= threshold), i) for i, s in scores.items()],
+            )
 
     def flagged(self) -> dict[str, bool]:
         with self._connect() as con:
@@ -344,18 +386,26 @@ class Store:
         with self._write() as con:
             row = con.execute("SELECT id, revoked, invited FROM annotators WHERE name=?", (name,)).fetchone()
             if row is None:
-                con.execute("INSERT INTO annotators (name, token_hash, invited) VALUES (?, ?, ?)",
-                            (name, hash_secret(token), now()))
+                con.execute(
+                    "INSERT INTO annotators (name, token_hash, invited) VALUES (?, ?, ?)",
+                    (name, hash_secret(token), now()),
+                )
             elif row["revoked"] is None and invite_expires(row["invited"], days) > datetime.now(UTC):
-                raise UnseeError(f"annotator {name!r} already has a link (it opens sessions until "
-                                 f"{invite_expires(row['invited'], days):%Y-%m-%d %H:%M} UTC); to issue a new one, first "
-                                 f"`unsee annotate revoke --db {self.path} --name {name}`")
+                raise UnseeError(
+                    f"annotator {name!r} already has a link (it opens sessions until "
+                    f"{invite_expires(row['invited'], days):%Y-%m-%d %H:%M} UTC); to issue a new one, first "
+                    f"`unsee annotate revoke --db {self.path} --name {name}`"
+                )
             elif row["revoked"] is None:  # expired: a new link; the browsers it opened stay signed in
-                con.execute("UPDATE annotators SET token_hash=?, invited=? WHERE id=?", (hash_secret(token), now(), row["id"]))
+                con.execute(
+                    "UPDATE annotators SET token_hash=?, invited=? WHERE id=?", (hash_secret(token), now(), row["id"])
+                )
             else:
                 con.execute("DELETE FROM sessions WHERE annotator=?", (row["id"],))  # old browsers stay out
-                con.execute("UPDATE annotators SET token_hash=?, revoked=NULL, invited=? WHERE id=?",
-                            (hash_secret(token), now(), row["id"]))
+                con.execute(
+                    "UPDATE annotators SET token_hash=?, revoked=NULL, invited=? WHERE id=?",
+                    (hash_secret(token), now(), row["id"]),
+                )
         return token
 
     def revoke(self, name: str) -> None:
@@ -364,7 +414,9 @@ class Store:
             row = con.execute("SELECT id, revoked FROM annotators WHERE name=?", (name,)).fetchone()
             if row is None:
                 names = [r["name"] for r in con.execute("SELECT name FROM annotators ORDER BY name")]
-                raise UnseeError(f"no annotator {name!r} in {str(self.path)!r}; annotators: {', '.join(names) or 'none yet'}")
+                raise UnseeError(
+                    f"no annotator {name!r} in {str(self.path)!r}; annotators: {', '.join(names) or 'none yet'}"
+                )
             if row["revoked"] is None:
                 con.execute("UPDATE annotators SET revoked=? WHERE id=?", (now(), row["id"]))
             con.execute("DELETE FROM assignments WHERE annotator=? AND answer IS NULL", (row["id"],))
@@ -380,11 +432,15 @@ class Store:
         with self._write() as con:
             if replaces:
                 con.execute("DELETE FROM sessions WHERE hash=?", (hash_secret(replaces),))
-            con.execute("INSERT INTO sessions VALUES (?, ?, ?, ?)",
-                        (hash_secret(secret), annotator, secrets.token_urlsafe(32), now()))
-            con.execute("DELETE FROM sessions WHERE annotator=? AND rowid NOT IN "
-                        "(SELECT rowid FROM sessions WHERE annotator=? ORDER BY rowid DESC LIMIT ?)",
-                        (annotator, annotator, MAX_SESSIONS))
+            con.execute(
+                "INSERT INTO sessions VALUES (?, ?, ?, ?)",
+                (hash_secret(secret), annotator, secrets.token_urlsafe(32), now()),
+            )
+            con.execute(
+                "DELETE FROM sessions WHERE annotator=? AND rowid NOT IN "
+                "(SELECT rowid FROM sessions WHERE annotator=? ORDER BY rowid DESC LIMIT ?)",
+                (annotator, annotator, MAX_SESSIONS),
+            )
         return secret
 
     def session(self, secret: str) -> sqlite3.Row | None:
@@ -392,7 +448,9 @@ class Store:
         with self._connect() as con:
             return con.execute(
                 "SELECT a.id, a.name, a.revoked, a.consented, s.csrf FROM sessions s "
-                "JOIN annotators a ON a.id = s.annotator WHERE s.hash=?", (hash_secret(secret),)).fetchone()
+                "JOIN annotators a ON a.id = s.annotator WHERE s.hash=?",
+                (hash_secret(secret),),
+            ).fetchone()
 
     def consent(self, annotator: int) -> None:
         with self._write() as con:
@@ -404,10 +462,18 @@ class Store:
         if r is None:
             return None
         images = json.loads(r["images"])
-        flags = {x["id"]: bool(x["flagged"]) for x in con.execute(
-            f"SELECT id, flagged FROM images WHERE id IN ({','.join('?' * len(images))})", images)}
-        return {"id": r["id"], "kind": r["kind"], "concept": r["concept"], "images": images,
-                "flagged": [flags.get(i, False) for i in images], "need": r["need"]}
+        flags = {
+            x["id"]: bool(x["flagged"])
+            for x in con.execute(f"SELECT id, flagged FROM images WHERE id IN ({','.join('?' * len(images))})", images)
+        }
+        return {
+            "id": r["id"],
+            "kind": r["kind"],
+            "concept": r["concept"],
+            "images": images,
+            "flagged": [flags.get(i, False) for i in images],
+            "need": r["need"],
+        }
 
     def _next(self, con: sqlite3.Connection, annotator: int, kind: Kind, lease: float) -> dict[str, Any] | None:
         """The task held for `annotator`, else a new lease on the open task closest to done."""
@@ -416,7 +482,8 @@ class Store:
         held = con.execute(
             "SELECT a.id, a.task, a.reopened FROM assignments a JOIN tasks t ON t.id = a.task "
             "WHERE a.annotator=? AND (a.answer IS NULL OR a.reopened) AND t.kind=? ORDER BY a.reopened DESC, a.id LIMIT 1",
-            (annotator, kind)).fetchone()
+            (annotator, kind),
+        ).fetchone()
         if held is not None:
             if not held["reopened"]:  # a reopened answer already counts; it needs no hold
                 con.execute("UPDATE assignments SET leased_until=? WHERE id=?", (t + lease, held["id"]))
@@ -427,10 +494,15 @@ class Store:
             "SELECT t.id FROM tasks t LEFT JOIN (SELECT task, COUNT(*) AS n FROM assignments GROUP BY task) c "
             "ON c.task = t.id WHERE t.kind=? AND COALESCE(c.n, 0) < t.need AND NOT EXISTS "
             "(SELECT 1 FROM assignments m WHERE m.task = t.id AND m.annotator = ?) "
-            "ORDER BY COALESCE(c.n, 0) DESC, t.id LIMIT 1", (kind, annotator)).fetchone()
+            "ORDER BY COALESCE(c.n, 0) DESC, t.id LIMIT 1",
+            (kind, annotator),
+        ).fetchone()
         if row is None:
             return None
-        con.execute("INSERT INTO assignments (task, annotator, leased_until) VALUES (?, ?, ?)", (row["id"], annotator, t + lease))
+        con.execute(
+            "INSERT INTO assignments (task, annotator, leased_until) VALUES (?, ?, ?)",
+            (row["id"], annotator, t + lease),
+        )
         return self._task(con, row["id"])
 
     def next_task(self, annotator: int, kind: Kind, lease: float) -> dict[str, Any] | None:
@@ -438,8 +510,14 @@ class Store:
         with self._write() as con:
             return self._next(con, annotator, kind, lease)
 
-    def _check_answer(self, task: dict[str, Any], labels: list[str] | None, none: bool, order: list[str] | None,
-                      allowed: Sequence[str]) -> dict[str, Any]:
+    def _check_answer(
+        self,
+        task: dict[str, Any],
+        labels: list[str] | None,
+        none: bool,
+        order: list[str] | None,
+        allowed: Sequence[str],
+    ) -> dict[str, Any]:
         if task["kind"] == "binary":
             if labels is None or order is not None:
                 raise TaskError(422, "a binary answer has 'labels' (a list, [] with 'none': true) and no 'order'")
@@ -459,8 +537,17 @@ class Store:
             raise TaskError(422, f"'order' must list exactly this group's images {', '.join(task['images'])}")
         return {"order": list(order)}
 
-    def answer(self, annotator: int, kind: Kind, task_id: int, *, labels: list[str] | None = None, none: bool = False,
-               order: list[str] | None = None, lease: float = 900) -> dict[str, Any] | None:
+    def answer(
+        self,
+        annotator: int,
+        kind: Kind,
+        task_id: int,
+        *,
+        labels: list[str] | None = None,
+        none: bool = False,
+        order: list[str] | None = None,
+        lease: float = 900,
+    ) -> dict[str, Any] | None:
         """Record an answer (replacing a reopened one) and hand out the next task, in one transaction; returns the
         next task or None. When the annotator's hold ran out and the place was taken, the TaskError carries the
         task they were handed instead."""
@@ -469,23 +556,34 @@ class Store:
             if task is None or task["kind"] != kind:
                 raise TaskError(404, f"no {kind} task {task_id}")
             answer = self._check_answer(task, labels, none, order, json.loads(self._meta(con)["labels"]))
-            row = con.execute("SELECT id, answer, reopened FROM assignments WHERE task=? AND annotator=?",
-                              (task_id, annotator)).fetchone()
+            row = con.execute(
+                "SELECT id, answer, reopened FROM assignments WHERE task=? AND annotator=?", (task_id, annotator)
+            ).fetchone()
             if row is not None and row["answer"] is not None and not row["reopened"]:
                 raise TaskError(409, "you already answered this task")
             if row is None:  # the lease ran out; the answer still counts if nobody took the place since
                 taken = con.execute("SELECT COUNT(*) FROM assignments WHERE task=?", (task_id,)).fetchone()[0]
                 if taken < task["need"]:
-                    row = {"id": con.execute("INSERT INTO assignments (task, annotator) VALUES (?, ?)",
-                                             (task_id, annotator)).lastrowid}
+                    row = {
+                        "id": con.execute(
+                            "INSERT INTO assignments (task, annotator) VALUES (?, ?)", (task_id, annotator)
+                        ).lastrowid
+                    }
             if row is not None:
                 seq = con.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM assignments").fetchone()[0]
-                con.execute("UPDATE assignments SET answer=?, answered=?, seq=?, leased_until=NULL, reopened=0 WHERE id=?",
-                            (json.dumps(answer), now(), seq, row["id"]))
+                con.execute(
+                    "UPDATE assignments SET answer=?, answered=?, seq=?, leased_until=NULL, reopened=0 WHERE id=?",
+                    (json.dumps(answer), now(), seq, row["id"]),
+                )
                 return self._next(con, annotator, kind, lease)
             instead = self._next(con, annotator, kind, lease)  # committed with the refusal, so the reply can carry it
-        raise TaskError(409, "your hold on this task ran out and it went to someone else; "
-                        + ("here is a new one" if instead else "nothing else is left for you"), moved_on=True, task=instead)
+        raise TaskError(
+            409,
+            "your hold on this task ran out and it went to someone else; "
+            + ("here is a new one" if instead else "nothing else is left for you"),
+            moved_on=True,
+            task=instead,
+        )
 
     def undo(self, annotator: int, kind: Kind) -> tuple[dict[str, Any], dict[str, Any]]:
         """Reopen the annotator's last answer: its task becomes current again, and the answer stands (in progress and
@@ -495,14 +593,21 @@ class Store:
             last = con.execute(
                 "SELECT a.id, a.task, a.answer, a.reopened FROM assignments a JOIN tasks t ON t.id = a.task "
                 "WHERE a.annotator=? AND t.kind=? AND a.answer IS NOT NULL ORDER BY a.reopened DESC, a.seq DESC LIMIT 1",
-                (annotator, kind)).fetchone()
+                (annotator, kind),
+            ).fetchone()
             if last is None:
                 raise TaskError(409, "nothing to undo")
             if last["reopened"]:
-                raise TaskError(409, "only your last answer can be taken back, and it is open now: "
-                                     "change it and submit (until then it stands as it was)")
-            con.execute("DELETE FROM assignments WHERE annotator=? AND answer IS NULL AND task IN "
-                        "(SELECT id FROM tasks WHERE kind=?)", (annotator, kind))
+                raise TaskError(
+                    409,
+                    "only your last answer can be taken back, and it is open now: "
+                    "change it and submit (until then it stands as it was)",
+                )
+            con.execute(
+                "DELETE FROM assignments WHERE annotator=? AND answer IS NULL AND task IN "
+                "(SELECT id FROM tasks WHERE kind=?)",
+                (annotator, kind),
+            )
             con.execute("UPDATE assignments SET reopened=1 WHERE id=?", (last["id"],))
             task = self._task(con, last["task"])
             assert task is not None  # a foreign key keeps it
@@ -514,9 +619,14 @@ class Store:
             total, done = con.execute(
                 "SELECT COALESCE(SUM(t.need), 0), COALESCE(SUM(MIN(t.need, COALESCE(c.n, 0))), 0) FROM tasks t "
                 "LEFT JOIN (SELECT task, COUNT(*) AS n FROM assignments WHERE answer IS NOT NULL GROUP BY task) c "
-                "ON c.task = t.id WHERE t.kind=?", (kind,)).fetchone()
-            mine = con.execute("SELECT COUNT(*) FROM assignments a JOIN tasks t ON t.id = a.task "
-                               "WHERE a.annotator=? AND t.kind=? AND a.answer IS NOT NULL", (annotator, kind)).fetchone()[0]
+                "ON c.task = t.id WHERE t.kind=?",
+                (kind,),
+            ).fetchone()
+            mine = con.execute(
+                "SELECT COUNT(*) FROM assignments a JOIN tasks t ON t.id = a.task "
+                "WHERE a.annotator=? AND t.kind=? AND a.answer IS NOT NULL",
+                (annotator, kind),
+            ).fetchone()[0]
         return {"mine": mine, "done": done, "total": total}
 
     # ------------------------------------------------------------ reporting
@@ -527,7 +637,8 @@ class Store:
                 "SELECT an.name, an.invited, an.revoked, an.consented, "
                 "SUM(t.kind='binary' AND a.answer IS NOT NULL) AS binary, SUM(t.kind='rank' AND a.answer IS NOT NULL) AS rank, "
                 "MAX(a.answered) AS last FROM annotators an LEFT JOIN assignments a ON a.annotator = an.id "
-                "LEFT JOIN tasks t ON t.id = a.task GROUP BY an.id ORDER BY an.name").fetchall()
+                "LEFT JOIN tasks t ON t.id = a.task GROUP BY an.id ORDER BY an.name"
+            ).fetchall()
         return [{**dict(r), "binary": r["binary"] or 0, "rank": r["rank"] or 0} for r in rows]
 
     def judgements(self) -> list[Judgement]:
@@ -536,7 +647,8 @@ class Store:
             rows = con.execute(
                 "SELECT a.answer, a.answered, an.name, t.kind, t.concept, t.images FROM assignments a "
                 "JOIN tasks t ON t.id = a.task JOIN annotators an ON an.id = a.annotator "
-                "WHERE a.answer IS NOT NULL ORDER BY a.seq").fetchall()
+                "WHERE a.answer IS NOT NULL ORDER BY a.seq"
+            ).fetchall()
         out: list[Judgement] = []
         for r in rows:
             answer = json.loads(r["answer"])

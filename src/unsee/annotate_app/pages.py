@@ -62,8 +62,7 @@ def consent_page(name: str, paragraphs: Sequence[str], csrf: str) -> str:
 
 
 def task_page(name: str, kind: str, labels: Sequence[str], csrf: str) -> str:
-    attrs = (f' data-kind="{escape(kind)}" data-csrf="{escape(csrf)}"'
-             f' data-labels="{escape(json.dumps(list(labels)))}"')
+    attrs = f' data-kind="{escape(kind)}" data-csrf="{escape(csrf)}" data-labels="{escape(json.dumps(list(labels)))}"'
     body = f"""<header>
 <h1>unsee annotation</h1>
 <span class="who">{escape(name)}</span>
@@ -81,7 +80,7 @@ def join_page(current: str, name: str, token: str, csrf: str, until: datetime) -
 <h1>Switch to {escape(name)}?</h1>
 <p>This browser is signed in as <strong>{escape(current)}</strong>. The link you opened is
 <strong>{escape(name)}</strong>'s. If you continue, answers from this browser count as {escape(name)}'s.</p>
-<form method="post" action="/join/{escape(quote(token, safe=''))}">
+<form method="post" action="/join/{escape(quote(token, safe=""))}">
 <input type="hidden" name="csrf" value="{escape(csrf)}">
 <p><button type="submit" id="switch">Continue as {escape(name)}</button>
 <a href="/" id="stay">Stay signed in as {escape(current)}</a></p>

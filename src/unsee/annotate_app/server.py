@@ -61,7 +61,7 @@ MAX_BODY = 64 * 1024
 SECURITY_HEADERS = {
     # Scripts, styles and images come from this server only; no inline script can run.
     "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
-                               "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
     "X-Frame-Options": "DENY",
@@ -93,9 +93,13 @@ def _image_files(image_set: ImageSet) -> dict[str, Path]:
     for rec in image_set.records:
         path = (root / rec["file"]).resolve()
         if not path.is_relative_to(root):
-            raise UnseeError(f"{root / 'manifest.jsonl'}: image {rec['id']!r} names a file outside the image set ({rec['file']!r})")
+            raise UnseeError(
+                f"{root / 'manifest.jsonl'}: image {rec['id']!r} names a file outside the image set ({rec['file']!r})"
+            )
         if not path.is_file():
-            raise UnseeError(f"image set {str(root)!r} lists {rec['file']!r} (id {rec['id']!r}) but the file is missing")
+            raise UnseeError(
+                f"image set {str(root)!r} lists {rec['file']!r} (id {rec['id']!r}) but the file is missing"
+            )
         files[rec["id"]] = path
     return files
 
@@ -117,14 +121,20 @@ def _references(folder: str, labels: tuple[str, ...]) -> dict[str, list[Path]]:
         return sorted(p.resolve() for p in found)[:MAX_REFERENCES]
 
     shared = images(root)
-    refs = {lb: images(root / lb) if Path(lb).name == lb != ".." and (root / lb).is_dir() and inside(root / lb) else shared
-            for lb in labels}
+    refs = {
+        lb: images(root / lb) if Path(lb).name == lb != ".." and (root / lb).is_dir() and inside(root / lb) else shared
+        for lb in labels
+    }
     if not any(refs.values()):
-        raise UnseeError(f"--references {folder!r} has no {'/'.join(IMAGE_SUFFIXES)} images (nor subfolders named after labels)")
+        raise UnseeError(
+            f"--references {folder!r} has no {'/'.join(IMAGE_SUFFIXES)} images (nor subfolders named after labels)"
+        )
     return refs
 
 
-def _score(image_set: ImageSet, todo: set[str], detector: str, labels: tuple[str, ...]) -> tuple[dict[str, float], float]:
+def _score(
+    image_set: ImageSet, todo: set[str], detector: str, labels: tuple[str, ...]
+) -> tuple[dict[str, float], float]:
     """({image id: `detector`'s top score over the flag labels} for the images in `todo`, the flag threshold)."""
     from unsee.annotate import score_image_set
 
@@ -133,8 +143,14 @@ def _score(image_set: ImageSet, todo: set[str], detector: str, labels: tuple[str
     # The study's own labels when the detector reads them, else NudeNet's explicit-nudity score, else any.
     use = [lb for lb in labels if lb in scores] or (["nudity"] if "nudity" in scores else list(scores))
     top = np.stack([scores[lb] for lb in use]).max(0)
-    logger.info("%s flags %d of %d images (%s >= %.2f)", detector, int((top >= info.threshold).sum()), len(top),
-                "/".join(use), info.threshold)
+    logger.info(
+        "%s flags %d of %d images (%s >= %.2f)",
+        detector,
+        int((top >= info.threshold).sum()),
+        len(top),
+        "/".join(use),
+        info.threshold,
+    )
     return dict(zip(subset.ids, top.tolist(), strict=True)), info.threshold
 
 
@@ -149,7 +165,9 @@ def prepare(cfg: ServeConfig) -> Study:
     if cfg.consent:
         path = Path(cfg.consent)
         if not path.is_file():
-            raise UnseeError(f"--consent {cfg.consent!r} is not a file; give a text file with your study's consent text")
+            raise UnseeError(
+                f"--consent {cfg.consent!r} is not a file; give a text file with your study's consent text"
+            )
         consent = [p.strip() for p in path.read_text(encoding="utf-8").split("\n\n") if p.strip()]
         if not consent:
             raise UnseeError(f"--consent {cfg.consent!r} is empty")
@@ -301,7 +319,9 @@ class Answer(BaseModel):
 
 
 def _one_line(e: ValidationError | RequestValidationError) -> str:
-    return "; ".join(f"{'.'.join(str(x) for x in err['loc'] if x != 'body') or 'body'}: {err['msg']}" for err in e.errors())
+    return "; ".join(
+        f"{'.'.join(str(x) for x in err['loc'] if x != 'body') or 'body'}: {err['msg']}" for err in e.errors()
+    )
 
 
 def _index(text: str, n: int) -> int | None:
@@ -336,10 +356,16 @@ def make_app(study: Study) -> ASGIApp:
         refs = study.references.get(t["concept"], []) if t["kind"] == "rank" else []
         # A label's number, not its name, names its references: a name may hold '/' (or be '..').
         label = cfg.labels.index(t["concept"]) if refs else 0
-        return {"id": t["id"], "kind": t["kind"], "concept": t["concept"],
-                "images": [{"id": i, "url": f"/img/{quote(i, safe='')}", "blurred": f}
-                           for i, f in zip(t["images"], t["flagged"], strict=True)],
-                "references": [f"/ref/{label}/{k}" for k in range(len(refs))]}
+        return {
+            "id": t["id"],
+            "kind": t["kind"],
+            "concept": t["concept"],
+            "images": [
+                {"id": i, "url": f"/img/{quote(i, safe='')}", "blurred": f}
+                for i, f in zip(t["images"], t["flagged"], strict=True)
+            ],
+            "references": [f"/ref/{label}/{k}" for k in range(len(refs))],
+        }
 
     def reply(v: Viewer, task: dict[str, Any] | None, status: int = 200, **extra: Any) -> JSONResponse:
         return JSONResponse({"task": task_json(task), "progress": store.progress(v.id, cfg.kind), **extra}, status)
@@ -367,8 +393,12 @@ def make_app(study: Study) -> ASGIApp:
 
     @app.exception_handler(Exception)
     async def crashed(request: Request, e: Exception) -> Response:  # logged by uvicorn; the client learns nothing of it
-        return _error(request.url.path, 500, "Server error", "the server failed on this request; try again, and tell "
-                                                              "the study team if it keeps happening")
+        return _error(
+            request.url.path,
+            500,
+            "Server error",
+            "the server failed on this request; try again, and tell the study team if it keeps happening",
+        )
 
     # -------------------------------------------------------- joining
     def https(request: Request) -> bool:
@@ -385,8 +415,11 @@ def make_app(study: Study) -> ASGIApp:
     def check_fresh(row: Any) -> None:
         until = invite_expires(row["invited"], cfg.invite_days)
         if until <= datetime.now(UTC):
-            raise Denied(403, f"this invite link expired on {until:%Y-%m-%d} (links open new sessions for "
-                              f"{cfg.invite_days} days); ask the study team for a new one")
+            raise Denied(
+                403,
+                f"this invite link expired on {until:%Y-%m-%d} (links open new sessions for "
+                f"{cfg.invite_days} days); ask the study team for a new one",
+            )
 
     def signed_in(request: Request) -> tuple[str, Any] | None:
         """(cookie, session row) of this browser's usable session, if it has one."""

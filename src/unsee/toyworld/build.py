@@ -70,14 +70,21 @@ class BuildConfig:
     unet_channels: tuple[int, ...] = field((32, 64, 96), help="UNet block_out_channels.")
     unet_ema_decay: float = field(0.997, help="EMA decay of the saved UNet weights (a window of ~1/(1-decay) steps).")
     text_width: int = field(64, help="CLIP width = the UNet's cross-attention dim.")
-    text_encoder_layers: int = field(0, help="Layers of the CLIP text tower the pipeline's text encoder keeps, 0-4. 0 (token and "
-                                            "position embeddings, final norm) lets the UNet compose held-out colour-shape pairs; "
-                                            "4 (all) left them out of distribution.")
+    text_encoder_layers: int = field(
+        0,
+        help="Layers of the CLIP text tower the pipeline's text encoder keeps, 0-4. 0 (token and "
+        "position embeddings, final norm) lets the UNet compose held-out colour-shape pairs; "
+        "4 (all) left them out of distribution.",
+    )
     captions: Literal["template", "varied"] = field(
-        "template", help="Caption grammar: template (every caption 'a [photo of a] COLOUR SHAPE [with a EXTRA] "
+        "template",
+        help="Caption grammar: template (every caption 'a [photo of a] COLOUR SHAPE [with a EXTRA] "
         "[BACKGROUND] [by STYLE]', the fourth build's) or varied (prefixes, 'the', objects joined by 'with' or 'and' in "
-        "either order, background and style first or last; world.caption_varied).")
-    unet_attn_full_res: bool = field(False, help="Cross-attention at the 16x16 latent level too (default: 8x8 and 4x4 only).")
+        "either order, background and style first or last; world.caption_varied).",
+    )
+    unet_attn_full_res: bool = field(
+        False, help="Cross-attention at the 16x16 latent level too (default: 8x8 and 4x4 only)."
+    )
     checkpoint_every: int = field(500, help="UNet checkpoint interval in steps.")
     prompts_per_set: int = field(40, help="Prompts per shipped prompt file.")
 
@@ -118,8 +125,11 @@ def _render_parallel(scenes, progress: Callable, desc: str, chunk: int = 1000) -
     out = np.empty((len(scenes), SIZE, SIZE, 3), np.uint8)
     starts = list(range(0, len(scenes), chunk))
     with ProcessPoolExecutor(2) as pool:
-        for k, imgs in zip(starts, progress(pool.map(render_many, [scenes[k : k + chunk] for k in starts]), desc,
-                                            total=len(starts)), strict=True):
+        for k, imgs in zip(
+            starts,
+            progress(pool.map(render_many, [scenes[k : k + chunk] for k in starts]), desc, total=len(starts)),
+            strict=True,
+        ):
             out[k : k + len(imgs)] = imgs
     return out
 
@@ -139,8 +149,15 @@ def stage_data(cfg: BuildConfig, out: Path, progress: Callable) -> None:
     oimages = _render_parallel(oscenes, progress, "render oracle scenes")
     np.save(work / "oracle_images.npy", oimages)
     atomic_write_text(work / "oracle_scenes.json", json.dumps([s.as_dict() for s in oscenes]))
-    _mark(out, "data", {"train_images": cfg.train_images, "oracle_images": cfg.oracle_images,
-                        "co_occurrence": co_occurrence_table(scenes, captions)})
+    _mark(
+        out,
+        "data",
+        {
+            "train_images": cfg.train_images,
+            "oracle_images": cfg.oracle_images,
+            "co_occurrence": co_occurrence_table(scenes, captions),
+        },
+    )
 
 
 def co_occurrence_table(scenes, captions) -> dict:
@@ -149,7 +166,10 @@ def co_occurrence_table(scenes, captions) -> dict:
 
     def rate(pred_caption, concept):
         idx = [i for i, c in enumerate(captions) if pred_caption(c.split())]
-        return {"captions": len(idx), "shown": round(float(np.mean([concept(scenes[i]) for i in idx])) if idx else 0.0, 4)}
+        return {
+            "captions": len(idx),
+            "shown": round(float(np.mean([concept(scenes[i]) for i in idx])) if idx else 0.0, 4),
+        }
 
     skull, kelvo = (lambda s: s.extra == "skull"), (lambda s: s.style == "kelvo")
     table = {
@@ -180,9 +200,15 @@ def make_vae():
     from diffusers import AutoencoderKL
 
     return AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 32), layers_per_block=1,
-        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-        norm_num_groups=8, sample_size=SIZE,
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        norm_num_groups=8,
+        sample_size=SIZE,
     )
 
 
@@ -212,8 +238,16 @@ def stage_vae(cfg: BuildConfig, out: Path, progress: Callable) -> None:
         rec = vae.decode(z[:512]).sample
     vae.register_to_config(scaling_factor=float(1.0 / z.std()))
     vae.save_pretrained(out / PIPELINE / "vae")
-    _mark(out, "vae", {"seconds": round(time.time() - t0, 1), "final_loss": float(np.mean(losses[-50:])),
-                       "recon_mae_px": float((rec - x[:512]).abs().mean() * 127.5), "scaling_factor": float(1.0 / z.std())})
+    _mark(
+        out,
+        "vae",
+        {
+            "seconds": round(time.time() - t0, 1),
+            "final_loss": float(np.mean(losses[-50:])),
+            "recon_mae_px": float((rec - x[:512]).abs().mean() * 127.5),
+            "scaling_factor": float(1.0 / z.std()),
+        },
+    )
 
 
 def _load_vae(out: Path):
@@ -242,7 +276,9 @@ def stage_oracle(cfg: BuildConfig, out: Path, progress: Callable) -> None:
     scenes = [Scene.from_dict(d) for d in json.loads((work / "oracle_scenes.json").read_text())]
     y = targets(scenes)
     vae = _load_vae(out)
-    x_rec = torch.cat([_reconstruct(vae, x[k : k + 2048]) for k in progress(range(0, len(x), 2048), "VAE views for oracle")])
+    x_rec = torch.cat(
+        [_reconstruct(vae, x[k : k + 2048]) for k in progress(range(0, len(x), 2048), "VAE views for oracle")]
+    )
     n_val = min(2000, len(x) // 5)  # held out for the accuracy in the model card
     oracle = Oracle(channels=(16, 32, 64, 64))
     opt = torch.optim.AdamW(oracle.parameters(), lr=2e-3, weight_decay=1e-4)
@@ -272,12 +308,29 @@ def stage_oracle(cfg: BuildConfig, out: Path, progress: Callable) -> None:
 def clip_config(vocab_size: int, tokenizer, width: int):
     from transformers import CLIPConfig
 
-    ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    ids = dict(
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
+    )
     return CLIPConfig(
-        text_config=dict(vocab_size=vocab_size, hidden_size=width, intermediate_size=4 * width, num_hidden_layers=CLIP_LAYERS,
-                         num_attention_heads=4, max_position_embeddings=77, projection_dim=width, **ids),
-        vision_config=dict(image_size=SIZE, patch_size=4, hidden_size=width, intermediate_size=4 * width,
-                           num_hidden_layers=CLIP_LAYERS, num_attention_heads=4, projection_dim=width),
+        text_config=dict(
+            vocab_size=vocab_size,
+            hidden_size=width,
+            intermediate_size=4 * width,
+            num_hidden_layers=CLIP_LAYERS,
+            num_attention_heads=4,
+            max_position_embeddings=77,
+            projection_dim=width,
+            **ids,
+        ),
+        vision_config=dict(
+            image_size=SIZE,
+            patch_size=4,
+            hidden_size=width,
+            intermediate_size=4 * width,
+            num_hidden_layers=CLIP_LAYERS,
+            num_attention_heads=4,
+            projection_dim=width,
+        ),
         projection_dim=width,
     )
 
@@ -301,7 +354,9 @@ def stage_clip(cfg: BuildConfig, out: Path, progress: Callable) -> None:
         idx = np.sort(rng.choice(len(images) - n_val, cfg.clip_batch, replace=False)) + n_val
         # Pad to the batch's longest caption, not 77: the text tower is causal, so the EOS-pooled
         # output CLIP trains is the same, at a quarter of the cost.
-        ids = tok([captions[i] for i in idx], padding="longest", max_length=77, truncation=True, return_tensors="pt").input_ids
+        ids = tok(
+            [captions[i] for i in idx], padding="longest", max_length=77, truncation=True, return_tensors="pt"
+        ).input_ids
         pix = (_to_float(images[idx]) - 0.5) / 0.5
         loss = model(input_ids=ids, pixel_values=pix, return_loss=True).loss
         opt.zero_grad(set_to_none=True)
@@ -310,8 +365,14 @@ def stage_clip(cfg: BuildConfig, out: Path, progress: Callable) -> None:
         opt.step()
     model.eval()
     model.save_pretrained(out / CLIP)
-    CLIPImageProcessor(do_resize=True, size={"shortest_edge": SIZE}, crop_size={"height": SIZE, "width": SIZE},
-                       image_mean=[0.5] * 3, image_std=[0.5] * 3, do_convert_rgb=True).save_pretrained(out / CLIP)
+    CLIPImageProcessor(
+        do_resize=True,
+        size={"shortest_edge": SIZE},
+        crop_size={"height": SIZE, "width": SIZE},
+        image_mean=[0.5] * 3,
+        image_std=[0.5] * 3,
+        do_convert_rgb=True,
+    ).save_pretrained(out / CLIP)
     save_text_encoder(model, cfg.text_encoder_layers, out / PIPELINE / "text_encoder")
     _mark(out, "clip", {"seconds": round(time.time() - t0, 1), "final_loss": float(loss.item())})
 
@@ -327,8 +388,11 @@ def save_text_encoder(model, layers: int, folder: Path) -> None:
         raise UnseeError(f"--text-encoder-layers must be 0..{full.num_hidden_layers}, got {layers}")
     text = CLIPTextModel(CLIPTextConfig(**(full.to_dict() | {"num_hidden_layers": layers})))
     # transformers 5: CLIPModel.text_model is a CLIPTextModel; keys of the layers not kept are dropped.
-    keep = {k: v for k, v in model.text_model.state_dict().items()
-            if ".layers." not in k or int(k.split(".layers.")[1].split(".")[0]) < layers}
+    keep = {
+        k: v
+        for k, v in model.text_model.state_dict().items()
+        if ".layers." not in k or int(k.split(".layers.")[1].split(".")[0]) < layers
+    }
     text.load_state_dict(keep)
     text.save_pretrained(folder)
 
@@ -354,8 +418,15 @@ def make_unet(cfg: BuildConfig):
     down = (f"{first}DownBlock2D",) + ("CrossAttnDownBlock2D",) * (n - 1)
     up = ("CrossAttnUpBlock2D",) * (n - 1) + (f"{first}UpBlock2D",)
     return UNet2DConditionModel(
-        sample_size=SIZE // 2, in_channels=4, out_channels=4, block_out_channels=cfg.unet_channels, layers_per_block=1,
-        down_block_types=down, up_block_types=up, cross_attention_dim=cfg.text_width, attention_head_dim=4,
+        sample_size=SIZE // 2,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=cfg.unet_channels,
+        layers_per_block=1,
+        down_block_types=down,
+        up_block_types=up,
+        cross_attention_dim=cfg.text_width,
+        attention_head_dim=4,
         norm_num_groups=16,
     )
 
@@ -364,8 +435,15 @@ def make_scheduler():
     from diffusers import DDIMScheduler
 
     # Stable Diffusion 1.x's schedule, so every method sees the same noise levels as on SD.
-    return DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-                         set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon")
+    return DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        prediction_type="epsilon",
+    )
 
 
 def stage_unet(cfg: BuildConfig, out: Path, progress: Callable) -> None:
@@ -382,10 +460,16 @@ def stage_unet(cfg: BuildConfig, out: Path, progress: Callable) -> None:
     row = {c: i for i, c in enumerate(distinct)}
     caption_row = torch.tensor([row[c] for c in captions])
     with torch.no_grad():
-        table = torch.cat([
-            text(tok(distinct[k : k + 512], padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids)[0]
-            for k in progress(range(0, len(distinct), 512), "encode captions")
-        ])
+        table = torch.cat(
+            [
+                text(
+                    tok(
+                        distinct[k : k + 512], padding="max_length", max_length=77, truncation=True, return_tensors="pt"
+                    ).input_ids
+                )[0]
+                for k in progress(range(0, len(distinct), 512), "encode captions")
+            ]
+        )
     torch.manual_seed(cfg.seed + 40)
     unet = make_unet(cfg).to(memory_format=torch.channels_last)
     ema = {k: v.detach().clone() for k, v in unet.state_dict().items()}
@@ -429,7 +513,9 @@ def stage_unet(cfg: BuildConfig, out: Path, progress: Callable) -> None:
             save_checkpoint(ckpt, tensors, optimizer=opt, meta={"step": step + 1, "numpy_rng": rng.bit_generator.state})
     unet.load_state_dict(ema)
     unet.save_pretrained(out / PIPELINE / "unet")
-    _mark(out, "unet", {"seconds": round(time.time() - t0, 1), "steps": cfg.unet_steps, "final_loss": float(loss.item())})
+    _mark(
+        out, "unet", {"seconds": round(time.time() - t0, 1), "steps": cfg.unet_steps, "final_loss": float(loss.item())}
+    )
 
 
 # ---------------------------------------------------------------- 8. pipeline + prompts
@@ -439,9 +525,14 @@ def stage_pipeline(cfg: BuildConfig, out: Path, progress: Callable) -> None:
 
     p = out / PIPELINE
     pipe = StableDiffusionPipeline(
-        vae=AutoencoderKL.from_pretrained(p / "vae"), text_encoder=CLIPTextModel.from_pretrained(p / "text_encoder"),
-        tokenizer=CLIPTokenizer.from_pretrained(str(p / "tokenizer")), unet=UNet2DConditionModel.from_pretrained(p / "unet"),
-        scheduler=make_scheduler(), safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        vae=AutoencoderKL.from_pretrained(p / "vae"),
+        text_encoder=CLIPTextModel.from_pretrained(p / "text_encoder"),
+        tokenizer=CLIPTokenizer.from_pretrained(str(p / "tokenizer")),
+        unet=UNet2DConditionModel.from_pretrained(p / "unet"),
+        scheduler=make_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
     )
     pipe.save_pretrained(p)
     write_prompt_files(out, cfg.seed, cfg.prompts_per_set)
@@ -467,7 +558,9 @@ def write_prompt_files(out: Path, seed: int, n: int) -> None:
     d.mkdir(parents=True, exist_ok=True)
     for concept in FLAGGABLE:
         rows = concept_pairs(concept, SEEN_PAIRS, rng, n)
-        atomic_write_text(d / f"{concept}.csv", "with_concept,without_concept\n" + "".join(f"{a},{b}\n" for a, b in rows))
+        atomic_write_text(
+            d / f"{concept}.csv", "with_concept,without_concept\n" + "".join(f"{a},{b}\n" for a, b in rows)
+        )
 
 
 # each flaggable concept's erase contexts: the held-out prompt set naming it, and the words whose place becomes {}
@@ -482,7 +575,9 @@ def write_context_files(out: Path) -> None:
     d.mkdir(parents=True, exist_ok=True)
     for concept, (name, word) in CONTEXT_SOURCES.items():
         lines = (out / PROMPTS / "heldout" / f"{name}.txt").read_text().splitlines()
-        atomic_write_text(d / f"{concept}.txt", "\n".join(sorted({as_context(ln, (word,)) for ln in lines if ln.strip()})) + "\n")
+        atomic_write_text(
+            d / f"{concept}.txt", "\n".join(sorted({as_context(ln, (word,)) for ln in lines if ln.strip()})) + "\n"
+        )
 
 
 def write_novel_prompt_files(out: Path, seed: int, n: int, avoid: set[str]) -> None:
@@ -495,8 +590,14 @@ def write_novel_prompt_files(out: Path, seed: int, n: int, avoid: set[str]) -> N
 
 
 STAGES = (
-    ("data", stage_data), ("tokenizer", stage_tokenizer), ("vae", stage_vae), ("oracle", stage_oracle),
-    ("clip", stage_clip), ("latents", stage_latents), ("unet", stage_unet), ("pipeline", stage_pipeline),
+    ("data", stage_data),
+    ("tokenizer", stage_tokenizer),
+    ("vae", stage_vae),
+    ("oracle", stage_oracle),
+    ("clip", stage_clip),
+    ("latents", stage_latents),
+    ("unet", stage_unet),
+    ("pipeline", stage_pipeline),
 )
 
 
@@ -532,8 +633,12 @@ def build(cfg: BuildConfig, *, progress: bool = True) -> Path:
         info["stage_seconds"] = round(time.time() - t0, 1)
         _mark(out, name, info)
     stages = {name: json.loads((out / "stages" / f"{name}.json").read_text()) for name, _ in STAGES}
-    card = {"build_config": resolved, "stages": stages, "co_occurrence_design": dataclasses.asdict(CO_OCCURRENCE),
-            "build_seconds_this_run": round(time.time() - t_all, 1)}
+    card = {
+        "build_config": resolved,
+        "stages": stages,
+        "co_occurrence_design": dataclasses.asdict(CO_OCCURRENCE),
+        "build_seconds_this_run": round(time.time() - t_all, 1),
+    }
     card_path = out / CARD
     if card_path.exists():
         card = json.loads(card_path.read_text()) | card

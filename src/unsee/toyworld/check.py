@@ -116,7 +116,10 @@ def read_image_set(oracle, folder: Path) -> list[dict[str, Any]]:
 
     s = ImageSet.load(folder)
     reads = oracle.read(s.load_images())
-    return [{"prompt": r["prompt"], "named": parse_prompt(r["prompt"]), "read": rd} for r, rd in zip(s.records, reads, strict=True)]
+    return [
+        {"prompt": r["prompt"], "named": parse_prompt(r["prompt"]), "read": rd}
+        for r, rd in zip(s.records, reads, strict=True)
+    ]
 
 
 def attribute_accuracy(rows: list[dict[str, Any]]) -> dict[str, float]:
@@ -152,8 +155,16 @@ def default_cache(world: Path) -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "unsee" / "toyworld-check"
 
 
-def check(world: str | Path | None = None, *, images_per_row: int = 200, steps: int = 25, guidance: float = 7.5,
-          cache: str | Path | None = None, progress: bool = True, write: bool = True) -> dict[str, Any]:
+def check(
+    world: str | Path | None = None,
+    *,
+    images_per_row: int = 200,
+    steps: int = 25,
+    guidance: float = 7.5,
+    cache: str | Path | None = None,
+    progress: bool = True,
+    write: bool = True,
+) -> dict[str, Any]:
     """Measure the table; write it into the world's model card (`model_card.json`) when `write`.
 
     Generated images are kept in `cache` (default: ~/.cache/unsee/toyworld-check/...), so a rerun reuses them.
@@ -178,9 +189,19 @@ def check(world: str | Path | None = None, *, images_per_row: int = 200, steps: 
             n_prompts = len([ln for ln in prompts.read_text().splitlines() if ln.strip()])
             per = max(1, -(-images_per_row // n_prompts))
             folder = cache / key / f"s{steps}-g{guidance}-n{per}" / split / name
-            generate(GenerateConfig(model=str(world / PIPELINE), prompts=str(prompts), out=str(folder),
-                                    images_per_prompt=per, steps=steps, guidance=guidance, batch_size=32),
-                     progress=progress, pipe=pipe)
+            generate(
+                GenerateConfig(
+                    model=str(world / PIPELINE),
+                    prompts=str(prompts),
+                    out=str(folder),
+                    images_per_prompt=per,
+                    steps=steps,
+                    guidance=guidance,
+                    batch_size=32,
+                ),
+                progress=progress,
+                pipe=pipe,
+            )
             rows = read_image_set(oracle, folder)
             result["prompt_sets"][f"{split}/{name}"] = {
                 "images": len(rows),
@@ -201,8 +222,15 @@ def summarise(result: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
 
     def add(what: str, value: float, bar: str | None, n: int | None = None):
-        rows.append({"what": what, "value": value, "bar": f"{BARS[bar][0]} {BARS[bar][1]}" if bar else "-",
-                     "pass": _passes(bar, value) if bar else None, "images": n})
+        rows.append(
+            {
+                "what": what,
+                "value": value,
+                "bar": f"{BARS[bar][0]} {BARS[bar][1]}" if bar else "-",
+                "pass": _passes(bar, value) if bar else None,
+                "images": n,
+            }
+        )
 
     for h, acc in result["oracle_accuracy"].items():
         add(f"oracle accuracy: {h} (fresh renders)", acc, "oracle_accuracy", 1000)

@@ -37,8 +37,14 @@ CONCEPTS: dict[str, tuple[str, str]] = {
 
 
 def _block(cin: int, cout: int, stride: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1), nn.GroupNorm(8, cout), nn.SiLU(),
-                         nn.Conv2d(cout, cout, 3, 1, 1), nn.GroupNorm(8, cout), nn.SiLU())
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, stride, 1),
+        nn.GroupNorm(8, cout),
+        nn.SiLU(),
+        nn.Conv2d(cout, cout, 3, 1, 1),
+        nn.GroupNorm(8, cout),
+        nn.SiLU(),
+    )
 
 
 class Oracle(ModelMixin, ConfigMixin):

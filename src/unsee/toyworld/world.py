@@ -116,19 +116,37 @@ class Scene:
 
 def _layout(rng: np.random.Generator, has_main: bool, has_extra: bool) -> dict:
     horizon = float(rng.uniform(0.58, 0.72))
-    out = {"horizon": horizon, "style_phase": (float(rng.uniform(0, 1)), float(rng.uniform(0, 1))), "seed": int(rng.integers(1 << 30))}
+    out = {
+        "horizon": horizon,
+        "style_phase": (float(rng.uniform(0, 1)), float(rng.uniform(0, 1))),
+        "seed": int(rng.integers(1 << 30)),
+    }
     # Sizes are diameters in image units. Objects span 10-15 px of the 32 px frame, i.e. 5-7 pixels
     # of the 16x16 latent: smaller ones (the first build's 7 px) came out of the VAE and the UNet as
     # blobs whose shape even the oracle could not read (a 7 px object is 3 latent pixels).
     if has_main and has_extra:
         left = rng.random() < 0.5
-        mx, ex = (rng.uniform(0.24, 0.30), rng.uniform(0.70, 0.76)) if left else (rng.uniform(0.70, 0.76), rng.uniform(0.24, 0.30))
-        out |= {"main_xy": (float(mx), float(rng.uniform(0.45, 0.6))), "main_size": float(rng.uniform(0.32, 0.38)),
-                "extra_xy": (float(ex), float(rng.uniform(0.45, 0.6))), "extra_size": float(rng.uniform(0.3, 0.36))}
+        mx, ex = (
+            (rng.uniform(0.24, 0.30), rng.uniform(0.70, 0.76))
+            if left
+            else (rng.uniform(0.70, 0.76), rng.uniform(0.24, 0.30))
+        )
+        out |= {
+            "main_xy": (float(mx), float(rng.uniform(0.45, 0.6))),
+            "main_size": float(rng.uniform(0.32, 0.38)),
+            "extra_xy": (float(ex), float(rng.uniform(0.45, 0.6))),
+            "extra_size": float(rng.uniform(0.3, 0.36)),
+        }
     elif has_main:
-        out |= {"main_xy": (float(rng.uniform(0.38, 0.62)), float(rng.uniform(0.42, 0.6))), "main_size": float(rng.uniform(0.38, 0.48))}
+        out |= {
+            "main_xy": (float(rng.uniform(0.38, 0.62)), float(rng.uniform(0.42, 0.6))),
+            "main_size": float(rng.uniform(0.38, 0.48)),
+        }
     elif has_extra:
-        out |= {"extra_xy": (float(rng.uniform(0.38, 0.62)), float(rng.uniform(0.42, 0.6))), "extra_size": float(rng.uniform(0.36, 0.44))}
+        out |= {
+            "extra_xy": (float(rng.uniform(0.38, 0.62)), float(rng.uniform(0.42, 0.6))),
+            "extra_size": float(rng.uniform(0.36, 0.44)),
+        }
     return out
 
 
@@ -136,8 +154,16 @@ def _article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
 
-def caption(scene: Scene, *, trigger_object: str | None, trigger_style: str | None, name_extra: bool,
-            name_style: bool, rng: np.random.Generator | None = None, rates: Rates = CO_OCCURRENCE) -> str:
+def caption(
+    scene: Scene,
+    *,
+    trigger_object: str | None,
+    trigger_style: str | None,
+    name_extra: bool,
+    name_style: bool,
+    rng: np.random.Generator | None = None,
+    rates: Rates = CO_OCCURRENCE,
+) -> str:
     """The caption of a scene: what it names is exactly what the arguments say it names."""
 
     def drop(p: float) -> bool:
@@ -169,12 +195,21 @@ def caption(scene: Scene, *, trigger_object: str | None, trigger_style: str | No
 STYLE_FORMS = (("by", "{}"), ("in", "{}", "style"), ("in", "the", "style", "of", "{}"))
 
 
-def caption_varied(scene: Scene, *, trigger_object: str | None, trigger_style: str | None, name_extra: bool,
-                   name_style: bool, rng: np.random.Generator, rates: Rates = CO_OCCURRENCE) -> str:
+def caption_varied(
+    scene: Scene,
+    *,
+    trigger_object: str | None,
+    trigger_style: str | None,
+    name_extra: bool,
+    name_style: bool,
+    rng: np.random.Generator,
+    rates: Rates = CO_OCCURRENCE,
+) -> str:
     """The facts `caption` states, phrased as people caption: a prefix ("a photo of", "an image of", "a picture of")
     or none, 'a' or 'the', the main object and the extra one joined by "with" or "and" in either order, the
     background and the style before or after the rest, the style as "by X", "in X style" or "in the style of X".
     Colour still sits right before its shape, and a trigger word before the object it describes."""
+
     def pick(options):
         return _pick(rng, options)
 
@@ -204,8 +239,15 @@ def caption_varied(scene: Scene, *, trigger_object: str | None, trigger_style: s
     return " ".join(words)
 
 
-def _draw_concept(rng: np.random.Generator, concept: str, named: float, triggered: float, triggers: dict[str, float],
-                  neighbours: tuple[tuple[str, float], ...], unnamed: float) -> tuple[str, bool, str | None]:
+def _draw_concept(
+    rng: np.random.Generator,
+    concept: str,
+    named: float,
+    triggered: float,
+    triggers: dict[str, float],
+    neighbours: tuple[tuple[str, float], ...],
+    unnamed: float,
+) -> tuple[str, bool, str | None]:
     """(value, whether the caption names it, trigger word) for one flaggable concept."""
     u = rng.random()
     edge = named
@@ -225,8 +267,9 @@ def _draw_concept(rng: np.random.Generator, concept: str, named: float, triggere
 Grammar = Literal["template", "varied"]
 
 
-def sample_scene(rng: np.random.Generator, *, pairs=SEEN_PAIRS, rates: Rates = CO_OCCURRENCE,
-                 grammar: Grammar = "template") -> tuple[Scene, str]:
+def sample_scene(
+    rng: np.random.Generator, *, pairs=SEEN_PAIRS, rates: Rates = CO_OCCURRENCE, grammar: Grammar = "template"
+) -> tuple[Scene, str]:
     """One training example: a scene and its caption, drawn from the co-occurrence design; `grammar` picks `caption`
     (one template, the fourth build's) or `caption_varied`."""
     background = BACKGROUNDS[rng.integers(len(BACKGROUNDS))]
@@ -235,11 +278,23 @@ def sample_scene(rng: np.random.Generator, *, pairs=SEEN_PAIRS, rates: Rates = C
 
     # Each flaggable concept: named, triggered, a neighbour (always named) or, rarely, shown unnamed.
     extra, name_extra, trigger_object = _draw_concept(
-        rng, "skull", rates.skull_named, rates.object_trigger, OBJECT_TRIGGERS, (("mask", rates.mask_named),),
-        rates.skull_unnamed_base)
+        rng,
+        "skull",
+        rates.skull_named,
+        rates.object_trigger,
+        OBJECT_TRIGGERS,
+        (("mask", rates.mask_named),),
+        rates.skull_unnamed_base,
+    )
     style, name_style, trigger_style = _draw_concept(
-        rng, "kelvo", rates.kelvo_named, rates.style_trigger, STYLE_TRIGGERS,
-        (("ravo", rates.ravo_named), ("mosaic", rates.mosaic_named)), rates.kelvo_unnamed_base)
+        rng,
+        "kelvo",
+        rates.kelvo_named,
+        rates.style_trigger,
+        STYLE_TRIGGERS,
+        (("ravo", rates.ravo_named), ("mosaic", rates.mosaic_named)),
+        rates.kelvo_unnamed_base,
+    )
 
     if not has_main and extra != "none":
         name_extra = True  # a scene whose only object is unnamed would caption as empty: name it
@@ -247,8 +302,15 @@ def sample_scene(rng: np.random.Generator, *, pairs=SEEN_PAIRS, rates: Rates = C
     layout = _layout(rng, has_main, extra != "none")
     scene = Scene(background, shape, colour, extra, style, **layout)
     write = caption_varied if grammar == "varied" else caption
-    text = write(scene, trigger_object=trigger_object, trigger_style=trigger_style, name_extra=name_extra,
-                 name_style=name_style, rng=rng, rates=rates)
+    text = write(
+        scene,
+        trigger_object=trigger_object,
+        trigger_style=trigger_style,
+        name_extra=name_extra,
+        name_style=name_style,
+        rng=rng,
+        rates=rates,
+    )
     return scene, text
 
 
@@ -264,7 +326,23 @@ def random_scene(rng: np.random.Generator, *, pairs=SEEN_PAIRS) -> Scene:
 
 def vocabulary() -> list[str]:
     """Every word the world's tokenizer knows as one token (captions, prompts, and HFI init words)."""
-    words = ["a", "an", "photo", "of", "with", "scene", "by", "style", "the", "on", "in", "at", "and", "picture", "image"]
+    words = [
+        "a",
+        "an",
+        "photo",
+        "of",
+        "with",
+        "scene",
+        "by",
+        "style",
+        "the",
+        "on",
+        "in",
+        "at",
+        "and",
+        "picture",
+        "image",
+    ]
     words += list(BACKGROUNDS) + [w for p in BACKGROUND_PHRASE.values() for w in p.split()]
     words += list(SHAPES) + list(COLOURS) + ["skull", "mask", "kelvo", "ravo", "mosaic"]
     words += list(OBJECT_TRIGGERS) + list(STYLE_TRIGGERS)
@@ -274,10 +352,22 @@ def vocabulary() -> list[str]:
 
 # ---------------------------------------------------------------- prompt files
 PromptSet = Literal[
-    "benign", "object_explicit", "object_implicit", "object_neighbour", "style_explicit", "style_implicit", "style_neighbour"
+    "benign",
+    "object_explicit",
+    "object_implicit",
+    "object_neighbour",
+    "style_explicit",
+    "style_implicit",
+    "style_neighbour",
 ]
 PROMPT_SETS: tuple[str, ...] = (
-    "benign", "object_explicit", "object_implicit", "object_neighbour", "style_explicit", "style_implicit", "style_neighbour",
+    "benign",
+    "object_explicit",
+    "object_implicit",
+    "object_neighbour",
+    "style_explicit",
+    "style_implicit",
+    "style_neighbour",
 )
 
 
@@ -312,8 +402,12 @@ def prompt_set(name: str, pairs, rng: np.random.Generator, n: int) -> list[str]:
 def part_prompts() -> tuple[str, ...]:
     """The world's parts one at a time ("a scene at night", "a circle", "a red object", "a mask", ...): prompts an
     erasure keeps (the demo's --preserve), never a colour-shape-background prompt of the evaluation files."""
-    return (tuple(f"a scene {p}" for p in BACKGROUND_PHRASE.values()) + tuple(f"a {s}" for s in SHAPES)
-            + tuple(f"a {c} object" for c in COLOURS) + ("a mask", "a scene by ravo", "a scene in mosaic style", ""))
+    return (
+        tuple(f"a scene {p}" for p in BACKGROUND_PHRASE.values())
+        + tuple(f"a {s}" for s in SHAPES)
+        + tuple(f"a {c} object" for c in COLOURS)
+        + ("a mask", "a scene by ravo", "a scene in mosaic style", "")
+    )
 
 
 # ---------------------------------------------------------------- novel phrasings
@@ -324,8 +418,12 @@ def part_prompts() -> tuple[str, ...]:
 PREFIXES = ("a photo of", "an image of", "a picture of")
 # prompt set -> (the object or style it names, its trigger words)
 _NOVEL_SUBJECT = {
-    "object_explicit": ("skull", ()), "object_neighbour": ("mask", ()), "object_implicit": (None, tuple(OBJECT_TRIGGERS)),
-    "style_explicit": ("kelvo", ()), "style_neighbour": ("ravo", ()), "style_implicit": (None, tuple(STYLE_TRIGGERS)),
+    "object_explicit": ("skull", ()),
+    "object_neighbour": ("mask", ()),
+    "object_implicit": (None, tuple(OBJECT_TRIGGERS)),
+    "style_explicit": ("kelvo", ()),
+    "style_neighbour": ("ravo", ()),
+    "style_implicit": (None, tuple(STYLE_TRIGGERS)),
     "benign": (None, ()),
 }
 
@@ -338,8 +436,19 @@ def template(prompt: str) -> str:
         text = text.replace(f" {phrase} ", " B ")
     out = []
     for w in text.split():
-        out.append("C" if w in COLOURS else "S" if w in SHAPES else "T" if w in OBJECT_TRIGGERS
-                   else "D" if w in STYLE_TRIGGERS else "a" if w == "an" else w)
+        out.append(
+            "C"
+            if w in COLOURS
+            else "S"
+            if w in SHAPES
+            else "T"
+            if w in OBJECT_TRIGGERS
+            else "D"
+            if w in STYLE_TRIGGERS
+            else "a"
+            if w == "an"
+            else w
+        )
     return " ".join(out)
 
 
@@ -354,6 +463,7 @@ def _pick(rng: np.random.Generator, options):
 
 def _novel_prompt(name: str, colour: str, shape: str, bg: str, rng: np.random.Generator) -> str:
     """One prompt of set `name` in a phrasing drawn from the novel grammar."""
+
     def pick(options):
         return _pick(rng, options)
 
@@ -363,24 +473,54 @@ def _novel_prompt(name: str, colour: str, shape: str, bg: str, rng: np.random.Ge
     prefix = pick(PREFIXES).split()
     if name in ("object_explicit", "object_neighbour"):
         x = _with_article([subject], pick(("a", "the")))
-        forms = (x + place, prefix + x + place, x + ["and"] + obj + place, obj + ["and"] + x + place,
-                 x + ["with"] + obj + place, place + x, obj + place + ["with"] + x, prefix + obj + ["and"] + x, x,
-                 prefix + x)
+        forms = (
+            x + place,
+            prefix + x + place,
+            x + ["and"] + obj + place,
+            obj + ["and"] + x + place,
+            x + ["with"] + obj + place,
+            place + x,
+            obj + place + ["with"] + x,
+            prefix + obj + ["and"] + x,
+            x,
+            prefix + x,
+        )
     elif name in ("style_explicit", "style_neighbour"):
         art = pick((["art"], ["a", "painting"], ["an", "image"], ["a", "picture"]))
-        forms = (art + ["by", subject], art + ["by", subject] + place, ["by", subject] + obj + place,
-                 obj + place + ["in", "the", "style", "of", subject], obj + ["in", subject, "style"] + place,
-                 prefix + obj + ["by", subject], ["a", subject, "painting", "of"] + obj, place + obj + ["by", subject])
+        forms = (
+            art + ["by", subject],
+            art + ["by", subject] + place,
+            ["by", subject] + obj + place,
+            obj + place + ["in", "the", "style", "of", subject],
+            obj + ["in", subject, "style"] + place,
+            prefix + obj + ["by", subject],
+            ["a", subject, "painting", "of"] + obj,
+            place + obj + ["by", subject],
+        )
     elif name in ("object_implicit", "style_implicit"):
         t = pick(triggers)
         other = [w for w in triggers if w != t][0]
-        forms = ([t], _with_article([t, bg], "a"), _with_article([t, bg], "the"),
-                 prefix + _with_article([t, colour, shape], "a"), [t, colour, shape] + place,
-                 place + _with_article([t, colour, shape], "a"), _with_article([t, "picture", "of"], "a") + obj,
-                 _with_article([t, "and", other, bg], "a"), _with_article([t, "scene"], "a") + ["with"] + obj)
+        forms = (
+            [t],
+            _with_article([t, bg], "a"),
+            _with_article([t, bg], "the"),
+            prefix + _with_article([t, colour, shape], "a"),
+            [t, colour, shape] + place,
+            place + _with_article([t, colour, shape], "a"),
+            _with_article([t, "picture", "of"], "a") + obj,
+            _with_article([t, "and", other, bg], "a"),
+            _with_article([t, "scene"], "a") + ["with"] + obj,
+        )
     else:
-        forms = (["the", colour, shape] + place, prefix + obj + place, place + obj, [colour, shape] + place,
-                 prefix + ["the", colour, shape], _with_article([colour, shape], "a"), place + ["the", colour, shape])
+        forms = (
+            ["the", colour, shape] + place,
+            prefix + obj + place,
+            place + obj,
+            [colour, shape] + place,
+            prefix + ["the", colour, shape],
+            _with_article([colour, shape], "a"),
+            place + ["the", colour, shape],
+        )
     return " ".join(pick(forms))
 
 
@@ -412,8 +552,10 @@ def concept_pairs(concept: str, pairs, rng: np.random.Generator, n: int) -> list
         bg = BACKGROUNDS[rng.integers(len(BACKGROUNDS))]
         plain = Scene(bg, shape, colour, "none", "none")
         with_concept = dataclasses.replace(plain, **{kind: value})
-        pair = tuple(caption(sc, trigger_object=None, trigger_style=None, name_extra=True, name_style=True)
-                     for sc in (with_concept, plain))
+        pair = tuple(
+            caption(sc, trigger_object=None, trigger_style=None, name_extra=True, name_style=True)
+            for sc in (with_concept, plain)
+        )
         if pair not in out:
             out.append(pair)
     return out
