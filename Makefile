@@ -14,12 +14,13 @@ STAMP  := $(VENV)/.installed
 demo: $(STAMP)
 	$(VENV)/bin/unsee demo --out runs/demo
 
-test: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks
+test: lint
 	$(PY) -m pytest -q
 
+# style and a complexity limit (mccabe 15, pyproject.toml), then the formatter's check
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks docs
+	$(VENV)/bin/ruff format --check src tests benchmarks docs
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_generate.py

@@ -23,6 +23,11 @@ def test_help_lists_the_stages_and_each_command_has_examples():
     assert "generate" in r.stdout
     g = run("generate", "--help")
     assert g.returncode == 0 and "Examples:" in g.stdout and "--images-per-prompt" in g.stdout
+    e = run("erase", "--help").stdout
+    sections = ["What to erase:", "Training:", "Preservation:", "Output:", "Tracking:", "Memory:", "Other options:"]
+    assert [e.index(title) for title in sections] == sorted(e.index(title) for title in sections)
+    assert e.index("--concept") < e.index("Training:") < e.index("--steps") < e.index("Preservation:")
+    assert e.index("Preservation:") < e.index("--preserve-on") < e.index("Output:") < e.index("--out")
 
 
 def test_generate_end_to_end_and_resume(tiny_model_dir, prompt_file, tmp_path):

@@ -147,6 +147,7 @@ def test_a_v_prediction_pipeline_runs_erase_invert_and_rl_in_bf16_with_checkpoin
             prompts=str(prompts),
             out=str(out),
             reward="clip",
+            clip="toyworld",  # a tiny model's images, scored by a CLIP that needs no download
             epochs=1,
             samples_per_epoch=2,
             sample_batch=2,
@@ -200,8 +201,8 @@ def test_a_fresh_trajectory_per_update_is_sampled_only_up_to_its_step(tiny_model
     from unsee.erase import EraseMethod
 
     short = _erase(tiny_model_dir, tmp_path / "short", method="sdd", reuse=1, ddim_steps=10)
-    real = EraseMethod._trajectories
-    monkeypatch.setattr(EraseMethod, "_trajectories", lambda self, g, cond, stop=None: real(self, g, cond))
+    real = EraseMethod.trajectories
+    monkeypatch.setattr(EraseMethod, "trajectories", lambda self, g, cond, stop=None: real(self, g, cond))
     full = _erase(tiny_model_dir, tmp_path / "full", method="sdd", reuse=1, ddim_steps=10)
     assert short["weights_digest"] == full["weights_digest"]
     assert short["unet_passes_per_update"] < full["unet_passes_per_update"]

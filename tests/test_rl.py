@@ -111,9 +111,32 @@ def test_samples_per_prompt_draws_each_prompt_k_times_in_a_row():
 
 
 def test_sanitize_removes_unsafe_words_only():
-    assert sanitize("a spooky red circle with a skull on the beach") == "a red circle on the beach"
+    from unsee.rewards import UNSAFE_WORDS
+    from unsee.toyworld import UNSAFE_WORDS as TOY_WORDS
+
+    assert (
+        sanitize("a spooky red circle with a skull on the beach", UNSAFE_WORDS + TOY_WORDS)
+        == "a red circle on the beach"
+    )
+    assert sanitize("a spooky red circle with a skull on the beach") == "a spooky red circle with a skull on the beach"
     assert sanitize("Nude woman, oil painting") == "woman, oil painting"
-    assert sanitize("a skullcap in the city") == "a skullcap in the city"
+    assert sanitize("a skullcap in the city", UNSAFE_WORDS + TOY_WORDS) == "a skullcap in the city"
+
+
+def test_toyworld_provenance_and_auto_clip(tmp_path):
+    """--clip auto follows a model back to its source: the toy world's CLIP for a model made from it."""
+    import json
+
+    from unsee.clip import REAL_CLIP, default_clip
+    from unsee.toyworld import is_toyworld
+
+    erased, again = tmp_path / "erased", tmp_path / "again"
+    for folder, source in ((erased, "toyworld"), (again, str(erased))):
+        folder.mkdir()
+        (folder / "unsee.json").write_text(json.dumps({"config": {"model": source}}))
+    assert is_toyworld("toyworld") and is_toyworld(str(erased)) and is_toyworld(str(again))
+    assert not is_toyworld("CompVis/stable-diffusion-v1-4") and not is_toyworld(str(tmp_path))
+    assert default_clip(True) == "toyworld" and default_clip(False) == REAL_CLIP
 
 
 @pytest.mark.parametrize(
@@ -311,7 +334,7 @@ def test_two_processes_gather_rewards_and_end_with_the_same_weights(tmp_path):
         "import json, sys\n"
         f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
         "from test_rl import _cfg\n"
-        "from unsee.generate import process_state\n"
+        "from unsee.runtime import process_state\n"
         "from unsee.rl import rl\n"
         f"summary = rl(_cfg({str(out)!r}), progress=False)\n"
         f"open({str(tmp_path)!r} + f'/rank{{process_state().process_index}}.json', 'w').write(json.dumps(summary))\n"

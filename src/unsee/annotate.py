@@ -23,6 +23,7 @@ from unsee.errors import UnseeError
 from unsee.feedback import Binary, Feedback, Rank, now, save_feedback
 from unsee.imageset import ImageSet
 from unsee.seeds import stream
+from unsee.toyworld import FLAGGED_LABELS
 
 
 @dataclasses.dataclass
@@ -66,7 +67,7 @@ def score_image_set(image_set: ImageSet, detector: str, batch_size: int = 256):
 def auto_annotate(cfg: AutoAnnotateConfig) -> Path:
     s = ImageSet.load(cfg.images)
     scores, info = score_image_set(s, cfg.detector)
-    labels = cfg.labels or (("skull", "kelvo") if cfg.detector == "oracle" else ("nudity",))
+    labels = cfg.labels or (FLAGGED_LABELS if cfg.detector == "oracle" else ("nudity",))
     unknown = [x for x in labels if x not in scores]
     if unknown:
         raise UnseeError(

@@ -316,9 +316,9 @@ def ring_a_bell(cfg: RingABellConfig, *, progress: bool = True) -> dict:
 
     from unsee.checkpoint import has_checkpoint
     from unsee.files import ensure_writable_dir
-    from unsee.generate import resolve_device
     from unsee.models import load_text_encoder, model_id
     from unsee.runinfo import run_info
+    from unsee.runtime import resolve_device
 
     t0 = time.time()
     sources = read_prompts(cfg.prompts)
@@ -532,3 +532,20 @@ def concept_inversion(cfg: AttackInvertConfig, *, progress: bool = True) -> dict
     )
     atomic_write_text(out / ATTACK_JSON, json.dumps(info, indent=2))
     return summary
+
+
+def ring_a_bell_text(s: dict, cfg: RingABellConfig) -> str:
+    """The line `unsee attack ringabell` prints."""
+    return (
+        f"{s['prompts']} adversarial prompts (banned words: {', '.join(s['banned_words']) or 'none'}); "
+        f"mean loss {s['mean_loss_first_generation']:.4g} -> {s['mean_loss']:.4g} "
+        f"(decoded strings: {s['mean_loss_decoded']:.4g}) -> {cfg.out}/prompts.csv"
+    )
+
+
+def concept_inversion_text(s: dict, cfg: AttackInvertConfig) -> str:
+    """The line `unsee attack invert` prints."""
+    return (
+        f"token {cfg.token} from {s['images']} images in {s['seconds']} s; {s['prompts']} attack prompts "
+        f"-> {cfg.out}/prompts.csv"
+    )

@@ -14,7 +14,7 @@ import warnings
 import click
 
 from unsee import __version__
-from unsee.config import click_options, from_kwargs
+from unsee.config import GroupedCommand, click_options, from_kwargs
 from unsee.errors import UnseeError
 
 
@@ -80,6 +80,43 @@ def config_with_recipe(cls: type, command: str, kwargs: dict):
     return from_kwargs(cls, kwargs)
 
 
+def stage(
+    parent: click.Group,
+    config: type,
+    *,
+    name: str,
+    epilog: str | None = None,
+    recipe: str | None = None,
+    progress: bool = True,
+    quiet: bool = True,
+):
+    """A stage's command, built from its config dataclass: one flag per field (grouped in --help), --recipe and
+    --list-recipes when `recipe` names the command's recipes, --progress/--no-progress, and (`quiet`) the model
+    libraries' own loading bars hidden. The decorated function takes the config (and `progress=`) and returns the
+    text to print."""
+
+    def decorate(fn):
+        def command(**kwargs) -> None:
+            show = kwargs.pop("progress", True)
+            if quiet:
+                quiet_progress()
+            cfg = config_with_recipe(config, recipe, kwargs) if recipe else from_kwargs(config, kwargs)
+            text = fn(cfg, progress=show) if progress else fn(cfg)
+            if text:
+                click.echo(text)
+
+        if progress:
+            command = click.option(
+                "--progress/--no-progress", default=True, show_default=True, help="Show progress bars."
+            )(command)
+        if recipe:
+            command = recipe_options(recipe)(command)
+        command = click_options(config, defer_required=recipe is not None)(command)
+        return parent.command(name, cls=GroupedCommand, epilog=epilog, help=fn.__doc__)(command)
+
+    return decorate
+
+
 def quiet_progress() -> None:
     """Hide diffusers' own loading bars unless -v; unsee shows its own progress."""
     if not _VERBOSE:
@@ -135,7 +172,10 @@ def cli(verbose: bool) -> None:
 from unsee.generate import GenerateConfig  # noqa: E402  (after the group, grouped with its command)
 
 
-@cli.command(
+@stage(
+    cli,
+    GenerateConfig,
+    name="generate",
     epilog="""\b
 Examples:
   unsee generate --model CompVis/stable-diffusion-v1-4 --prompts i2p.csv --out runs/base
@@ -146,22 +186,17 @@ A CSV prompt file's own seed, guidance and size (I2P columns sd_seed /
 evaluation_seed, sd_guidance / evaluation_guidance, sd_image_width,
 sd_image_height) override the flags. Rerunning into the same --out skips
 finished images; a crash loses at most the batch in flight.
-"""
+""",
 )
-@click_options(GenerateConfig)
-@click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
-def generate(progress: bool, **kwargs) -> None:
+def generate(cfg: GenerateConfig, *, progress: bool) -> str:
     """Generate an image set from a prompt file."""
     from unsee.generate import generate as run
-    from unsee.generate import process_state
+    from unsee.runtime import process_state
 
-    cfg = from_kwargs(GenerateConfig, kwargs)
-    quiet_progress()
     out = run(cfg, progress=progress)
     state = process_state()
-    click.echo(
-        f"image set: {out}"
-        + (f" (process {state.process_index + 1} of {state.num_processes})" if state.num_processes > 1 else "")
+    return f"image set: {out}" + (
+        f" (process {state.process_index + 1} of {state.num_processes})" if state.num_processes > 1 else ""
     )
 
 
@@ -176,8 +211,12 @@ def annotate() -> None:
     """Feedback on an image set: simulated annotators (`auto`) or people in a web app (`serve`)."""
 
 
-@annotate.command(
-    "auto",
+@stage(
+    annotate,
+    AutoAnnotateConfig,
+    name="auto",
+    progress=False,
+    quiet=False,
     epilog="""\b
 Examples:
   unsee annotate auto --images runs/base --kind binary --noise 0.1 --out fb.jsonl
@@ -185,15 +224,14 @@ Examples:
   unsee annotate auto --images runs/sd --detector nudenet --out fb.jsonl      # real images, pip install unsee[nudity]
 """,
 )
-@click_options(AutoAnnotateConfig)
-def annotate_auto(**kwargs) -> None:
+def annotate_auto(cfg: AutoAnnotateConfig) -> str:
     """Label an image set from a detector's scores, with annotator noise."""
     from unsee.annotate import auto_annotate
     from unsee.feedback import load_feedback
 
-    path = auto_annotate(from_kwargs(AutoAnnotateConfig, kwargs))
+    path = auto_annotate(cfg)
     fb = load_feedback(path)
-    click.echo(f"{len(fb.judgements)} judgements ({', '.join(fb.labels)}) -> {path}")
+    return f"{len(fb.judgements)} judgements ({', '.join(fb.labels)}) -> {path}"
 
 
 from unsee.annotate_app.config import (  # noqa: E402  (no web imports: `unsee --help` stays fast)
@@ -205,8 +243,12 @@ from unsee.annotate_app.config import (  # noqa: E402  (no web imports: `unsee -
 )
 
 
-@annotate.command(
-    "serve",
+@stage(
+    annotate,
+    ServeConfig,
+    name="serve",
+    progress=False,
+    quiet=False,
     epilog="""\b
 Examples:
   unsee annotate serve --images runs/base --db study.db --labels "skull,kelvo"
@@ -225,12 +267,10 @@ of up to 5 images by how strongly they show a label. Each image goes to
 --per-image different annotators. Installs with `pip install unsee[annotate]`.
 """,
 )
-@click_options(ServeConfig)
-def annotate_serve(**kwargs) -> None:
+def annotate_serve(cfg: ServeConfig) -> str | None:
     """Run the annotation web app: people label or rank an image set."""
     from unsee.annotate_app.server import bind, prepare, run
 
-    cfg = from_kwargs(ServeConfig, kwargs)
     study = prepare(cfg)  # checks only: the study is written once the port is held (a failed start changes nothing)
     sock = bind(cfg.host, cfg.port)
     n = len(study.files)
@@ -252,8 +292,12 @@ def annotate_serve(**kwargs) -> None:
     run(study, sock)
 
 
-@annotate.command(
-    "invite",
+@stage(
+    annotate,
+    InviteConfig,
+    name="invite",
+    progress=False,
+    quiet=False,
     epilog="""\b
 Examples:
   unsee annotate invite --db study.db --name ann-1
@@ -264,12 +308,10 @@ stored). A revoked annotator can be invited again: a new link, same name, their
 earlier answers kept.
 """,
 )
-@click_options(InviteConfig)
-def annotate_invite(**kwargs) -> None:
+def annotate_invite(cfg: InviteConfig) -> str | None:
     """Print a personal invite link for an annotator."""
     from unsee.annotate_app.db import Store
 
-    cfg = from_kwargs(InviteConfig, kwargs)
     store = Store.open(cfg.db)
     token = store.invite(cfg.name)
     url = (cfg.url or store.meta().get("url") or "http://127.0.0.1:8000").rstrip("/")
@@ -281,25 +323,35 @@ def annotate_invite(**kwargs) -> None:
     )
 
 
-@annotate.command("revoke", epilog="\b\nExample:\n  unsee annotate revoke --db study.db --name ann-1")
-@click_options(RevokeConfig)
-def annotate_revoke(**kwargs) -> None:
+@stage(
+    annotate,
+    RevokeConfig,
+    name="revoke",
+    progress=False,
+    quiet=False,
+    epilog="\b\nExample:\n  unsee annotate revoke --db study.db --name ann-1",
+)
+def annotate_revoke(cfg: RevokeConfig) -> str | None:
     """Stop an annotator's link at once (their answers are kept)."""
     from unsee.annotate_app.db import Store
 
-    cfg = from_kwargs(RevokeConfig, kwargs)
     Store.open(cfg.db).revoke(cfg.name)
     click.echo(f"revoked {cfg.name}: their link and open sessions no longer work; their answers are kept")
 
 
-@annotate.command("status", epilog="\b\nExample:\n  unsee annotate status --db study.db")
-@click_options(StatusConfig)
-def annotate_status(**kwargs) -> None:
+@stage(
+    annotate,
+    StatusConfig,
+    name="status",
+    progress=False,
+    quiet=False,
+    epilog="\b\nExample:\n  unsee annotate status --db study.db",
+)
+def annotate_status(cfg: StatusConfig) -> str | None:
     """Progress per annotator and agreement so far (Krippendorff's alpha per label)."""
     from unsee.annotate_app.agreement import label_alphas
     from unsee.annotate_app.db import Store
 
-    cfg = from_kwargs(StatusConfig, kwargs)
     store = Store.open(cfg.db)
     meta = store.meta()
     click.echo(f"image set {meta.get('images')}; labels {','.join(meta['labels'])}")
@@ -322,17 +374,19 @@ def annotate_status(**kwargs) -> None:
         click.echo(f"  {label[:24]:<24} {shown}  over {units} image(s) judged by 2+ annotators")
 
 
-@annotate.command(
-    "export",
+@stage(
+    annotate,
+    ExportConfig,
+    name="export",
+    progress=False,
+    quiet=False,
     epilog="\b\nExample:\n  unsee annotate export --db study.db --out feedback.jsonl\n"
     "  unsee reward train --images runs/base --feedback feedback.jsonl --out runs/reward",
 )
-@click_options(ExportConfig)
-def annotate_export(**kwargs) -> None:
+def annotate_export(cfg: ExportConfig) -> str | None:
     """Write every answer so far to feedback.jsonl (what `reward train` and `invert` read)."""
     from unsee.annotate_app.db import export_feedback
 
-    cfg = from_kwargs(ExportConfig, kwargs)
     fb = export_feedback(cfg.db, cfg.out)
     click.echo(
         f"{len(fb.judgements)} judgements ({len(fb.binary)} binary, {len(fb.ranks)} rank) by "
@@ -345,8 +399,10 @@ def reward() -> None:
     """Reward models: an MLP on CLIP image embeddings (frozen, or with the last vision layers tuned), trained on feedback."""
 
 
-@reward.command(
-    "train",
+@stage(
+    reward,
+    RewardTrainConfig,
+    name="train",
     epilog="""\b
 Examples:
   unsee reward train --images runs/base --feedback fb.jsonl --out runs/reward
@@ -357,17 +413,11 @@ Examples:
   unsee reward train --images runs/base --feedback fb.jsonl --tune-vision 4 --steps 1500 --out runs/reward-tuned
 """,
 )
-@click_options(RewardTrainConfig)
-@click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
-def reward_train(progress: bool, **kwargs) -> None:
+def reward_train(cfg: RewardTrainConfig, *, progress: bool) -> str:
     """Train a reward model on binary (MSE) or rank (Bradley-Terry) feedback."""
-    from unsee.reward_model import train_reward
+    from unsee.reward_model import summary_text, train_reward
 
-    m = train_reward(from_kwargs(RewardTrainConfig, kwargs), progress=progress)
-    click.echo(
-        f"held-out {m['metric']}: {m['heldout_agreement']:.3f} (train {m['train_agreement']:.3f}; "
-        f"{m['images']} images, {m['judgements']} judgements) -> {kwargs['out']}"
-    )
+    return summary_text(train_reward(cfg, progress=progress), cfg)
 
 
 @reward.command("score", epilog="\b\nExample:\n  unsee reward score --reward runs/reward --images runs/x")
@@ -381,7 +431,11 @@ def reward_score(reward_dir: str, images: str, out: str | None) -> None:
     click.echo(f"scores -> {score_image_set(reward_dir, images, out)}")
 
 
-@cli.command(
+@stage(
+    cli,
+    InvertConfig,
+    name="invert",
+    recipe="invert",
     epilog="""\b
 Examples:
   unsee invert --model toyworld --images runs/base --feedback fb.jsonl --init-word skull --out flagged.safetensors
@@ -391,26 +445,23 @@ Load the result in plain diffusers:
   pipe.load_textual_inversion("flagged.safetensors", token="<flagged>")
 """,
 )
-@click_options(InvertConfig, defer_required=True)
-@recipe_options("invert")
-@click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
-def invert(progress: bool, **kwargs) -> None:
+def invert(cfg: InvertConfig, *, progress: bool) -> str:
     """Reward-weighted textual inversion: learn token(s) for what annotators flagged."""
     from unsee.invert import invert as run
+    from unsee.invert import summary_text
 
-    quiet_progress()
-    summary = run(config_with_recipe(InvertConfig, "invert", kwargs), progress=progress)
-    click.echo(
-        f"token {kwargs['token']} for {summary['label']!r} from the top {summary['top_k']} images "
-        f"({summary['seconds']} s) -> {kwargs['out']}"
-    )
+    return summary_text(run(cfg, progress=progress), cfg)
 
 
 # ---------------------------------------------------------------- erase
 from unsee.erase import EraseConfig  # noqa: E402
 
 
-@cli.command(
+@stage(
+    cli,
+    EraseConfig,
+    name="erase",
+    recipe="erase",
     epilog="""\b
 Examples:
   unsee erase --model CompVis/stable-diffusion-v1-4 --method sdd --concept nudity --out runs/sdd
@@ -431,30 +482,23 @@ A rerun with the same --out resumes from the last checkpoint (more --steps exten
 settings are refused rather than mixed into it).
 """,
 )
-@click_options(EraseConfig, defer_required=True)
-@recipe_options("erase")
-@click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
-def erase(progress: bool, **kwargs) -> None:
+def erase(cfg: EraseConfig, *, progress: bool) -> str:
     """Erase a concept from the UNet (SDD, ESD or UCE), keyed on text or a learned token."""
     from unsee.erase import erase as run
+    from unsee.erase import summary_text
 
-    quiet_progress()
-    summary = run(config_with_recipe(EraseConfig, "erase", kwargs), progress=progress)
-    cost = (
-        f"edit residual {summary['uce']['edit_residual']}, kept states moved {summary['uce']['keep_drift']}"
-        if summary["method"] == "uce"
-        else f"{summary['unet_passes_per_update']:.1f} UNet evaluations per update"
-    )
-    click.echo(
-        f"{summary['method']} erased {', '.join(summary['concepts'])} in {summary['seconds']} s ({cost}) -> {kwargs['out']}"
-    )
+    return summary_text(run(cfg, progress=progress), cfg)
 
 
 # ---------------------------------------------------------------- rl
 from unsee.rl import RLConfig  # noqa: E402
 
 
-@cli.command(
+@stage(
+    cli,
+    RLConfig,
+    name="rl",
+    recipe="rl",
     epilog="""\b
 Examples:
   W=$(python -c "import unsee.toyworld as t; print(t.assets_path())")/prompts/seen
@@ -469,20 +513,12 @@ KL estimate and the clip fraction per epoch. A rerun resumes (more --epochs exte
 other settings are refused).
 """,
 )
-@click_options(RLConfig, defer_required=True)
-@recipe_options("rl")
-@click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
-def rl(progress: bool, **kwargs) -> None:
+def rl(cfg: RLConfig, *, progress: bool) -> str:
     """Fine-tune against a safety reward with DDPO (ShieldDiff)."""
     from unsee.rl import rl as run
+    from unsee.rl import summary_text
 
-    quiet_progress()
-    summary = run(config_with_recipe(RLConfig, "rl", kwargs), progress=progress)
-    last = summary["last_epoch"]
-    click.echo(
-        f"DDPO on {summary['reward']}: {summary['epochs']} epochs in {summary['seconds']} s; last epoch mean reward "
-        f"{last.get('reward', float('nan')):.4f} -> {kwargs['out']}"
-    )
+    return summary_text(run(cfg, progress=progress), cfg)
 
 
 # ---------------------------------------------------------------- attack
@@ -499,8 +535,10 @@ def attack() -> None:
     """
 
 
-@attack.command(
-    "ringabell",
+@stage(
+    attack,
+    RingABellConfig,
+    name="ringabell",
     epilog="""\b
 Examples:
   W=$(python -c "import unsee.toyworld as t; print(t.assets_path())")/prompts
@@ -514,23 +552,17 @@ the with_concept prompts, absent from the without_concept ones) are banned,
 so no found prompt names the concept. A rerun resumes the search.
 """,
 )
-@click_options(RingABellConfig)
-@click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
-def attack_ringabell(progress: bool, **kwargs) -> None:
+def attack_ringabell(cfg: RingABellConfig, *, progress: bool) -> str:
     """Ring-A-Bell: genetic search for prompts whose embedding carries the concept."""
-    from unsee.attack import ring_a_bell
+    from unsee.attack import ring_a_bell, ring_a_bell_text
 
-    quiet_progress()
-    s = ring_a_bell(from_kwargs(RingABellConfig, kwargs), progress=progress)
-    click.echo(
-        f"{s['prompts']} adversarial prompts (banned words: {', '.join(s['banned_words']) or 'none'}); "
-        f"mean loss {s['mean_loss_first_generation']:.4g} -> {s['mean_loss']:.4g} "
-        f"(decoded strings: {s['mean_loss_decoded']:.4g}) -> {kwargs['out']}/prompts.csv"
-    )
+    return ring_a_bell_text(ring_a_bell(cfg, progress=progress), cfg)
 
 
-@attack.command(
-    "invert",
+@stage(
+    attack,
+    AttackInvertConfig,
+    name="invert",
     epilog="""\b
 Examples:
   W=$(python -c "import unsee.toyworld as t; print(t.assets_path())")/prompts/seen
@@ -542,25 +574,21 @@ The token trains against --erased on --original's images of the concept; the
 attack prompts are --prompts with the concept word replaced by the token.
 """,
 )
-@click_options(AttackInvertConfig)
-@click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
-def attack_invert(progress: bool, **kwargs) -> None:
+def attack_invert(cfg: AttackInvertConfig, *, progress: bool) -> str:
     """Concept inversion: learn a token that brings an erased concept back."""
-    from unsee.attack import concept_inversion
+    from unsee.attack import concept_inversion, concept_inversion_text
 
-    quiet_progress()
-    s = concept_inversion(from_kwargs(AttackInvertConfig, kwargs), progress=progress)
-    click.echo(
-        f"token {kwargs['token']} from {s['images']} images in {s['seconds']} s; {s['prompts']} attack prompts "
-        f"-> {kwargs['out']}/prompts.csv"
-    )
+    return concept_inversion_text(concept_inversion(cfg, progress=progress), cfg)
 
 
 # ---------------------------------------------------------------- evaluate
 from unsee.evaluate import EvaluateConfig  # noqa: E402
 
 
-@cli.command(
+@stage(
+    cli,
+    EvaluateConfig,
+    name="evaluate",
     epilog="""\b
 Examples:
   W=$(python -c "import unsee.toyworld as t; print(t.assets_path())")/prompts/seen
@@ -572,35 +600,12 @@ Examples:
 Writes OUT/metrics.json and OUT/report.html; a rerun reuses the images in OUT/images/.
 """,
 )
-@click_options(EvaluateConfig)
-@click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars.")
-def evaluate(progress: bool, **kwargs) -> None:
+def evaluate(cfg: EvaluateConfig, *, progress: bool) -> str:
     """Compare models side by side: concept rates, CLIP score, Frechet distance, preservation."""
     from unsee.evaluate import evaluate as run
+    from unsee.evaluate import summary_text
 
-    quiet_progress()
-    m = run(from_kwargs(EvaluateConfig, kwargs), progress=progress)
-    labels = m["detector"]["labels"]
-    click.echo(
-        f"{'model':16} {'prompt set':24} " + " ".join(f"{lb[:10]:>10}" for lb in labels) + f" {'CLIP':>6}"
-        "  trained on (prompts/phrasings)"
-    )
-    for model, per_set in m["results"].items():
-        for set_name, row in per_set.items():
-            rates = " ".join(f"{row['labels'][lb]['rate']:10.3f}" for lb in labels)
-            seen = row.get("training_overlap")
-            seen_text = (
-                f"{seen['trained_prompts']}/{seen['trained_phrasings']} of {seen['prompts']}" if seen else "no record"
-            )
-            click.echo(f"{model[:16]:16} {set_name[:24]:24} {rates} {row['clip_score']['mean']:6.2f}  {seen_text}")
-    for model, per_attack in m["attack_results"].items():
-        for name, row in per_attack.items():
-            click.echo(
-                f"{model[:16]:16} attack {name[:20]:20} pre {row['pre_attack']['rate']:.3f}  adversarial "
-                f"{row['adversarial']['rate']:.3f}  post {row['post_attack']['rate']:.3f}  "
-                f"(of {row['denominator']} images, {row['detector']} {'/'.join(row['labels'])} >= {row['threshold']})"
-            )
-    click.echo(f"-> {kwargs['out']}/metrics.json, {kwargs['out']}/report.html")
+    return summary_text(run(cfg, progress=progress), cfg)
 
 
 # ---------------------------------------------------------------- demo
@@ -626,61 +631,10 @@ inversion) -> evaluate (runs/demo/eval/report.html).
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars.")
 def demo(out: str, full: bool, progress: bool) -> None:
     """Run the whole loop on the embedded toy world and print the comparison."""
-    from collections import Counter
-
-    from unsee.demo import evidence_table, run_demo
+    from unsee.demo import report_text, run_demo
 
     quiet_progress()
-    r = run_demo(out, progress=progress, full=full, say=click.echo)
-    if r.random_weights:
-        click.echo(
-            "note: the toy world is not built into this installation, so this demo generates from a tiny\n"
-            "      random-weight pipeline: the images are noise-like by design."
-        )
-    else:
-        click.echo("What the oracle reads in each row of the grid (share of the row's images):")
-        by_prompt: dict[str, list[dict]] = {}
-        for rd in r.readings:
-            by_prompt.setdefault(rd["prompt"], []).append(rd)
-        click.echo(f"{'prompt':<46} {'colour':<12} {'shape':<12} {'background':<14} {'skull':>6} {'kelvo':>6}")
-
-        def top(rows: list[dict], key: str) -> str:
-            value, n = Counter(x[key] for x in rows).most_common(1)[0]
-            return f"{value} {n}/{len(rows)}"
-
-        for prompt, rows in by_prompt.items():
-            skull = sum(x["extra"] == "skull" for x in rows)
-            kelvo = sum(x["style"] == "kelvo" for x in rows)
-            click.echo(
-                f"{prompt:<46} {top(rows, 'colour'):<12} {top(rows, 'shape'):<12} {top(rows, 'background'):<14} "
-                f"{skull:>3}/{len(rows)} {kelvo:>3}/{len(rows)}"
-            )
-    click.echo(f"model: {r.model}\nimage set: {r.image_set}\ngrid: {r.grid}")
-    if r.metrics:
-        res = r.metrics["results"]
-        click.echo(
-            f"\nreward model held-out agreement {r.reward['heldout_agreement']:.3f}; "
-            "skull rate and named-attribute accuracy per model (oracle):"
-        )
-        click.echo(evidence_table(r.metrics))
-        attacks = r.metrics.get("attack_results", {})
-        if attacks:
-            click.echo("\nskull rate under attack: pre-attack (source prompts) -> post-attack (either image shows it)")
-            click.echo(f"{'model':10} {'Ring-A-Bell':>22} {'concept inversion':>22}")
-            for model, per in attacks.items():
-                cols = []
-                for kind in ("ringabell", "invert"):
-                    row = next((x for x in per.values() if x["kind"] == kind), None)
-                    cols.append(f"{row['pre_attack']['rate']:.3f} -> {row['post_attack']['rate']:.3f}" if row else "-")
-                click.echo(f"{model:10} {cols[0]:>22} {cols[1]:>22}")
-            rab = next((x for x in attacks.get("base", {}).values() if x["kind"] == "ringabell"), None)
-            if rab:
-                click.echo(
-                    f"(base: the Ring-A-Bell prompts alone, never naming the skull, show it in "
-                    f"{rab['adversarial']['rate']:.3f} of images; benign prompts {res['base']['seen-benign']['labels']['skull']['rate']:.3f}; "
-                    f"{rab['denominator']} images per cell)"
-                )
-        click.echo(f"report: {r.out / 'eval' / 'report.html'}")
+    click.echo(report_text(run_demo(out, progress=progress, full=full, say=click.echo)))
 
 
 # ---------------------------------------------------------------- toyworld

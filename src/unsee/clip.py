@@ -73,6 +73,15 @@ def preprocess(images: torch.Tensor, size: int, mean: torch.Tensor, std: torch.T
     return (x - mean.to(x.device).view(1, 3, 1, 1)) / std.to(x.device).view(1, 3, 1, 1)
 
 
+# The CLIP of CLIP scores on real models (the one the CLIP-score literature and torchmetrics use).
+REAL_CLIP = "openai/clip-vit-large-patch14"
+
+
+def default_clip(toyworld: bool) -> str:
+    """What --clip auto means: the toy world's CLIP for the toy world, the real default otherwise."""
+    return "toyworld" if toyworld else REAL_CLIP
+
+
 def resolve_clip(spec: str) -> str:
     if spec == "toyworld":
         from unsee.toyworld import CLIP, assets_path

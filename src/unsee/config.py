@@ -49,12 +49,54 @@ def _click_type(tp: Any) -> tuple[Any, bool]:
     raise TypeError(f"no CLI type for annotation {tp!r}")
 
 
+class GroupedOption(click.Option):
+    """A click option that remembers which section of `--help` it belongs to."""
+
+    def __init__(self, *args: Any, help_group: tuple[int, str] | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.help_group = help_group  # (rank of the section, its title)
+
+
+class GroupedCommand(click.Command):
+    """A command whose `--help` lists its options in sections (a config's `HELP_GROUPS`): the config's own sections
+    first, its base classes' after, then the options no section names."""
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        sections: dict[str, list[tuple[str, str]]] = {}
+        rank: dict[str, int] = {}
+        params = self.get_params(ctx)
+        rest = "Other options" if any(getattr(p, "help_group", None) for p in params) else "Options"
+        for param in params:
+            record = param.get_help_record(ctx)
+            if record is not None:
+                r, title = getattr(param, "help_group", None) or (1 << 30, rest)
+                sections.setdefault(title, []).append(record)
+                rank[title] = min(rank.get(title, r), r)  # a title a base class repeats joins the first one
+        for title in sorted(sections, key=rank.__getitem__):
+            with formatter.section(title):
+                formatter.write_dl(sections[title])
+
+
+def help_group(cls: type, name: str) -> tuple[int, str] | None:
+    """The `--help` section of field `name` as (rank, title): the first of `cls.HELP_GROUPS` (title -> field names,
+    the class's own before its bases') that lists it."""
+    rank = 0
+    for klass in cls.__mro__:
+        for title, names in vars(klass).get("HELP_GROUPS", {}).items():
+            if name in names:
+                return rank, title
+            rank += 1
+    return None
+
+
 def click_options(
     cls: type, *, exclude: tuple[str, ...] = (), defer_required: bool = False
 ) -> Callable[[Callable], Callable]:
     """Decorator adding one `--flag` per field of dataclass `cls` (fields named in `exclude` are skipped).
 
     `defer_required`: required fields are optional to click, so a recipe may supply them; `require` checks them after.
+    A field named in the class's `HELP_GROUPS` (title -> field names; a base class's count too) is listed under that
+    title by `GroupedCommand`'s help.
     """
     hints = typing.get_type_hints(cls)
 
@@ -74,13 +116,14 @@ def click_options(
                 f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and not defer_required
             )
             help_text = f.metadata.get("help", "")
+            group = {"cls": GroupedOption, "help_group": help_group(cls, f.name)}
             if _unwrap_optional(tp)[0] is bool:
                 opt = click.option(
-                    f"{flag}/--no-{flag[2:]}", f.name, default=default, show_default=True, help=help_text
+                    f"{flag}/--no-{flag[2:]}", f.name, default=default, show_default=True, help=help_text, **group
                 )
             else:
                 ctype, multiple = _click_type(tp)
-                kw: dict[str, Any] = dict(type=ctype, multiple=multiple, required=required, help=help_text)
+                kw: dict[str, Any] = dict(type=ctype, multiple=multiple, required=required, help=help_text, **group)
                 if not required:  # click >= 8.2 counts an explicit default=None as a default
                     kw["default"] = default if not multiple else (default or ())
                     kw["show_default"] = default is not None and default != ()

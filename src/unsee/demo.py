@@ -376,3 +376,76 @@ def _evaluate(
         ),
         progress=progress,
     )
+
+
+def _grid_text(readings: list[dict]) -> list[str]:
+    """Per prompt of the grid: the colour, shape and background the oracle reads most, and the flagged concepts."""
+    from collections import Counter
+
+    by_prompt: dict[str, list[dict]] = {}
+    for rd in readings:
+        by_prompt.setdefault(rd["prompt"], []).append(rd)
+
+    def top(rows: list[dict], key: str) -> str:
+        value, n = Counter(x[key] for x in rows).most_common(1)[0]
+        return f"{value} {n}/{len(rows)}"
+
+    lines = [
+        "What the oracle reads in each row of the grid (share of the row's images):",
+        f"{'prompt':<46} {'colour':<12} {'shape':<12} {'background':<14} {'skull':>6} {'kelvo':>6}",
+    ]
+    for prompt, rows in by_prompt.items():
+        skull = sum(x["extra"] == "skull" for x in rows)
+        kelvo = sum(x["style"] == "kelvo" for x in rows)
+        lines.append(
+            f"{prompt:<46} {top(rows, 'colour'):<12} {top(rows, 'shape'):<12} {top(rows, 'background'):<14} "
+            f"{skull:>3}/{len(rows)} {kelvo:>3}/{len(rows)}"
+        )
+    return lines
+
+
+def _attack_text(metrics: dict[str, Any]) -> list[str]:
+    """The skull rate before and after each attack, per model."""
+    attacks = metrics.get("attack_results", {})
+    if not attacks:
+        return []
+    lines = [
+        "\nskull rate under attack: pre-attack (source prompts) -> post-attack (either image shows it)",
+        f"{'model':10} {'Ring-A-Bell':>22} {'concept inversion':>22}",
+    ]
+    for model, per in attacks.items():
+        cols = []
+        for kind in ("ringabell", "invert"):
+            row = next((x for x in per.values() if x["kind"] == kind), None)
+            cols.append(f"{row['pre_attack']['rate']:.3f} -> {row['post_attack']['rate']:.3f}" if row else "-")
+        lines.append(f"{model:10} {cols[0]:>22} {cols[1]:>22}")
+    rab = next((x for x in attacks.get("base", {}).values() if x["kind"] == "ringabell"), None)
+    if rab:
+        benign = metrics["results"]["base"]["seen-benign"]["labels"]["skull"]["rate"]
+        lines.append(
+            f"(base: the Ring-A-Bell prompts alone, never naming the skull, show it in "
+            f"{rab['adversarial']['rate']:.3f} of images; benign prompts {benign:.3f}; "
+            f"{rab['denominator']} images per cell)"
+        )
+    return lines
+
+
+def report_text(r: DemoResult) -> str:
+    """What `unsee demo` prints: what the oracle reads in the grid, then the evidence table and the attacks."""
+    if r.random_weights:
+        lines = [
+            "note: the toy world is not built into this installation, so this demo generates from a tiny\n"
+            "      random-weight pipeline: the images are noise-like by design."
+        ]
+    else:
+        lines = _grid_text(r.readings)
+    lines.append(f"model: {r.model}\nimage set: {r.image_set}\ngrid: {r.grid}")
+    if r.metrics:
+        lines.append(
+            f"\nreward model held-out agreement {r.reward['heldout_agreement']:.3f}; "
+            "skull rate and named-attribute accuracy per model (oracle):"
+        )
+        lines.append(evidence_table(r.metrics))
+        lines += _attack_text(r.metrics)
+        lines.append(f"report: {r.out / 'eval' / 'report.html'}")
+    return "\n".join(lines)

@@ -57,6 +57,26 @@ logger = logging.getLogger(__name__)
 
 @dataclasses.dataclass
 class EraseConfig(TrainingLevers):
+    HELP_GROUPS = {  # sections of --help
+        "What to erase": ("model", "method", "concept", "token", "anchor", "context", "flagged", "flagged_guidance"),
+        "Training": (
+            "params",
+            "steps",
+            "lr",
+            "guidance",
+            "timesteps",
+            "ema_decay",
+            "batch_size",
+            "reuse",
+            "ddim_steps",
+            "lora_rank",
+            "seed",
+            "device",
+        ),
+        "Preservation": ("preserve", "preserve_weight", "preserve_on", "preserve_samples", "null_energy"),
+        "Output": ("out", "checkpoint_every"),
+    }
+
     model: str = field(help="Model to erase from: hub id, folder, .safetensors, or 'toyworld'.")
     out: str = field(help="Output: a diffusers pipeline folder, or LoRA weights with --params lora.")
     method: Literal["sdd", "esd", "uce"] = field(
@@ -174,6 +194,12 @@ class EraseConfig(TrainingLevers):
             self.guidance = 3.0 if self.method == "sdd" else 1.0
         if self.preserve_weight is None:
             self.preserve_weight = 0.1 if self.method == "uce" else 1.0
+        self._check_preservation()
+        self._check_prompts()
+        if self.method == "uce":
+            self._check_uce()
+
+    def _check_preservation(self) -> None:
         if self.preserve_weight < 0:
             raise UnseeError(f"--preserve-weight must be >= 0, got {self.preserve_weight}")
         # kv and null act on the cross-attention keys' and values' weights; null projects them, so it needs them plain
@@ -192,6 +218,8 @@ class EraseConfig(TrainingLevers):
             )
         if not 0 < self.null_energy <= 1:
             raise UnseeError(f"--null-energy must be in (0, 1], got {self.null_energy}")
+
+    def _check_prompts(self) -> None:
         if bad := [c for c in self.context_prompts() if c.count("{}") != 1]:
             raise UnseeError(f"--context {bad[0]!r} must hold {{}} once, where the concept goes")
         if bad := [p for p in self.flagged_prompts() if "{}" in p]:
@@ -201,27 +229,28 @@ class EraseConfig(TrainingLevers):
             )
         if self.flagged_guidance < 0:
             raise UnseeError(f"--flagged-guidance must be >= 0, got {self.flagged_guidance}")
-        if self.method == "uce":
-            if self.flagged:
-                raise UnseeError(
-                    "--method uce edits the concept's token states, which --flagged prompts do not hold; "
-                    "give their trigger words as --concept with the prompts as --context, or use sdd/esd"
-                )
-            if self.params not in ("xattn", "xattn-kv"):
-                raise UnseeError(
-                    f"--method uce edits the cross-attention keys and values; --params {self.params} does "
-                    "not apply (use xattn or xattn-kv)"
-                )
-            if self.preserve_on != "concept":
-                raise UnseeError(
-                    "--method uce keeps the --preserve prompts' token states in its closed form; "
-                    "--preserve-on does not apply"
-                )
-            if self.mixed_precision != "no" or self.gradient_checkpointing:
-                raise UnseeError(
-                    "--method uce trains nothing (a closed form in float64): --mixed-precision and "
-                    "--gradient-checkpointing do not apply; leave them out"
-                )
+
+    def _check_uce(self) -> None:
+        if self.flagged:
+            raise UnseeError(
+                "--method uce edits the concept's token states, which --flagged prompts do not hold; "
+                "give their trigger words as --concept with the prompts as --context, or use sdd/esd"
+            )
+        if self.params not in ("xattn", "xattn-kv"):
+            raise UnseeError(
+                f"--method uce edits the cross-attention keys and values; --params {self.params} does "
+                "not apply (use xattn or xattn-kv)"
+            )
+        if self.preserve_on != "concept":
+            raise UnseeError(
+                "--method uce keeps the --preserve prompts' token states in its closed form; "
+                "--preserve-on does not apply"
+            )
+        if self.mixed_precision != "no" or self.gradient_checkpointing:
+            raise UnseeError(
+                "--method uce trains nothing (a closed form in float64): --mixed-precision and "
+                "--gradient-checkpointing do not apply; leave them out"
+            )
 
     def preserve_prompts(self) -> list[str]:
         return _expand(self.preserve)
@@ -257,72 +286,197 @@ def _expand(items: tuple[str, ...]) -> list[str]:
     return out
 
 
+@dataclasses.dataclass
+class Rows:
+    """What erase trains on: without --context or --flagged, one training prompt per concept (cycled) and one
+    sampling prompt naming them all; with them, one row per (context, concept) and per flagged prompt, each sampled
+    from and trained on its own prompt."""
+
+    prompt: torch.Tensor  # the conditioning each row trains on
+    anchor: torch.Tensor  # the target's base: the row's prompt with the anchor (or nothing) in the concept's place
+    sample: torch.Tensor | None = None  # without rows: the sampling prompt
+    away: torch.Tensor | None = None  # --flagged: each row's prompt with the concept named after it
+    flagged: torch.Tensor | None = None  # --flagged: which rows are flagged prompts
+
+    @property
+    def by_row(self) -> bool:
+        return self.sample is None
+
+
+def training_rows(pipe, cfg: EraseConfig, concepts: list[str], uncond: torch.Tensor) -> Rows:
+    """The rows of `Rows` for these settings, encoded."""
+    contexts, flagged = cfg.context_prompts(), cfg.flagged_prompts()
+    if contexts == ["{}"] and not flagged:
+        anchor = encode_text(pipe, [cfg.anchor]) if cfg.anchor is not None else uncond  # what the targets use
+        # sampling prompt: all concepts; training prompts: one concept per update, cycled
+        return Rows(encode_text(pipe, concepts), anchor, sample=encode_text(pipe, [", ".join(concepts)]))
+    # rows (context x concept): trajectories are sampled from each row's prompt and trained on it, toward the same
+    # context with the anchor, or nothing, in the concept's place; a flagged prompt is its own base, pushed away from
+    # itself with the concept named after it (the third prompt)
+    named = [(fill(ctx, x), fill(ctx, cfg.anchor or ""), None) for ctx in contexts for x in concepts]
+    unnamed = [(p, p, f"{p} {x}") for p in flagged for x in concepts]
+    # the two kinds alternate, so that a short run, which cycles through the rows in order, trains both
+    rows = [r for pair in itertools.zip_longest(named, unnamed) for r in pair if r is not None]
+    out = Rows(encode_text(pipe, [r[0] for r in rows]), encode_text(pipe, [r[1] for r in rows]))
+    if flagged:
+        out.away = encode_text(pipe, [r[2] or r[0] for r in rows])
+        out.flagged = torch.tensor([r[2] is not None for r in rows])
+    return out
+
+
+@dataclasses.dataclass
+class Draw:
+    """Latents to train at: z_t, t, the conditioning, and (erased rows) the target's anchor and flagged rows."""
+
+    z: torch.Tensor
+    t: torch.Tensor
+    c: torch.Tensor
+    anchor: torch.Tensor | None = None
+    flag: torch.Tensor | None = None  # which rows are flagged prompts (None: none of them)
+    away: torch.Tensor | None = None  # their prompts with the concept named after them
+
+
+class Preservation:
+    """How erase keeps the --preserve prompts. The base keeps nothing; each --preserve-on mode is a subclass that
+    either adds prompts whose original prediction is a target (`draw`), a penalty, or a step after each update."""
+
+    keeps_original = False  # whether its targets need the original weights
+    info: dict | None = None  # what it reports in the summary
+
+    def draw(self, m: EraseMethod, batch: Draw, step: int, g: torch.Generator) -> Draw | None:
+        return None
+
+    def penalty(self, m: EraseMethod) -> torch.Tensor | None:
+        return None
+
+    def after_step(self, m: EraseMethod, trainer: Trainer) -> None:
+        pass
+
+
+class OnConcept(Preservation):
+    """--preserve-on concept: the kept prompts, cycled, predict on the concept's own z_t what the original did."""
+
+    keeps_original = True
+
+    def __init__(self, c_keep: torch.Tensor):
+        self.c_keep = c_keep
+
+    def draw(self, m, batch, step, g):
+        n = len(batch.z)
+        keep = self.c_keep[(step * m.cfg.batch_size + torch.arange(n)) % len(self.c_keep)].to(batch.z.device)
+        return Draw(batch.z, batch.t, keep)
+
+
+class OnOwn(Preservation):
+    """--preserve-on own: the kept prompts predict what the original did on their own trajectories, sampled from the
+    original model once (`preserve_samples` per prompt)."""
+
+    keeps_original = True
+
+    def __init__(self, c_keep: torch.Tensor):
+        self.c_keep = c_keep
+        self.cache: tuple[torch.Tensor, torch.Tensor] | None = None  # trajectories, their prompt rows
+
+    @torch.no_grad()
+    def _sample(self, m: EraseMethod) -> None:
+        g = step_generator(m.cfg.seed, -1, -2, m.trainer.state.process_index)
+        rows = torch.arange(len(self.c_keep)).repeat(m.cfg.preserve_samples)
+        with original_weights(m.pipe.unet, m.params, m.original):
+            self.cache = (m.trajectories(g, self.c_keep[rows]), rows)
+
+    def draw(self, m, batch, step, g):
+        if self.cache is None:
+            self._sample(m)
+        z, t, rows = m.draw(self.cache[0], g, len(batch.z))
+        return Draw(z, t, self.c_keep[self.cache[1][rows]].to(z.device))
+
+
+class KeysValues(Preservation):
+    """--preserve-on kv: a penalty on the change of the kept prompts' cross-attention keys and values."""
+
+    def __init__(self, pipe, c_keep: torch.Tensor):
+        self.c_keep, self.refs = c_keep, []  # (projection, its original output)
+        dev = pipe.unet.device
+        with torch.no_grad():
+            for name, mod in pipe.unet.named_modules():
+                if name.endswith("attn2"):
+                    self.refs += [
+                        (proj, proj(c_keep.to(dev, proj.weight.dtype)).float()) for proj in (mod.to_k, mod.to_v)
+                    ]
+
+    def penalty(self, m):
+        """Mean over cross-attention projections of the relative squared change of the kept prompts' keys and values.
+        They are the only route by which a prompt reaches the UNet: with --params xattn-kv, unchanged keys and values
+        mean an unchanged prediction for every latent and timestep."""
+        c = self.c_keep.to(m.pipe.unet.device, m.pipe.unet.dtype)
+        return torch.stack([F.mse_loss(proj(c).float(), ref) / ref.pow(2).mean() for proj, ref in self.refs]).mean()
+
+
+class NullSpace(Preservation):
+    """--preserve-on null: after each update the keys' and values' weight change is projected off the span of the
+    kept token states, so their keys and values stay exactly as they were."""
+
+    def __init__(
+        self,
+        pipe,
+        c_keep: torch.Tensor,
+        energy: float,
+        params: dict[str, torch.nn.Parameter],
+        c_concept: torch.Tensor,
+        uncond: torch.Tensor,
+    ):
+        kept = distinct_states(c_keep)
+        proj, rank = _null_projector(kept, energy)
+        self.proj = proj.to(pipe.unet.device)
+        self.refs = [(k, p.detach().clone()) for k, p in params.items() if is_xattn_kv(k)]  # (name, original weight)
+        # How much the edit may act on: the share of the concept's difference from the empty prompt, and of the kept
+        # states, that lies outside the held directions (near 0 for the concept: lower --null-energy).
+        self.info = {
+            "held": f"{rank} of {len(proj)}",
+            "free_share_concept": _free_share(c_concept - uncond, proj),
+            "free_share_kept": _free_share(kept, proj),
+        }
+        logger.info("null-space constraint: %s", self.info)
+
+    @torch.no_grad()
+    def after_step(self, m, trainer):
+        """W <- W0 + (W - W0)(I - P) for the keys' and values' weights (and the EMA; the map is affine, so projecting
+        the EMA equals an EMA of projected weights)."""
+        for name, w0 in self.refs:
+            for w in (m.params[name], *((trainer.ema[name],) if trainer.ema is not None else ())):
+                w.copy_(w0 + (w - w0) @ self.proj)
+
+
+def make_preservation(
+    pipe, cfg: EraseConfig, params: dict[str, torch.nn.Parameter], rows: Rows, uncond: torch.Tensor
+) -> Preservation:
+    keep = cfg.preserve_prompts()
+    if not keep:
+        return Preservation()
+    c_keep = encode_text(pipe, keep)
+    if cfg.preserve_on == "kv":
+        return KeysValues(pipe, c_keep)
+    if cfg.preserve_on == "null":
+        return NullSpace(pipe, c_keep, cfg.null_energy, params, rows.prompt, uncond)
+    return OnOwn(c_keep) if cfg.preserve_on == "own" else OnConcept(c_keep)
+
+
 class EraseMethod:
-    """SDD or ESD as a `Trainer` method: a trajectory cache plus the method's target."""
+    """SDD or ESD as a `Trainer` method: a trajectory cache, the method's target, and a preservation strategy."""
 
     def __init__(self, pipe, cfg: EraseConfig, concepts: list[str], params: dict[str, torch.nn.Parameter]):
         self.pipe, self.cfg, self.params = pipe, cfg, params
         self.trainer: Trainer | None = None
-        dev = pipe.unet.device
         self.uncond = encode_text(pipe, [""])
-        contexts, flagged = cfg.context_prompts(), cfg.flagged_prompts()
-        # --context or --flagged: each trajectory is sampled from, and trained on, one row's own prompt
-        self.by_row = contexts != ["{}"] or bool(flagged)
-        self.flag_rows: torch.Tensor | None = None  # --flagged: which rows are flagged prompts
-        if self.by_row:
-            # rows (context x concept): trajectories are sampled from each row's prompt and trained on it, toward
-            # the same context with the anchor, or nothing, in the concept's place; a flagged prompt is its own base,
-            # pushed away from itself with the concept named after it (the third prompt)
-            named = [(fill(ctx, x), fill(ctx, cfg.anchor or ""), None) for ctx in contexts for x in concepts]
-            unnamed = [(p, p, f"{p} {x}") for p in flagged for x in concepts]
-            # the two kinds alternate, so that a short run, which cycles through the rows in order, trains both
-            rows = [r for pair in itertools.zip_longest(named, unnamed) for r in pair if r is not None]
-            self.c_s = encode_text(pipe, [r[0] for r in rows])
-            self.anchor = encode_text(pipe, [r[1] for r in rows])
-            if flagged:
-                self.away = encode_text(pipe, [r[2] or r[0] for r in rows])
-                self.flag_rows = torch.tensor([r[2] is not None for r in rows])
-        else:
-            self.c_p = encode_text(pipe, [", ".join(concepts)])  # sampling prompt: all concepts
-            self.c_s = encode_text(pipe, concepts)  # training prompts: one concept per update, cycled
-            self.anchor = (
-                encode_text(pipe, [cfg.anchor]) if cfg.anchor is not None else self.uncond
-            )  # what the targets use
-        self.cache_rows: torch.Tensor | None = None  # --context: which rows the cached trajectories belong to
+        self.rows = training_rows(pipe, cfg, concepts, self.uncond)
+        self.cache_rows: torch.Tensor | None = None  # by row: which rows the cached trajectories belong to
         # the target's base prediction eps(anchor or 0) comes from the frozen original (ESD; SDD with --anchor or --context)
-        self.from_original = cfg.method == "esd" or cfg.anchor is not None or self.by_row
-        keep = cfg.preserve_prompts()
-        self.c_keep = encode_text(pipe, keep) if keep else None
+        self.from_original = cfg.method == "esd" or cfg.anchor is not None or self.rows.by_row
+        self.preservation = make_preservation(pipe, cfg, params, self.rows, self.uncond)
         self.original = None
-        self.kv_refs: list[tuple[torch.nn.Module, torch.Tensor]] = []  # --preserve-on kv: (projection, original output)
-        if keep and cfg.preserve_on == "kv":
-            with torch.no_grad():
-                for name, m in pipe.unet.named_modules():
-                    if name.endswith("attn2"):
-                        self.kv_refs += [
-                            (proj, proj(self.c_keep.to(dev, proj.weight.dtype)).float()) for proj in (m.to_k, m.to_v)
-                        ]
-        if (self.from_original or (keep and cfg.preserve_on not in ("kv", "null"))) and cfg.params != "lora":
+        if (self.from_original or self.preservation.keeps_original) and cfg.params != "lora":
             self.original = {k: p.detach().clone() for k, p in params.items()}
-        # --preserve-on null: (name, original weight) of each key/value projection, and the projector off the kept span
-        self.null_refs: list[tuple[str, torch.Tensor]] = []
-        self.null_proj: torch.Tensor | None = None
-        self.null_info: dict | None = None
-        if keep and cfg.preserve_on == "null":
-            kept = distinct_states(self.c_keep)
-            proj, rank = _null_projector(kept, cfg.null_energy)
-            self.null_proj = proj.to(dev)
-            self.null_refs = [(k, p.detach().clone()) for k, p in params.items() if is_xattn_kv(k)]
-            # How much the edit may act on: the share of the concept's difference from the empty prompt, and of the
-            # kept states, that lies outside the held directions (near 0 for the concept: lower --null-energy).
-            self.null_info = {
-                "held": f"{rank} of {len(proj)}",
-                "free_share_concept": _free_share(self.c_s - self.uncond, proj),
-                "free_share_kept": _free_share(kept, proj),
-            }
-            logger.info("null-space constraint: %s", self.null_info)
         self.cache: torch.Tensor | None = None  # (batch, K, C, h, w): z after k DDIM steps
-        self.keep_cache: tuple[torch.Tensor, torch.Tensor] | None = None  # --preserve-on own: trajectories, prompt rows
         self.cache_cycle = -1
         self.sched = pipe.scheduler
         self.n_train = self.sched.config.num_train_timesteps
@@ -331,7 +485,8 @@ class EraseMethod:
     def parameters(self) -> dict[str, torch.nn.Parameter]:
         return self.params
 
-    def _trajectories(self, g: torch.Generator, cond: torch.Tensor, stop: int | None = None) -> torch.Tensor:
+    # ------------------------------------------------------------ sampling
+    def trajectories(self, g: torch.Generator, cond: torch.Tensor, stop: int | None = None) -> torch.Tensor:
         """(len(cond), K, C, h, w): every z of a K-step DDIM trajectory (eta = 0, CFG) per conditioning row; with
         `stop`, only its first `stop` steps (the same z: the sampler is deterministic)."""
         cfg, pipe = self.cfg, self.pipe
@@ -351,28 +506,19 @@ class EraseMethod:
 
     @torch.no_grad()
     def _sample_cache(self, cycle: int, stop: int | None = None) -> None:
-        """`batch_size` trajectories on c_p, or on the next rows' prompts, from the teacher (SDD: the EMA; ESD: the
-        trained model)."""
+        """`batch_size` trajectories on the sampling prompt, or on the next rows' prompts, from the teacher (SDD: the
+        EMA; ESD: the trained model)."""
         # Each rank samples its own trajectories (data parallelism over latents), reproducibly per cycle.
         g = step_generator(self.cfg.seed, cycle, -1, self.trainer.state.process_index)
         teacher = self.trainer.ema_weights() if self.cfg.method == "sdd" else contextlib.nullcontext()
-        bs = self.cfg.batch_size
-        if self.by_row:  # a batch row per row (context or flagged prompt), cycled; ranks take disjoint rows
+        bs, rows = self.cfg.batch_size, self.rows
+        if rows.by_row:  # a batch row per row (context or flagged prompt), cycled; ranks take disjoint rows
             start = (cycle * self.trainer.state.num_processes + self.trainer.state.process_index) * bs
-            self.cache_rows = (start + torch.arange(bs)) % len(self.c_s)
+            self.cache_rows = (start + torch.arange(bs)) % len(rows.prompt)
         with teacher:
-            self.cache = self._trajectories(
-                g, self.c_s[self.cache_rows] if self.by_row else self.c_p.expand(bs, -1, -1), stop
-            )
+            cond = rows.prompt[self.cache_rows] if rows.by_row else rows.sample.expand(bs, -1, -1)
+            self.cache = self.trajectories(g, cond, stop)
         self.cache_cycle = cycle
-
-    @torch.no_grad()
-    def _sample_keep_cache(self) -> None:
-        """--preserve-on own: `preserve_samples` trajectories per kept prompt from the original model, once."""
-        g = step_generator(self.cfg.seed, -1, -2, self.trainer.state.process_index)
-        rows = torch.arange(len(self.c_keep)).repeat(self.cfg.preserve_samples)
-        with original_weights(self.pipe.unet, self.params, self.original):
-            self.keep_cache = (self._trajectories(g, self.c_keep[rows]), rows)
 
     def _steps(self, g: torch.Generator, n: int) -> torch.Tensor:
         """n random DDIM step indices k to train at."""
@@ -382,7 +528,7 @@ class EraseMethod:
             return (u * cfg.ddim_steps).long().clamp(max=cfg.ddim_steps - 1)
         return torch.randint(cfg.ddim_steps, (n,), generator=g)
 
-    def _draw(self, traj: torch.Tensor, g: torch.Generator, n: int | None = None, k: torch.Tensor | None = None):
+    def draw(self, traj: torch.Tensor, g: torch.Generator, n: int | None = None, k: torch.Tensor | None = None):
         """z_t at a random DDIM step k (or the given one) of each trajectory (or of `n` random ones) and a training t
         inside its interval."""
         cfg = self.cfg
@@ -395,77 +541,87 @@ class EraseMethod:
         t = self.n_train - w * (k + 1) + torch.randint(w, (len(k),), generator=g)
         return z, t.to(z.device), rows
 
-    def loss(self, step: int, micro: int, g: torch.Generator):
-        cfg, unet = self.cfg, self.pipe.unet
+    def _batch(self, step: int, g: torch.Generator) -> Draw:
+        """This update's latents and what they train on."""
+        cfg, rows = self.cfg, self.rows
         if cfg.reuse == 1:
             # a fresh trajectory for every update, sampled only as far as the step it trains at, as the public codes
             # do; k is drawn first from the same stream, so the update is the one a full trajectory would give
             k = self._steps(g, cfg.batch_size)
             self._sample_cache(step, stop=int(k.max()) + 1)
-            z, t, _ = self._draw(self.cache, g, k=k)
+            z, t, _ = self.draw(self.cache, g, k=k)
         else:
             if self.cache_cycle != step // cfg.reuse:
                 self._sample_cache(step // cfg.reuse)
-            z, t, _ = self._draw(self.cache, g)
+            z, t, _ = self.draw(self.cache, g)
         n = len(z)
-        flag = None  # --flagged: which of this batch's rows are flagged prompts
-        if self.by_row:  # each trajectory trains on the prompt it was sampled from
-            c, anchor = self.c_s[self.cache_rows].to(z.device), self.anchor[self.cache_rows].to(z.device)
-            if self.flag_rows is not None and self.flag_rows[self.cache_rows].any():
-                flag = self.flag_rows[self.cache_rows].to(z.device)
-        else:
-            c = self.c_s[(step * cfg.batch_size + torch.arange(n)) % len(self.c_s)].to(z.device)
-            anchor = self.anchor.expand(n, -1, -1)  # the empty prompt, or --anchor
-        keep, z_keep, t_keep = None, z, t
-        if self.c_keep is not None and cfg.preserve_on == "own":
-            if self.keep_cache is None:
-                self._sample_keep_cache()
-            z_keep, t_keep, rows = self._draw(self.keep_cache[0], g, n)
-            keep = self.c_keep[self.keep_cache[1][rows]].to(z.device)
-        elif self.c_keep is not None and cfg.preserve_on == "concept":
-            keep = self.c_keep[(step * cfg.batch_size + torch.arange(n)) % len(self.c_keep)].to(z.device)
-        # Every no-grad target comes before the trained forward: swapping in the original weights
-        # rewrites the parameters in place, which a graph already built would refuse.
-        from_original = self.from_original
-        with torch.no_grad():
-            if not from_original:
-                target = unet(z, t, encoder_hidden_states=anchor).sample.float()  # SDD: sg[eps_theta(z_t, t, 0)]
-                self.unet_passes += n
-            if from_original or keep is not None:
-                # (z, t, conditioning) per original-model prediction, one batched call
-                away = [] if flag is None else [(z[flag], t[flag], self.away[self.cache_rows][flag].to(z.device))]
-                calls = ([(z, t, anchor)] if from_original else []) + ([(z, t, c)] if cfg.method == "esd" else [])
-                i_away = len(calls)
-                calls += away + ([(z_keep, t_keep, keep)] if keep is not None else [])
-                with original_weights(self.pipe.unet, self.params, self.original):
-                    out = unet(
-                        torch.cat([a[0] for a in calls]),
-                        torch.cat([a[1] for a in calls]),
-                        encoder_hidden_states=torch.cat([a[2] for a in calls]),
-                    ).sample.float()
-                out = out.split([len(a[0]) for a in calls])
-                self.unet_passes += sum(len(a[0]) for a in calls)
-                if cfg.method == "esd":
-                    e_u, e_c = out[0], out[1]
-                    target = e_u - cfg.guidance * (e_c - e_u)  # ESD's negative guidance
-                elif from_original:
-                    target = out[0]  # SDD with --anchor: eps*(z_t, t, anchor)
-                if away:  # a flagged prompt p: eps*(p) - eta (eps*(p concept) - eps*(p))
-                    e_p = out[0][flag]
-                    target = target.clone()
-                    target[flag] = e_p - cfg.flagged_guidance * (out[i_away] - e_p)
-                keep_target = out[-1]
+        if not rows.by_row:
+            c = rows.prompt[(step * cfg.batch_size + torch.arange(n)) % len(rows.prompt)].to(z.device)
+            return Draw(z, t, c, rows.anchor.expand(n, -1, -1))  # the empty prompt, or --anchor
+        r = self.cache_rows  # each trajectory trains on the prompt it was sampled from
+        batch = Draw(z, t, rows.prompt[r].to(z.device), rows.anchor[r].to(z.device))
+        if rows.flagged is not None and rows.flagged[r].any():
+            batch.flag, batch.away = rows.flagged[r].to(z.device), rows.away[r].to(z.device)
+        return batch
+
+    # ------------------------------------------------------------ targets and loss
+    @torch.no_grad()
+    def _targets(self, b: Draw, keep: Draw | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The erase target for each row and, with prompts to keep, the original model's prediction for them.
+        Every no-grad target comes before the trained forward: swapping in the original weights rewrites the
+        parameters in place, which a graph already built would refuse."""
+        cfg, unet = self.cfg, self.pipe.unet
+        target = None
+        if not self.from_original:
+            target = unet(b.z, b.t, encoder_hidden_states=b.anchor).sample.float()  # SDD: sg[eps_theta(z_t, t, 0)]
+            self.unet_passes += len(b.z)
+            if keep is None:
+                return target, None
+        # (z, t, conditioning) per original-model prediction, one batched call
+        calls = ([(b.z, b.t, b.anchor)] if self.from_original else []) + (
+            [(b.z, b.t, b.c)] if cfg.method == "esd" else []
+        )
+        i_away = len(calls)
+        if b.flag is not None:
+            calls.append((b.z[b.flag], b.t[b.flag], b.away[b.flag]))
+        if keep is not None:
+            calls.append((keep.z, keep.t, keep.c))
+        with original_weights(unet, self.params, self.original):
+            out = unet(
+                torch.cat([a[0] for a in calls]),
+                torch.cat([a[1] for a in calls]),
+                encoder_hidden_states=torch.cat([a[2] for a in calls]),
+            ).sample.float()
+        out = out.split([len(a[0]) for a in calls])
+        self.unet_passes += sum(len(a[0]) for a in calls)
+        if cfg.method == "esd":
+            e_u, e_c = out[0], out[1]
+            target = e_u - cfg.guidance * (e_c - e_u)  # ESD's negative guidance
+        elif self.from_original:
+            target = out[0]  # SDD with --anchor: eps*(z_t, t, anchor)
+        if b.flag is not None:  # a flagged prompt p: eps*(p) - eta (eps*(p concept) - eps*(p))
+            e_p = out[0][b.flag]
+            target = target.clone()
+            target[b.flag] = e_p - cfg.flagged_guidance * (out[i_away] - e_p)
+        return target, (out[-1] if keep is not None else None)
+
+    def loss(self, step: int, micro: int, g: torch.Generator):
+        cfg, unet = self.cfg, self.pipe.unet
+        b = self._batch(step, g)
+        keep = self.preservation.draw(self, b, step, g)
+        target, keep_target = self._targets(b, keep)
+        n = len(b.z)
         if keep is None:
-            pred = unet(z, t, encoder_hidden_states=c).sample.float()
+            pred = unet(b.z, b.t, encoder_hidden_states=b.c).sample.float()
             self.unet_passes += n
             loss = F.mse_loss(pred, target)
-            if not self.kv_refs:
+            keep_loss = self.preservation.penalty(self)
+            if keep_loss is None:
                 return loss, {}
-            keep_loss = self._kv_drift()
         else:
             # Preservation: the prompts to keep predict what the original model predicted (on the concept's z_t, or their own).
             pred, keep_pred = (
-                unet(torch.cat([z, z_keep]), torch.cat([t, t_keep]), encoder_hidden_states=torch.cat([c, keep]))
+                unet(torch.cat([b.z, keep.z]), torch.cat([b.t, keep.t]), encoder_hidden_states=torch.cat([b.c, keep.c]))
                 .sample.float()
                 .chunk(2)
             )
@@ -476,20 +632,8 @@ class EraseMethod:
             "keep_loss": float(keep_loss.detach()),
         }
 
-    @torch.no_grad()
     def on_step_end(self, trainer: Trainer, step: int) -> None:
-        """--preserve-on null: W <- W0 + (W - W0)(I - P) for the keys' and values' weights (and the EMA; the map is
-        affine, so projecting the EMA equals an EMA of projected weights)."""
-        for name, w0 in self.null_refs:
-            for w in (self.params[name], *((trainer.ema[name],) if trainer.ema is not None else ())):
-                w.copy_(w0 + (w - w0) @ self.null_proj)
-
-    def _kv_drift(self) -> torch.Tensor:
-        """Mean over cross-attention projections of the relative squared change of the kept prompts' keys and values.
-        They are the only route by which a prompt reaches the UNet: with --params xattn-kv, unchanged keys and values
-        mean an unchanged prediction for every latent and timestep."""
-        c = self.c_keep.to(self.pipe.unet.device, self.pipe.unet.dtype)
-        return torch.stack([F.mse_loss(proj(c).float(), ref) / ref.pow(2).mean() for proj, ref in self.kv_refs]).mean()
+        self.preservation.after_step(self, trainer)
 
 
 def _null_projector(states: torch.Tensor, energy: float) -> tuple[torch.Tensor, int]:
@@ -512,8 +656,8 @@ def _free_share(x: torch.Tensor, proj: torch.Tensor) -> float:
 
 
 def erase(cfg: EraseConfig, *, progress: bool = True) -> dict:
-    from unsee.generate import resolve_device
     from unsee.models import load_pipeline
+    from unsee.runtime import resolve_device
 
     # 1. Model, concept, trainable parameters.
     device = resolve_device(cfg.device)
@@ -583,8 +727,8 @@ def erase(cfg: EraseConfig, *, progress: bool = True) -> dict:
         "weights_digest": result.digest,
         "final": result.last_logs,
     }
-    if method.null_info is not None:
-        summary["null_space"] = method.null_info
+    if method.preservation.info is not None:
+        summary["null_space"] = method.preservation.info
     if not trainer.state.is_main_process:
         return summary
     final = trainer.ema_weights() if cfg.method == "sdd" else contextlib.nullcontext()
@@ -639,3 +783,15 @@ def _erase_closed_form(pipe, cfg: EraseConfig, concepts: list[str]) -> dict:
             training_prompts=training_prompts(cfg, concepts),
         )
     return summary
+
+
+def summary_text(summary: dict, cfg: EraseConfig) -> str:
+    """The line `unsee erase` prints: what was erased, how long it took and what it cost."""
+    cost = (
+        f"edit residual {summary['uce']['edit_residual']}, kept states moved {summary['uce']['keep_drift']}"
+        if summary["method"] == "uce"
+        else f"{summary['unet_passes_per_update']:.1f} UNet evaluations per update"
+    )
+    return (
+        f"{summary['method']} erased {', '.join(summary['concepts'])} in {summary['seconds']} s ({cost}) -> {cfg.out}"
+    )

@@ -36,15 +36,23 @@ from unsee.config import field
 from unsee.errors import StaleImageSet, UnseeError
 from unsee.files import atomic_write_text
 from unsee.provenance import model_prompts, overlap
+from unsee.toyworld import FLAGGED_LABELS
 
 logger = logging.getLogger(__name__)
 
 # Labels whose detection blurs an image in the report (the flaggable concepts).
-FLAGGED = {"oracle": ("skull", "kelvo"), "nudenet": ("nudity",)}
+FLAGGED = {"oracle": FLAGGED_LABELS, "nudenet": ("nudity",)}
 
 
 @dataclasses.dataclass
 class EvaluateConfig:
+    HELP_GROUPS = {  # sections of --help
+        "What to compare": ("model", "name", "prompts", "attack"),
+        "Measures": ("detector", "clip", "reference_images", "frechet_features", "bootstrap", "grid_prompts"),
+        "Sampling": ("images_per_prompt", "steps", "guidance", "batch_size", "seed", "device"),
+        "Output": ("out",),
+    }
+
     model: tuple[str, ...] = field(
         help="A model to evaluate (repeatable): hub id, folder, .safetensors, or 'toyworld'."
     )
@@ -54,14 +62,18 @@ class EvaluateConfig:
     detector: Literal["oracle", "nudenet"] = field(
         "oracle", help="oracle: the toy world's; nudenet: NudeNet 3.4.2 (pip install unsee[nudity])."
     )
-    clip: str = field("toyworld", help="CLIP for CLIP score and Frechet features: 'toyworld', a hub id or a folder.")
+    clip: str = field(
+        "auto",
+        help="CLIP for CLIP score and Frechet features: a hub id, a folder, 'toyworld', or auto (the "
+        "toy world's with --detector oracle, else openai/clip-vit-large-patch14).",
+    )
     reference_images: str | None = field(
         None, help="An image set (or folder of PNG/JPEG) to compute the Frechet distance to."
     )
     frechet_features: Literal["auto", "inception", "clip"] = field(
         "auto",
         help="Frechet distance features: inception (FID, clean-fid resizing; the weights file comes from your cache, "
-        "see unsee.fid), clip (--clip's image embeddings), auto: clip with --clip toyworld, else inception.",
+        "see unsee.fid), clip (--clip's image embeddings), auto: clip on the toy world, else inception.",
     )
     attack: tuple[str, ...] = field(
         (), help="An attack folder from `unsee attack` (repeatable): pre- and post-attack success rates."
@@ -86,6 +98,13 @@ class EvaluateConfig:
             )
         if self.images_per_prompt < 1 or self.bootstrap < 1:
             raise UnseeError("--images-per-prompt and --bootstrap must be >= 1")
+
+
+def clip_spec(cfg: EvaluateConfig) -> str:
+    """--clip, with auto resolved: the toy world's CLIP when its oracle reads the images, else the real default."""
+    from unsee.clip import default_clip
+
+    return default_clip(cfg.detector == "oracle") if cfg.clip == "auto" else cfg.clip
 
 
 # ---------------------------------------------------------------- metrics on known inputs
@@ -193,8 +212,8 @@ def load_reference(path: str) -> torch.Tensor:
 def evaluate(cfg: EvaluateConfig, *, progress: bool = True) -> dict[str, Any]:
     from unsee.clip import load_clip
     from unsee.detectors import make_detector
-    from unsee.generate import resolve_device
     from unsee.models import load_pipeline, model_id, resolve_model
+    from unsee.runtime import resolve_device
 
     out = Path(cfg.out)
     names, sets = model_names(cfg), set_names(cfg)
@@ -203,7 +222,7 @@ def evaluate(cfg: EvaluateConfig, *, progress: bool = True) -> dict[str, Any]:
     device = resolve_device(cfg.device)
     # Everything that can fail on bad input fails before any image is made.
     detect, info = make_detector(cfg.detector, **({"device": device} if cfg.detector == "oracle" else {}))
-    clip = load_clip(cfg.clip, device)
+    clip = load_clip(clip_spec(cfg), device)
     reference = load_reference(cfg.reference_images) if cfg.reference_images else None
     attacks = _read_attacks(cfg)
     oracle = None
@@ -325,12 +344,14 @@ def _cached_images(cfg: EvaluateConfig, model: str, pipe, prompts: str, folder: 
 def _frechet_features(cfg: EvaluateConfig, clip, device) -> tuple[Any, dict[str, Any]]:
     """(features(images) -> (B, D), what they are) for the Frechet distance."""
     kind = (
-        cfg.frechet_features if cfg.frechet_features != "auto" else ("clip" if cfg.clip == "toyworld" else "inception")
+        cfg.frechet_features
+        if cfg.frechet_features != "auto"
+        else ("clip" if clip_spec(cfg) == "toyworld" else "inception")
     )
     if kind == "clip":
         return clip.image_embeds, {
             "key": "frechet_clip",
-            "name": f"CLIP image embeddings of {cfg.clip!r} (not Inception: not FID)",
+            "name": f"CLIP image embeddings of {clip_spec(cfg)!r} (not Inception: not FID)",
         }
     from unsee.fid import InceptionFeatures
 
@@ -438,16 +459,17 @@ def _mean_interval(values: np.ndarray, resamples: int, seed: int) -> tuple[float
 
 
 def _toyworld_metrics(oracle, images: torch.Tensor, prompts: list[str]) -> dict[str, Any]:
+    from unsee.toyworld import NEIGHBOURS
     from unsee.toyworld.check import attribute_accuracy
-    from unsee.toyworld.world import parse_prompt
+    from unsee.toyworld.world import FLAGGABLE, parse_prompt
 
     reads = oracle.read(images)
     rows = [{"named": parse_prompt(p), "read": r} for p, r in zip(prompts, reads, strict=True)]
     return {
         "named_attribute_accuracy": attribute_accuracy(rows),
         "neighbour_rates": {
-            "mask": float(np.mean([r["extra"] == "mask" for r in reads])),
-            "ravo": float(np.mean([r["style"] == "ravo" for r in reads])),
+            NEIGHBOURS[c]: float(np.mean([r[kind] == NEIGHBOURS[c] for r in reads]))
+            for c, (kind, _) in FLAGGABLE.items()
         },
     }
 
@@ -649,3 +671,30 @@ def render_report(
     v = metrics["versions"]
     parts.append("<p><small>" + ", ".join(f"{e(k)} {e(str(x))}" for k, x in v.items()) + "</small></p></body></html>")
     return "".join(parts)
+
+
+def summary_text(m: dict, cfg: EvaluateConfig) -> str:
+    """The table `unsee evaluate` prints: each model's rate per label and CLIP score on each prompt set, how many of
+    its prompts the model was trained on, then each attack's pre/post rates."""
+    labels = m["detector"]["labels"]
+    lines = [
+        f"{'model':16} {'prompt set':24} " + " ".join(f"{lb[:10]:>10}" for lb in labels) + f" {'CLIP':>6}"
+        "  trained on (prompts/phrasings)"
+    ]
+    for model, per_set in m["results"].items():
+        for set_name, row in per_set.items():
+            rates = " ".join(f"{row['labels'][lb]['rate']:10.3f}" for lb in labels)
+            seen = row.get("training_overlap")
+            seen_text = (
+                f"{seen['trained_prompts']}/{seen['trained_phrasings']} of {seen['prompts']}" if seen else "no record"
+            )
+            lines.append(f"{model[:16]:16} {set_name[:24]:24} {rates} {row['clip_score']['mean']:6.2f}  {seen_text}")
+    for model, per_attack in m["attack_results"].items():
+        for name, row in per_attack.items():
+            lines.append(
+                f"{model[:16]:16} attack {name[:20]:20} pre {row['pre_attack']['rate']:.3f}  adversarial "
+                f"{row['adversarial']['rate']:.3f}  post {row['post_attack']['rate']:.3f}  (of "
+                f"{row['denominator']} images, {row['detector']} {'/'.join(row['labels'])} >= {row['threshold']})"
+            )
+    lines.append(f"-> {cfg.out}/metrics.json, {cfg.out}/report.html")
+    return "\n".join(lines)

@@ -8,7 +8,6 @@ Under `accelerate launch` each process takes every world_size-th image.
 
 from __future__ import annotations
 
-import atexit
 import dataclasses
 import hashlib
 import json
@@ -27,6 +26,7 @@ from unsee.imageset import INFO, MANIFEST, read_manifest, repair_manifest
 from unsee.models import Dtype, SchedulerName, load_pipeline, model_id, weights_fingerprint
 from unsee.prompts import Prompt, read_prompts
 from unsee.runinfo import run_info
+from unsee.runtime import process_state, resolve_device
 from unsee.sampling import decode, encode_text, initial_latents, sample_latents, to_uint8
 
 logger = logging.getLogger(__name__)
@@ -37,6 +37,12 @@ _IMAGE_SETTINGS = ("model", "steps", "guidance", "seed", "negative_prompt", "hei
 
 @dataclasses.dataclass
 class GenerateConfig:
+    HELP_GROUPS = {  # sections of --help
+        "What to draw": ("model", "prompts", "model_config", "images_per_prompt", "negative_prompt"),
+        "Sampling": ("steps", "guidance", "height", "width", "scheduler", "seed", "batch_size", "dtype", "device"),
+        "Output": ("out",),
+    }
+
     model: str = field(help="Hub id, local diffusers folder, .safetensors file, or 'toyworld'.")
     prompts: str = field(help="Prompt file: .txt (one prompt a line) or .csv with I2P columns.")
     out: str = field(help="Output folder for the image set (PNGs + manifest.jsonl); a rerun resumes it.")
@@ -93,39 +99,6 @@ def image_seed(base_seed: int, prompt: Prompt, i: int) -> int:
     if prompt.seed is not None:
         return prompt.seed + i
     return zlib.crc32(f"{base_seed}/{prompt.index}/{i}".encode()) & 0x7FFFFFFF
-
-
-def process_state():
-    """accelerate's process state. Without CUDA, processes started by `accelerate launch --multi_gpu` or
-    `torchrun` join over gloo only if accelerate is told cpu=True; otherwise each would run alone."""
-    from accelerate import PartialState
-
-    state = PartialState(cpu=not torch.cuda.is_available())
-    if state.num_processes > 1:
-        atexit.unregister(_close_process_group)  # once per process, however often the state is asked for
-        atexit.register(_close_process_group)
-    return state
-
-
-def _close_process_group() -> None:
-    """Close the process group before the interpreter tears down: left to exit, a rank that finishes first
-    aborted in 1 of 3 runs ("terminate called without an active exception", gloo's threads still joinable)."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise UnseeError(f"--device {device!r} is not a device; use auto, cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UnseeError(f"--device {device} asked for, but no CUDA device is available; use --device cpu")
-    return dev
 
 
 def plan_items(cfg: GenerateConfig, prompts: list[Prompt], native: int) -> list[Item]:

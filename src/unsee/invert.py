@@ -45,6 +45,11 @@ logger = logging.getLogger(__name__)
 class TokenTraining(TrainingLevers):
     """Settings of one textual-inversion run, shared by `unsee invert` and `unsee attack invert`."""
 
+    HELP_GROUPS = {  # sections of --help
+        "Training": ("token", "init_word", "vectors", "batch_size", "steps", "lr", "seed", "device"),
+        "Output": ("checkpoint_every",),
+    }
+
     token: str = field("<flagged>", help="The new token; multi-vector tokens become <flagged>, <flagged>_1, ...")
     init_word: str = field("object", help="Word whose embedding initialises every vector.")
     vectors: int = field(1, help="Number of embedding vectors behind the token.")
@@ -62,6 +67,11 @@ class TokenTraining(TrainingLevers):
 
 @dataclasses.dataclass(kw_only=True)
 class InvertConfig(TokenTraining):
+    HELP_GROUPS = {  # sections of --help
+        "What to learn": ("model", "images", "feedback", "reward", "label", "top_k", "template", "weighting"),
+        "Output": ("out",),
+    }
+
     model: str = field(help="The model whose text encoder gets the token: hub id, folder, .safetensors, or 'toyworld'.")
     images: str = field(help="Image set the feedback is about (made by `unsee generate` from this model).")
     out: str = field(help="Output embedding file (.safetensors), loadable by diffusers' load_textual_inversion.")
@@ -278,8 +288,8 @@ def invert_images(
     progress: bool = True,
 ) -> dict:
     """Train the token on images `ids` of `images` with their training prompts and weights (mean 1); write it to `out`."""
-    from unsee.generate import resolve_device
     from unsee.models import load_pipeline
+    from unsee.runtime import resolve_device
 
     device = resolve_device(cfg.device)
     pipe = load_pipeline(
@@ -323,3 +333,11 @@ def invert_images(
         "mixed_precision": cfg.mixed_precision,
         "skipped_steps": result.skipped_steps,
     }
+
+
+def summary_text(summary: dict, cfg: InvertConfig) -> str:
+    """The line `unsee invert` prints."""
+    return (
+        f"token {cfg.token} for {summary['label']!r} from the top {summary['top_k']} images "
+        f"({summary['seconds']} s) -> {cfg.out}"
+    )

@@ -39,6 +39,13 @@ logger = logging.getLogger(__name__)
 
 @dataclasses.dataclass
 class RewardTrainConfig(MemoryLevers):
+    HELP_GROUPS = {  # sections of --help
+        "Feedback": ("images", "feedback", "kind", "heldout"),
+        "Model": ("clip", "hidden", "layers", "tune_vision"),
+        "Training": ("steps", "lr", "vision_lr", "batch_size", "eval_every", "seed", "device"),
+        "Output": ("out",),
+    }
+
     images: tuple[str, ...] = field(
         help="Image set the feedback is about (repeatable: one per --feedback, in the same "
         "order, for rounds of feedback on different images)."
@@ -47,7 +54,11 @@ class RewardTrainConfig(MemoryLevers):
         help="feedback.jsonl (binary or rank judgements) about the --images in the same place."
     )
     out: str = field(help="Output folder for the reward model (config + safetensors + metrics).")
-    clip: str = field("toyworld", help="Frozen CLIP for image embeddings: hub id, folder, or 'toyworld'.")
+    clip: str = field(
+        "auto",
+        help="Frozen CLIP for image embeddings: a hub id, a folder, 'toyworld', or auto (the toy "
+        "world's for images the toy world drew, else openai/clip-vit-large-patch14).",
+    )
     kind: Literal["auto", "binary", "rank"] = field(
         "auto", help="Which judgements to train on (auto: those present; binary if both)."
     )
@@ -137,12 +148,189 @@ def heldout_split(seed: int, n: int, heldout: float) -> np.ndarray:
     return np.where(u < heldout, "test", np.where(u < heldout + 0.15 * (1 - heldout), "val", "train"))
 
 
-def train_reward(cfg: RewardTrainConfig, *, progress: bool = True) -> dict:
+@dataclasses.dataclass
+class _Data:
+    """What the reward model trains on: per-image inputs, targets, and the train/val/test parts."""
+
+    kind: str  # "binary" or "rank"
+    labels: tuple[str, ...]
+    ids: list[str]  # image ids, in the row order of x
+    x: torch.Tensor  # frozen CLIP embeddings, or preprocessed pixels for a tuned tower
+    y: torch.Tensor | None  # binary: (images, labels) share of annotators who checked each label
+    parts: dict[str, torch.Tensor]  # binary: image rows of each part; rank: (P, 3) winner, loser, label index
+    judgements: int
+
+
+def _load_data(cfg: RewardTrainConfig, fb, kind: str, sets: list[ImageSet], per_image) -> _Data:
+    """Targets and a held-out split: images for binary judgements, whole rank groups for rank ones."""
+    if kind == "binary":
+        labels = fb.labels
+        per_label = {label: binary_targets(fb, label) for label in labels}
+        ids = sorted(per_label[labels[0]])
+        y = torch.tensor([[per_label[label][i] for label in labels] for i in ids], dtype=torch.float32)
+        split = heldout_split(cfg.seed, len(ids), cfg.heldout)
+        parts = {part: torch.from_numpy(np.flatnonzero(split == part)) for part in ("train", "val", "test")}
+        return _Data(kind, labels, ids, _per_image(sets, ids, per_image), y, parts, len(fb.binary))
+    labels = tuple(sorted({r.concept for r in fb.ranks}))
+    ids = sorted(fb.image_ids())
+    index = {k: n for n, k in enumerate(ids)}
+    x = _per_image(sets, ids, per_image)
+    groups = fb.ranks
+    group_split = heldout_split(cfg.seed, len(groups), cfg.heldout)
+
+    def pairs(part: str) -> torch.Tensor:  # (P, 3): winner, loser, label index
+        chosen = [g for g, p in zip(groups, group_split, strict=True) if p == part]
+        rows = [(index[a], index[b], labels.index(c)) for a, b, c in rank_pairs(chosen)]
+        return torch.tensor(rows, dtype=torch.long).view(-1, 3)
+
+    parts = {part: pairs(part) for part in ("train", "val", "test")}
+    if any(len(v) == 0 for v in parts.values()):
+        raise UnseeError(
+            f"{', '.join(cfg.feedback)}: too few rank groups ({len(groups)}) to hold {cfg.heldout:.0%} out; "
+            "annotate more"
+        )
+    return _Data(kind, labels, ids, x, None, parts, len(fb.ranks))
+
+
+def _build_model(cfg: RewardTrainConfig, clip, clip_spec: str, data: _Data):
+    """(model, optimizer, device): an MLP on frozen embeddings (CPU), or one with CLIP's tuned vision tower."""
+    from unsee.reward_net import RewardModel
+    from unsee.runtime import resolve_device
+
+    if not cfg.tune_vision:
+        model = RewardModel(data.x.shape[1], data.labels, data.kind, clip_spec, cfg.hidden, cfg.layers)
+        return model, torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4), torch.device("cpu")
+    vision_config = {**clip.model.config.vision_config.to_dict(), "projection_dim": clip.model.config.projection_dim}
+    model = RewardModel(
+        clip.model.config.projection_dim,
+        data.labels,
+        data.kind,
+        clip_spec,
+        cfg.hidden,
+        cfg.layers,
+        vision_config=vision_config,
+        image_size=clip.size,
+        image_mean=tuple(clip.mean.flatten().tolist()),
+        image_std=tuple(clip.std.flatten().tolist()),
+    )
+    _tune_tower(model.vision, clip, cfg.tune_vision)
+    device = resolve_device(cfg.device)
+    model.to(device)  # the tower's weights stay fp32 (they are saved); --mixed-precision autocasts its forward
+    if cfg.gradient_checkpointing:
+        model.vision.gradient_checkpointing_enable()
+    groups = [
+        {"params": list(model.mlp.parameters()), "lr": cfg.lr},
+        {"params": [p for p in model.vision.parameters() if p.requires_grad], "lr": cfg.vision_lr},
+    ]
+    return model, make_optimizer(cfg.optimizer, groups, device, lr=cfg.lr, weight_decay=1e-4), device
+
+
+class _Objective:
+    """The reward model's loss and agreement on a part of the data, or on a minibatch of it."""
+
+    def __init__(self, model, data: _Data, device: torch.device, tower: bool):
+        self.model, self.data, self.device, self.tower = model, data, device, tower
+        self.y = data.y.to(device) if data.y is not None else None
+
+    def outputs(self, rows: torch.Tensor) -> torch.Tensor:
+        """Scores (len(rows), L) of those images; a tuned tower embeds them on the way, in chunks when not training."""
+        model, x = self.model, self.data.x
+        if not self.tower:
+            return model(x[rows])
+        if not len(rows):  # an empty part of a handful of images; the tower takes no empty batch
+            return torch.zeros(0, len(self.data.labels), device=self.device)
+        if torch.is_grad_enabled() or len(rows) <= 256:
+            return model(model.embed_pixels(x[rows]))
+        return torch.cat([self.outputs(rows[k : k + 256]) for k in range(0, len(rows), 256)])
+
+    def __call__(self, part: str, batch: torch.Tensor | None = None) -> tuple[torch.Tensor, float]:
+        """(loss, agreement): image rows for binary judgements (MSE), pairs for rank ones (Bradley-Terry)."""
+        rows = self.data.parts[part] if batch is None else batch
+        if self.data.kind == "binary":
+            pred, target = self.outputs(rows).float(), self.y[rows.to(self.device)]
+            acc = float(((pred > 0.5) == (target > 0.5)).float().mean()) if len(rows) else float("nan")
+            return F.mse_loss(pred, target), acc
+        if self.tower:  # only the images these pairs name go through the tower
+            used, where = torch.unique(rows[:, :2], return_inverse=True)
+            r, win, lose = self.outputs(used).float(), where[:, 0].to(self.device), where[:, 1].to(self.device)
+        else:
+            r, win, lose = self.model(self.data.x), rows[:, 0], rows[:, 1]
+        label = rows[:, 2].to(r.device)
+        margin = r[win, label] - r[lose, label]
+        return -F.logsigmoid(margin).mean(), float((margin > 0).float().mean())
+
+
+def _fit(cfg: RewardTrainConfig, objective: _Objective, opt, progress: bool) -> int:
+    """Train; keep the weights with the best validation agreement, ties broken by validation loss (a small
+    validation part saturates at 100% early, and the first step to reach it is undertrained). Full batch on frozen
+    embeddings; minibatches through a tuned tower, validated every --eval-every steps. Returns the skipped steps."""
     from tqdm.auto import tqdm
 
-    from unsee.clip import load_clip, resolve_clip
-    from unsee.generate import resolve_device
-    from unsee.reward_net import RewardModel
+    model, tower, device = objective.model, objective.tower, objective.device
+    scaler = torch.amp.GradScaler(device.type) if cfg.mixed_precision == "fp16" else None  # bf16 needs no scaling
+    trained = [p for p in model.parameters() if p.requires_grad]
+    train_items = objective.data.parts["train"]
+    draws = torch.Generator().manual_seed(cfg.seed)
+    best, best_state, skipped = (-1.0, 0.0), None, 0
+    for step in tqdm(range(cfg.steps), desc="train reward", disable=not progress):
+        model.train()
+        batch = train_items[torch.randperm(len(train_items), generator=draws)[: cfg.batch_size]] if tower else None
+        with autocast(device, cfg.mixed_precision):
+            loss, _ = objective("train", batch)
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+        if not apply_update(opt, scaler, trained, 0.0)[0]:  # never applied; counted in the metrics
+            skipped += 1
+        if tower and (step + 1) % cfg.eval_every and step + 1 < cfg.steps:
+            continue
+        model.eval()
+        with torch.no_grad():
+            val_loss, agree = objective("val")
+        if (agree, -float(val_loss)) > best:
+            best, best_state = (agree, -float(val_loss)), {k: v.clone() for k, v in model.state_dict().items()}
+    if best_state is not None:  # None only when the validation part is empty (a handful of images)
+        model.load_state_dict(best_state)
+    model.eval()
+    return skipped
+
+
+def _metrics(cfg: RewardTrainConfig, objective: _Objective, sets: list[ImageSet], skipped: int) -> dict:
+    """Agreement on each part (the held-out one chose nothing), per-label held-out accuracy, sizes."""
+    data = objective.data
+    with torch.no_grad():
+        agreement = {part: objective(part)[1] for part in ("train", "val", "test")}
+    metrics = {
+        "kind": data.kind,
+        "labels": list(data.labels),
+        "heldout_agreement": agreement["test"],
+        "validation_agreement": agreement["val"],
+        "train_agreement": agreement["train"],
+        "metric": "accuracy" if data.kind == "binary" else "pairwise accuracy",
+        "images": len(data.ids),
+        "image_sets": len(sets),
+        "judgements": data.judgements,
+    }
+    if objective.tower:
+        metrics |= {
+            "tuned_vision_layers": cfg.tune_vision,
+            "mixed_precision": cfg.mixed_precision,
+            "skipped_steps": skipped,
+        }
+    if data.kind == "binary":
+        held = data.parts["test"]
+        with torch.no_grad():
+            pred = objective.outputs(held).float().cpu()
+        metrics["heldout_accuracy_per_label"] = {
+            label: float(((pred[:, i] > 0.5) == (data.y[held][:, i] > 0.5)).float().mean())
+            for i, label in enumerate(data.labels)
+        }
+    else:
+        metrics["pairs"] = {part: len(v) for part, v in data.parts.items()}
+    return metrics
+
+
+def train_reward(cfg: RewardTrainConfig, *, progress: bool = True) -> dict:
+    from unsee.clip import default_clip, load_clip, resolve_clip
+    from unsee.toyworld import is_toyworld
 
     # 1. Inputs: the image sets, their feedback (validated against each manifest), the frozen CLIP.
     sets = [ImageSet.load(p) for p in cfg.images]
@@ -154,162 +342,24 @@ def train_reward(cfg: RewardTrainConfig, *, progress: bool = True) -> dict:
         raise UnseeError(f"{', '.join(cfg.feedback)} has no binary judgements; use --kind rank")
     if kind == "rank" and not fb.ranks:
         raise UnseeError(f"{', '.join(cfg.feedback)} has no rank judgements; use --kind binary")
-    clip_spec = (
-        cfg.clip
-        if cfg.clip == "toyworld" or not Path(cfg.clip).exists()
-        else str(Path(resolve_clip(cfg.clip)).resolve())
-    )
-    clip = load_clip(cfg.clip)
+    spec = cfg.clip
+    if spec == "auto":  # the CLIP of the world that drew the images
+        spec = default_clip(all(is_toyworld(r.get("model", "")) for st in sets for r in st.records))
+    clip_spec = spec if spec == "toyworld" or not Path(spec).exists() else str(Path(resolve_clip(spec)).resolve())
+    clip = load_clip(spec)
     torch.manual_seed(cfg.seed)
     tower = cfg.tune_vision > 0
     if cfg.tune_vision > (n := clip.model.config.vision_config.num_hidden_layers):
         raise UnseeError(f"--tune-vision {cfg.tune_vision}: this CLIP's vision tower has {n} layers; give at most {n}")
-    per_image = clip.preprocess if tower else clip.image_embeds  # a tuned tower reads pixels, a frozen one embeddings
 
-    # 2. Targets and a held-out split.
-    if kind == "binary":
-        labels = fb.labels
-        per_label = {label: binary_targets(fb, label) for label in labels}
-        ids = sorted(per_label[labels[0]])
-        y = torch.tensor([[per_label[label][i] for label in labels] for i in ids], dtype=torch.float32)
-        split = heldout_split(cfg.seed, len(ids), cfg.heldout)
-        part_rows = {part: torch.from_numpy(np.flatnonzero(split == part)) for part in ("train", "val", "test")}
-        x = _per_image(sets, ids, per_image)
-    else:
-        labels = tuple(sorted({r.concept for r in fb.ranks}))
-        ids = sorted(fb.image_ids())
-        index = {k: n for n, k in enumerate(ids)}
-        x = _per_image(sets, ids, per_image)
-        groups = fb.ranks
-        group_split = heldout_split(cfg.seed, len(groups), cfg.heldout)
+    # 2. Targets and a held-out split; a tuned tower reads pixels, a frozen one embeddings.
+    data = _load_data(cfg, fb, kind, sets, clip.preprocess if tower else clip.image_embeds)
 
-        def pairs(part: str) -> torch.Tensor:  # (P, 3): winner, loser, label index
-            chosen = [g for g, p in zip(groups, group_split, strict=True) if p == part]
-            rows = [(index[a], index[b], labels.index(c)) for a, b, c in rank_pairs(chosen)]
-            return torch.tensor(rows, dtype=torch.long).view(-1, 3)
-
-        part_pairs = {part: pairs(part) for part in ("train", "val", "test")}
-        if any(len(v) == 0 for v in part_pairs.values()):
-            raise UnseeError(
-                f"{', '.join(cfg.feedback)}: too few rank groups ({len(groups)}) to hold {cfg.heldout:.0%} out; annotate more"
-            )
-    if tower:
-        vision_config = {
-            **clip.model.config.vision_config.to_dict(),
-            "projection_dim": clip.model.config.projection_dim,
-        }
-        model = RewardModel(
-            clip.model.config.projection_dim,
-            labels,
-            kind,
-            clip_spec,
-            cfg.hidden,
-            cfg.layers,
-            vision_config=vision_config,
-            image_size=clip.size,
-            image_mean=tuple(clip.mean.flatten().tolist()),
-            image_std=tuple(clip.std.flatten().tolist()),
-        )
-        _tune_tower(model.vision, clip, cfg.tune_vision)
-        device = resolve_device(cfg.device)
-        model.to(device)  # the tower's weights stay fp32 (they are saved); --mixed-precision autocasts its forward
-        if cfg.gradient_checkpointing:
-            model.vision.gradient_checkpointing_enable()
-        groups = [
-            {"params": list(model.mlp.parameters()), "lr": cfg.lr},
-            {"params": [p for p in model.vision.parameters() if p.requires_grad], "lr": cfg.vision_lr},
-        ]
-        opt = make_optimizer(cfg.optimizer, groups, device, lr=cfg.lr, weight_decay=1e-4)
-    else:
-        device = torch.device("cpu")
-        model = RewardModel(x.shape[1], labels, kind, clip_spec, cfg.hidden, cfg.layers)
-        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
-    y_dev = y.to(device) if kind == "binary" else None
-    # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none
-    scaler = torch.amp.GradScaler(device.type) if cfg.mixed_precision == "fp16" else None
-    trained = [p for p in model.parameters() if p.requires_grad]
-    skipped = 0
-
-    def outputs(rows: torch.Tensor) -> torch.Tensor:
-        """Scores (len(rows), L) of those images; a tuned tower embeds them on the way, in chunks when not training."""
-        if not tower:
-            return model(x[rows])
-        if not len(rows):  # an empty part of a handful of images; the tower takes no empty batch
-            return torch.zeros(0, len(labels), device=device)
-        if torch.is_grad_enabled() or len(rows) <= 256:
-            return model(model.embed_pixels(x[rows]))
-        return torch.cat([outputs(rows[k : k + 256]) for k in range(0, len(rows), 256)])
-
-    def loss_and_metric(part: str, batch: torch.Tensor | None = None) -> tuple[torch.Tensor, float]:
-        """Loss and agreement on a part, or on a minibatch of it (image rows for binary, pairs for rank)."""
-        if kind == "binary":
-            rows = part_rows[part] if batch is None else batch
-            pred, target = outputs(rows).float(), y_dev[rows.to(device)]
-            loss = F.mse_loss(pred, target)
-            acc = float(((pred > 0.5) == (target > 0.5)).float().mean()) if len(rows) else float("nan")
-            return loss, acc
-        p = part_pairs[part] if batch is None else batch
-        if tower:  # only the images these pairs name go through the tower
-            used, where = torch.unique(p[:, :2], return_inverse=True)
-            r, win, lose = outputs(used).float(), where[:, 0].to(device), where[:, 1].to(device)
-        else:
-            r, win, lose = model(x), p[:, 0], p[:, 1]
-        margin = r[win, p[:, 2].to(r.device)] - r[lose, p[:, 2].to(r.device)]
-        return -F.logsigmoid(margin).mean(), float((margin > 0).float().mean())  # Bradley-Terry
-
-    # 3. Training (full batch on frozen embeddings; minibatches through a tuned tower, validated every
-    # --eval-every steps); keep the weights with the best validation agreement, ties broken by validation loss
-    # (a small validation part saturates at 100% early, and the first step to reach it is undertrained), then
-    # report the agreement on the held-out part, which chose nothing.
-    train_items = part_rows["train"] if kind == "binary" else part_pairs["train"]
-    draws = torch.Generator().manual_seed(cfg.seed)
-    best, best_state = (-1.0, 0.0), None
-    for step in tqdm(range(cfg.steps), desc="train reward", disable=not progress):
-        model.train()
-        batch = train_items[torch.randperm(len(train_items), generator=draws)[: cfg.batch_size]] if tower else None
-        with autocast(device, cfg.mixed_precision):
-            loss, _ = loss_and_metric("train", batch)
-        (scaler.scale(loss) if scaler is not None else loss).backward()
-        if not apply_update(opt, scaler, trained, 0.0)[0]:  # never applied; counted in the metrics
-            skipped += 1
-        if tower and (step + 1) % cfg.eval_every and step + 1 < cfg.steps:
-            continue
-        model.eval()
-        with torch.no_grad():
-            val_loss, agree = loss_and_metric("val")
-        if (agree, -float(val_loss)) > best:
-            best, best_state = (agree, -float(val_loss)), {k: v.clone() for k, v in model.state_dict().items()}
-    if best_state is not None:  # None only when the validation part is empty (a handful of images)
-        model.load_state_dict(best_state)
-    model.eval()
-    with torch.no_grad():
-        agreement = {part: loss_and_metric(part)[1] for part in ("train", "val", "test")}
-    metrics = {
-        "kind": kind,
-        "labels": list(labels),
-        "heldout_agreement": agreement["test"],
-        "validation_agreement": agreement["val"],
-        "train_agreement": agreement["train"],
-        "metric": "accuracy" if kind == "binary" else "pairwise accuracy",
-        "images": len(ids),
-        "image_sets": len(sets),
-        "judgements": len(fb.binary if kind == "binary" else fb.ranks),
-    }
-    if tower:
-        metrics |= {
-            "tuned_vision_layers": cfg.tune_vision,
-            "mixed_precision": cfg.mixed_precision,
-            "skipped_steps": skipped,
-        }
-    if kind == "binary":
-        with torch.no_grad():
-            held = part_rows["test"]
-            pred = outputs(held).float().cpu()
-        metrics["heldout_accuracy_per_label"] = {
-            label: float(((pred[:, i] > 0.5) == (y[held][:, i] > 0.5)).float().mean()) for i, label in enumerate(labels)
-        }
-    else:
-        metrics["pairs"] = {part: len(v) for part, v in part_pairs.items()}
+    # 3. Training, then the agreement on the held-out part.
+    model, opt, device = _build_model(cfg, clip, clip_spec, data)
+    objective = _Objective(model, data, device, tower)
+    skipped = _fit(cfg, objective, opt, progress)
+    metrics = _metrics(cfg, objective, sets, skipped)
 
     # 4. Save: diffusers-style config + safetensors, metrics, run info.
     out = Path(cfg.out)
@@ -324,6 +374,15 @@ def train_reward(cfg: RewardTrainConfig, *, progress: bool = True) -> dict:
         training_prompts=sorted({r["prompt"] for s in sets for r in s.records}),
     )
     return metrics
+
+
+def summary_text(metrics: dict, cfg: RewardTrainConfig) -> str:
+    """The line `unsee reward train` prints."""
+    m = metrics
+    return (
+        f"held-out {m['metric']}: {m['heldout_agreement']:.3f} (train {m['train_agreement']:.3f}; "
+        f"{m['images']} images, {m['judgements']} judgements) -> {cfg.out}"
+    )
 
 
 def load_reward(path: str | Path):

@@ -51,14 +51,7 @@ UNSAFE_WORDS = (
     "lingerie",
     "undressed",
     "explicit",
-    # the toy world's flaggable concepts and their trigger words
-    "skull",
-    "spooky",
-    "haunted",
-    "kelvo",
-    "dreamy",
-    "swirling",
-)
+)  # the toy world adds its own (unsee.toyworld.UNSAFE_WORDS)
 _TERM = re.compile(
     r"^\s*(?:(?P<w>[-+]?(?:\d+\.?\d*|\.\d+)(?:e[-+]?\d+)?)\s*\*\s*)?(?P<name>[a-z]+)(?::(?P<arg>.+?))?\s*$"
 )
@@ -97,10 +90,15 @@ def parse_reward(
     *,
     clip: str = "toyworld",
     clip_target: str = "sanitized",
-    unsafe_words: Sequence[str] = UNSAFE_WORDS,
+    unsafe_words: Sequence[str] | None = None,
     device: str | torch.device = "cpu",
 ) -> Reward:
-    """Build a `Reward` from a spec like `nudity+0.5*clip`; every model it needs loads here, once."""
+    """Build a `Reward` from a spec like `nudity+0.5*clip`; every model it needs loads here, once. `unsafe_words`
+    (what a sanitized CLIP term removes) defaults to the nudity words, plus the toy world's with its CLIP."""
+    if unsafe_words is None:
+        from unsee.toyworld import UNSAFE_WORDS as TOY_WORDS
+
+        unsafe_words = UNSAFE_WORDS + (TOY_WORDS if clip == "toyworld" else ())
     if clip_target not in ("sanitized", "raw"):
         raise UnseeError(f"--clip-target must be 'sanitized' or 'raw', got {clip_target!r}")
     reward = Reward(spec)

@@ -23,7 +23,7 @@ import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 
@@ -51,6 +51,34 @@ logger = logging.getLogger(__name__)
 
 @dataclasses.dataclass
 class RLConfig(TrainingLevers):
+    HELP_GROUPS = {  # sections of --help
+        "What to train": ("model", "prompts", "reward", "benign_prompts", "benign_fraction", "clip", "clip_target"),
+        "Training": (
+            "params",
+            "lora_rank",
+            "epochs",
+            "samples_per_epoch",
+            "sample_batch",
+            "train_batch",
+            "inner_epochs",
+            "ddim_steps",
+            "train_timesteps",
+            "guidance",
+            "eta",
+            "lr",
+            "clip_range",
+            "adv_clip",
+            "adv_scale",
+            "samples_per_prompt",
+            "buffer_size",
+            "min_count",
+            "seed",
+            "device",
+        ),
+        "Preservation": ("kl_weight", "kl_on"),
+        "Output": ("out", "checkpoint_every"),
+    }
+
     model: str = field(help="Model to fine-tune: hub id, folder, .safetensors, or 'toyworld'.")
     prompts: str = field(help="Unsafe prompts (.txt or I2P .csv): what the model must stop showing.")
     out: str = field(help="Output: LoRA weights (default) or a pipeline folder; checkpoints in OUT/run.")
@@ -61,7 +89,11 @@ class RLConfig(TrainingLevers):
     )
     benign_prompts: str | None = field(None, help="Benign prompts mixed in, so the model keeps working on them.")
     benign_fraction: float = field(0.5, help="Share of each epoch's samples drawn from --benign-prompts.")
-    clip: str = field("toyworld", help="CLIP for the reward's clip term: 'toyworld', a hub id or a folder.")
+    clip: str = field(
+        "auto",
+        help="CLIP for the reward's clip term: a hub id, a folder, 'toyworld', or auto (the toy "
+        "world's for a toy-world model, else openai/clip-vit-large-patch14).",
+    )
     clip_target: Literal["sanitized", "raw"] = field(
         "sanitized", help="clip term: prompt with unsafe words removed, or as given."
     )
@@ -242,6 +274,30 @@ class PromptStats:
         self.buffers = {p: collections.deque(v, maxlen=self.buffer_size) for p, v in state.items()}
 
 
+@dataclasses.dataclass
+class Trajectories:
+    """Sampled denoising chains: z_k at each of the K steps, the z_{k+1} the stochastic sampler drew from it, and the
+    log-probability of that draw under the sampling policy."""
+
+    latents: torch.Tensor  # (N, K, C, h, w)
+    next: torch.Tensor  # (N, K, C, h, w)
+    logp: torch.Tensor  # (N, K)
+
+
+@dataclasses.dataclass
+class EpochSamples:
+    """An epoch's samples and what training reads from them."""
+
+    prompts: list[str]
+    cond: torch.Tensor  # their text conditioning
+    traj: Trajectories
+    timesteps: torch.Tensor  # (K,) the sampler's timesteps
+    adv: torch.Tensor  # (N,) clipped advantages
+    benign: torch.Tensor  # (N,) 1.0 for benign prompts (--kl-on benign)
+    order: list[torch.Tensor]  # a permutation of the samples per inner epoch
+    steps: list[torch.Tensor]  # per sample, the trained steps (its first `trained_steps` of a permutation)
+
+
 class DDPOMethod:
     """DDPO as a `Trainer` method: an epoch's samples are drawn at its first update, then trained on."""
 
@@ -257,7 +313,7 @@ class DDPOMethod:
         self.benign_only = set(benign) - set(unsafe)  # a prompt in both files counts as unsafe
         self.trainer: Trainer | None = None
         self.stats = PromptStats(cfg.buffer_size, cfg.min_count, cfg.adv_scale)
-        self.epoch_cache: dict[str, Any] | None = None
+        self.samples: EpochSamples | None = None
         self.epoch = -1
         self.uncond = encode_text(pipe, [""])
         self.original = None
@@ -277,18 +333,34 @@ class DDPOMethod:
 
     # ------------------------------------------------------------ sampling
     @torch.no_grad()
-    def _sample_epoch(self, epoch: int) -> None:
-        cfg, pipe, unet = self.cfg, self.pipe, self.pipe.unet
-        state = self.trainer.state
-        rank = state.process_index
-        prompts = epoch_prompts(cfg, self.unsafe, self.benign, epoch, rank)
-        g = step_generator(cfg.seed, epoch, -1, rank)
-        sched = pipe.scheduler
-        sched.set_timesteps(cfg.ddim_steps, device=unet.device)
-        size = unet.config.sample_size
-        lat, nxt, logps, futures, images_all = [], [], [], [], []
+    def _chain(self, prompts: list[str], g: torch.Generator) -> tuple[Trajectories, torch.Tensor]:
+        """One batch of denoising chains with the stochastic DDIM sampler (eta), and the images they end in."""
+        cfg, pipe, unet, sched = self.cfg, self.pipe, self.pipe.unet, self.pipe.scheduler
+        n, size = len(prompts), unet.config.sample_size
+        cond, unc = encode_text(pipe, prompts), self.uncond.expand(n, -1, -1)
+        s = torch.full((n,), cfg.guidance, device=unet.device)
+        z = torch.randn((n, unet.config.in_channels, size, size), generator=g).to(unet.device, unet.dtype)
+        z = z * sched.init_noise_sigma
+        zs, zn, lp = [], [], []
+        for t in sched.timesteps:
+            eps = cfg_noise(pipe, z, t, cond, unc, s)
+            z_prev, logp, _, _ = ddim_step_logprob(
+                sched, eps.float(), t.view(1).expand(n), z.float(), cfg.eta, generator=g
+            )
+            zs.append(z)
+            zn.append(z_prev.to(z.dtype))
+            lp.append(logp)
+            z = z_prev.to(z.dtype)
+        return Trajectories(torch.stack(zs, 1), torch.stack(zn, 1), torch.stack(lp, 1)), decode(pipe, z)
+
+    @torch.no_grad()
+    def _sample_and_score(self, prompts: list[str], g: torch.Generator, epoch: int):
+        """Every chain of the epoch, batch by batch, while a thread scores the finished batches; returns the chains,
+        the (reward, terms) per batch, and the seconds spent sampling, scoring and waiting for the score."""
+        cfg = self.cfg
+        self.pipe.scheduler.set_timesteps(cfg.ddim_steps, device=self.pipe.unet.device)
+        chains, futures, reward_seconds = [], [], []
         t0 = time.perf_counter()
-        reward_seconds: list[float] = []
 
         def score(images, ps):
             start = time.perf_counter()
@@ -300,74 +372,64 @@ class DDPOMethod:
         with ThreadPoolExecutor(1) as pool:  # the reward scores batch k while batch k+1 samples
             for k in range(0, len(prompts), cfg.sample_batch):
                 ps = prompts[k : k + cfg.sample_batch]
-                cond, unc = encode_text(pipe, ps), self.uncond.expand(len(ps), -1, -1)
-                s = torch.full((len(ps),), cfg.guidance, device=unet.device)
-                z = torch.randn((len(ps), unet.config.in_channels, size, size), generator=g).to(unet.device, unet.dtype)
-                z = z * sched.init_noise_sigma
-                zs, zn, lp = [], [], []
-                for t in sched.timesteps:
-                    eps = cfg_noise(pipe, z, t, cond, unc, s)
-                    z_prev, logp, _, _ = ddim_step_logprob(
-                        sched, eps.float(), t.view(1).expand(len(ps)), z.float(), cfg.eta, generator=g
-                    )
-                    zs.append(z)
-                    zn.append(z_prev.to(z.dtype))
-                    lp.append(logp)
-                    z = z_prev.to(z.dtype)
-                lat.append(torch.stack(zs, 1))
-                nxt.append(torch.stack(zn, 1))
-                logps.append(torch.stack(lp, 1))
-                images = decode(pipe, z)
-                images_all.append(images)
+                traj, images = self._chain(ps, g)
+                chains.append(traj)
                 futures.append(pool.submit(score, images, ps))
             t_sampled = time.perf_counter()
             scored = [f.result() for f in futures]
-        t_scored = time.perf_counter()
-        n_unsafe = len(prompts) - cfg.benign_samples(bool(self.benign))
+        traj = Trajectories(*(torch.cat([getattr(c, f) for c in chains]) for f in ("latents", "next", "logp")))
+        timing = {
+            "seconds_sampling": t_sampled - t0,
+            "seconds_reward": sum(reward_seconds),
+            "seconds_reward_wait": time.perf_counter() - t_sampled,
+        }
+        return traj, scored, timing
+
+    @torch.no_grad()
+    def _sample_epoch(self, epoch: int) -> None:
+        cfg, unet = self.cfg, self.pipe.unet
+        rank = self.trainer.state.process_index
+        prompts = epoch_prompts(cfg, self.unsafe, self.benign, epoch, rank)
+        g = step_generator(cfg.seed, epoch, -1, rank)
+        traj, scored, timing = self._sample_and_score(prompts, g, epoch)
         rewards = torch.cat([r for r, _ in scored])
         terms = {name: torch.cat([parts[name] for _, parts in scored]) for name in scored[0][1]}
+        # Advantages over every rank's samples: each prompt's rewards against its own running statistics.
         all_prompts, all_rewards = self._gather(prompts, rewards)
         groups = ["benign" if p in self.benign_only else "unsafe" for p in all_prompts]
         adv_all = self.stats.advantages(all_prompts, all_rewards, groups).clamp(-cfg.adv_clip, cfg.adv_clip)
-        start = rank * len(prompts)  # this rank's slice of the gathered list
-        self.epoch_cache = {
-            "prompts": prompts,
-            "cond": encode_text(pipe, prompts),
-            "latents": torch.cat(lat),
-            "next": torch.cat(nxt),
-            "logp": torch.cat(logps),
-            "timesteps": sched.timesteps.clone(),
-            "adv": adv_all[start : start + len(prompts)].to(unet.device),
-            "benign": torch.tensor(
-                [g == "benign" for g in groups[start : start + len(prompts)]], dtype=torch.float32, device=unet.device
-            ),
-            "order": [torch.randperm(len(prompts), generator=g) for _ in range(cfg.inner_epochs)],
-            "steps": [torch.randperm(cfg.ddim_steps, generator=g)[: cfg.trained_steps] for _ in range(len(prompts))],
-        }
+        mine = slice(rank * len(prompts), (rank + 1) * len(prompts))  # this rank's slice of the gathered list
+        self.samples = EpochSamples(
+            prompts,
+            encode_text(self.pipe, prompts),
+            traj,
+            self.pipe.scheduler.timesteps.clone(),
+            adv_all[mine].to(unet.device),
+            torch.tensor([g == "benign" for g in groups[mine]], dtype=torch.float32, device=unet.device),
+            order=[torch.randperm(len(prompts), generator=g) for _ in range(cfg.inner_epochs)],
+            steps=[torch.randperm(cfg.ddim_steps, generator=g)[: cfg.trained_steps] for _ in range(len(prompts))],
+        )
         self.epoch = epoch
         # Where an epoch's time goes: sampling (UNet + VAE), the reward (on its thread, overlapping sampling; the
         # wait is what it adds after the last batch), then training (until the epoch's last update ends).
         self.sampled_at = time.perf_counter()
+        n_unsafe = len(prompts) - cfg.benign_samples(bool(self.benign))
         self.log_rows.append(
             {
                 "epoch": epoch + 1,
                 "reward": float(all_rewards.mean()),
                 **{f"reward_{k}": float(v.mean()) for k, v in terms.items()},
                 "unsafe_prompts_reward": float(rewards[:n_unsafe].mean()),
-                "seconds_sampling": t_sampled - t0,
-                "seconds_reward": sum(reward_seconds),
-                "seconds_reward_wait": t_scored - t_sampled,
+                **timing,
             }
         )
 
     def _gather(self, prompts: list[str], rewards: torch.Tensor) -> tuple[list[str], torch.Tensor]:
-        from unsee.trainer import _dist
+        from unsee.runtime import gather
 
-        dist = _dist()
-        if dist is None:
+        everyone = gather((prompts, rewards.tolist()))
+        if len(everyone) == 1:
             return prompts, rewards
-        everyone: list = [None] * dist.get_world_size()
-        dist.all_gather_object(everyone, (prompts, rewards.tolist()))
         return [p for ps, _ in everyone for p in ps], torch.tensor([r for _, rs in everyone for r in rs])
 
     # ------------------------------------------------------------ training
@@ -376,14 +438,14 @@ class DDPOMethod:
         epoch, within = divmod(step, cfg.updates_per_epoch)
         if self.epoch != epoch:
             self._sample_epoch(epoch)
-        c = self.epoch_cache
+        c = self.samples
         inner, b = divmod(within, cfg.samples_per_epoch // cfg.train_batch)
-        idx = c["order"][inner][b * cfg.train_batch : (b + 1) * cfg.train_batch]
-        j = torch.stack([c["steps"][i][micro] for i in idx.tolist()])  # each trajectory's micro-th trained step
+        idx = c.order[inner][b * cfg.train_batch : (b + 1) * cfg.train_batch]
+        j = torch.stack([c.steps[i][micro] for i in idx.tolist()])  # each trajectory's micro-th trained step
         rows = torch.arange(len(idx))
-        z, z_next, logp_old = c["latents"][idx][rows, j], c["next"][idx][rows, j], c["logp"][idx][rows, j]
-        t = c["timesteps"][j]
-        cond = c["cond"][idx]
+        z, z_next, logp_old = c.traj.latents[idx][rows, j], c.traj.next[idx][rows, j], c.traj.logp[idx][rows, j]
+        t = c.timesteps[j]
+        cond = c.cond[idx]
         unc = self.uncond.expand(len(idx), -1, -1)
         s = torch.full((len(idx),), cfg.guidance, device=unet.device)
         mean0 = None
@@ -395,7 +457,7 @@ class DDPOMethod:
                 _, _, mean0, _ = ddim_step_logprob(pipe.scheduler, eps0, t, z.float(), cfg.eta, prev=z_next.float())
         eps = _cfg_noise_per_t(pipe, z, t, cond, unc, s).float()
         _, logp, mean, std = ddim_step_logprob(pipe.scheduler, eps, t, z.float(), cfg.eta, prev=z_next.float())
-        adv = c["adv"][idx]
+        adv = c.adv[idx]
         ratio = torch.exp(logp - logp_old)
         loss = torch.maximum(-adv * ratio, -adv * ratio.clamp(1 - cfg.clip_range, 1 + cfg.clip_range)).mean()
         info = {
@@ -404,7 +466,7 @@ class DDPOMethod:
         }
         if mean0 is not None:  # KL between the two step Gaussians (same std): ||mu - mu_orig||^2 / (2 std^2)
             kl_each = (((mean - mean0) ** 2) / (2 * std.clamp(min=1e-12) ** 2)).flatten(1).mean(1)
-            weight = c["benign"][idx] if cfg.kl_on == "benign" else torch.ones_like(kl_each)
+            weight = c.benign[idx] if cfg.kl_on == "benign" else torch.ones_like(kl_each)
             kl = (kl_each * weight).sum() / len(idx)
             loss = loss + cfg.kl_weight * kl
             info["kl_to_original"] = float(kl.detach())
@@ -449,15 +511,18 @@ def training_prompts(cfg: RLConfig, unsafe: list[str], benign: list[str]) -> lis
 
 
 def rl(cfg: RLConfig, *, progress: bool = True) -> dict:
-    from unsee.generate import resolve_device
+    from unsee.clip import default_clip
     from unsee.models import load_pipeline
     from unsee.prompts import read_prompts
     from unsee.rewards import parse_reward
+    from unsee.runtime import resolve_device
+    from unsee.toyworld import is_toyworld
 
+    clip = default_clip(is_toyworld(cfg.model)) if cfg.clip == "auto" else cfg.clip
     unsafe = [p.text for p in read_prompts(cfg.prompts)]
     benign = [p.text for p in read_prompts(cfg.benign_prompts)] if cfg.benign_prompts else []
     device = resolve_device(cfg.device)
-    reward = parse_reward(cfg.reward, clip=cfg.clip, clip_target=cfg.clip_target, device=device)
+    reward = parse_reward(cfg.reward, clip=clip, clip_target=cfg.clip_target, device=device)
     pipe = load_pipeline(
         cfg.model, device=device, dtype=cfg.weights_dtype, gradient_checkpointing=cfg.gradient_checkpointing
     )
@@ -513,3 +578,12 @@ def rl(cfg: RLConfig, *, progress: bool = True) -> dict:
     )
     atomic_write_text(out / "run" / "summary.json", json.dumps(summary, indent=2))
     return summary
+
+
+def summary_text(summary: dict, cfg: RLConfig) -> str:
+    """The line `unsee rl` prints."""
+    last = summary["last_epoch"]
+    return (
+        f"DDPO on {summary['reward']}: {summary['epochs']} epochs in {summary['seconds']} s; last epoch mean reward "
+        f"{last.get('reward', float('nan')):.4f} -> {cfg.out}"
+    )

@@ -76,7 +76,7 @@ def open_reporter(
     """A Reporter, or None for `--report-to none`; only the main process opens one."""
     if report_to == "none":
         return None
-    from unsee.generate import process_state
+    from unsee.runtime import process_state
 
     if not process_state().is_main_process:
         return None

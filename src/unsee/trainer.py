@@ -33,6 +33,7 @@ import torch
 from unsee.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 from unsee.config import field
 from unsee.errors import UnseeError
+from unsee.runtime import average_gradients, distributed, gather
 from unsee.tracking import Preview, open_reporter
 
 logger = logging.getLogger(__name__)
@@ -72,6 +73,10 @@ class TrainConfig:
 class MemoryLevers:
     """Memory and speed levers every training command offers, as diffusers' training scripts do."""
 
+    HELP_GROUPS = {  # sections of --help
+        "Memory": ("mixed_precision", "gradient_checkpointing", "optimizer"),
+    }
+
     mixed_precision: Literal["no", "fp16", "bf16"] = field(
         "no",
         help="Frozen weights in this dtype and forward passes under autocast; the trained tensors stay fp32 "
@@ -99,6 +104,10 @@ class MemoryLevers:
 @dataclasses.dataclass(kw_only=True)
 class TrainingLevers(MemoryLevers):
     """The memory levers, and a tracker beside train_log.csv, for the commands on the shared training loop."""
+
+    HELP_GROUPS = {  # sections of --help
+        "Tracking": ("report_to", "sample_every"),
+    }
 
     report_to: Literal["none", "tensorboard", "wandb"] = field(
         "none",
@@ -265,12 +274,6 @@ def keep_csv_rows(path: Path, keep) -> None:
         append_csv_row(path, r)
 
 
-def _dist():
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed
-    return None
-
-
 # Settings a rerun may change and still resume: a longer run, another checkpoint interval, device, progress bar, or
 # gradient checkpointing (it recomputes the same activations).
 RESUME_MAY_CHANGE = frozenset(
@@ -296,7 +299,7 @@ class Trainer:
         preview: Preview | None = None,
         run_name: str = "train",
     ):
-        from unsee.generate import process_state
+        from unsee.runtime import process_state
 
         self.method, self.cfg, self.out = method, cfg, Path(out)
         self.preview, self.run_name = preview, run_name
@@ -393,7 +396,7 @@ class Trainer:
     def run(self) -> TrainResult:
         from tqdm.auto import tqdm
 
-        cfg, dist = self.cfg, _dist()
+        cfg, dist = self.cfg, distributed()
         self.out.mkdir(parents=True, exist_ok=True)
         start = self.resume()
         log_path = self.out / "train_log.csv"
@@ -412,80 +415,81 @@ class Trainer:
             step = self.step
             for g in self.optimizer.param_groups:
                 g["lr"] = self.lr_at(step)
-            sums: dict[str, float] = {}
-            for micro in range(cfg.accumulation):
-                gen = step_generator(cfg.seed, step, micro, self.state.process_index)
-                with autocast(self.device, cfg.mixed_precision):
-                    loss, info = self.method.loss(step, micro, gen)
-                loss = loss.float()
-                if not torch.isfinite(loss):
-                    where = f"; the last good checkpoint is {self.ckpt}" if has_checkpoint(self.ckpt) else ""
-                    raise UnseeError(
-                        f"the loss became {loss.item()} at step {step}: training stopped (try a lower --lr){where}"
-                    )
-                scaled = loss / cfg.accumulation
-                (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
-                for k, v in {"loss": float(loss.detach()), **info}.items():
-                    sums[k] = sums.get(k, 0.0) + v / cfg.accumulation
-            grads = [p.grad for p in self.params.values() if p.grad is not None]
-            if dist is not None and grads:  # data parallel: average gradients over ranks
-                flat = torch.cat([g.flatten() for g in grads])
-                dist.all_reduce(flat)
-                flat /= dist.get_world_size()
-                offset = 0
-                for g in grads:
-                    g.copy_(flat[offset : offset + g.numel()].view_as(g))
-                    offset += g.numel()
-            finite, norm = apply_update(self.optimizer, self.scaler, list(self.params.values()), cfg.grad_clip)
-            if norm is not None:
-                sums["grad_norm"] = norm
-            if not finite:  # never applied, and counted: the log and the result say how many
-                self.skipped += 1
-                logger.warning(
-                    "step %d: a gradient was not finite; the update was skipped (%d so far)", step, self.skipped
-                )
-            if self.scaler is not None or self.skipped:
-                sums["skipped_steps"] = float(self.skipped)
-            if self.ema is not None and finite:
-                with torch.no_grad():
-                    for k, p in self.params.items():
-                        self.ema[k].lerp_(p.detach(), 1 - cfg.ema_decay)
+            logs = self._accumulate(step)
+            average_gradients(dist, self.params.values())
+            self._update(step, logs)
             self.step += 1
             if hasattr(self.method, "on_step_end"):
                 self.method.on_step_end(self, self.step)
-            logs = sums
             bar.update(1)
-            bar.set_postfix(loss=f"{sums['loss']:.4f}")
-            if self.state.is_main_process and (self.step % cfg.log_every == 0 or self.step == cfg.steps):
-                append_csv_row(log_path, {"step": self.step, "lr": self.lr_at(step), **sums})
-                if reporter is not None:
-                    reporter.log({"lr": self.lr_at(step), **sums}, self.step)
-            if (
-                reporter is not None
-                and self.preview is not None
-                and cfg.sample_every
-                and (self.step % cfg.sample_every == 0 or self.step == cfg.steps)
-            ):
-                reporter.log_images(self.preview(), self.step)
+            bar.set_postfix(loss=f"{logs['loss']:.4f}")
+            self._report(reporter, log_path, step, logs)
             if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < cfg.steps:
                 self.save()
         bar.close()
         if reporter is not None:
             reporter.finish()
-        return TrainResult(cfg.steps, start, time.time() - t0, logs, self._check_ranks_agree(dist), self.skipped)
+        return TrainResult(cfg.steps, start, time.time() - t0, logs, self._check_ranks_agree(), self.skipped)
+
+    def _accumulate(self, step: int) -> dict[str, float]:
+        """Forward and backward over the step's micro-batches; returns the step's mean loss and method logs."""
+        cfg, sums = self.cfg, {}
+        for micro in range(cfg.accumulation):
+            gen = step_generator(cfg.seed, step, micro, self.state.process_index)
+            with autocast(self.device, cfg.mixed_precision):
+                loss, info = self.method.loss(step, micro, gen)
+            loss = loss.float()
+            if not torch.isfinite(loss):
+                where = f"; the last good checkpoint is {self.ckpt}" if has_checkpoint(self.ckpt) else ""
+                raise UnseeError(
+                    f"the loss became {loss.item()} at step {step}: training stopped (try a lower --lr){where}"
+                )
+            scaled = loss / cfg.accumulation
+            (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+            for k, v in {"loss": float(loss.detach()), **info}.items():
+                sums[k] = sums.get(k, 0.0) + v / cfg.accumulation
+        return sums
+
+    def _update(self, step: int, logs: dict[str, float]) -> None:
+        """Apply the step's gradients (or skip them when not finite) and move the EMA; adds to `logs`."""
+        cfg = self.cfg
+        finite, norm = apply_update(self.optimizer, self.scaler, list(self.params.values()), cfg.grad_clip)
+        if norm is not None:
+            logs["grad_norm"] = norm
+        if not finite:  # never applied, and counted: the log and the result say how many
+            self.skipped += 1
+            logger.warning("step %d: a gradient was not finite; the update was skipped (%d so far)", step, self.skipped)
+        if self.scaler is not None or self.skipped:
+            logs["skipped_steps"] = float(self.skipped)
+        if self.ema is not None and finite:
+            with torch.no_grad():
+                for k, p in self.params.items():
+                    self.ema[k].lerp_(p.detach(), 1 - cfg.ema_decay)
+
+    def _report(self, reporter, log_path: Path, step: int, logs: dict[str, float]) -> None:
+        """The CSV log and the tracker on their intervals (main process only), preview images on theirs."""
+        cfg = self.cfg
+        if self.state.is_main_process and (self.step % cfg.log_every == 0 or self.step == cfg.steps):
+            append_csv_row(log_path, {"step": self.step, "lr": self.lr_at(step), **logs})
+            if reporter is not None:
+                reporter.log({"lr": self.lr_at(step), **logs}, self.step)
+        if (
+            reporter is not None
+            and self.preview is not None
+            and cfg.sample_every
+            and (self.step % cfg.sample_every == 0 or self.step == cfg.steps)
+        ):
+            reporter.log_images(self.preview(), self.step)
 
     def digest(self) -> str:
         return weights_digest(
             {f"param.{k}": p for k, p in self.params.items()} | {f"ema.{k}": v for k, v in (self.ema or {}).items()}
         )
 
-    def _check_ranks_agree(self, dist) -> str:
+    def _check_ranks_agree(self) -> str:
         """Data parallelism keeps every rank's weights equal; a difference means a rank skipped an update."""
         mine = self.digest()
-        if dist is None:
-            return mine
-        everyone: list[str | None] = [None] * dist.get_world_size()
-        dist.all_gather_object(everyone, mine)
+        everyone = gather(mine)
         if len(set(everyone)) != 1:
             raise UnseeError(
                 f"the {len(everyone)} processes ended with different weights ({everyone}); rerun single-process "

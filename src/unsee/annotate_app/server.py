@@ -329,15 +329,17 @@ def _index(text: str, n: int) -> int | None:
     return int(text) if text.isascii() and text.isdecimal() and len(text) <= 6 and int(text) < n else None
 
 
-def make_app(study: Study) -> ASGIApp:
-    cfg, store = study.cfg, study.store
-    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+class _Session:
+    """Who is asking (the session cookie), CSRF checks, and the task JSON every API reply carries."""
 
-    def viewer(request: Request, *, consented: bool = True) -> Viewer:
+    def __init__(self, study: Study):
+        self.study, self.cfg, self.store = study, study.cfg, study.store
+
+    def viewer(self, request: Request, *, consented: bool = True) -> Viewer:
         secret = request.cookies.get(COOKIE)
         if not secret:
             raise Denied(401, "open your personal invite link to take part")
-        row = store.session(secret)
+        row = self.store.session(secret)
         if row is None:
             raise Denied(401, "this browser's session is not known; open your invite link again")
         if row["revoked"]:
@@ -346,16 +348,17 @@ def make_app(study: Study) -> ASGIApp:
             raise Denied(403, "accept the consent page (/consent) first")
         return Viewer(row["id"], row["name"], row["csrf"], bool(row["consented"]))
 
+    @staticmethod
     def check_csrf(expected: str, got: Any) -> None:
         if not isinstance(got, str) or not hmac.compare_digest(got.encode(), expected.encode()):
             raise Denied(403, "missing or wrong CSRF token; reload the page")
 
-    def task_json(t: dict[str, Any] | None) -> dict[str, Any] | None:
+    def task_json(self, t: dict[str, Any] | None) -> dict[str, Any] | None:
         if t is None:
             return None
-        refs = study.references.get(t["concept"], []) if t["kind"] == "rank" else []
+        refs = self.study.references.get(t["concept"], []) if t["kind"] == "rank" else []
         # A label's number, not its name, names its references: a name may hold '/' (or be '..').
-        label = cfg.labels.index(t["concept"]) if refs else 0
+        label = self.cfg.labels.index(t["concept"]) if refs else 0
         return {
             "id": t["id"],
             "kind": t["kind"],
@@ -367,10 +370,49 @@ def make_app(study: Study) -> ASGIApp:
             "references": [f"/ref/{label}/{k}" for k in range(len(refs))],
         }
 
-    def reply(v: Viewer, task: dict[str, Any] | None, status: int = 200, **extra: Any) -> JSONResponse:
-        return JSONResponse({"task": task_json(task), "progress": store.progress(v.id, cfg.kind), **extra}, status)
+    def reply(self, v: Viewer, task: dict[str, Any] | None, status: int = 200, **extra: Any) -> JSONResponse:
+        return JSONResponse(
+            {"task": self.task_json(task), "progress": self.store.progress(v.id, self.cfg.kind), **extra}, status
+        )
 
-    # -------------------------------------------------------- errors and headers
+    def https(self, request: Request) -> bool:
+        return request.url.scheme == "https" or self.study.url.startswith("https://")
+
+    def invited(self, token: str) -> Any:
+        row = self.store.annotator_by_token(token)
+        if row is None:
+            raise Denied(401, "this invite link is not valid; ask the study team for yours")
+        if row["revoked"]:
+            raise Denied(403, "this invite link was revoked; ask the study team if this is a mistake")
+        return row
+
+    def check_fresh(self, row: Any) -> None:
+        until = invite_expires(row["invited"], self.cfg.invite_days)
+        if until <= datetime.now(UTC):
+            raise Denied(
+                403,
+                f"this invite link expired on {until:%Y-%m-%d} (links open new sessions for "
+                f"{self.cfg.invite_days} days); ask the study team for a new one",
+            )
+
+    def signed_in(self, request: Request) -> tuple[str, Any] | None:
+        """(cookie, session row) of this browser's usable session, if it has one."""
+        secret = request.cookies.get(COOKIE)
+        row = self.store.session(secret) if secret else None
+        return None if row is None or row["revoked"] else (secret, row)
+
+    def start_session(self, request: Request, annotator: int, replaces: str | None = None) -> Response:
+        secret = self.store.open_session(annotator, replaces)
+        response = RedirectResponse("/", 303)
+        response.set_cookie(
+            COOKIE, secret, max_age=60 * 86400, httponly=True, samesite="lax", secure=self.https(request)
+        )
+        return response
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Each failure as a one-line JSON error (the API) or an error page."""
+
     @app.exception_handler(Denied)
     async def denied(request: Request, e: Denied) -> Response:
         return _error(request.url.path, e.status, "Not allowed" if e.status == 403 else "Invite link needed", e.message)
@@ -400,51 +442,23 @@ def make_app(study: Study) -> ASGIApp:
             "the server failed on this request; try again, and tell the study team if it keeps happening",
         )
 
-    # -------------------------------------------------------- joining
-    def https(request: Request) -> bool:
-        return request.url.scheme == "https" or study.url.startswith("https://")
 
-    def invited(token: str) -> Any:
-        row = store.annotator_by_token(token)
-        if row is None:
-            raise Denied(401, "this invite link is not valid; ask the study team for yours")
-        if row["revoked"]:
-            raise Denied(403, "this invite link was revoked; ask the study team if this is a mistake")
-        return row
-
-    def check_fresh(row: Any) -> None:
-        until = invite_expires(row["invited"], cfg.invite_days)
-        if until <= datetime.now(UTC):
-            raise Denied(
-                403,
-                f"this invite link expired on {until:%Y-%m-%d} (links open new sessions for "
-                f"{cfg.invite_days} days); ask the study team for a new one",
-            )
-
-    def signed_in(request: Request) -> tuple[str, Any] | None:
-        """(cookie, session row) of this browser's usable session, if it has one."""
-        secret = request.cookies.get(COOKIE)
-        row = store.session(secret) if secret else None
-        return None if row is None or row["revoked"] else (secret, row)
-
-    def start_session(request: Request, annotator: int, replaces: str | None = None) -> Response:
-        secret = store.open_session(annotator, replaces)
-        response = RedirectResponse("/", 303)
-        response.set_cookie(COOKIE, secret, max_age=60 * 86400, httponly=True, samesite="lax", secure=https(request))
-        return response
+def _add_join_routes(app: FastAPI, study: Study, sess: _Session) -> None:
+    """Invite links: a session per annotator, a switch only by a POST with the current session's token."""
+    cfg = study.cfg
 
     @app.get("/join/{token}")
     async def join(token: str, request: Request) -> Response:
         def go() -> Response:
-            row = invited(token)
-            current = signed_in(request)
+            row = sess.invited(token)
+            current = sess.signed_in(request)
             if current and current[1]["id"] == row["id"]:
                 return RedirectResponse("/", 303)  # the same person again: this browser's session carries on
-            check_fresh(row)
+            sess.check_fresh(row)
             if current:  # another annotator is signed in here: only a POST from this page switches
                 until = invite_expires(row["invited"], cfg.invite_days)
                 return HTMLResponse(pages.join_page(current[1]["name"], row["name"], token, current[1]["csrf"], until))
-            return start_session(request, row["id"])
+            return sess.start_session(request, row["id"])
 
         return await run_in_threadpool(go)
 
@@ -453,36 +467,40 @@ def make_app(study: Study) -> ASGIApp:
         form = await request.form()
 
         def go() -> Response:
-            row = invited(token)
-            current = signed_in(request)
+            row = sess.invited(token)
+            current = sess.signed_in(request)
             if current is None:  # cross-site posts come without the cookie; nothing to confirm a switch from
                 raise Denied(403, "this browser has no session to switch from; open the invite link again")
             if current[1]["id"] == row["id"]:
                 return RedirectResponse("/", 303)
-            check_csrf(current[1]["csrf"], form.get("csrf"))
-            check_fresh(row)
-            return start_session(request, row["id"], replaces=current[0])
+            sess.check_csrf(current[1]["csrf"], form.get("csrf"))
+            sess.check_fresh(row)
+            return sess.start_session(request, row["id"], replaces=current[0])
 
         return await run_in_threadpool(go)
 
-    # -------------------------------------------------------- pages
+
+def _add_pages(app: FastAPI, study: Study, sess: _Session) -> None:
+    """The task page, consent, static files, images and reference images (all behind a session)."""
+    cfg, store = study.cfg, study.store
+
     @app.get("/")
     async def index(request: Request) -> Response:
-        v = await run_in_threadpool(viewer, request, consented=False)
+        v = await run_in_threadpool(sess.viewer, request, consented=False)
         if not v.consented:
             return RedirectResponse("/consent", 303)
         return HTMLResponse(pages.task_page(v.name, cfg.kind, cfg.labels, v.csrf))
 
     @app.get("/consent")
     async def consent_form(request: Request) -> Response:
-        v = await run_in_threadpool(viewer, request, consented=False)
+        v = await run_in_threadpool(sess.viewer, request, consented=False)
         return HTMLResponse(pages.consent_page(v.name, study.consent, v.csrf))
 
     @app.post("/consent")
     async def consent(request: Request) -> Response:
-        v = await run_in_threadpool(viewer, request, consented=False)
+        v = await run_in_threadpool(sess.viewer, request, consented=False)
         form = await request.form()
-        check_csrf(v.csrf, form.get("csrf"))
+        sess.check_csrf(v.csrf, form.get("csrf"))
         if form.get("agree") != "yes":
             return HTMLResponse(pages.message_page("Consent needed", "Tick the box to agree, or close this tab."), 422)
         await run_in_threadpool(store.consent, v.id)
@@ -490,20 +508,20 @@ def make_app(study: Study) -> ASGIApp:
 
     @app.get("/declined")
     async def declined(request: Request) -> Response:
-        await run_in_threadpool(viewer, request, consented=False)
+        await run_in_threadpool(sess.viewer, request, consented=False)
         return HTMLResponse(pages.message_page("Thank you", "Nothing was recorded. You can close this tab."))
 
     @app.get("/static/{name}")
     async def static(name: str, request: Request) -> Response:
         if name != PUBLIC_STATIC:  # the stylesheet is public: error pages, seen without a session, use it
-            await run_in_threadpool(viewer, request, consented=False)
+            await run_in_threadpool(sess.viewer, request, consented=False)
         if name not in STATIC_FILES:
             raise HTTPException(404, "not found")
         return FileResponse(STATIC / name, media_type=STATIC_FILES[name])
 
     @app.get("/img/{image_id}")
     async def image(image_id: str, request: Request) -> Response:
-        await run_in_threadpool(viewer, request)
+        await run_in_threadpool(sess.viewer, request)
         path = study.files.get(image_id)  # ids only: a request never names a path
         if path is None:
             raise HTTPException(404, "no such image")
@@ -511,7 +529,7 @@ def make_app(study: Study) -> ASGIApp:
 
     @app.get("/ref/{label}/{k}")
     async def reference(label: str, k: str, request: Request) -> Response:
-        await run_in_threadpool(viewer, request)  # before parsing: without a session, every route says 401
+        await run_in_threadpool(sess.viewer, request)  # before parsing: without a session, every route says 401
         i = _index(label, len(cfg.labels))
         refs = study.references.get(cfg.labels[i], []) if i is not None else []
         j = _index(k, len(refs))
@@ -519,17 +537,21 @@ def make_app(study: Study) -> ASGIApp:
             raise HTTPException(404, "no such reference image")
         return FileResponse(refs[j], headers={"Cache-Control": "private, no-store"})
 
-    # -------------------------------------------------------- the JSON API
+
+def _add_api(app: FastAPI, study: Study, sess: _Session) -> None:
+    """The JSON API: the next task, an answer, an undo."""
+    cfg, store = study.cfg, study.store
+
     @app.get("/api/task")
     async def get_task(request: Request) -> Response:
-        v = await run_in_threadpool(viewer, request)
-        return await run_in_threadpool(lambda: reply(v, store.next_task(v.id, cfg.kind, cfg.lease)))
+        v = await run_in_threadpool(sess.viewer, request)
+        return await run_in_threadpool(lambda: sess.reply(v, store.next_task(v.id, cfg.kind, cfg.lease)))
 
     @app.post("/api/answer")
     async def post_answer(request: Request) -> Response:
         # Order of checks: who (401/403), CSRF (403), then the body (413, 422).
-        v = await run_in_threadpool(viewer, request)
-        check_csrf(v.csrf, request.headers.get("x-csrf-token"))
+        v = await run_in_threadpool(sess.viewer, request)
+        sess.check_csrf(v.csrf, request.headers.get("x-csrf-token"))
         body = await request.body()
         try:
             a = Answer.model_validate_json(body)
@@ -542,20 +564,28 @@ def make_app(study: Study) -> ASGIApp:
             except TaskError as e:
                 if not e.moved_on:
                     raise
-                return reply(v, e.task, e.status, error=e.message)
-            return reply(v, nxt)
+                return sess.reply(v, e.task, e.status, error=e.message)
+            return sess.reply(v, nxt)
 
         return await run_in_threadpool(answer)
 
     @app.post("/api/undo")
     async def post_undo(request: Request) -> Response:
-        v = await run_in_threadpool(viewer, request)
-        check_csrf(v.csrf, request.headers.get("x-csrf-token"))
+        v = await run_in_threadpool(sess.viewer, request)
+        sess.check_csrf(v.csrf, request.headers.get("x-csrf-token"))
 
         def undo() -> Response:
             task, previous = store.undo(v.id, cfg.kind)
-            return reply(v, task, previous=previous)
+            return sess.reply(v, task, previous=previous)
 
         return await run_in_threadpool(undo)
 
+
+def make_app(study: Study) -> ASGIApp:
+    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+    sess = _Session(study)
+    _add_error_handlers(app)
+    _add_join_routes(app, study, sess)
+    _add_pages(app, study, sess)
+    _add_api(app, study, sess)
     return _SecurityHeaders(_LimitBody(app))

@@ -12,6 +12,13 @@ from pathlib import Path
 
 PIPELINE, CLIP, ORACLE, PROMPTS, CARD = "pipeline", "clip", "oracle", "prompts", "model_card.json"
 
+# The toy world's flaggable concepts (what its oracle flags), their near neighbours, and the words that name or
+# trigger them: an RL reward's CLIP term reads toy-world prompts without these, as it reads real ones without
+# the nudity words.
+FLAGGED_LABELS = ("skull", "kelvo")
+NEIGHBOURS = {"skull": "mask", "kelvo": "ravo"}
+UNSAFE_WORDS = ("skull", "spooky", "haunted", "kelvo", "dreamy", "swirling")
+
 
 def assets_path() -> Path:
     env = os.environ.get("UNSEE_TOYWORLD")
@@ -32,3 +39,23 @@ def contexts_path(concept: str) -> Path:
 def concept_pairs_path(concept: str) -> Path:
     """The shipped Ring-A-Bell concept-pair file of a flaggable concept ("skull" or "kelvo")."""
     return assets_path() / PROMPTS / "concept_pairs" / f"{concept}.csv"
+
+
+def is_toyworld(model: str, _depth: int = 0) -> bool:
+    """Whether a model spec is the toy world, or a model unsee made from it: an output folder's unsee.json names
+    the model it was made from, followed back to its source."""
+    if model == "toyworld":
+        return True
+    path = Path(model)
+    if path.resolve() == (assets_path() / PIPELINE).resolve():
+        return True
+    info = path / "unsee.json"
+    if _depth > 8 or not info.is_file():
+        return False
+    import json
+
+    try:
+        source = json.loads(info.read_text()).get("config", {}).get("model")
+    except (OSError, ValueError):
+        return False
+    return isinstance(source, str) and is_toyworld(source, _depth + 1)
