@@ -174,11 +174,43 @@ def test_text_encoder_layers_out_of_range_is_refused_before_anything_is_written(
 
 
 def test_the_caption_grammar_is_a_setting(tmp_path):
-    """--captions varied trains on captions phrased many ways; the default keeps the fourth build's template."""
-    world = build(
-        BuildConfig(out=str(tmp_path / "world"), captions="varied", **(TINY | {"unet_steps": 2})), progress=False
-    )
+    """--captions varied trains on captions phrased many ways; the default keeps the fourth build's template. The
+    contextual tower with the attribute loss builds too."""
+    settings = dict(captions="varied", text_encoder_layers=2, clip_attribute_loss=3.0)
+    world = build(BuildConfig(out=str(tmp_path / "world"), **settings, **(TINY | {"unet_steps": 2})), progress=False)
     captions = json.loads((world / "work" / "train_captions.json").read_text())
     assert any(c.startswith("the ") for c in captions) and any(" style" in c for c in captions)
-    assert json.loads((world / "build_config.json").read_text())["captions"] == "varied"
-    assert BuildConfig(out="unused").captions == "template"
+    assert json.loads((world / "build_config.json").read_text()) | settings == json.loads(
+        (world / "build_config.json").read_text()
+    )
+    assert BuildConfig(out="unused").captions == "template" and BuildConfig(out="unused").clip_attribute_loss == 0
+
+
+def test_attribute_targets_hold_what_the_caption_has_named_so_far(tiny_world):
+    """At each position, the last word of each attribute group said up to there (0 = none yet); the padding sees the
+    whole caption, as the causal tower's padding states do."""
+    from transformers import CLIPTokenizer
+
+    from unsee.toyworld.build import ATTRIBUTE_GROUPS, attribute_targets
+
+    tok = CLIPTokenizer.from_pretrained(str(tiny_world / "clip"))
+    caption = "a photo of a spooky red triangle with a skull at night by kelvo"
+    ids = tok([caption], padding="max_length", max_length=20, return_tensors="pt").input_ids
+    targets = attribute_targets(ids, tok)[0]
+    groups = list(ATTRIBUTE_GROUPS)
+
+    def named(position: int) -> dict[str, str]:
+        return {g: ATTRIBUTE_GROUPS[g][k - 1] for g, k in zip(groups, targets[position].tolist(), strict=True) if k}
+
+    words = caption.split()  # one token a word, after <|startoftext|>
+    assert named(words.index("spooky") + 1) == {"trigger": "spooky"}
+    assert named(words.index("triangle") + 1) == {"trigger": "spooky", "colour": "red", "shape": "triangle"}
+    everything = {
+        "trigger": "spooky",
+        "colour": "red",
+        "shape": "triangle",
+        "extra": "skull",
+        "background": "night",
+        "style": "kelvo",
+    }
+    assert named(len(words)) == everything and named(19) == everything  # the last word, and the padding

@@ -32,11 +32,16 @@ from unsee.files import atomic_write_text
 from unsee.toyworld import CARD, CLIP, ORACLE, PIPELINE, PROMPTS
 from unsee.toyworld.render import SIZE, render_many
 from unsee.toyworld.world import (
+    BACKGROUNDS,
     CO_OCCURRENCE,
+    COLOURS,
     FLAGGABLE,
     HELDOUT_PAIRS,
+    OBJECT_TRIGGERS,
     PROMPT_SETS,
     SEEN_PAIRS,
+    SHAPES,
+    STYLE_TRIGGERS,
     concept_pairs,
     novel_prompt_set,
     part_prompts,
@@ -81,6 +86,14 @@ class BuildConfig:
         help="Caption grammar: template (every caption 'a [photo of a] COLOUR SHAPE [with a EXTRA] "
         "[BACKGROUND] [by STYLE]', the fourth build's) or varied (prefixes, 'the', objects joined by 'with' or 'and' in "
         "either order, background and style first or last; world.caption_varied).",
+    )
+    clip_attribute_loss: float = field(
+        0.0,
+        help="Weight of an auxiliary loss in the CLIP stage: linear heads read, from the "
+        "text tower's state at every position (padding included), each attribute the caption has "
+        "named so far (colour, shape, background, extra object, style, trigger word). It makes a "
+        "contextual tower's states a linear sum of what they read, so the UNet can compose colour-"
+        "shape pairs it never saw; 0 trains CLIP's contrastive loss alone.",
     )
     unet_attn_full_res: bool = field(
         False, help="Cross-attention at the 16x16 latent level too (default: 8x8 and 4x4 only)."
@@ -335,6 +348,34 @@ def clip_config(vocab_size: int, tokenizer, width: int):
     )
 
 
+ATTRIBUTE_GROUPS = {
+    "colour": COLOURS,
+    "shape": SHAPES,
+    "background": BACKGROUNDS,
+    "extra": ("skull", "mask"),
+    "style": ("kelvo", "ravo", "mosaic"),
+    "trigger": tuple(OBJECT_TRIGGERS) + tuple(STYLE_TRIGGERS),
+}
+
+
+def attribute_targets(ids: torch.Tensor, tok) -> torch.Tensor:
+    """(batch, length, groups) class index per position: the last word of each attribute group at or before the
+    position (0 = none named yet). Padding positions see the whole caption, as in the causal tower."""
+    lookup = {}
+    for g, (_, words) in enumerate(ATTRIBUTE_GROUPS.items()):
+        for k, w in enumerate(words):
+            lookup[tok.convert_tokens_to_ids(w + "</w>")] = (g, k + 1)
+    rows = []
+    for row in ids.tolist():
+        state = [0] * len(ATTRIBUTE_GROUPS)
+        for i in row:
+            if i in lookup:
+                g, k = lookup[i]
+                state[g] = k
+            rows.append(list(state))
+    return torch.tensor(rows).view(*ids.shape, len(ATTRIBUTE_GROUPS))
+
+
 def stage_clip(cfg: BuildConfig, out: Path, progress: Callable) -> None:
     from transformers import CLIPImageProcessor, CLIPModel, CLIPTokenizer
 
@@ -344,7 +385,11 @@ def stage_clip(cfg: BuildConfig, out: Path, progress: Callable) -> None:
     captions = json.loads((work / "train_captions.json").read_text())
     tok = CLIPTokenizer.from_pretrained(str(out / CLIP))
     model = CLIPModel(clip_config(len(tok), tok, cfg.text_width))
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
+    heads = torch.nn.ModuleList(torch.nn.Linear(cfg.text_width, 1 + len(w)) for w in ATTRIBUTE_GROUPS.values())
+    aux = cfg.clip_attribute_loss > 0
+    opt = torch.optim.AdamW(
+        list(model.parameters()) + (list(heads.parameters()) if aux else []), lr=1e-3, weight_decay=0.1
+    )
     rng = np.random.default_rng(cfg.seed + 31)
     t0 = time.time()
     n_val = min(1000, len(images) // 5)
@@ -354,11 +399,22 @@ def stage_clip(cfg: BuildConfig, out: Path, progress: Callable) -> None:
         idx = np.sort(rng.choice(len(images) - n_val, cfg.clip_batch, replace=False)) + n_val
         # Pad to the batch's longest caption, not 77: the text tower is causal, so the EOS-pooled
         # output CLIP trains is the same, at a quarter of the cost.
+        # With the attribute loss the text is padded to 77 as the pipeline pads it: the UNet reads every padding
+        # position, and those are the states the loss must shape.
+        padding = "max_length" if aux else "longest"
         ids = tok(
-            [captions[i] for i in idx], padding="longest", max_length=77, truncation=True, return_tensors="pt"
+            [captions[i] for i in idx], padding=padding, max_length=77, truncation=True, return_tensors="pt"
         ).input_ids
         pix = (_to_float(images[idx]) - 0.5) / 0.5
-        loss = model(input_ids=ids, pixel_values=pix, return_loss=True).loss
+        res = model(input_ids=ids, pixel_values=pix, return_loss=True, output_hidden_states=aux)
+        loss = res.loss
+        if aux:
+            # The pipeline's text encoder keeps the first `text_encoder_layers` layers and the final norm.
+            h = model.text_model.final_layer_norm(res.text_model_output.hidden_states[cfg.text_encoder_layers])
+            target = attribute_targets(ids, tok)
+            loss = loss + cfg.clip_attribute_loss * sum(
+                F.cross_entropy(head(h).flatten(0, 1), target[..., g].flatten()) for g, head in enumerate(heads)
+            ) / len(heads)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
