@@ -209,9 +209,77 @@ def load_reference(path: str) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------- the run
-def evaluate(cfg: EvaluateConfig, *, progress: bool = True) -> dict[str, Any]:
+@dataclasses.dataclass
+class _Judges:
+    """What reads the images: the detector, CLIP, the toy world's oracle, and the Frechet features of the references."""
+
+    detect: Any
+    info: Any
+    clip: Any
+    oracle: Any = None
+    reference: torch.Tensor | None = None
+    features: Any = None
+    feature_info: dict[str, Any] | None = None
+    ref_features: Any = None
+
+
+def _load_judges(cfg: EvaluateConfig, device) -> _Judges:
     from unsee.clip import load_clip
     from unsee.detectors import make_detector
+
+    detect, info = make_detector(cfg.detector, **({"device": device} if cfg.detector == "oracle" else {}))
+    judges = _Judges(detect, info, load_clip(clip_spec(cfg), device))
+    if cfg.reference_images:
+        judges.reference = load_reference(cfg.reference_images)
+    if cfg.detector == "oracle":
+        from unsee.toyworld import ORACLE, assets_path
+        from unsee.toyworld.oracle import load_oracle
+
+        judges.oracle = load_oracle(assets_path() / ORACLE, device)
+    if judges.reference is not None:
+        judges.features, judges.feature_info = _frechet_features(cfg, judges.clip, device)
+        judges.ref_features = judges.features(judges.reference)
+    return judges
+
+
+def _set_row(
+    cfg: EvaluateConfig, judges: _Judges, name: str, images: torch.Tensor, prompts_text: list[str], trained, device
+) -> tuple[dict[str, Any], torch.Tensor]:
+    """One model's figures on one prompt set, and which of its images show a flaggable concept."""
+    if judges.reference is not None and judges.reference.shape[-2:] != images.shape[-2:]:
+        raise UnseeError(
+            f"--reference-images are {tuple(judges.reference.shape[-2:])} px but {name}'s images are "
+            f"{tuple(images.shape[-2:])} px; give references of the generated size"
+        )
+    info = judges.info
+    scores = {k: v.float().cpu() for k, v in judges.detect(images.to(device)).items()}
+    row: dict[str, Any] = {
+        "images": len(images),
+        "labels": label_rates(scores, info.threshold, cfg.bootstrap, cfg.seed),
+    }
+    if cfg.detector == "nudenet":
+        from unsee.detectors import NUDENET_EXPOSED
+
+        row["nudenet_class_counts"] = {
+            c: int((scores[c] >= info.threshold).sum()) for c in NUDENET_EXPOSED if c in scores
+        }
+        row["explicit_rate"] = row["labels"]["nudity"]
+    cs = clip_scores(judges.clip, images, prompts_text)
+    row["clip_score"] = {"mean": float(cs.mean()), "ci95": list(_mean_interval(cs.numpy(), cfg.bootstrap, cfg.seed))}
+    if judges.ref_features is not None:
+        row[judges.feature_info["key"]] = frechet_distance(judges.features(images), judges.ref_features)
+    if judges.oracle is not None:
+        row |= _toyworld_metrics(judges.oracle, images, prompts_text)
+    if trained:  # the model's own record of what trained it: say how much of this set it saw
+        row["training_overlap"] = overlap(sorted(set(prompts_text)), trained)
+    flagged = torch.zeros(len(images), dtype=torch.bool)
+    for label in FLAGGED[cfg.detector]:
+        if label in scores:
+            flagged |= scores[label] >= info.threshold
+    return row, flagged
+
+
+def evaluate(cfg: EvaluateConfig, *, progress: bool = True) -> dict[str, Any]:
     from unsee.models import load_pipeline, model_id, resolve_model
     from unsee.runtime import resolve_device
 
@@ -221,23 +289,13 @@ def evaluate(cfg: EvaluateConfig, *, progress: bool = True) -> dict[str, Any]:
         resolve_model(m)  # a missing model or a pickle fails here, before any image is made
     device = resolve_device(cfg.device)
     # Everything that can fail on bad input fails before any image is made.
-    detect, info = make_detector(cfg.detector, **({"device": device} if cfg.detector == "oracle" else {}))
-    clip = load_clip(clip_spec(cfg), device)
-    reference = load_reference(cfg.reference_images) if cfg.reference_images else None
+    judges = _load_judges(cfg, device)
     attacks = _read_attacks(cfg)
-    oracle = None
-    if cfg.detector == "oracle":
-        from unsee.toyworld import ORACLE, assets_path
-        from unsee.toyworld.oracle import load_oracle
-
-        oracle = load_oracle(assets_path() / ORACLE, device)
 
     results: dict[str, dict[str, Any]] = {}
     grids: dict[str, dict[str, list[dict]]] = {s: {} for s in sets}
     attack_grids: dict[str, dict[str, list[dict]]] = {}
     attack_results: dict[str, dict[str, Any]] = {}
-    features, feature_info = _frechet_features(cfg, clip, device) if reference is not None else (None, None)
-    ref_features = features(reference) if features is not None else None
     for model, name in zip(cfg.model, names, strict=True):
         pipe = load_pipeline(model, device=device)
         trained = model_prompts(model)
@@ -245,59 +303,19 @@ def evaluate(cfg: EvaluateConfig, *, progress: bool = True) -> dict[str, Any]:
         for prompts, set_name in zip(cfg.prompts, sets, strict=True):
             s = _cached_images(cfg, model, pipe, prompts, out / "images" / name / set_name, device, progress)
             images = s.load_images()
-            if reference is not None and reference.shape[-2:] != images.shape[-2:]:
-                raise UnseeError(
-                    f"--reference-images are {tuple(reference.shape[-2:])} px but {name}'s images are "
-                    f"{tuple(images.shape[-2:])} px; give references of the generated size"
-                )
-            prompts_text = [r["prompt"] for r in s.records]
-            scores = {k: v.float().cpu() for k, v in detect(images.to(device)).items()}
-            row: dict[str, Any] = {
-                "images": len(images),
-                "labels": label_rates(scores, info.threshold, cfg.bootstrap, cfg.seed),
-            }
-            if cfg.detector == "nudenet":
-                from unsee.detectors import NUDENET_EXPOSED
-
-                row["nudenet_class_counts"] = {
-                    c: int((scores[c] >= info.threshold).sum()) for c in NUDENET_EXPOSED if c in scores
-                }
-                row["explicit_rate"] = row["labels"]["nudity"]
-            cs = clip_scores(clip, images, prompts_text)
-            row["clip_score"] = {
-                "mean": float(cs.mean()),
-                "ci95": list(_mean_interval(cs.numpy(), cfg.bootstrap, cfg.seed)),
-            }
-            if ref_features is not None:
-                row[feature_info["key"]] = frechet_distance(features(images), ref_features)
-            if oracle is not None:
-                row |= _toyworld_metrics(oracle, images, prompts_text)
-            if trained:  # the model's own record of what trained it: say how much of this set it saw
-                row["training_overlap"] = overlap(sorted(set(prompts_text)), trained)
+            row, flagged = _set_row(cfg, judges, name, images, [r["prompt"] for r in s.records], trained, device)
             results[name][set_name] = row
-            flagged = torch.zeros(len(images), dtype=torch.bool)
-            for label in FLAGGED[cfg.detector]:
-                if label in scores:
-                    flagged |= scores[label] >= info.threshold
             grids[set_name][name] = _grid_cells(s, images, flagged, cfg.grid_prompts)
         for attack_name, attack in attacks.items():
             if attack["kind"] == "invert" and attack["model"] != model_id(model):
                 continue  # a learned token is an attack on the weights it was trained against
-            row, cells = _attack_row(
-                cfg,
-                model,
-                pipe,
-                out / "images" / name / f"attack-{attack_name}",
-                attack,
-                detect,
-                info,
-                device,
-                progress,
-            )
+            folder = out / "images" / name / f"attack-{attack_name}"
+            row, cells = _attack_row(cfg, model, pipe, folder, attack, judges.detect, judges.info, device, progress)
             attack_results.setdefault(name, {})[attack_name] = row
             attack_grids.setdefault(attack_name, {})[name] = cells
         del pipe
 
+    info, feature_info = judges.info, judges.feature_info
     metrics = {
         "settings": dataclasses.asdict(cfg),
         "models": dict(zip(names, cfg.model, strict=True)),
