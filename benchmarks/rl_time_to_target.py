@@ -1,0 +1,207 @@
+"""RL time to target: wall-clock until a model stops drawing the skull, `unsee rl` against trl's DDPOTrainer.
+
+The task is the toy world's skull task as the `toyworld-ddpo` recipe sets it: the oracle's log(1 - P(skull)) +
+0.5 x toy-CLIP reward, the seen explicit prompts with a quarter benign ones, LoRA. Both trainers sample with the
+same sampler (20 DDIM steps, eta 1, CFG 5, 64 samples an epoch) and train half the steps of each chain. unsee runs
+its recipe; trl==0.23.1 (its own venv, `make .venv-trl/.installed`, through benchmarks/trl_ddpo.py) runs its
+defaults with that sampler, at each learning rate of --trl-lrs. They run one after the other, never together.
+
+Every --eval-every epochs each run saves its LoRA weights with the seconds its epochs took so far (sampling,
+reward and update: not loading, saving or this evaluation). Every snapshot is then evaluated here, the same way
+for both: --images images a set (25 DDIM steps, CFG 7.5, fixed seeds), the oracle reading the skull on the training
+prompts and on the held-out implicit prompts (never trained on), and the toy CLIP score on the novel benign
+prompts. The bar: skull -80% on the training prompts and -60% on the held-out implicit ones against the base
+model, benign CLIP within 5% of the base's. Time to target is the seconds at the first snapshot that holds it.
+
+Each run's snapshots and figures are kept under --out, so a rerun resumes and adds seeds or learning rates.
+
+Run: .venv/bin/python benchmarks/rl_time_to_target.py --seeds 0,1 [--epochs 60] [--eval-every 10]
+     [--trl-lrs 3e-4,1e-3,3e-3] [--images 100] [--trl-python .venv-trl/bin/python] [--only unsee|trl]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+SAMPLER = dict(ddim_steps=20, eta=1.0, guidance=5.0, samples_per_epoch=64, train_timesteps=0.5)
+BAR = {"train_cut": 0.8, "implicit_cut": 0.6, "clip_keep": 0.95}
+
+
+def unsee_run(out: Path, seed: int, epochs: int, every: int) -> list[dict]:
+    """The toyworld-ddpo recipe, in segments of `every` epochs (each resumes the last exactly); a snapshot each."""
+    from unsee.recipes import recipe
+    from unsee.rl import RLConfig, rl
+
+    run, snaps = out / "run", []
+    for end in range(every, epochs + 1, every):
+        snap = out / f"epoch-{end}"
+        if not (snap / "snapshot.json").exists():
+            settings = recipe("toyworld-ddpo", "rl") | dict(epochs=end, seed=seed, checkpoint_every=every)
+            rl(RLConfig(model="toyworld", out=str(run), **settings), progress=False)
+            with open(run / "run" / "epochs.csv") as f:
+                rows = list(csv.DictReader(f))
+            seconds = sum(
+                float(r["seconds_sampling"]) + float(r["seconds_reward_wait"]) + float(r["seconds_training"])
+                for r in rows
+            )
+            snap.mkdir(parents=True, exist_ok=True)
+            shutil.copy(run / "pytorch_lora_weights.safetensors", snap)
+            (snap / "snapshot.json").write_text(json.dumps({"epoch": end, "seconds": seconds}))
+        snaps.append(json.loads((snap / "snapshot.json").read_text()) | {"dir": str(snap)})
+    return snaps
+
+
+def trl_run(out: Path, seed: int, epochs: int, every: int, lr: float, python: str) -> list[dict]:
+    """trl's DDPOTrainer (benchmarks/trl_ddpo.py in trl's venv), saving its LoRA every `every` epochs."""
+    from unsee.toyworld import PIPELINE, assets_path, prompts_path
+
+    if not (out / "done.json").exists():
+        out.mkdir(parents=True, exist_ok=True)
+        settings = {
+            "model": str(assets_path() / PIPELINE),
+            "prompts": prompts_path("object_explicit").read_text().split("\n"),
+            "benign_prompts": prompts_path("benign").read_text().split("\n"),
+            "benign_fraction": 0.25,
+            "reward": "oracle:skull:log+0.5*clip",
+            "unsee_src": str(Path(__file__).resolve().parents[1] / "src"),
+            "seed": seed,
+            "epochs": epochs,
+            "snapshot_every": every,
+            "lr": lr,
+            "defaults": True,
+            "workdir": str(out),
+            **SAMPLER,
+        }
+        settings["prompts"] = [p for p in settings["prompts"] if p.strip()]
+        settings["benign_prompts"] = [p for p in settings["benign_prompts"] if p.strip()]
+        (out / "settings.json").write_text(json.dumps(settings, indent=1))
+        script = Path(__file__).with_name("trl_ddpo.py")
+        r = subprocess.run([python, str(script), str(out / "settings.json")], capture_output=True, text=True)
+        if r.returncode:
+            sys.exit(f"trl run failed:\n{r.stderr[-3000:]}")
+        (out / "done.json").write_text(r.stdout.strip().splitlines()[-1])
+    return [
+        json.loads((d / "snapshot.json").read_text()) | {"dir": str(d)}
+        for d in sorted(out.glob("epoch-*"), key=lambda d: int(d.name.split("-")[1]))
+    ]
+
+
+class Judge:
+    """The same evaluation for every snapshot: fixed prompts and seeds, the oracle and the toy CLIP."""
+
+    def __init__(self, images: int):
+        from diffusers.utils import logging as diffusers_logging
+
+        from unsee.clip import load_clip
+        from unsee.toyworld import ORACLE, assets_path, prompts_path
+        from unsee.toyworld.oracle import load_oracle
+
+        diffusers_logging.set_verbosity_error()  # a LoRA without text-encoder keys is expected here
+        self.oracle = load_oracle(assets_path() / ORACLE)
+        self.clip = load_clip("toyworld")
+        self.sets = {}
+        for key, name, split in (
+            ("train", "object_explicit", "seen"),
+            ("implicit", "object_implicit", "heldout"),
+            ("benign", "benign", "novel"),
+        ):
+            prompts = [p for p in prompts_path(name, split).read_text().split("\n") if p.strip()]
+            self.sets[key] = [prompts[i % len(prompts)] for i in range(images)]
+
+    @torch.no_grad()
+    def __call__(self, lora: str | None) -> dict:
+        from unsee.evaluate import clip_scores
+        from unsee.models import load_pipeline
+        from unsee.sampling import decode, encode_text, initial_latents, sample_latents
+
+        pipe = load_pipeline("toyworld")
+        if lora:
+            pipe.load_lora_weights(lora)
+        out = {}
+        for key, prompts in self.sets.items():
+            images = []
+            for k in range(0, len(prompts), 50):
+                ps = prompts[k : k + 50]
+                z = initial_latents(pipe, list(range(10_000 + k, 10_000 + k + len(ps))), 32, 32)
+                cond, unc = encode_text(pipe, ps), encode_text(pipe, [""]).expand(len(ps), -1, -1)
+                images.append(decode(pipe, sample_latents(pipe, cond, unc, z, torch.full((len(ps),), 7.5), 25)))
+            images = torch.cat(images)
+            out[f"{key}_skull"] = float(self.oracle.concept_scores(images)["skull"].ge(0.5).float().mean())
+            if key == "benign":
+                out["benign_clip"] = float(clip_scores(self.clip, images, prompts).mean())
+        return out
+
+
+def meets(fig: dict, base: dict) -> bool:
+    return (
+        fig["train_skull"] <= (1 - BAR["train_cut"]) * base["train_skull"]
+        and fig["implicit_skull"] <= (1 - BAR["implicit_cut"]) * base["implicit_skull"]
+        and fig["benign_clip"] >= BAR["clip_keep"] * base["benign_clip"]
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="runs/rl-time-to-target")
+    ap.add_argument("--seeds", default="0,1")
+    ap.add_argument("--epochs", type=int, default=60)
+    ap.add_argument("--eval-every", type=int, default=10)
+    ap.add_argument("--trl-lrs", default="3e-4,1e-3,3e-3")
+    ap.add_argument("--images", type=int, default=100, help="images a prompt set at each evaluation")
+    ap.add_argument("--trl-python", default=".venv-trl/bin/python")
+    ap.add_argument("--only", choices=("unsee", "trl"), default=None)
+    args = ap.parse_args()
+    out = Path(args.out)
+    judge = Judge(args.images)
+    base_path = out / f"base-{args.images}.json"
+    if not base_path.exists():
+        out.mkdir(parents=True, exist_ok=True)
+        base_path.write_text(json.dumps(judge(None)))
+    base = json.loads(base_path.read_text())
+    print(f"base: {base}")
+
+    runs: dict[tuple[str, int], list[dict]] = {}
+    for seed in (int(s) for s in args.seeds.split(",")):
+        if args.only in (None, "unsee"):
+            runs[("unsee toyworld-ddpo", seed)] = unsee_run(out / f"unsee-s{seed}", seed, args.epochs, args.eval_every)
+        if args.only in (None, "trl"):
+            for lr in args.trl_lrs.split(","):
+                folder = out / f"trl-lr{lr}-s{seed}"
+                snaps = trl_run(folder, seed, args.epochs, args.eval_every, float(lr), args.trl_python)
+                runs[(f"trl lr {lr}", seed)] = snaps
+    print(f"\n{'run':24} {'seed':>4} {'epoch':>5} {'seconds':>8} {'train':>6} {'implicit':>8} {'benign CLIP':>11}  bar")
+    reached: dict[tuple[str, int], float | None] = {}
+    for (name, seed), snaps in runs.items():
+        reached[(name, seed)] = None
+        for s in snaps:
+            fig_path = Path(s["dir"]) / f"figures-{args.images}.json"
+            if not fig_path.exists():
+                fig_path.write_text(json.dumps(judge(s["dir"])))
+            fig = json.loads(fig_path.read_text())
+            ok = meets(fig, base)
+            print(
+                f"{name:24} {seed:>4} {s['epoch']:>5} {s['seconds']:>8.0f} {fig['train_skull']:>6.3f} "
+                f"{fig['implicit_skull']:>8.3f} {fig['benign_clip']:>11.2f}  {'yes' if ok else 'no'}",
+                flush=True,
+            )
+            if ok and reached[(name, seed)] is None:
+                reached[(name, seed)] = s["seconds"]
+    print("\ntime to target (seconds of training until the bar first holds):")
+    for seed in sorted({s for _, s in runs}):
+        ours = reached.get(("unsee toyworld-ddpo", seed))
+        theirs = [v for (n, s), v in reached.items() if s == seed and n.startswith("trl") and v is not None]
+        best = min(theirs) if theirs else None
+        ratio = f"{ours / best:.2f}x" if ours and best else "n/a (a trainer never reached the bar)"
+        print(f"  seed {seed}: unsee {ours}, trl best {best} -> unsee / trl = {ratio}")
+
+
+if __name__ == "__main__":
+    main()
