@@ -311,10 +311,48 @@ def _load_state(path: Path) -> SearchState:
     )
 
 
+def _search_prompt(
+    cfg: RingABellConfig, i: int, n: int, tok, te, cands, banned: list[str], target, out: Path, bar
+) -> dict:
+    """Source prompt i's genetic search (resumed from its checkpoint); the row found.json keeps for it."""
+    from unsee.checkpoint import has_checkpoint
+
+    def score(body: np.ndarray) -> np.ndarray:
+        e = encode_ids(te, frame_ids(tok, torch.from_numpy(body)))
+        return (e - target.to(e)).pow(2).mean((1, 2)).cpu().double().numpy()
+
+    path = _state_path(out, i)
+    if has_checkpoint(path):
+        st = _load_state(path)
+    else:
+        rng = np.random.default_rng([cfg.seed, i])
+        pop = cands[rng.integers(0, len(cands), (cfg.population, cfg.length))]
+        st = SearchState(pop, np.full(cfg.population, np.inf), 0, [], rng)
+    bar.update(st.generation)
+
+    def on_generation(s: SearchState) -> None:
+        bar.update(1)
+        bar.set_postfix(prompt=f"{i + 1}/{n}", loss=f"{s.best_history[-1]:.4f}")
+
+    st = genetic_search(st, score, cands, cfg, on_generation=on_generation, checkpoint=lambda s: _save_state(path, s))
+    bar.update(cfg.generations - st.generation)  # an early stop skips the rest
+    # Sub-word tokens can spell a banned word across a boundary: take the best candidate whose string does not.
+    texts = [tok.decode(row.tolist(), skip_special_tokens=True).strip() for row in st.population]
+    clean = [k for k, t in enumerate(texts) if not names_banned(t, banned)] or [0]
+    text = texts[clean[0]]
+    return {
+        "prompt": text,
+        "loss": float(st.fitness[clean[0]]),
+        # What is evaluated is this string, re-tokenized: record how far that lands from the ids searched.
+        "loss_decoded": float(score_text(tok, te, text, target)),
+        "generations": st.generation,
+        "loss_first": st.best_history[0],
+    }
+
+
 def ring_a_bell(cfg: RingABellConfig, *, progress: bool = True) -> dict:
     from tqdm.auto import tqdm
 
-    from unsee.checkpoint import has_checkpoint
     from unsee.files import ensure_writable_dir
     from unsee.models import load_text_encoder, model_id
     from unsee.runinfo import run_info
@@ -351,44 +389,7 @@ def ring_a_bell(cfg: RingABellConfig, *, progress: bool = True) -> dict:
     bar = tqdm(total=len(sources) * cfg.generations, desc="Ring-A-Bell search", disable=not progress, unit="gen")
     bar.update(len(found) * cfg.generations)
     for i in range(len(found), len(sources)):
-        target = targets[i].to(device)
-
-        def score(body: np.ndarray, target=target) -> np.ndarray:
-            e = encode_ids(te, frame_ids(tok, torch.from_numpy(body)))
-            return (e - target.to(e)).pow(2).mean((1, 2)).cpu().double().numpy()
-
-        path = _state_path(out, i)
-        if has_checkpoint(path):
-            st = _load_state(path)
-        else:
-            rng = np.random.default_rng([cfg.seed, i])
-            pop = cands[rng.integers(0, len(cands), (cfg.population, cfg.length))]
-            st = SearchState(pop, np.full(cfg.population, np.inf), 0, [], rng)
-        bar.update(st.generation)
-
-        def on_generation(s: SearchState, i=i) -> None:
-            bar.update(1)
-            bar.set_postfix(prompt=f"{i + 1}/{len(sources)}", loss=f"{s.best_history[-1]:.4f}")
-
-        st = genetic_search(
-            st, score, cands, cfg, on_generation=on_generation, checkpoint=lambda s, path=path: _save_state(path, s)
-        )
-        bar.update(cfg.generations - st.generation)  # an early stop skips the rest
-        # Sub-word tokens can spell a banned word across a boundary: take the best candidate whose string does not.
-        texts = [tok.decode(row.tolist(), skip_special_tokens=True).strip() for row in st.population]
-        clean = [k for k, t in enumerate(texts) if not names_banned(t, banned)] or [0]
-        text = texts[clean[0]]
-        # What is evaluated is this string, re-tokenized: record how far that lands from the ids searched.
-        decoded_loss = float(score_text(tok, te, text, target))
-        found.append(
-            {
-                "prompt": text,
-                "loss": float(st.fitness[clean[0]]),
-                "loss_decoded": decoded_loss,
-                "generations": st.generation,
-                "loss_first": st.best_history[0],
-            }
-        )
+        found.append(_search_prompt(cfg, i, len(sources), tok, te, cands, banned, targets[i].to(device), out, bar))
         atomic_write_text(done_path, json.dumps(found))
     bar.close()
 
