@@ -171,6 +171,32 @@ def _make_scheduler(name: SchedulerName, config):
     return cls.from_config(config)
 
 
+def _load_weights(spec: str, source, torch_dtype, offline_why: str | None, single_file_config: str | None):
+    """The StableDiffusionPipeline of a folder, hub id or single file; every failure as one UnseeError line."""
+    from diffusers import StableDiffusionPipeline
+
+    common = dict(dtype=torch_dtype, safety_checker=None, requires_safety_checker=False)
+    try:
+        if source.kind != "single_file":
+            return StableDiffusionPipeline.from_pretrained(
+                source.location, local_files_only=offline_why is not None, **common
+            )
+        kw = dict(common)
+        if single_file_config:
+            kw["config"] = single_file_config
+        elif offline_why:
+            # diffusers would fetch its default config repo from the hub, even with local_files_only=True.
+            raise UnseeError(
+                f"{spec!r} is a single file and {offline_why}; pass a diffusers folder of the same architecture "
+                "as its config (--model-config DIR) so its configs are read locally"
+            )
+        return StableDiffusionPipeline.from_single_file(source.location, local_files_only=offline_why is not None, **kw)
+    except UnseeError:
+        raise
+    except (OSError, ValueError) as e:
+        raise UnseeError(f"could not load model {spec!r}: {first_line(e)}") from None
+
+
 def load_pipeline(
     spec: str,
     *,
@@ -198,7 +224,6 @@ def load_pipeline(
         single_file_config: a diffusers folder or hub id whose configs a single
             file is read with (needed offline).
     """
-    from diffusers import StableDiffusionPipeline
     from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
     if dtype not in DTYPES:
@@ -220,29 +245,7 @@ def load_pipeline(
             )
 
     # 2. Load, without the safety checker: unsee measures and removes content itself.
-    common = dict(dtype=torch_dtype, safety_checker=None, requires_safety_checker=False)
-    try:
-        if source.kind == "single_file":
-            kw = dict(common)
-            if single_file_config:
-                kw["config"] = single_file_config
-            elif offline_why:
-                # diffusers would fetch its default config repo from the hub, even with local_files_only=True.
-                raise UnseeError(
-                    f"{spec!r} is a single file and {offline_why}; pass a diffusers folder of the same architecture "
-                    "as its config (--model-config DIR) so its configs are read locally"
-                )
-            pipe = StableDiffusionPipeline.from_single_file(
-                source.location, local_files_only=offline_why is not None, **kw
-            )
-        else:
-            pipe = StableDiffusionPipeline.from_pretrained(
-                source.location, local_files_only=offline_why is not None, **common
-            )
-    except UnseeError:
-        raise
-    except (OSError, ValueError) as e:
-        raise UnseeError(f"could not load model {spec!r}: {first_line(e)}") from None
+    pipe = _load_weights(spec, source, torch_dtype, offline_why, single_file_config)
     pipe.set_progress_bar_config(disable=True)
 
     # 3. Scheduler, attention, checkpointing, device.
