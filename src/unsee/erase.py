@@ -655,36 +655,23 @@ def _free_share(x: torch.Tensor, proj: torch.Tensor) -> float:
     return round(float((x @ proj.double()).pow(2).sum() / x.pow(2).sum().clamp(min=1e-30)), 4)
 
 
-def erase(cfg: EraseConfig, *, progress: bool = True) -> dict:
-    from unsee.models import load_pipeline
-    from unsee.runtime import resolve_device
+def load_token(pipe, path: str) -> str:
+    """Add a learned token (`unsee invert`'s file, one embedding) to the pipeline; returns its name."""
+    from safetensors.torch import load_file
 
-    # 1. Model, concept, trainable parameters.
-    device = resolve_device(cfg.device)
-    pipe = load_pipeline(
-        cfg.model, device=device, dtype=cfg.weights_dtype, gradient_checkpointing=cfg.gradient_checkpointing
-    )
-    concepts = list(cfg.concept)
-    if cfg.token:
-        from safetensors.torch import load_file
+    if not Path(path).is_file():
+        raise UnseeError(f"--token {path!r} does not exist; make one with `unsee invert`")
+    embeddings = load_file(path)
+    if len(embeddings) != 1:
+        raise UnseeError(f"--token {path!r} holds {len(embeddings)} embeddings; expected one (from `unsee invert`)")
+    name = next(iter(embeddings))
+    pipe.load_textual_inversion(path, token=name)
+    return name
 
-        if not Path(cfg.token).is_file():
-            raise UnseeError(f"--token {cfg.token!r} does not exist; make one with `unsee invert`")
-        embeddings = load_file(cfg.token)
-        if len(embeddings) != 1:
-            raise UnseeError(
-                f"--token {cfg.token!r} holds {len(embeddings)} embeddings; expected one (from `unsee invert`)"
-            )
-        name = next(iter(embeddings))
-        pipe.load_textual_inversion(cfg.token, token=name)
-        concepts.append(name)
-    if cfg.method == "uce":
-        return _erase_closed_form(pipe, cfg, concepts)
-    params = trained_unet_params(pipe, cfg.params, cfg.lora_rank, cfg.seed)
 
-    # 2. Train on the shared loop.
-    out = Path(cfg.out)
-    method = EraseMethod(pipe, cfg, concepts, params)
+def _trainer(cfg: EraseConfig, pipe, method: EraseMethod, concepts: list[str], device, progress: bool) -> Trainer:
+    """The shared loop, set for SDD (an EMA teacher) or ESD, with previews of the concept as trained on, a flagged
+    prompt and a kept prompt."""
     tcfg = TrainConfig(
         steps=cfg.steps,
         lr=cfg.lr,
@@ -695,22 +682,41 @@ def erase(cfg: EraseConfig, *, progress: bool = True) -> dict:
         checkpoint_every=cfg.checkpoint_every,
         **cfg.lever_settings(),
     )
-    # previews: the concept as trained on, a flagged prompt, a kept prompt
     shown = (
         [fill(cfg.context_prompts()[0], c) for c in concepts[:2]]
         + cfg.flagged_prompts()[:1]
         + cfg.preserve_prompts()[:1]
     )
-    trainer = Trainer(
+    return Trainer(
         method,
         tcfg,
-        out / "run",
+        Path(cfg.out) / "run",
         progress=progress,
         device=device,
         settings=run_settings(cfg),
         preview=preview(pipe, shown, seed=cfg.seed, mixed_precision=cfg.mixed_precision),
         run_name=f"erase-{cfg.method}",
     )
+
+
+def erase(cfg: EraseConfig, *, progress: bool = True) -> dict:
+    from unsee.models import load_pipeline
+    from unsee.runtime import resolve_device
+
+    # 1. Model, concept, trainable parameters.
+    device = resolve_device(cfg.device)
+    pipe = load_pipeline(
+        cfg.model, device=device, dtype=cfg.weights_dtype, gradient_checkpointing=cfg.gradient_checkpointing
+    )
+    concepts = list(cfg.concept) + ([load_token(pipe, cfg.token)] if cfg.token else [])
+    if cfg.method == "uce":
+        return _erase_closed_form(pipe, cfg, concepts)
+    params = trained_unet_params(pipe, cfg.params, cfg.lora_rank, cfg.seed)
+
+    # 2. Train on the shared loop.
+    out = Path(cfg.out)
+    method = EraseMethod(pipe, cfg, concepts, params)
+    trainer = _trainer(cfg, pipe, method, concepts, device, progress)
     method.trainer = trainer
     result = trainer.run()
 
