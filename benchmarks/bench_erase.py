@@ -42,9 +42,10 @@ REF_KS = (3, 13, 26, 38, 48)
 
 def sd15_pipeline(latent_size: int, device: str):
     """SD 1.5's UNet and text encoder configs, random weights; a tiny VAE (erasure never decodes)."""
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
+    from unsee.models import sd_ddim_scheduler
     from unsee.testing import tiny_tokenizer
 
     torch.manual_seed(0)
@@ -77,14 +78,7 @@ def sd15_pipeline(latent_size: int, device: str):
         latent_channels=4,
         norm_num_groups=8,
     )
-    sched = DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
+    sched = sd_ddim_scheduler()
     pipe = StableDiffusionPipeline(
         vae=vae,
         text_encoder=text,

@@ -54,9 +54,10 @@ PRECISIONS = {"fp32": ("no", False), "fp32+ckpt": ("no", True), "bf16": ("bf16",
 
 def build_pipeline(kind: str, folder: Path) -> Path:
     """SD 1.5's or SD 2.1's UNet, VAE and text encoder, random weights, saved as a diffusers folder."""
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
+    from unsee.models import sd_ddim_scheduler
     from unsee.testing import tiny_tokenizer
 
     if (folder / "model_index.json").exists():
@@ -106,15 +107,7 @@ def build_pipeline(kind: str, folder: Path) -> Path:
         latent_channels=4,
         sample_size=RESOLUTION[kind],
     )
-    sched = DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-        prediction_type="v_prediction" if sd2 else "epsilon",
-    )
+    sched = sd_ddim_scheduler("v_prediction" if sd2 else "epsilon")
     pipe = StableDiffusionPipeline(
         vae=vae,
         text_encoder=text,

@@ -22,11 +22,12 @@ import json
 import time
 from pathlib import Path
 
+from unsee.toyworld import NEIGHBOURS
+
 SETS = {
     "skull": ("object_explicit", "object_implicit", "object_neighbour", "benign"),
     "kelvo": ("style_explicit", "style_implicit", "style_neighbour", "benign"),
 }
-NEIGHBOUR = {"skull": "mask", "kelvo": "ravo"}
 RUN_NAMES = (
     "sdd-text",
     "sdd-hfi",
@@ -309,7 +310,7 @@ def main() -> None:
             + (" | seen benign on the held-out split, its seen prompts kept" if args.keep_benign else "")
         )
         print(
-            f"{'model':12} {'split':6} {'explicit':>9} {'cut':>6} {'implicit':>9} {'cut':>6} {NEIGHBOUR[concept]:>9} "
+            f"{'model':12} {'split':6} {'explicit':>9} {'cut':>6} {'implicit':>9} {'cut':>6} {NEIGHBOURS[concept]:>9} "
             f"{'benign colour/shape/bg':>24} {'trained on':>11} {'seconds':>8}"
         )
         rows = {}
@@ -323,7 +324,7 @@ def main() -> None:
                 )
                 cut_e = 1 - r_exp / max(base[explicit]["labels"][concept]["rate"], 1e-9)
                 cut_i = 1 - r_imp / max(base[implicit]["labels"][concept]["rate"], 1e-9)
-                nb = per_set[neighbour]["labels"][NEIGHBOUR[concept]]["rate"]
+                nb = per_set[neighbour]["labels"][NEIGHBOURS[concept]]["rate"]
                 acc = per_set[benign]["named_attribute_accuracy"]
                 seen = [per_set[s].get("training_overlap", {}).get("trained_phrasings", 0) for s in split_sets[split]]
                 rows[name][split] = {

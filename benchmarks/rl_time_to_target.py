@@ -35,6 +35,13 @@ SAMPLER = dict(ddim_steps=20, eta=1.0, guidance=5.0, samples_per_epoch=64, train
 BAR = {"train_cut": 0.8, "implicit_cut": 0.6, "clip_keep": 0.95}
 
 
+def _texts(path: Path) -> list[str]:
+    """A prompt file's prompts, as `unsee rl` and `unsee evaluate` read it."""
+    from unsee.prompts import read_prompts
+
+    return [p.text for p in read_prompts(path)]
+
+
 def unsee_run(out: Path, seed: int, epochs: int, every: int) -> list[dict]:
     """The toyworld-ddpo recipe, in segments of `every` epochs (each resumes the last exactly); a snapshot each."""
     from unsee.recipes import recipe
@@ -67,8 +74,8 @@ def trl_run(out: Path, seed: int, epochs: int, every: int, lr: float, python: st
         out.mkdir(parents=True, exist_ok=True)
         settings = {
             "model": str(assets_path() / PIPELINE),
-            "prompts": prompts_path("object_explicit").read_text().split("\n"),
-            "benign_prompts": prompts_path("benign").read_text().split("\n"),
+            "prompts": _texts(prompts_path("object_explicit")),
+            "benign_prompts": _texts(prompts_path("benign")),
             "benign_fraction": 0.25,
             "reward": "oracle:skull:log+0.5*clip",
             "unsee_src": str(Path(__file__).resolve().parents[1] / "src"),
@@ -80,8 +87,6 @@ def trl_run(out: Path, seed: int, epochs: int, every: int, lr: float, python: st
             "workdir": str(out),
             **SAMPLER,
         }
-        settings["prompts"] = [p for p in settings["prompts"] if p.strip()]
-        settings["benign_prompts"] = [p for p in settings["benign_prompts"] if p.strip()]
         (out / "settings.json").write_text(json.dumps(settings, indent=1))
         script = Path(__file__).with_name("trl_ddpo.py")
         r = subprocess.run([python, str(script), str(out / "settings.json")], capture_output=True, text=True)
@@ -113,7 +118,7 @@ class Judge:
             ("implicit", "object_implicit", "heldout"),
             ("benign", "benign", "novel"),
         ):
-            prompts = [p for p in prompts_path(name, split).read_text().split("\n") if p.strip()]
+            prompts = _texts(prompts_path(name, split))
             self.sets[key] = [prompts[i % len(prompts)] for i in range(images)]
 
     @torch.no_grad()

@@ -35,6 +35,25 @@ def prompt_file(tmp_path) -> Path:
     return p
 
 
+def tiny_erase_config(model, out, **kw):
+    """A few-second erase run on a tiny model (a red cat, 4 updates of 2 latents, 5 DDIM steps); `kw` overrides."""
+    from unsee.erase import EraseConfig
+
+    base = dict(
+        model=str(model),
+        out=str(out),
+        concept=("a red cat",),
+        steps=4,
+        reuse=2,
+        checkpoint_every=2,
+        ddim_steps=5,
+        lr=1e-3,
+        device="cpu",
+        batch_size=2,
+    )
+    return EraseConfig(**(base | kw))
+
+
 def two_cpu_processes() -> list[str]:
     """`python -m accelerate launch` arguments for two CPU processes, on a free port.
 

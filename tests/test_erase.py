@@ -6,26 +6,13 @@ import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 
-from conftest import two_cpu_processes
-from unsee.erase import EraseConfig, erase
+from conftest import tiny_erase_config, two_cpu_processes
+from unsee.erase import erase
 from unsee.errors import UnseeError
 
 
 def _cfg(model, out, **kw):
-    base = dict(
-        model=str(model),
-        out=str(out),
-        concept=("a red cat",),
-        steps=4,
-        reuse=2,
-        checkpoint_every=2,
-        ddim_steps=5,
-        lr=1e-3,
-        device="cpu",
-        batch_size=2,
-    )
-    base.update(kw)
-    return EraseConfig(**base)
+    return tiny_erase_config(model, out, **kw)
 
 
 def _gap(pipe, prompt="a red cat"):

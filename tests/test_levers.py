@@ -5,25 +5,15 @@ import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 
-from unsee.erase import EraseConfig, erase
+from unsee.erase import erase
 from unsee.errors import UnseeError
 from unsee.trainer import TrainConfig, Trainer
 
 
 def _erase(model, out, **kw):
-    base = dict(
-        model=str(model),
-        out=str(out),
-        concept=("a red cat",),
-        steps=4,
-        reuse=2,
-        checkpoint_every=2,
-        ddim_steps=5,
-        lr=1e-3,
-        device="cpu",
-        batch_size=2,
-    )
-    return erase(EraseConfig(**(base | kw)), progress=False)
+    from conftest import tiny_erase_config
+
+    return erase(tiny_erase_config(model, out, **kw), progress=False)
 
 
 def test_the_fp32_path_keeps_its_weights(tiny_model_dir, tmp_path):

@@ -19,17 +19,9 @@ needs_world = pytest.mark.skipif(not (WORLD / PIPELINE / "model_index.json").exi
 
 
 def _sched(prediction_type="epsilon"):
-    from diffusers import DDIMScheduler
+    from unsee.models import sd_ddim_scheduler
 
-    s = DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-        prediction_type=prediction_type,
-    )
+    s = sd_ddim_scheduler(prediction_type)
     s.set_timesteps(10)
     return s
 

@@ -737,9 +737,16 @@ def erase(cfg: EraseConfig, *, progress: bool = True) -> dict:
         summary["null_space"] = method.preservation.info
     if not trainer.state.is_main_process:
         return summary
-    final = trainer.ema_weights() if cfg.method == "sdd" else contextlib.nullcontext()
-    with final:
-        save_trained_unet(pipe, cfg.model, cfg.params, out)
+    with trainer.ema_weights() if cfg.method == "sdd" else contextlib.nullcontext():
+        _write_output(pipe, cfg, concepts, summary)
+    atomic_write_text(out / "run" / "summary.json", json.dumps(summary, indent=2))
+    return summary
+
+
+def _write_output(pipe, cfg: EraseConfig, concepts: list[str], summary: dict) -> None:
+    """The erased model (LoRA or a pipeline folder) and its unsee.json, what every method writes."""
+    out = Path(cfg.out)
+    save_trained_unet(pipe, cfg.model, cfg.params, out)
     write_run_info(
         out / "unsee.json",
         dataclasses.asdict(cfg),
@@ -748,8 +755,6 @@ def erase(cfg: EraseConfig, *, progress: bool = True) -> dict:
         summary=summary,
         training_prompts=training_prompts(cfg, concepts),
     )
-    atomic_write_text(out / "run" / "summary.json", json.dumps(summary, indent=2))
-    return summary
 
 
 def _erase_closed_form(pipe, cfg: EraseConfig, concepts: list[str]) -> dict:
@@ -778,16 +783,7 @@ def _erase_closed_form(pipe, cfg: EraseConfig, concepts: list[str]) -> dict:
     from accelerate import PartialState
 
     if PartialState().is_main_process:  # the edit is deterministic: under `accelerate launch` one process writes
-        out = Path(cfg.out)
-        save_trained_unet(pipe, cfg.model, cfg.params, out)
-        write_run_info(
-            out / "unsee.json",
-            dataclasses.asdict(cfg),
-            stage="erase",
-            base_model=cfg.model,
-            summary=summary,
-            training_prompts=training_prompts(cfg, concepts),
-        )
+        _write_output(pipe, cfg, concepts, summary)
     return summary
 
 

@@ -154,6 +154,22 @@ def _check_single_file(path: str) -> None:
         raise UnseeError(f"{path!r} has no Stable Diffusion UNet weights (no model.diffusion_model.* keys)")
 
 
+def sd_ddim_scheduler(prediction_type: str = "epsilon"):
+    """A DDIM scheduler on Stable Diffusion 1.x/2.x's noise schedule (scaled-linear betas 0.00085 to 0.012), as
+    the tiny test models, the benchmarks' random-weight models and the toy world use it."""
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        prediction_type=prediction_type,
+    )
+
+
 def _make_scheduler(name: SchedulerName, config):
     from diffusers import (
         DDIMScheduler,

@@ -34,6 +34,12 @@ class Recipe:
     settings: Callable[[], dict[str, Any]]  # lazy: toy-world paths resolve against the world in use (UNSEE_TOYWORLD)
 
 
+# ESD's published schedule, the same for ESD-x and ESD-u (they differ in which weights train).
+_ESD_PUBLISHED: dict[str, Any] = dict(
+    method="esd", steps=1000, lr=1e-5, guidance=1.0, batch_size=1, reuse=1, checkpoint_every=100
+)
+
+
 def _toyworld_keep() -> tuple[str, ...]:
     from unsee.toyworld.world import part_prompts
 
@@ -122,16 +128,7 @@ RECIPES: dict[str, Recipe] = {
             "ESD-x as published (Gandikota et al. 2023), for styles: negative guidance 1 on "
             "cross-attention, 1000 updates at lr 1e-5, a fresh trajectory every update",
             "docs/results/erase.md",
-            lambda: dict(
-                method="esd",
-                params="xattn",
-                steps=1000,
-                lr=1e-5,
-                guidance=1.0,
-                batch_size=1,
-                reuse=1,
-                checkpoint_every=100,
-            ),
+            lambda: _ESD_PUBLISHED | dict(params="xattn"),
         ),
         Recipe(
             "esd-u",
@@ -139,16 +136,7 @@ RECIPES: dict[str, Recipe] = {
             "ESD-u as published, for objects and nudity: every UNet weight outside cross-attention "
             "(not the time embedding or the output block), the same schedule as esd-x",
             "docs/results/erase.md",
-            lambda: dict(
-                method="esd",
-                params="noxattn",
-                steps=1000,
-                lr=1e-5,
-                guidance=1.0,
-                batch_size=1,
-                reuse=1,
-                checkpoint_every=100,
-            ),
+            lambda: _ESD_PUBLISHED | dict(params="noxattn"),
         ),
         Recipe(
             "uce",

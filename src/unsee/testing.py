@@ -41,8 +41,10 @@ def tiny_components(
     `sd2=True` gives an SD 2.x-style UNet (linear projections, per-block head
     dims); `prediction_type="v_prediction"` an SD 2.x-768-style scheduler.
     """
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
+
+    from unsee.models import sd_ddim_scheduler
 
     torch.manual_seed(seed)
     n = len(unet_channels)
@@ -86,15 +88,7 @@ def tiny_components(
             projection_dim=cross_attention_dim,
         )
     )
-    scheduler = DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-        prediction_type=prediction_type,
-    )
+    scheduler = sd_ddim_scheduler(prediction_type)
     return {
         "unet": unet,
         "vae": vae,

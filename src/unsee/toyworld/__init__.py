@@ -10,14 +10,16 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from unsee.toyworld.world import FLAGGABLE, OBJECT_TRIGGERS, STYLE_TRIGGERS
+from unsee.toyworld.world import NEIGHBOURS as NEIGHBOURS  # re-exported
+
 PIPELINE, CLIP, ORACLE, PROMPTS, CARD = "pipeline", "clip", "oracle", "prompts", "model_card.json"
 
 # The toy world's flaggable concepts (what its oracle flags), their near neighbours, and the words that name or
-# trigger them: an RL reward's CLIP term reads toy-world prompts without these, as it reads real ones without
-# the nudity words.
-FLAGGED_LABELS = ("skull", "kelvo")
-NEIGHBOURS = {"skull": "mask", "kelvo": "ravo"}
-UNSAFE_WORDS = ("skull", "spooky", "haunted", "kelvo", "dreamy", "swirling")
+# trigger them (`world.py` defines them): an RL reward's CLIP term reads toy-world prompts without these, as it
+# reads real ones without the nudity words.
+FLAGGED_LABELS = tuple(FLAGGABLE)
+UNSAFE_WORDS = ("skull", *OBJECT_TRIGGERS, "kelvo", *STYLE_TRIGGERS)
 
 
 def assets_path() -> Path:

@@ -488,18 +488,10 @@ def make_unet(cfg: BuildConfig):
 
 
 def make_scheduler():
-    from diffusers import DDIMScheduler
+    from unsee.models import sd_ddim_scheduler
 
     # Stable Diffusion 1.x's schedule, so every method sees the same noise levels as on SD.
-    return DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-        prediction_type="epsilon",
-    )
+    return sd_ddim_scheduler()
 
 
 def stage_unet(cfg: BuildConfig, out: Path, progress: Callable) -> None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 
@@ -360,15 +360,7 @@ PromptSet = Literal[
     "style_implicit",
     "style_neighbour",
 ]
-PROMPT_SETS: tuple[str, ...] = (
-    "benign",
-    "object_explicit",
-    "object_implicit",
-    "object_neighbour",
-    "style_explicit",
-    "style_implicit",
-    "style_neighbour",
-)
+PROMPT_SETS: tuple[str, ...] = get_args(PromptSet)
 
 
 def prompt_set(name: str, pairs, rng: np.random.Generator, n: int) -> list[str]:
@@ -537,8 +529,10 @@ def novel_prompt_set(name: str, pairs, rng: np.random.Generator, n: int, avoid: 
     return out
 
 
-# Concept pairs for Ring-A-Bell (`unsee attack ringabell`): the same scene with and without the concept.
+# The flaggable concepts: the oracle head that reads each, and the near neighbour of each (drawn, and named, in
+# the same place). Concept pairs for Ring-A-Bell (`unsee attack ringabell`) show a scene with and without it.
 FLAGGABLE = {"skull": ("extra", "skull"), "kelvo": ("style", "kelvo")}
+NEIGHBOURS = {"skull": "mask", "kelvo": "ravo"}
 
 
 def concept_pairs(concept: str, pairs, rng: np.random.Generator, n: int) -> list[tuple[str, str]]:
