@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -170,16 +171,19 @@ def test_cross_attention_at_full_latent_resolution_is_a_setting():
 def test_text_encoder_layers_out_of_range_is_refused_before_anything_is_written(tmp_path):
     with pytest.raises(UnseeError, match="0..4"):
         build(BuildConfig(out=str(tmp_path / "world"), text_encoder_layers=5, **TINY), progress=False)
+    with pytest.raises(UnseeError, match="--caption-drop-shape must be a fraction"):
+        build(BuildConfig(out=str(tmp_path / "world"), caption_drop_shape=1.0, **TINY), progress=False)
     assert not (tmp_path / "world").exists()
 
 
 def test_the_caption_grammar_is_a_setting(tmp_path):
     """--captions varied trains on captions phrased many ways; the default keeps the fourth build's template. The
-    contextual tower with the attribute loss builds too."""
-    settings = dict(captions="varied", text_encoder_layers=2, clip_attribute_loss=3.0)
+    contextual tower with the attribute loss, and captions that say "object" for the shape, build too."""
+    settings = dict(captions="varied", text_encoder_layers=2, clip_attribute_loss=3.0, caption_drop_shape=0.3)
     world = build(BuildConfig(out=str(tmp_path / "world"), **settings, **(TINY | {"unet_steps": 2})), progress=False)
     captions = json.loads((world / "work" / "train_captions.json").read_text())
     assert any(c.startswith("the ") for c in captions) and any(" style" in c for c in captions)
+    assert 0.15 < np.mean(["object" in c.split() for c in captions]) < 0.35
     assert json.loads((world / "build_config.json").read_text()) | settings == json.loads(
         (world / "build_config.json").read_text()
     )

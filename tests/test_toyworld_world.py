@@ -137,6 +137,28 @@ def test_captions_name_exactly_what_is_there(training_sample):
             assert words[words.index(scene.colour) + 1] == scene.shape
 
 
+@pytest.mark.parametrize("grammar", ["template", "varied"])
+def test_captions_can_leave_out_the_colour_or_say_object_for_the_shape(grammar):
+    import dataclasses
+
+    def captions(rates, seed=5):
+        rng = np.random.default_rng(seed)
+        return [sample_scene(rng, grammar=grammar, rates=rates) for _ in range(4000)]
+
+    # A rate of 0 draws nothing, so the captions are those of a world built before the rate existed.
+    same = captions(dataclasses.replace(CO_OCCURRENCE, drop_shape=0.0))
+    assert [t for _, t in same] == [t for _, t in captions(CO_OCCURRENCE)]
+    rates = dataclasses.replace(CO_OCCURRENCE, drop_colour=0.25, drop_shape=0.25)
+    mains = [(s, t.split()) for s, t in captions(rates) if s.shape is not None]
+    said_object = [(s, w) for s, w in mains if "object" in w]
+    assert abs(len(said_object) / len(mains) - 0.25) < 0.03
+    assert all(s.shape not in w for s, w in said_object)
+    colour_alone = [w for s, w in said_object if s.colour in w]
+    assert all(w[w.index(s.colour) + 1] == "object" for s, w in said_object if s.colour in w)
+    assert abs(len(colour_alone) / len(said_object) - 0.75) < 0.06
+    assert abs(np.mean([s.colour not in w for s, w in mains]) - 0.25) < 0.03
+
+
 def test_heldout_pairs_never_occur_in_training(training_sample):
     pairs = {(s.colour, s.shape) for s, _ in training_sample if s.shape}
     assert pairs == set(SEEN_PAIRS)

@@ -42,6 +42,7 @@ from unsee.toyworld.world import (
     SEEN_PAIRS,
     SHAPES,
     STYLE_TRIGGERS,
+    Rates,
     concept_pairs,
     novel_prompt_set,
     part_prompts,
@@ -95,6 +96,15 @@ class BuildConfig:
         "contextual tower's states a linear sum of what they read, so the UNet can compose colour-"
         "shape pairs it never saw; 0 trains CLIP's contrastive loss alone.",
     )
+    caption_drop_colour: float = field(
+        CO_OCCURRENCE.drop_colour, help="Fraction of training captions that leave out the main object's colour."
+    )
+    caption_drop_shape: float = field(
+        CO_OCCURRENCE.drop_shape,
+        help="Fraction of training captions that say 'object' for the main object's shape. With the colour left out "
+        "as often, the UNet sees each attribute's words without the other's, which is what it needs to compose a "
+        "colour-shape pair no caption held.",
+    )
     unet_attn_full_res: bool = field(
         False, help="Cross-attention at the 16x16 latent level too (default: 8x8 and 4x4 only)."
     )
@@ -104,10 +114,14 @@ class BuildConfig:
     def __post_init__(self) -> None:
         # Checked here, not only when the CLIP stage cuts the tower: by then build_config.json holds the bad value
         # and the folder would refuse the corrected one.
-        if not 0 <= self.text_encoder_layers <= CLIP_LAYERS:
-            from unsee.errors import UnseeError
+        from unsee.errors import UnseeError
 
+        if not 0 <= self.text_encoder_layers <= CLIP_LAYERS:
             raise UnseeError(f"--text-encoder-layers must be 0..{CLIP_LAYERS}, got {self.text_encoder_layers}")
+        for name in ("caption_drop_colour", "caption_drop_shape"):
+            if not 0 <= getattr(self, name) < 1:
+                flag = "--" + name.replace("_", "-")
+                raise UnseeError(f"{flag} must be a fraction in [0, 1), got {getattr(self, name)}")
 
 
 def _done(out: Path, stage: str) -> bool:
@@ -151,7 +165,10 @@ def stage_data(cfg: BuildConfig, out: Path, progress: Callable) -> None:
     work = out / "work"
     work.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(cfg.seed)
-    scenes, captions = zip(*(sample_scene(rng, grammar=cfg.captions) for _ in range(cfg.train_images)), strict=True)
+    rates = caption_rates(cfg)
+    scenes, captions = zip(
+        *(sample_scene(rng, grammar=cfg.captions, rates=rates) for _ in range(cfg.train_images)), strict=True
+    )
     images = _render_parallel(scenes, progress, "render training scenes")
     np.save(work / "train_images.npy", images)
     atomic_write_text(work / "train_captions.json", json.dumps(list(captions)))
@@ -171,6 +188,10 @@ def stage_data(cfg: BuildConfig, out: Path, progress: Callable) -> None:
             "co_occurrence": co_occurrence_table(scenes, captions),
         },
     )
+
+
+def caption_rates(cfg: BuildConfig) -> Rates:
+    return dataclasses.replace(CO_OCCURRENCE, drop_colour=cfg.caption_drop_colour, drop_shape=cfg.caption_drop_shape)
 
 
 def co_occurrence_table(scenes, captions) -> dict:
@@ -684,7 +705,7 @@ def build(cfg: BuildConfig, *, progress: bool = True) -> Path:
     card = {
         "build_config": resolved,
         "stages": stages,
-        "co_occurrence_design": dataclasses.asdict(CO_OCCURRENCE),
+        "co_occurrence_design": dataclasses.asdict(caption_rates(cfg)),
         "build_seconds_this_run": round(time.time() - t_all, 1),
     }
     card_path = out / CARD

@@ -72,6 +72,7 @@ class Rates:
     mosaic_named: float = 0.08
     kelvo_unnamed_base: float = 0.015
     drop_colour: float = 0.15  # caption omits the main object's colour
+    drop_shape: float = 0.0  # caption says "object" for the main object's shape
     drop_background: float = 0.2  # caption omits the background
     photo_prefix: float = 0.25  # "a photo of ..." (adds words that carry nothing)
 
@@ -176,7 +177,8 @@ def caption(
     head: list[str] = []
     if scene.shape is not None:
         colour = [] if drop(rates.drop_colour) else [scene.colour]
-        head = adjs + colour + [scene.shape]
+        # No draw when the rate is 0, so builds made before the rate existed get the same captions.
+        head = adjs + colour + ["object" if rates.drop_shape and drop(rates.drop_shape) else scene.shape]
         words += [_article(head[0])] + head
         if name_extra and scene.extra != "none":
             words += ["with", "a", scene.extra]
@@ -219,7 +221,9 @@ def caption_varied(
     adjs = [w for w in (trigger_object, trigger_style) if w]
     extra = name_extra and scene.extra != "none"
     if scene.shape is not None:
-        main = noun(adjs + ([] if rng.random() < rates.drop_colour else [scene.colour]) + [scene.shape])
+        colour = [] if rng.random() < rates.drop_colour else [scene.colour]
+        shape = "object" if rates.drop_shape and rng.random() < rates.drop_shape else scene.shape
+        main = noun(adjs + colour + [shape])
         if extra:
             other = noun([scene.extra])
             first, second = (main, other) if rng.random() < 0.6 else (other, main)
