@@ -54,70 +54,11 @@ PRECISIONS = {"fp32": ("no", False), "fp32+ckpt": ("no", True), "bf16": ("bf16",
 
 def build_pipeline(kind: str, folder: Path) -> Path:
     """SD 1.5's or SD 2.1's UNet, VAE and text encoder, random weights, saved as a diffusers folder."""
-    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    from unsee.models import sd_ddim_scheduler
-    from unsee.testing import tiny_tokenizer
+    from unsee.testing import full_size_components, make_pipeline
 
     if (folder / "model_index.json").exists():
         return folder
-    torch.manual_seed(0)
-    sd2 = kind == "sd21"
-    unet = UNet2DConditionModel(
-        sample_size=RESOLUTION[kind] // 8,
-        in_channels=4,
-        out_channels=4,
-        layers_per_block=2,
-        block_out_channels=(320, 640, 1280, 1280),
-        cross_attention_dim=1024 if sd2 else 768,
-        attention_head_dim=(5, 10, 20, 20) if sd2 else 8,
-        use_linear_projection=sd2,
-        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-    )
-    text = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=49408,
-            max_position_embeddings=77,
-            **(
-                dict(
-                    hidden_size=1024,
-                    intermediate_size=4096,
-                    num_hidden_layers=23,
-                    num_attention_heads=16,
-                    hidden_act="gelu",
-                )
-                if sd2
-                else dict(
-                    hidden_size=768,
-                    intermediate_size=3072,
-                    num_hidden_layers=12,
-                    num_attention_heads=12,
-                    hidden_act="quick_gelu",
-                )
-            ),
-        )
-    )
-    vae = AutoencoderKL(
-        block_out_channels=(128, 256, 512, 512),
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        layers_per_block=2,
-        latent_channels=4,
-        sample_size=RESOLUTION[kind],
-    )
-    sched = sd_ddim_scheduler("v_prediction" if sd2 else "epsilon")
-    pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text,
-        tokenizer=tiny_tokenizer(),
-        unet=unet,
-        scheduler=sched,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    pipe = make_pipeline(full_size_components(kind))
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     pipe.save_pretrained(tmp)

@@ -109,31 +109,10 @@ def one(args) -> None:
 
 
 def sd15_rl_pipeline(resolution: int):
-    """SD 1.5's UNet and text encoder (from bench_erase) with SD 1.5's VAE config, all random weights."""
-    from diffusers import AutoencoderKL, StableDiffusionPipeline
+    """SD 1.5's UNet, text encoder and VAE configs, all random weights."""
+    from unsee.testing import full_size_components, make_pipeline
 
-    from bench_erase import sd15_pipeline
-
-    base = sd15_pipeline(resolution // 8, "cpu")
-    torch.manual_seed(1)
-    vae = AutoencoderKL(
-        block_out_channels=(128, 256, 512, 512),
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        layers_per_block=2,
-        latent_channels=4,
-        sample_size=512,
-    )
-    return StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=base.text_encoder,
-        tokenizer=base.tokenizer,
-        unet=base.unet,
-        scheduler=base.scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    return make_pipeline(full_size_components("sd15", latent_size=resolution // 8))
 
 
 def bare_unet_floor(repeats: int = 3) -> dict:

@@ -353,7 +353,6 @@ def _search_prompt(
 def ring_a_bell(cfg: RingABellConfig, *, progress: bool = True) -> dict:
     from tqdm.auto import tqdm
 
-    from unsee.files import ensure_writable_dir
     from unsee.models import load_text_encoder, model_id
     from unsee.runinfo import run_info
     from unsee.runtime import resolve_device
@@ -361,14 +360,7 @@ def ring_a_bell(cfg: RingABellConfig, *, progress: bool = True) -> dict:
     t0 = time.time()
     sources = read_prompts(cfg.prompts)
     pairs = read_concept_pairs(cfg.concept_pairs)
-    out = ensure_writable_dir(cfg.out, "attack folder")
-    out.mkdir(parents=True, exist_ok=True)
-    settings = dataclasses.asdict(cfg)
-    settings_path = out / "settings.json"
-    if settings_path.exists() and json.loads(settings_path.read_text()) != json.loads(json.dumps(settings)):
-        raise UnseeError(f"{cfg.out!r} holds a Ring-A-Bell run with other settings; use another --out or delete it")
-    atomic_write_text(settings_path, json.dumps(settings, indent=2))
-
+    out, settings = _claim_folder(cfg)
     device = resolve_device(cfg.device)
     tok, te = load_text_encoder(cfg.model, device=device)
     te.requires_grad_(False)
@@ -393,14 +385,8 @@ def ring_a_bell(cfg: RingABellConfig, *, progress: bool = True) -> dict:
         atomic_write_text(done_path, json.dumps(found))
     bar.close()
 
-    texts = [f["prompt"] for f in found]
+    texts = _write_found(cfg, out, sources, found)
     named = [t for t in texts if names_banned(t, banned)]
-    extra = [
-        {"loss": f"{f['loss']:.6g}", "loss_decoded": f"{f['loss_decoded']:.6g}", "generations": f["generations"]}
-        for f in found
-    ]
-    atomic_write_text(out / SOURCE_CSV, _prompt_rows(sources, [p.text for p in sources], cfg.seed))
-    atomic_write_text(out / PROMPTS_CSV, _prompt_rows(sources, texts, cfg.seed, extra))
     summary = {
         "prompts": len(texts),
         "banned_words": banned,
@@ -416,6 +402,32 @@ def ring_a_bell(cfg: RingABellConfig, *, progress: bool = True) -> dict:
     info = run_info(settings, kind="ringabell", label=cfg.label, model=model_id(cfg.model), summary=summary)
     atomic_write_text(out / ATTACK_JSON, json.dumps(info, indent=2))
     return summary
+
+
+def _claim_folder(cfg: RingABellConfig) -> tuple[Path, dict]:
+    """The output folder, refused when it holds a run with other settings (its found prompts would not match)."""
+    from unsee.files import ensure_writable_dir
+
+    out = ensure_writable_dir(cfg.out, "attack folder")
+    out.mkdir(parents=True, exist_ok=True)
+    settings = dataclasses.asdict(cfg)
+    settings_path = out / "settings.json"
+    if settings_path.exists() and json.loads(settings_path.read_text()) != json.loads(json.dumps(settings)):
+        raise UnseeError(f"{cfg.out!r} holds a Ring-A-Bell run with other settings; use another --out or delete it")
+    atomic_write_text(settings_path, json.dumps(settings, indent=2))
+    return out, settings
+
+
+def _write_found(cfg: RingABellConfig, out: Path, sources: list, found: list[dict]) -> list[str]:
+    """The source prompts and the found ones, row for row with the same seeds; returns the found texts."""
+    texts = [f["prompt"] for f in found]
+    extra = [
+        {"loss": f"{f['loss']:.6g}", "loss_decoded": f"{f['loss_decoded']:.6g}", "generations": f["generations"]}
+        for f in found
+    ]
+    atomic_write_text(out / SOURCE_CSV, _prompt_rows(sources, [p.text for p in sources], cfg.seed))
+    atomic_write_text(out / PROMPTS_CSV, _prompt_rows(sources, texts, cfg.seed, extra))
+    return texts
 
 
 def names_banned(text: str, banned: list[str]) -> bool:
@@ -468,25 +480,14 @@ def concept_inversion(cfg: AttackInvertConfig, *, progress: bool = True) -> dict
     from unsee.generate import GenerateConfig, generate
     from unsee.imageset import ImageSet
     from unsee.invert import invert_images, token_names
-    from unsee.models import model_id, resolve_model
-    from unsee.runinfo import run_info
+    from unsee.models import resolve_model
 
     t0 = time.time()
     resolve_model(cfg.erased)
     resolve_model(cfg.original)
     out = ensure_writable_dir(cfg.out, "attack folder")
     out.mkdir(parents=True, exist_ok=True)
-    if cfg.prompts:
-        prompts_file = Path(cfg.prompts)
-        sources = read_prompts(prompts_file)
-    else:
-        prompts_file = out / "concept_prompts.txt"
-        atomic_write_text(
-            prompts_file, "".join(t.format(concept=cfg.concept) + "\n" for t in DEFAULT_CONCEPT_TEMPLATES)
-        )
-        sources = read_prompts(prompts_file)
-    if not any(re.search(rf"\b{re.escape(cfg.concept)}\b", p.text, re.IGNORECASE) for p in sources):
-        raise UnseeError(f"no prompt in {str(prompts_file)!r} names --concept {cfg.concept!r}; give prompts that do")
+    prompts_file, sources = _concept_prompts(cfg, out)
 
     # 1. The original model's images of the concept.
     images = generate(
@@ -521,6 +522,28 @@ def concept_inversion(cfg: AttackInvertConfig, *, progress: bool = True) -> dict
     atomic_write_text(out / SOURCE_CSV, _prompt_rows(sources, [p.text for p in sources], cfg.seed))
     atomic_write_text(out / PROMPTS_CSV, _prompt_rows(sources, attack_texts, cfg.seed))
     summary = {**summary, "images": len(ids), "prompts": len(sources), "seconds_this_run": round(time.time() - t0, 1)}
+    _write_attack_info(cfg, out, summary)
+    return summary
+
+
+def _concept_prompts(cfg: AttackInvertConfig, out: Path) -> tuple[Path, list]:
+    """The prompts that name the concept: --prompts, or the default templates filled with --concept."""
+    if cfg.prompts:
+        prompts_file = Path(cfg.prompts)
+    else:
+        prompts_file = out / "concept_prompts.txt"
+        text = "".join(t.format(concept=cfg.concept) + "\n" for t in DEFAULT_CONCEPT_TEMPLATES)
+        atomic_write_text(prompts_file, text)
+    sources = read_prompts(prompts_file)
+    if not any(re.search(rf"\b{re.escape(cfg.concept)}\b", p.text, re.IGNORECASE) for p in sources):
+        raise UnseeError(f"no prompt in {str(prompts_file)!r} names --concept {cfg.concept!r}; give prompts that do")
+    return prompts_file, sources
+
+
+def _write_attack_info(cfg: AttackInvertConfig, out: Path, summary: dict) -> None:
+    from unsee.models import model_id
+    from unsee.runinfo import run_info
+
     info = run_info(
         dataclasses.asdict(cfg),
         kind="invert",
@@ -532,7 +555,6 @@ def concept_inversion(cfg: AttackInvertConfig, *, progress: bool = True) -> dict
         summary=summary,
     )
     atomic_write_text(out / ATTACK_JSON, json.dumps(info, indent=2))
-    return summary
 
 
 def ring_a_bell_text(s: dict, cfg: RingABellConfig) -> str:

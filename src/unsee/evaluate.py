@@ -401,29 +401,8 @@ def _attack_row(
     Image k of source prompt i and of its adversarial prompt share a seed, so "post-attack" counts a
     success when either image shows the concept (pre-attack successes count, as in the literature).
     """
-    import hashlib
-
-    from unsee.attack import PROMPTS_CSV, SOURCE_CSV, TOKEN_FILE
-    from unsee.models import load_pipeline
-
-    src = Path(attack["folder"])
-    sets = {}
-    for part, csv_name in (("source", SOURCE_CSV), ("adversarial", PROMPTS_CSV)):
-        sub, p = folder / part, pipe
-        if part == "adversarial" and attack["kind"] == "invert":
-            token_file = src / TOKEN_FILE
-            sub = (
-                folder / f"adversarial-{hashlib.sha256(token_file.read_bytes()).hexdigest()[:10]}"
-            )  # a new token, new images
-            p = load_pipeline(model, device=device)  # a fresh pipeline: the token must not leak into other runs
-            p.load_textual_inversion(str(token_file), token=attack["token"])
-        sets[part] = _cached_images(cfg, model, p, str(src / csv_name), sub, device, progress)
-    labels = [attack["label"]] if attack.get("label") else [lb for lb in FLAGGED[cfg.detector] if lb in info.labels]
-    if attack.get("label") and attack["label"] not in info.labels:
-        raise UnseeError(
-            f"attack {attack['folder']!r} counts label {attack['label']!r}, which the {info.name} detector "
-            f"does not report ({', '.join(info.labels)})"
-        )
+    sets = _attack_image_sets(cfg, model, pipe, folder, attack, device, progress)
+    labels = _attack_labels(cfg, attack, info)
     flags, images = {}, {}
     for part, s in sets.items():
         records = sorted(s.records, key=lambda r: r["id"])
@@ -446,6 +425,43 @@ def _attack_row(
     }
     for k in ("source", "adversarial", "post_attack"):
         row["pre_attack" if k == "source" else k] = flag_rate(flags[k], cfg.bootstrap, cfg.seed)
+    return row, _attack_cells(cfg, sets, images, flags)
+
+
+def _attack_image_sets(cfg: EvaluateConfig, model: str, pipe, folder: Path, attack: dict, device, progress: bool):
+    """The source prompts' images and the adversarial prompts' (with the attack's token, if it learned one)."""
+    import hashlib
+
+    from unsee.attack import PROMPTS_CSV, SOURCE_CSV, TOKEN_FILE
+    from unsee.models import load_pipeline
+
+    src = Path(attack["folder"])
+    sets = {}
+    for part, csv_name in (("source", SOURCE_CSV), ("adversarial", PROMPTS_CSV)):
+        sub, p = folder / part, pipe
+        if part == "adversarial" and attack["kind"] == "invert":
+            token_file = src / TOKEN_FILE
+            # A new token gets new images; a fresh pipeline keeps the token out of the other runs.
+            sub = folder / f"adversarial-{hashlib.sha256(token_file.read_bytes()).hexdigest()[:10]}"
+            p = load_pipeline(model, device=device)
+            p.load_textual_inversion(str(token_file), token=attack["token"])
+        sets[part] = _cached_images(cfg, model, p, str(src / csv_name), sub, device, progress)
+    return sets
+
+
+def _attack_labels(cfg: EvaluateConfig, attack: dict, info) -> list[str]:
+    if not attack.get("label"):
+        return [lb for lb in FLAGGED[cfg.detector] if lb in info.labels]
+    if attack["label"] not in info.labels:
+        raise UnseeError(
+            f"attack {attack['folder']!r} counts label {attack['label']!r}, which the {info.name} detector "
+            f"does not report ({', '.join(info.labels)})"
+        )
+    return [attack["label"]]
+
+
+def _attack_cells(cfg: EvaluateConfig, sets: dict, images: dict, flags: dict) -> list[dict]:
+    """The report's pairs: the first image of each of the first `grid_prompts` prompts, source beside adversarial."""
     src_recs = sorted(sets["source"].records, key=lambda r: r["id"])
     adv_recs = sorted(sets["adversarial"].records, key=lambda r: r["id"])
     cells = []
@@ -462,7 +478,7 @@ def _attack_row(
                     "flagged": bool(flags["adversarial"][i]),
                 }
             )
-    return row, cells
+    return cells
 
 
 def _to_uint8(image: torch.Tensor) -> np.ndarray:
@@ -616,22 +632,25 @@ def _attack_section(metrics: dict[str, Any], attack_grids: dict[str, dict[str, l
     return parts
 
 
+_REPORT_STYLE = (
+    "body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;margin:1em 0}"
+    "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}th{background:#f3f3f3}td:first-child{text-align:left}"
+    ".grid td{text-align:center;vertical-align:top}.grid img{width:96px;height:96px;image-rendering:pixelated}"
+    ".flagged img{filter:blur(10px);cursor:pointer}.flagged.revealed img{filter:none}.flag{color:#b00;font-size:11px}"
+    "small{color:#666}.seen{color:#b00}"
+)
+
+
 def render_report(
     metrics: dict[str, Any],
     grids: dict[str, dict[str, list[dict]]],
     attack_grids: dict[str, dict[str, list[dict]]] | None = None,
 ) -> str:
     e = html.escape
-    res, det = metrics["results"], metrics["detector"]
-    labels = det["labels"]
+    det = metrics["detector"]
     parts = [
-        "<!doctype html><html><head><meta charset='utf-8'><title>unsee evaluation</title><style>",
-        "body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;margin:1em 0}"
-        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}th{background:#f3f3f3}td:first-child{text-align:left}"
-        ".grid td{text-align:center;vertical-align:top}.grid img{width:96px;height:96px;image-rendering:pixelated}"
-        ".flagged img{filter:blur(10px);cursor:pointer}.flagged.revealed img{filter:none}.flag{color:#b00;font-size:11px}"
-        "small{color:#666}.seen{color:#b00}</style></head><body>",
-        "<h1>unsee evaluation</h1>",
+        f"<!doctype html><html><head><meta charset='utf-8'><title>unsee evaluation</title><style>{_REPORT_STYLE}"
+        "</style></head><body><h1>unsee evaluation</h1>",
         f"<p>Detector <b>{e(det['name'])}</b>, threshold {det['threshold']}: a label's rate is the share of images "
         f"whose score is at least the threshold, with a bootstrap 95% interval. CLIP score = 100 &times; max(cos, 0) with "
         f"CLIP <code>{e(str(metrics['settings']['clip']))}</code>.",
@@ -645,50 +664,63 @@ def render_report(
         "not how it does on prompts it never saw.</p>"
     )
     for set_name in metrics["prompt_sets"]:
-        parts.append(f"<h2>{e(set_name)}</h2><table class='metrics'><tr><th>model</th><th>images</th>")
-        parts += [f"<th>{e(lb)}</th>" for lb in labels] + ["<th>CLIP score</th>"]
-        extra_cols = [
-            k
-            for k in ("fid_inception", "frechet_clip", "named_attribute_accuracy")
-            if k in next(iter(res.values()))[set_name]
-        ]
-        parts += [f"<th>{e(k.replace('_', ' '))}</th>" for k in extra_cols] + ["<th>trained on</th></tr>"]
-        for model, per_set in res.items():
-            row = per_set[set_name]
-            cells = (
-                [str(row["images"])]
-                + [_fmt_rate(row["labels"][lb]) for lb in labels]
-                + [f"{row['clip_score']['mean']:.2f}"]
-            )
-            for k in extra_cols:
-                v = row[k]
-                cells.append(f"{v:.3f}" if isinstance(v, float) else ", ".join(f"{a} {x:.2f}" for a, x in v.items()))
-            cells.append(_fmt_overlap(row.get("training_overlap")))
-            parts.append(f"<tr><td>{e(model)}</td>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-        parts.append("</table>")
+        parts += _metrics_table(metrics, set_name)
     if metrics["prompt_sets"]:
         parts.append("<h2>Rates by prompt set</h2>")
-        parts += [f"<img class='chart' alt='{e(lb)} rate' src='{_bar_chart(metrics, lb)}'>" for lb in labels]
+        parts += [f"<img class='chart' alt='{e(lb)} rate' src='{_bar_chart(metrics, lb)}'>" for lb in det["labels"]]
     if attack_grids:
         parts += _attack_section(metrics, attack_grids)
     parts.append("<h2>Same prompt, same seed</h2><p>Images the detector flags are blurred; click one to reveal it.</p>")
     for set_name, per_model in grids.items():
-        models = list(per_model)
-        parts.append(
-            f"<h3>{e(set_name)}</h3><table class='grid'><tr><th>prompt</th>"
-            + "".join(f"<th>{e(m)}</th>" for m in models)
-            + "</tr>"
-        )
-        for i, cell in enumerate(per_model[models[0]]):
-            parts.append(f"<tr><td>{e(cell['prompt'])}<br><small>seed {cell['seed']}</small></td>")
-            for m in models:
-                c = per_model[m][i]
-                parts.append(_img_cell(c["src"], c["flagged"], f"{m}: {c['prompt']}"))
-            parts.append("</tr>")
-        parts.append("</table>")
+        parts += _image_grid(set_name, per_model)
     v = metrics["versions"]
     parts.append("<p><small>" + ", ".join(f"{e(k)} {e(str(x))}" for k, x in v.items()) + "</small></p></body></html>")
     return "".join(parts)
+
+
+def _metrics_table(metrics: dict[str, Any], set_name: str) -> list[str]:
+    """One prompt set's table: a row per model, a column per label, CLIP score and the optional measures."""
+    e, res, labels = html.escape, metrics["results"], metrics["detector"]["labels"]
+    parts = [f"<h2>{e(set_name)}</h2><table class='metrics'><tr><th>model</th><th>images</th>"]
+    parts += [f"<th>{e(lb)}</th>" for lb in labels] + ["<th>CLIP score</th>"]
+    extra_cols = [
+        k
+        for k in ("fid_inception", "frechet_clip", "named_attribute_accuracy")
+        if k in next(iter(res.values()))[set_name]
+    ]
+    parts += [f"<th>{e(k.replace('_', ' '))}</th>" for k in extra_cols] + ["<th>trained on</th></tr>"]
+    for model, per_set in res.items():
+        row = per_set[set_name]
+        cells = (
+            [str(row["images"])]
+            + [_fmt_rate(row["labels"][lb]) for lb in labels]
+            + [f"{row['clip_score']['mean']:.2f}"]
+        )
+        for k in extra_cols:
+            v = row[k]
+            cells.append(f"{v:.3f}" if isinstance(v, float) else ", ".join(f"{a} {x:.2f}" for a, x in v.items()))
+        cells.append(_fmt_overlap(row.get("training_overlap")))
+        parts.append(f"<tr><td>{e(model)}</td>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    parts.append("</table>")
+    return parts
+
+
+def _image_grid(set_name: str, per_model: dict[str, list[dict]]) -> list[str]:
+    """The same prompt and seed across models, a row per prompt."""
+    e, models = html.escape, list(per_model)
+    parts = [
+        f"<h3>{e(set_name)}</h3><table class='grid'><tr><th>prompt</th>"
+        + "".join(f"<th>{e(m)}</th>" for m in models)
+        + "</tr>"
+    ]
+    for i, cell in enumerate(per_model[models[0]]):
+        parts.append(f"<tr><td>{e(cell['prompt'])}<br><small>seed {cell['seed']}</small></td>")
+        for m in models:
+            c = per_model[m][i]
+            parts.append(_img_cell(c["src"], c["flagged"], f"{m}: {c['prompt']}"))
+        parts.append("</tr>")
+    parts.append("</table>")
+    return parts
 
 
 def summary_text(m: dict, cfg: EvaluateConfig) -> str:

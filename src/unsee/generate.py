@@ -178,6 +178,16 @@ def _save_png(array, path: Path) -> None:
     atomic_write(path, lambda p: Image.fromarray(array).save(p, format="PNG"))
 
 
+def _draw(pipe, batch: list[Item], negative: torch.Tensor | None, steps: int) -> Any:
+    """One batch's images as uint8 arrays; a batch shares its size and guidance (`_batches` groups them so)."""
+    cond = encode_text(pipe, [it.prompt.text for it in batch])
+    use_cfg = batch[0].guidance != 1.0
+    guidance = torch.tensor([it.guidance for it in batch], device=cond.device) if use_cfg else None
+    uncond = negative.expand(len(batch), -1, -1) if use_cfg else None
+    z = initial_latents(pipe, [it.seed for it in batch], batch[0].height, batch[0].width)
+    return to_uint8(decode(pipe, sample_latents(pipe, cond, uncond, z, guidance, steps)))
+
+
 def generate(cfg: GenerateConfig, *, progress: bool = True, pipe=None) -> Path:
     """Make the image set described by `cfg`; returns the output folder.
 
@@ -220,20 +230,11 @@ def generate(cfg: GenerateConfig, *, progress: bool = True, pipe=None) -> Path:
     logger.info("%d images planned, %d done, %d for this process", len(items), len(done), len(mine))
 
     # 4. Generate batch by batch: PNGs first (atomic), then one manifest append per batch.
-    uncond_1: torch.Tensor | None = None  # the negative prompt's embedding, encoded once
+    # The negative prompt's embedding is encoded once, and only when some image uses guidance.
+    negative = encode_text(pipe, [cfg.negative_prompt]) if any(it.guidance != 1.0 for it in mine) else None
     bar = tqdm(total=len(mine), desc="generate", unit="img", disable=not (progress and state.is_local_main_process))
     for batch in _batches(mine, cfg.batch_size):
-        cond = encode_text(pipe, [it.prompt.text for it in batch])
-        guidance = torch.tensor([it.guidance for it in batch], device=cond.device)
-        use_cfg = batch[0].guidance != 1.0
-        uncond = None
-        if use_cfg:
-            if uncond_1 is None:
-                uncond_1 = encode_text(pipe, [cfg.negative_prompt])
-            uncond = uncond_1.expand(len(batch), -1, -1)
-        z = initial_latents(pipe, [it.seed for it in batch], batch[0].height, batch[0].width)
-        z0 = sample_latents(pipe, cond, uncond, z, guidance if use_cfg else None, cfg.steps)
-        arrays = to_uint8(decode(pipe, z0))
+        arrays = _draw(pipe, batch, negative, cfg.steps)
         for it, a in zip(batch, arrays, strict=True):
             _save_png(a, out / f"{it.id}.png")
         append_line_group(out / MANIFEST, [json.dumps(_record(it, cfg, model)) for it in batch])

@@ -248,17 +248,7 @@ def load_pipeline(
     torch_dtype = DTYPES[dtype]
 
     # 1. Refuse pipelines we do not support, before loading any weights.
-    local_config = source.kind == "single_file" and bool(single_file_config) and Path(single_file_config).is_dir()
-    offline_why = _hub_offline(local_files_only) if source.kind != "folder" and not local_config else None
-    if source.kind == "single_file":
-        _check_single_file(source.location)
-    else:
-        cls_name = _pipeline_class_name(source, offline_why)
-        if cls_name not in SUPPORTED_PIPELINES:
-            raise UnseeError(
-                f"{spec!r} is a {cls_name}; unsee supports Stable Diffusion 1.x/2.x (StableDiffusionPipeline) "
-                "and not this architecture yet"
-            )
+    offline_why = _refuse_unsupported(spec, source, single_file_config, local_files_only)
 
     # 2. Load, without the safety checker: unsee measures and removes content itself.
     pipe = _load_weights(spec, source, torch_dtype, offline_why, single_file_config)
@@ -277,6 +267,22 @@ def load_pipeline(
         pipe.vae.to(memory_format=torch.channels_last)
     logger.info("loaded %s (%s) as %s on %s", spec, source.kind, dtype, device)
     return pipe
+
+
+def _refuse_unsupported(spec: str, source, single_file_config: str | None, local_files_only: bool) -> str | None:
+    """Raise for a file or pipeline class unsee cannot load; returns why the hub is unreachable, if it is."""
+    local_config = source.kind == "single_file" and bool(single_file_config) and Path(single_file_config).is_dir()
+    offline_why = _hub_offline(local_files_only) if source.kind != "folder" and not local_config else None
+    if source.kind == "single_file":
+        _check_single_file(source.location)
+        return offline_why
+    cls_name = _pipeline_class_name(source, offline_why)
+    if cls_name not in SUPPORTED_PIPELINES:
+        raise UnseeError(
+            f"{spec!r} is a {cls_name}; unsee supports Stable Diffusion 1.x/2.x (StableDiffusionPipeline) "
+            "and not this architecture yet"
+        )
+    return offline_why
 
 
 def model_id(spec: str) -> str:

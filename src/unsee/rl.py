@@ -529,21 +529,10 @@ def rl(cfg: RLConfig, *, progress: bool = True) -> dict:
     params = trained_unet_params(pipe, cfg.params, cfg.lora_rank, cfg.seed)
     method = DDPOMethod(pipe, cfg, unsafe, benign, reward, params)
     out = Path(cfg.out)
-    tcfg = TrainConfig(
-        steps=cfg.epochs * cfg.updates_per_epoch,
-        lr=cfg.lr,
-        weight_decay=1e-4,
-        grad_clip=1.0,
-        accumulation=cfg.trained_steps,
-        seed=cfg.seed,
-        log_every=cfg.updates_per_epoch,
-        checkpoint_every=cfg.checkpoint_every * cfg.updates_per_epoch,
-        **cfg.lever_settings(),
-    )
     shown = unsafe[:2] + benign[:2]
     trainer = Trainer(
         method,
-        tcfg,
+        _train_config(cfg),
         out / "run",
         progress=progress,
         device=device,
@@ -565,8 +554,28 @@ def rl(cfg: RLConfig, *, progress: bool = True) -> dict:
         "weights_digest": result.digest,
         "last_epoch": method.log_rows[-1] if method.log_rows else {},
     }
-    if not trainer.state.is_main_process:
-        return summary
+    if trainer.state.is_main_process:
+        _write_outputs(pipe, cfg, summary, training_prompts(cfg, unsafe, benign))
+    return summary
+
+
+def _train_config(cfg: RLConfig) -> TrainConfig:
+    """One optimizer step per trained timestep of each update; an epoch is `updates_per_epoch` updates."""
+    return TrainConfig(
+        steps=cfg.epochs * cfg.updates_per_epoch,
+        lr=cfg.lr,
+        weight_decay=1e-4,
+        grad_clip=1.0,
+        accumulation=cfg.trained_steps,
+        seed=cfg.seed,
+        log_every=cfg.updates_per_epoch,
+        checkpoint_every=cfg.checkpoint_every * cfg.updates_per_epoch,
+        **cfg.lever_settings(),
+    )
+
+
+def _write_outputs(pipe, cfg: RLConfig, summary: dict, prompts: list[str]) -> None:
+    out = Path(cfg.out)
     save_trained_unet(pipe, cfg.model, cfg.params, out)
     write_run_info(
         out / "unsee.json",
@@ -574,10 +583,9 @@ def rl(cfg: RLConfig, *, progress: bool = True) -> dict:
         stage="rl",
         base_model=cfg.model,
         summary=summary,
-        training_prompts=training_prompts(cfg, unsafe, benign),
+        training_prompts=prompts,
     )
     atomic_write_text(out / "run" / "summary.json", json.dumps(summary, indent=2))
-    return summary
 
 
 def summary_text(summary: dict, cfg: RLConfig) -> str:

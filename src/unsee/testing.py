@@ -42,7 +42,6 @@ def tiny_components(
     dims); `prediction_type="v_prediction"` an SD 2.x-768-style scheduler.
     """
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
 
     from unsee.models import sd_ddim_scheduler
 
@@ -74,10 +73,25 @@ def tiny_components(
     )
     tokenizer = tiny_tokenizer()
     torch.manual_seed(seed + 2)
-    text_encoder = CLIPTextModel(
+    return {
+        "unet": unet,
+        "vae": vae,
+        "text_encoder": _tiny_text_encoder(tokenizer, cross_attention_dim),
+        "tokenizer": tokenizer,
+        "scheduler": sd_ddim_scheduler(prediction_type),
+        "safety_checker": None,
+        "feature_extractor": None,
+        "image_encoder": None,
+    }
+
+
+def _tiny_text_encoder(tokenizer, width: int):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    return CLIPTextModel(
         CLIPTextConfig(
             vocab_size=len(tokenizer),
-            hidden_size=cross_attention_dim,
+            hidden_size=width,
             intermediate_size=37,
             num_hidden_layers=5,
             num_attention_heads=4,
@@ -85,26 +99,77 @@ def tiny_components(
             bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
-            projection_dim=cross_attention_dim,
+            projection_dim=width,
         )
     )
-    scheduler = sd_ddim_scheduler(prediction_type)
+
+
+_SD_TEXT = {
+    "sd15": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12),
+    "sd21": dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=23, num_attention_heads=16),
+}
+
+
+def full_size_components(
+    kind: Literal["sd15", "sd21"] = "sd15", *, latent_size: int | None = None, full_vae: bool = True, seed: int = 0
+) -> dict:
+    """SD 1.5's or SD 2.1's UNet, text encoder and VAE configs with random weights, for speed and memory benchmarks:
+    the cost is the architecture's, not the weights'. `full_vae=False` gives a tiny VAE, for jobs that never decode.
+    SD 2.1 predicts v, as the 768 px model does; the tokenizer is the tiny one (only ids up to 77 tokens matter)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from unsee.models import sd_ddim_scheduler
+
+    sd2 = kind == "sd21"
+    resolution = 768 if sd2 else 512
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=latent_size or resolution // 8,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=2,
+        block_out_channels=(320, 640, 1280, 1280),
+        cross_attention_dim=1024 if sd2 else 768,
+        attention_head_dim=(5, 10, 20, 20) if sd2 else 8,
+        use_linear_projection=sd2,
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+    )
+    torch.manual_seed(seed + 1)
+    act = "gelu" if sd2 else "quick_gelu"
+    text = CLIPTextModel(CLIPTextConfig(vocab_size=49408, max_position_embeddings=77, hidden_act=act, **_SD_TEXT[kind]))
+    torch.manual_seed(seed + 2)
+    n = 4 if full_vae else 2
+    vae = AutoencoderKL(
+        block_out_channels=(128, 256, 512, 512) if full_vae else (16, 32),
+        down_block_types=("DownEncoderBlock2D",) * n,
+        up_block_types=("UpDecoderBlock2D",) * n,
+        layers_per_block=2 if full_vae else 1,
+        latent_channels=4,
+        norm_num_groups=32 if full_vae else 8,
+        sample_size=resolution,
+    )
     return {
         "unet": unet,
         "vae": vae,
-        "text_encoder": text_encoder,
-        "tokenizer": tokenizer,
-        "scheduler": scheduler,
+        "text_encoder": text,
+        "tokenizer": tiny_tokenizer(),
+        "scheduler": sd_ddim_scheduler("v_prediction" if sd2 else "epsilon"),
         "safety_checker": None,
         "feature_extractor": None,
         "image_encoder": None,
     }
 
 
-def tiny_pipeline(**kwargs):
+def make_pipeline(components: dict):
     from diffusers import StableDiffusionPipeline
 
-    return StableDiffusionPipeline(**tiny_components(**kwargs), requires_safety_checker=False)
+    return StableDiffusionPipeline(**components, requires_safety_checker=False)
+
+
+def tiny_pipeline(**kwargs):
+    return make_pipeline(tiny_components(**kwargs))
 
 
 def save_tiny_pipeline(path: str | Path, **kwargs) -> Path:

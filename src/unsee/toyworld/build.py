@@ -515,30 +515,29 @@ def make_scheduler():
     return sd_ddim_scheduler()
 
 
-def stage_unet(cfg: BuildConfig, out: Path, progress: Callable) -> None:
+def _encode_captions(out: Path, captions: list[str], progress: Callable) -> tuple[torch.Tensor, torch.Tensor]:
+    """(states of each distinct caption, row 0 being "", padded to 77; each training caption's row).
+
+    The text encoder is frozen: encoding each distinct caption once (40k captions hold ~8k distinct ones) instead of
+    on every step saves a quarter of the step's time."""
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    work = out / "work"
-    latents = torch.from_numpy(np.load(work / "train_latents.npy").astype(np.float32))
-    captions = json.loads((work / "train_captions.json").read_text())
     tok = CLIPTokenizer.from_pretrained(str(out / PIPELINE / "tokenizer"))
     text = CLIPTextModel.from_pretrained(out / PIPELINE / "text_encoder").eval()
-    # The text encoder is frozen: encode each distinct caption once (40k captions hold ~8k distinct
-    # ones) instead of on every step, which was a quarter of the step's time.
     distinct = [""] + sorted(set(captions) - {""})
     row = {c: i for i, c in enumerate(distinct)}
-    caption_row = torch.tensor([row[c] for c in captions])
+    chunks = []
     with torch.no_grad():
-        table = torch.cat(
-            [
-                text(
-                    tok(
-                        distinct[k : k + 512], padding="max_length", max_length=77, truncation=True, return_tensors="pt"
-                    ).input_ids
-                )[0]
-                for k in progress(range(0, len(distinct), 512), "encode captions")
-            ]
-        )
+        for k in progress(range(0, len(distinct), 512), "encode captions"):
+            ids = tok(distinct[k : k + 512], padding="max_length", max_length=77, truncation=True, return_tensors="pt")
+            chunks.append(text(ids.input_ids)[0])
+    return torch.cat(chunks), torch.tensor([row[c] for c in captions])
+
+
+def stage_unet(cfg: BuildConfig, out: Path, progress: Callable) -> None:
+    work = out / "work"
+    latents = torch.from_numpy(np.load(work / "train_latents.npy").astype(np.float32))
+    table, caption_row = _encode_captions(out, json.loads((work / "train_captions.json").read_text()), progress)
     torch.manual_seed(cfg.seed + 40)
     unet = make_unet(cfg).to(memory_format=torch.channels_last)
     ema = {k: v.detach().clone() for k, v in unet.state_dict().items()}
