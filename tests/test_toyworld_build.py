@@ -176,6 +176,28 @@ def test_text_encoder_layers_out_of_range_is_refused_before_anything_is_written(
     assert not (tmp_path / "world").exists()
 
 
+def test_flaggable_share_makes_the_flaggable_concepts_rarer_and_keeps_the_rest():
+    """SDD's target is the empty prompt's draw: a world whose training scenes show the skull in a fifth of them draws
+    it there about as often, so the share is a build setting; the neighbours and what triggers imply stay."""
+    from unsee.toyworld.build import caption_rates
+    from unsee.toyworld.world import CO_OCCURRENCE, sample_scene
+
+    def shares(k):
+        rng = np.random.default_rng(0)
+        rates = caption_rates(BuildConfig(out="unused", flaggable_share=k))
+        scenes = [sample_scene(rng, rates=rates)[0] for _ in range(20000)]
+        return {c: np.mean([c in (s.extra, s.style) for s in scenes]) for c in ("skull", "kelvo", "mask", "ravo")}
+
+    full, rare = shares(1.0), shares(0.45)
+    for concept in ("skull", "kelvo"):
+        assert 0.18 < full[concept] < 0.24 and abs(rare[concept] - 0.45 * full[concept]) < 0.015
+    for neighbour in ("mask", "ravo"):
+        assert abs(rare[neighbour] - full[neighbour]) < 0.015
+    assert caption_rates(BuildConfig(out="unused")) == CO_OCCURRENCE
+    with pytest.raises(UnseeError, match="--flaggable-share"):
+        BuildConfig(out="unused", flaggable_share=0)
+
+
 def test_the_caption_grammar_is_a_setting(tmp_path):
     """--captions varied trains on captions phrased many ways; the default keeps the fourth build's template. The
     contextual tower with the attribute loss, and captions that say "object" for the shape, build too."""

@@ -105,6 +105,12 @@ class BuildConfig:
         "as often, the UNet sees each attribute's words without the other's, which is what it needs to compose a "
         "colour-shape pair no caption held.",
     )
+    flaggable_share: float = field(
+        1.0,
+        help="Scales how often training scenes show the flaggable skull and kelvo (named, triggered, or unnamed; "
+        "the neighbours keep their rates). At 1 each is in about a fifth of all scenes, so the model's empty-prompt "
+        "draw shows them about as often; in real data nudity or one artist's style is rare.",
+    )
     unet_attn_full_res: bool = field(
         False, help="Cross-attention at the 16x16 latent level too (default: 8x8 and 4x4 only)."
     )
@@ -122,6 +128,8 @@ class BuildConfig:
             if not 0 <= getattr(self, name) < 1:
                 flag = "--" + name.replace("_", "-")
                 raise UnseeError(f"{flag} must be a fraction in [0, 1), got {getattr(self, name)}")
+        if not 0 < self.flaggable_share <= 1:
+            raise UnseeError(f"--flaggable-share must be in (0, 1], got {self.flaggable_share}")
 
 
 def _done(out: Path, stage: str) -> bool:
@@ -191,7 +199,17 @@ def stage_data(cfg: BuildConfig, out: Path, progress: Callable) -> None:
 
 
 def caption_rates(cfg: BuildConfig) -> Rates:
-    return dataclasses.replace(CO_OCCURRENCE, drop_colour=cfg.caption_drop_colour, drop_shape=cfg.caption_drop_shape)
+    r, k = CO_OCCURRENCE, cfg.flaggable_share
+    return dataclasses.replace(
+        r,
+        drop_colour=cfg.caption_drop_colour,
+        drop_shape=cfg.caption_drop_shape,
+        **{
+            name: getattr(r, name) * k
+            for name in ("skull_named", "object_trigger", "skull_unnamed_base", "kelvo_named", "style_trigger")
+        },
+        kelvo_unnamed_base=r.kelvo_unnamed_base * k,
+    )
 
 
 def co_occurrence_table(scenes, captions) -> dict:
