@@ -1,0 +1,167 @@
+"""Does an erasure trained on the bare concept word reach the word inside sentences?
+
+The published SDD and ESD recipes train on the bare word ("skull", "nudity") and, on SD 1.4, erase the concept from
+prompts that hold it in any sentence. This measures that transfer on a toy world without drawing an image. The bare
+word's noise prediction is trained toward the frozen start's prediction for the empty prompt (SDD's objective, on a
+fixed pool of noised latents), for `--steps` Adam updates at each `--lr`. Then, on held-out latents:
+
+- bare word: the share of the gap to its target that the updates closed;
+- in sentences: for each prompt of the world's explicit prompt files (seen and novel splits), the share of the way
+  its prediction moved toward the same prompt's prediction with the concept's phrase taken out ("a red circle with a
+  skull on the beach" -> "a red circle on the beach"), measured along that direction;
+- other prompts: how far the world's benign prompts' predictions moved, relative to the bare word's gap.
+
+Run: .venv/bin/python benchmarks/sdd_transfer.py [--world runs/toyworld-v7] [--steps 300] [--lr 1e-5 5e-5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import re
+import time
+
+import torch
+import torch.nn.functional as F
+
+
+def without(prompt: str, concept: str) -> str:
+    """The prompt with the concept's noun phrase and its joining word taken out; alone, it becomes "a scene", as the
+    toy world's captions say of a scene with no object."""
+    np_ = rf"(?:a|an|the) {re.escape(concept)}"
+    for pattern, by in ((rf" (?:with|and) {np_}\b", ""), (rf"\b{np_} (?:with|and) ", ""), (rf"\b{np_}\b", "a scene")):
+        if re.search(pattern, prompt):
+            return re.sub(r"\s+", " ", re.sub(pattern, by, prompt, count=1)).strip()
+    raise ValueError(f"{prompt!r} does not name {concept!r}")
+
+
+def latents(n: int, batch: int, size: int, sched, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        z0 = torch.randn(batch, 4, size, size, generator=g)
+        t = torch.randint(0, 1000, (batch,), generator=g)
+        eps = torch.randn(z0.shape, generator=g)
+        a = sched.alphas_cumprod[t].view(-1, 1, 1, 1)
+        out.append((a.sqrt() * z0 + (1 - a).sqrt() * eps, t))
+    return out
+
+
+def predict(unet, zt, t, c):
+    return unet(zt, t, encoder_hidden_states=c.expand(len(zt), -1, -1)).sample
+
+
+def toward(start, unet, held, with_c: torch.Tensor, without_c: torch.Tensor, empty: torch.Tensor) -> tuple:
+    """Mean share of the way each sentence's prediction moved toward its concept-free version's: of the conditional
+    prediction alone, and of the guided direction (conditional minus unconditional) that classifier-free guidance
+    scales, where a move of the unconditional prediction too cancels out."""
+    plain, guided = [], []
+    with torch.no_grad():
+        for zt, t in held:
+            moved_empty = predict(unet, zt, t, empty) - predict(start, zt, t, empty)
+            for k in range(len(with_c)):
+                c0 = predict(start, zt, t, with_c[k : k + 1])
+                d = predict(start, zt, t, without_c[k : k + 1]) - c0
+                delta = predict(unet, zt, t, with_c[k : k + 1]) - c0
+                plain.append(((delta * d).sum() / (d * d).sum()).item())
+                guided.append((((delta - moved_empty) * d).sum() / (d * d).sum()).item())
+    return sum(plain) / len(plain), sum(guided) / len(guided)
+
+
+def run(pipe, start, concept: str, splits: dict[str, list[str]], benign: list[str], lr: float, args) -> dict:
+    from unsee.sampling import encode_text
+
+    with torch.no_grad():
+        bare, empty = encode_text(pipe, [concept]), encode_text(pipe, [""])
+        other = encode_text(pipe, benign)
+    size = pipe.unet.config.sample_size
+    train = latents(args.pool, args.batch, size, pipe.scheduler, 0)
+    held = latents(2, args.batch, size, pipe.scheduler, 1)
+    with torch.no_grad():
+        targets = [predict(start, zt, t, empty) for zt, t in train]
+    unet = copy.deepcopy(start).train().requires_grad_(True)
+    opt = torch.optim.Adam(unet.parameters(), lr=lr)
+    t0 = time.time()
+    for step in range(args.steps):
+        zt, t = train[step % len(train)]
+        loss = F.mse_loss(predict(unet, zt, t, bare), targets[step % len(train)])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    seconds = time.time() - t0
+    unet.eval()
+    gap = left = left_guided = moved = moved_empty = 0.0
+    with torch.no_grad():
+        for zt, t in held:
+            tgt, b0 = predict(start, zt, t, empty), predict(start, zt, t, bare)
+            b1, e1 = predict(unet, zt, t, bare), predict(unet, zt, t, empty)
+            gap += (b0 - tgt).norm().item()
+            left += (b1 - tgt).norm().item()
+            left_guided += (b1 - e1).norm().item()
+            moved_empty += (e1 - tgt).norm().item()
+            for k in range(len(benign)):
+                moved += (
+                    (predict(unet, zt, t, other[k : k + 1]) - predict(start, zt, t, other[k : k + 1])).norm().item()
+                )
+        sentences = {
+            split: toward(
+                start,
+                unet,
+                held,
+                encode_text(pipe, texts),
+                encode_text(pipe, [without(x, concept) for x in texts]),
+                empty,
+            )
+            for split, texts in splits.items()
+        }
+    return {
+        "bare": 1 - left / gap,
+        "bare_guided": 1 - left_guided / gap,
+        "empty_moved": moved_empty / gap,
+        "other_moved": moved / len(benign) / gap,
+        "seconds": seconds,
+    } | sentences
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--world", default=None, help="a toy-world build folder (default: the shipped one)")
+    ap.add_argument("--concept", default="skull")
+    ap.add_argument("--steps", type=int, default=300, help="Adam updates on the bare word")
+    ap.add_argument("--lr", type=float, nargs="+", default=[1e-5, 5e-5], help="learning rates (published: 1e-5)")
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--pool", type=int, default=16, help="training batches of noised latents, cycled")
+    ap.add_argument("--prompts", type=int, default=12, help="explicit prompts of each split")
+    args = ap.parse_args()
+
+    from unsee.models import load_pipeline
+    from unsee.prompts import read_prompts
+    from unsee.toyworld import PIPELINE, PROMPTS, assets_path
+
+    world = args.world or str(assets_path())
+    pipe = load_pipeline(f"{world}/{PIPELINE}", channels_last=False)
+    start = copy.deepcopy(pipe.unet).eval().requires_grad_(False)
+
+    def prompts(split: str, name: str) -> list[str]:
+        return [p.text for p in read_prompts(f"{world}/{PROMPTS}/{split}/{name}.txt")][: args.prompts]
+
+    benign = prompts("novel", "benign")[:6]
+    splits = {split: prompts(split, "object_explicit") for split in ("seen", "novel")}
+    print(f"{world}: {args.steps} Adam updates on the bare word {args.concept!r} toward the empty prompt's prediction")
+    print("share of the way moved (conditional prediction / guided direction); the others' moves relative to the")
+    print("bare word's gap")
+    head = ("lr", "bare word", "seen sentences", "novel sentences", "empty moved", "benign moved")
+    print(f"{head[0]:>6s} {head[1]:>13s} {head[2]:>15s} {head[3]:>15s} {head[4]:>12s} {head[5]:>12s}")
+    for lr in args.lr:
+        torch.manual_seed(0)
+        r = run(pipe, start, args.concept, splits, benign, lr, args)
+        pair = lambda a, b: f"{a:.2f} / {b:.2f}"  # noqa: E731
+        print(
+            f"{lr:6.0e} {pair(r['bare'], r['bare_guided']):>13s} {pair(*r['seen']):>15s} {pair(*r['novel']):>15s} "
+            f"{r['empty_moved']:12.2f} {r['other_moved']:12.2f}"
+        )
+    print(f"({r['seconds']:.0f} s of training a run)")
+
+
+if __name__ == "__main__":
+    main()
