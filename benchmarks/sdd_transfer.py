@@ -3,7 +3,7 @@
 The published SDD and ESD recipes train on the bare word ("skull", "nudity") and, on SD 1.4, erase the concept from
 prompts that hold it in any sentence. This measures that transfer on a toy world without drawing an image. The bare
 word's noise prediction is trained toward the frozen start's prediction for the empty prompt (SDD's objective, on a
-fixed pool of noised latents), for `--steps` Adam updates at each `--lr`. Then, on held-out latents:
+fixed pool of noised latents; cross-attention trained, as published), for `--steps` Adam updates at each `--lr`. Then, on held-out latents:
 
 - bare word: the share of the gap to its target that the updates closed;
 - in sentences: for each prompt of the world's explicit prompt files (seen and novel splits), the share of the way
@@ -11,7 +11,11 @@ fixed pool of noised latents), for `--steps` Adam updates at each `--lr`. Then, 
   skull on the beach" -> "a red circle on the beach"), measured along that direction;
 - other prompts: how far the world's benign prompts' predictions moved, relative to the bare word's gap.
 
+`--keep-empty W` adds a term holding the empty prompt's prediction where it started (what UCE's closed form does for
+the empty prompt's keys and values).
+
 Run: .venv/bin/python benchmarks/sdd_transfer.py [--world runs/toyworld-v7] [--steps 300] [--lr 1e-5 5e-5]
+[--keep-empty 1]
 """
 
 from __future__ import annotations
@@ -79,12 +83,16 @@ def run(pipe, start, concept: str, splits: dict[str, list[str]], benign: list[st
     held = latents(2, args.batch, size, pipe.scheduler, 1)
     with torch.no_grad():
         targets = [predict(start, zt, t, empty) for zt, t in train]
-    unet = copy.deepcopy(start).train().requires_grad_(True)
-    opt = torch.optim.Adam(unet.parameters(), lr=lr)
+    from unsee.params import select_parameters
+
+    unet = copy.deepcopy(start).train()
+    opt = torch.optim.Adam(select_parameters(unet, args.params), lr=lr)
     t0 = time.time()
     for step in range(args.steps):
         zt, t = train[step % len(train)]
         loss = F.mse_loss(predict(unet, zt, t, bare), targets[step % len(train)])
+        if args.keep_empty:  # hold the empty prompt's prediction where it started
+            loss = loss + args.keep_empty * F.mse_loss(predict(unet, zt, t, empty), targets[step % len(train)])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -132,6 +140,10 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--pool", type=int, default=16, help="training batches of noised latents, cycled")
     ap.add_argument("--prompts", type=int, default=12, help="explicit prompts of each split")
+    ap.add_argument("--params", default="xattn", help="UNet parameters trained (published SDD: xattn)")
+    ap.add_argument(
+        "--keep-empty", type=float, default=0.0, help="weight of a term holding the empty prompt's prediction (0: off)"
+    )
     args = ap.parse_args()
 
     from unsee.models import load_pipeline
@@ -147,7 +159,10 @@ def main() -> None:
 
     benign = prompts("novel", "benign")[:6]
     splits = {split: prompts(split, "object_explicit") for split in ("seen", "novel")}
-    print(f"{world}: {args.steps} Adam updates on the bare word {args.concept!r} toward the empty prompt's prediction")
+    keep = f", the empty prompt held with weight {args.keep_empty:g}" if args.keep_empty else ""
+    print(
+        f"{world}: {args.steps} Adam updates on the bare word {args.concept!r} toward the empty prompt's prediction{keep}"
+    )
     print("share of the way moved (conditional prediction / guided direction); the others' moves relative to the")
     print("bare word's gap")
     head = ("lr", "bare word", "seen sentences", "novel sentences", "empty moved", "benign moved")
