@@ -149,15 +149,21 @@ def test_text_encoder_layers_out_of_range_is_refused(tmp_path):
         save_text_encoder(clip, 3, tmp_path / "te")
 
 
-def test_build_made_before_a_setting_existed_still_resumes(tiny_world):
-    """A build_config.json without a newer setting reads it as its default, so the build is not refused."""
-    cfg_path = tiny_world / "build_config.json"
+def test_build_made_before_a_setting_existed_still_resumes(tiny_world, tmp_path):
+    """A build_config.json without a newer setting reads it as what builds did before it existed, so a build of the
+    old recipe resumes there, and one of the new recipe is refused."""
+    import shutil
+
+    from unsee.toyworld.build import BEFORE_THE_SETTING
+
+    world = shutil.copytree(tiny_world, tmp_path / "world")
+    cfg_path = world / "build_config.json"
     old = json.loads(cfg_path.read_text())
-    cfg_path.write_text(
-        json.dumps({k: v for k, v in old.items() if k not in ("text_encoder_layers", "unet_attn_full_res", "captions")})
-    )
-    build(BuildConfig(out=str(tiny_world), **TINY), progress=False)
-    assert json.loads(cfg_path.read_text())["text_encoder_layers"] == BuildConfig.text_encoder_layers
+    cfg_path.write_text(json.dumps({k: v for k, v in old.items() if k not in BEFORE_THE_SETTING}))
+    with pytest.raises(UnseeError, match="other settings"):
+        build(BuildConfig(out=str(world), **TINY), progress=False)
+    build(BuildConfig(out=str(world), **(TINY | BEFORE_THE_SETTING)), progress=False)
+    assert json.loads(cfg_path.read_text())["text_encoder_layers"] == 0
 
 
 def test_cross_attention_at_full_latent_resolution_is_a_setting():
@@ -193,14 +199,17 @@ def test_flaggable_share_makes_the_flaggable_concepts_rarer_and_keeps_the_rest()
         assert 0.18 < full[concept] < 0.24 and abs(rare[concept] - 0.45 * full[concept]) < 0.015
     for neighbour in ("mask", "ravo"):
         assert abs(rare[neighbour] - full[neighbour]) < 0.015
-    assert caption_rates(BuildConfig(out="unused")) == CO_OCCURRENCE
+    assert (
+        caption_rates(BuildConfig(out="unused", flaggable_share=1, caption_drop_colour=0.15, caption_drop_shape=0))
+        == CO_OCCURRENCE
+    )
     with pytest.raises(UnseeError, match="--flaggable-share"):
         BuildConfig(out="unused", flaggable_share=0)
 
 
 def test_the_caption_grammar_is_a_setting(tmp_path):
-    """--captions varied trains on captions phrased many ways; the default keeps the fourth build's template. The
-    contextual tower with the attribute loss, and captions that say "object" for the shape, build too."""
+    """--captions template keeps the fourth build's template; the default phrases captions many ways. The contextual
+    tower with the attribute loss, and captions that say "object" for the shape, build too."""
     settings = dict(captions="varied", text_encoder_layers=2, clip_attribute_loss=3.0, caption_drop_shape=0.3)
     world = build(BuildConfig(out=str(tmp_path / "world"), **settings, **(TINY | {"unet_steps": 2})), progress=False)
     captions = json.loads((world / "work" / "train_captions.json").read_text())
@@ -209,7 +218,7 @@ def test_the_caption_grammar_is_a_setting(tmp_path):
     assert json.loads((world / "build_config.json").read_text()) | settings == json.loads(
         (world / "build_config.json").read_text()
     )
-    assert BuildConfig(out="unused").captions == "template" and BuildConfig(out="unused").clip_attribute_loss == 0
+    assert BuildConfig(out="unused").captions == "varied" and BuildConfig(out="unused").clip_attribute_loss == 3
 
 
 def test_attribute_targets_hold_what_the_caption_has_named_so_far(tiny_world):
