@@ -55,14 +55,14 @@ def predict(unet, zt, t, c):
     return unet(zt, t, encoder_hidden_states=c.expand(len(zt), -1, -1)).sample
 
 
-def toward(start, unet, held, with_c: torch.Tensor, without_c: torch.Tensor, empty: torch.Tensor) -> tuple:
+def toward(start, unet, held, empty_moves: list[torch.Tensor], with_c: torch.Tensor, without_c: torch.Tensor) -> tuple:
     """Mean share of the way each sentence's prediction moved toward its concept-free version's: of the conditional
     prediction alone, and of the guided direction (conditional minus unconditional) that classifier-free guidance
-    scales, where a move of the unconditional prediction too cancels out."""
+    scales, where a move of the unconditional prediction too cancels out. `empty_moves[i]`: how far the empty
+    prompt's prediction moved on held-out batch i."""
     plain, guided = [], []
     with torch.no_grad():
-        for zt, t in held:
-            moved_empty = predict(unet, zt, t, empty) - predict(start, zt, t, empty)
+        for (zt, t), moved_empty in zip(held, empty_moves, strict=True):
             for k in range(len(with_c)):
                 c0 = predict(start, zt, t, with_c[k : k + 1])
                 d = predict(start, zt, t, without_c[k : k + 1]) - c0
@@ -73,6 +73,7 @@ def toward(start, unet, held, with_c: torch.Tensor, without_c: torch.Tensor, emp
 
 
 def run(pipe, start, concept: str, splits: dict[str, list[str]], benign: list[str], lr: float, args) -> dict:
+    from unsee.params import select_parameters
     from unsee.sampling import encode_text
 
     with torch.no_grad():
@@ -83,8 +84,6 @@ def run(pipe, start, concept: str, splits: dict[str, list[str]], benign: list[st
     held = latents(2, args.batch, size, pipe.scheduler, 1)
     with torch.no_grad():
         targets = [predict(start, zt, t, empty) for zt, t in train]
-    from unsee.params import select_parameters
-
     unet = copy.deepcopy(start).train()
     opt = torch.optim.Adam(select_parameters(unet, args.params), lr=lr)
     t0 = time.time()
@@ -98,7 +97,8 @@ def run(pipe, start, concept: str, splits: dict[str, list[str]], benign: list[st
         opt.step()
     seconds = time.time() - t0
     unet.eval()
-    gap = left = left_guided = moved = moved_empty = 0.0
+    gap = left = left_guided = moved = 0.0
+    empty_moves = []
     with torch.no_grad():
         for zt, t in held:
             tgt, b0 = predict(start, zt, t, empty), predict(start, zt, t, bare)
@@ -106,7 +106,7 @@ def run(pipe, start, concept: str, splits: dict[str, list[str]], benign: list[st
             gap += (b0 - tgt).norm().item()
             left += (b1 - tgt).norm().item()
             left_guided += (b1 - e1).norm().item()
-            moved_empty += (e1 - tgt).norm().item()
+            empty_moves.append(e1 - tgt)
             for k in range(len(benign)):
                 moved += (
                     (predict(unet, zt, t, other[k : k + 1]) - predict(start, zt, t, other[k : k + 1])).norm().item()
@@ -116,16 +116,16 @@ def run(pipe, start, concept: str, splits: dict[str, list[str]], benign: list[st
                 start,
                 unet,
                 held,
+                empty_moves,
                 encode_text(pipe, texts),
                 encode_text(pipe, [without(x, concept) for x in texts]),
-                empty,
             )
             for split, texts in splits.items()
         }
     return {
         "bare": 1 - left / gap,
         "bare_guided": 1 - left_guided / gap,
-        "empty_moved": moved_empty / gap,
+        "empty_moved": sum(m.norm().item() for m in empty_moves) / gap,
         "other_moved": moved / len(benign) / gap,
         "seconds": seconds,
     } | sentences
