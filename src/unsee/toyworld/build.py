@@ -212,17 +212,22 @@ def stage_data(cfg: BuildConfig, out: Path, progress: Callable) -> None:
     )
 
 
+# The rates --flaggable-share scales: every way a scene comes to show the skull or kelvo.
+FLAGGABLE_RATES = (
+    "skull_named",
+    "object_trigger",
+    "skull_unnamed_base",
+    "kelvo_named",
+    "style_trigger",
+    "kelvo_unnamed_base",
+)
+
+
 def caption_rates(cfg: BuildConfig) -> Rates:
-    r, k = CO_OCCURRENCE, cfg.flaggable_share
+    """The co-occurrence design with this build's caption drop rates and flaggable share."""
+    scaled = {name: getattr(CO_OCCURRENCE, name) * cfg.flaggable_share for name in FLAGGABLE_RATES}
     return dataclasses.replace(
-        r,
-        drop_colour=cfg.caption_drop_colour,
-        drop_shape=cfg.caption_drop_shape,
-        **{
-            name: getattr(r, name) * k
-            for name in ("skull_named", "object_trigger", "skull_unnamed_base", "kelvo_named", "style_trigger")
-        },
-        kelvo_unnamed_base=r.kelvo_unnamed_base * k,
+        CO_OCCURRENCE, drop_colour=cfg.caption_drop_colour, drop_shape=cfg.caption_drop_shape, **scaled
     )
 
 
