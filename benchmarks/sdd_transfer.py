@@ -39,11 +39,12 @@ def without(prompt: str, concept: str) -> str:
     raise ValueError(f"{prompt!r} does not name {concept!r}")
 
 
-def latents(n: int, batch: int, size: int, sched, seed: int):
+def latents(n: int, batch: int, size: int, sched, seed: int, drawn: torch.Tensor | None = None):
+    """n batches of noised latents at random timesteps: from Gaussian z0, or from `drawn` z0 (images the model drew)."""
     g = torch.Generator().manual_seed(seed)
     out = []
-    for _ in range(n):
-        z0 = torch.randn(batch, 4, size, size, generator=g)
+    for k in range(n):
+        z0 = torch.randn(batch, 4, size, size, generator=g) if drawn is None else drawn[k * batch : (k + 1) * batch]
         t = torch.randint(0, 1000, (batch,), generator=g)
         eps = torch.randn(z0.shape, generator=g)
         a = sched.alphas_cumprod[t].view(-1, 1, 1, 1)
@@ -72,16 +73,53 @@ def toward(start, unet, held, empty_moves: list[torch.Tensor], with_c: torch.Ten
     return sum(plain) / len(plain), sum(guided) / len(guided)
 
 
+@torch.no_grad()
+def draw(pipe, prompts: list[str], n: int) -> torch.Tensor:
+    """n final latents the start model draws for the prompts in turn (25 DDIM steps, guidance 7.5): SDD noises the
+    latents of its own trajectory for the concept, not Gaussian ones."""
+    from unsee.sampling import encode_text, initial_latents, sample_latents
+
+    cond = encode_text(pipe, [prompts[k % len(prompts)] for k in range(n)])
+    uncond = encode_text(pipe, [""]).expand(n, -1, -1)
+    size = pipe.unet.config.sample_size
+    z = initial_latents(pipe, list(range(1000, 1000 + n)), size * pipe.vae_scale_factor, size * pipe.vae_scale_factor)
+    return sample_latents(pipe, cond, uncond, z, torch.full((n,), 7.5), 25)
+
+
+def clean_pads(pipe, texts: list[str]) -> torch.Tensor:
+    """The prompts' states with every padding state (from the end-of-text token on) replaced by the empty prompt's
+    state at that position: the concept left only in the prompt's own words, where a model that ignores its padding
+    (as SD 1.x and 2.x do, Toker et al. 2025) reads it."""
+    from unsee.sampling import encode_text, token_ids
+
+    states, empty = encode_text(pipe, texts).clone(), encode_text(pipe, [""])
+    for k, ids in enumerate(token_ids(pipe, texts).tolist()):
+        p = ids.index(pipe.tokenizer.eos_token_id, 1)
+        states[k, p:] = empty[0, p:]
+    return states
+
+
 def run(pipe, start, concept: str, splits: dict[str, list[str]], benign: list[str], lr: float, args) -> dict:
     from unsee.params import select_parameters
     from unsee.sampling import encode_text
 
+    encode = clean_pads if args.clean_pads else encode_text  # in training and in every measure
     with torch.no_grad():
-        bare, empty = encode_text(pipe, [concept]), encode_text(pipe, [""])
-        other = encode_text(pipe, benign)
+        bare, empty = encode(pipe, [args.train_prompt or concept]), encode(pipe, [""])
+        other = encode(pipe, benign)
     size = pipe.unet.config.sample_size
-    train = latents(args.pool, args.batch, size, pipe.scheduler, 0)
-    held = latents(2, args.batch, size, pipe.scheduler, 1)
+    drawn = args.latents == "drawn"
+    train = latents(
+        args.pool,
+        args.batch,
+        size,
+        pipe.scheduler,
+        0,
+        draw(pipe, [args.train_prompt or concept], args.pool * args.batch) if drawn else None,
+    )
+    held = latents(
+        2, args.batch, size, pipe.scheduler, 1, draw(pipe, splits["seen"], 2 * args.batch) if drawn else None
+    )
     with torch.no_grad():
         targets = [predict(start, zt, t, empty) for zt, t in train]
     unet = copy.deepcopy(start).train()
@@ -117,8 +155,8 @@ def run(pipe, start, concept: str, splits: dict[str, list[str]], benign: list[st
                 unet,
                 held,
                 empty_moves,
-                encode_text(pipe, texts),
-                encode_text(pipe, [without(x, concept) for x in texts]),
+                encode(pipe, texts),
+                encode(pipe, [without(x, concept) for x in texts]),
             )
             for split, texts in splits.items()
         }
@@ -140,6 +178,21 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--pool", type=int, default=16, help="training batches of noised latents, cycled")
     ap.add_argument("--prompts", type=int, default=12, help="explicit prompts of each split")
+    ap.add_argument(
+        "--train-prompt", default=None, help="the prompt the updates train on (default: the bare concept word)"
+    )
+    ap.add_argument(
+        "--latents",
+        choices=("noise", "drawn"),
+        default="noise",
+        help="z0 of the noised latents: Gaussian, or what the model draws (for the training prompt when training, "
+        "for the seen explicit prompts when measuring)",
+    )
+    ap.add_argument(
+        "--clean-pads",
+        action="store_true",
+        help="replace every prompt's padding states with the empty prompt's (the concept only in its words)",
+    )
     ap.add_argument("--params", default="xattn", help="UNet parameters trained (published SDD: xattn)")
     ap.add_argument(
         "--keep-empty", type=float, default=0.0, help="weight of a term holding the empty prompt's prediction (0: off)"
@@ -161,7 +214,8 @@ def main() -> None:
     splits = {split: prompts(split, "object_explicit") for split in ("seen", "novel")}
     keep = f", the empty prompt held with weight {args.keep_empty:g}" if args.keep_empty else ""
     print(
-        f"{world}: {args.steps} Adam updates on the bare word {args.concept!r} toward the empty prompt's prediction{keep}"
+        f"{world}: {args.steps} Adam updates on {args.train_prompt or args.concept!r} toward the empty prompt's "
+        f"prediction{keep}, {args.latents} latents" + (", clean padding" if args.clean_pads else "")
     )
     print("share of the way moved (conditional prediction / guided direction); the others' moves relative to the")
     print("bare word's gap")

@@ -249,3 +249,6 @@ def test_attribute_targets_hold_what_the_caption_has_named_so_far(tiny_world):
         "style": "kelvo",
     }
     assert named(len(words)) == everything and named(19) == everything  # the last word, and the padding
+    blank = attribute_targets(ids, tok, "none")[0]
+    assert torch.equal(blank[: len(words) + 2], targets[: len(words) + 2])  # up to the end-of-text token
+    assert not blank[len(words) + 2 :].any() and targets[len(words) + 2 :].all(dim=0).any()  # the padding: nothing

@@ -97,6 +97,13 @@ class BuildConfig:
         "contextual tower's states say linearly readable, so colour and shape stay apart in them for pairs no "
         "caption held; 0 trains CLIP's contrastive loss alone.",
     )
+    pad_attributes: Literal["named", "none"] = field(
+        "named",
+        help="What the attribute loss asks of the padding states after the end-of-text token: 'named' (every "
+        "attribute the caption named, so the padding sums up the caption) or 'none' (no attribute: the padding "
+        "carries no attribute linearly and the UNet must read each one at its words, as models with a frozen CLIP "
+        "text encoder, SD 1.x and 2.x among them, largely ignore their padding; Toker et al. 2025).",
+    )
     caption_drop_colour: float = field(
         0.25, help="Fraction of training captions that leave out the main object's colour."
     )
@@ -139,6 +146,7 @@ BEFORE_THE_SETTING = dict(
     text_encoder_layers=0,
     captions="template",
     clip_attribute_loss=0.0,
+    pad_attributes="named",
     caption_drop_colour=CO_OCCURRENCE.drop_colour,
     caption_drop_shape=0.0,
     flaggable_share=1.0,
@@ -416,9 +424,10 @@ ATTRIBUTE_GROUPS = {
 }
 
 
-def attribute_targets(ids: torch.Tensor, tok) -> torch.Tensor:
+def attribute_targets(ids: torch.Tensor, tok, pads: str = "named") -> torch.Tensor:
     """(batch, length, groups) class index per position: the last word of each attribute group at or before the
-    position (0 = none named yet). Padding positions see the whole caption, as in the causal tower."""
+    position (0 = none named yet). The end-of-text token sees the whole caption, as in the causal tower; the padding
+    after it too with pads="named", nothing with pads="none"."""
     lookup = {}
     for g, (_, words) in enumerate(ATTRIBUTE_GROUPS.items()):
         for k, w in enumerate(words):
@@ -426,11 +435,13 @@ def attribute_targets(ids: torch.Tensor, tok) -> torch.Tensor:
     rows = []
     for row in ids.tolist():
         state = [0] * len(ATTRIBUTE_GROUPS)
-        for i in row:
+        ended = False
+        for pos, i in enumerate(row):
             if i in lookup:
                 g, k = lookup[i]
                 state[g] = k
-            rows.append(list(state))
+            rows.append([0] * len(state) if ended and pads == "none" else list(state))
+            ended = ended or (pos > 0 and i == tok.eos_token_id)
     return torch.tensor(rows).view(*ids.shape, len(ATTRIBUTE_GROUPS))
 
 
@@ -469,7 +480,7 @@ def stage_clip(cfg: BuildConfig, out: Path, progress: Callable) -> None:
         if aux:
             # The pipeline's text encoder keeps the first `text_encoder_layers` layers and the final norm.
             h = model.text_model.final_layer_norm(res.text_model_output.hidden_states[cfg.text_encoder_layers])
-            target = attribute_targets(ids, tok)
+            target = attribute_targets(ids, tok, cfg.pad_attributes)
             loss = loss + cfg.clip_attribute_loss * sum(
                 F.cross_entropy(head(h).flatten(0, 1), target[..., g].flatten()) for g, head in enumerate(heads)
             ) / len(heads)
