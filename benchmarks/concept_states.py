@@ -45,6 +45,19 @@ def pad_start(pipe, prompt: str) -> int:
     return ids.index(pipe.tokenizer.eos_token_id, 1)
 
 
+def clean_pads(pipe, texts: list[str]) -> torch.Tensor:
+    """The prompts' states with every padding state (from the end-of-text token on) replaced by the empty prompt's
+    state at that position: the concept left only in the prompt's own words, where a model that ignores its padding
+    (as SD 1.x and 2.x do, Toker et al. 2025) reads it."""
+    from unsee.sampling import encode_text
+
+    states, empty = encode_text(pipe, texts).clone(), encode_text(pipe, [""])
+    for k, text in enumerate(texts):
+        p = pad_start(pipe, text)
+        states[k, p:] = empty[0, p:]
+    return states
+
+
 def cos(a: torch.Tensor, b: torch.Tensor) -> float:
     return torch.cosine_similarity(a.flatten(), b.flatten(), 0).item()
 
@@ -107,10 +120,8 @@ def reading_table(pipe, oracle, texts: list[str], concept: str, neighbour: str, 
             s[:, k] = o[:, k]
         elif what == "after":
             s[:, k + 1 :] = o[:, k + 1 :]
-        elif what == "pads":
+        else:  # "pads"
             s[:, p:] = o[:, p:]
-        else:  # "clean pads": the empty prompt's states at the same positions
-            s[:, p:] = encode_text(pipe, [""])[:, p:]
         return s
 
     rows = {
@@ -118,7 +129,7 @@ def reading_table(pipe, oracle, texts: list[str], concept: str, neighbour: str, 
         "the word's state from the counterpart": lambda x: splice(x, "word"),
         "the states after the word from the counterpart": lambda x: splice(x, "after"),
         "the padding states from the counterpart": lambda x: splice(x, "pads"),
-        "the padding states from the empty prompt": lambda x: splice(x, "clean pads"),
+        "the padding states from the empty prompt": lambda x: clean_pads(pipe, [x]),
         "the counterpart as written": lambda x: encode_text(pipe, [x.replace(concept, neighbour)]),
     }
     size = pipe.unet.config.sample_size * pipe.vae_scale_factor

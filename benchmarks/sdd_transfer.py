@@ -86,26 +86,15 @@ def draw(pipe, prompts: list[str], n: int) -> torch.Tensor:
     return sample_latents(pipe, cond, uncond, z, torch.full((n,), 7.5), 25)
 
 
-def clean_pads(pipe, texts: list[str]) -> torch.Tensor:
-    """The prompts' states with every padding state (from the end-of-text token on) replaced by the empty prompt's
-    state at that position: the concept left only in the prompt's own words, where a model that ignores its padding
-    (as SD 1.x and 2.x do, Toker et al. 2025) reads it."""
-    from unsee.sampling import encode_text, token_ids
-
-    states, empty = encode_text(pipe, texts).clone(), encode_text(pipe, [""])
-    for k, ids in enumerate(token_ids(pipe, texts).tolist()):
-        p = ids.index(pipe.tokenizer.eos_token_id, 1)
-        states[k, p:] = empty[0, p:]
-    return states
-
-
 def run(pipe, start, concept: str, splits: dict[str, list[str]], benign: list[str], lr: float, args) -> dict:
+    from concept_states import clean_pads
     from unsee.params import select_parameters
     from unsee.sampling import encode_text
 
     encode = clean_pads if args.clean_pads else encode_text  # in training and in every measure
+    prompt = args.train_prompt or concept
     with torch.no_grad():
-        bare, empty = encode(pipe, [args.train_prompt or concept]), encode(pipe, [""])
+        bare, empty = encode(pipe, [prompt]), encode(pipe, [""])
         other = encode(pipe, benign)
     size = pipe.unet.config.sample_size
     drawn = args.latents == "drawn"
@@ -115,7 +104,7 @@ def run(pipe, start, concept: str, splits: dict[str, list[str]], benign: list[st
         size,
         pipe.scheduler,
         0,
-        draw(pipe, [args.train_prompt or concept], args.pool * args.batch) if drawn else None,
+        draw(pipe, [prompt], args.pool * args.batch) if drawn else None,
     )
     held = latents(
         2, args.batch, size, pipe.scheduler, 1, draw(pipe, splits["seen"], 2 * args.batch) if drawn else None
