@@ -12,7 +12,7 @@ STAMP  := $(VENV)/.installed
 .PHONY: demo test lint bench bench-rl install clean toyworld
 
 demo: $(STAMP)
-	$(VENV)/bin/unsee demo --out runs/demo
+	$(VENV)/bin/unsee demo --out out/demo
 
 test: lint
 	$(PY) -m pytest -q

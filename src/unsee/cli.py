@@ -612,16 +612,16 @@ def evaluate(cfg: EvaluateConfig, *, progress: bool) -> str:
 @cli.command(
     epilog="""\b
 Examples:
-  unsee demo                 # the whole loop, ~39 min on 2 cores; writes runs/demo/
+  unsee demo                 # the whole loop, ~1.5 h on 2 cores; writes out/demo/
   unsee demo --out /tmp/d    # resumes if run again
   unsee demo --grid-only     # just the base model's grid and what the oracle reads in it
 
 Stages: grid -> simulated feedback -> reward model -> learned token ->
 text-SDD, HFI-SDD, ESD-x, UCE, RL (DDPO) -> attacks (Ring-A-Bell, concept
-inversion) -> evaluate (runs/demo/eval/report.html).
+inversion) -> evaluate (out/demo/eval/report.html).
 """
 )
-@click.option("--out", default="runs/demo", show_default=True, help="Output folder; a rerun resumes.")
+@click.option("--out", default="out/demo", show_default=True, help="Output folder; a rerun resumes.")
 @click.option(
     "--full/--grid-only",
     default=True,
