@@ -17,6 +17,7 @@ Each run's snapshots and figures are kept under --out, so a rerun resumes and ad
 
 Run: .venv/bin/python benchmarks/rl_time_to_target.py --seeds 0,1 [--epochs 60] [--eval-every 10]
      [--trl-lrs 3e-4,1e-3,3e-3] [--images 100] [--trl-python .venv-trl/bin/python] [--only unsee|trl]
+     [--unsee-set inner_epochs=2 ...]
 """
 
 from __future__ import annotations
@@ -42,8 +43,9 @@ def _texts(path: Path) -> list[str]:
     return [p.text for p in read_prompts(path)]
 
 
-def unsee_run(out: Path, seed: int, epochs: int, every: int) -> list[dict]:
-    """The toyworld-ddpo recipe, in segments of `every` epochs (each resumes the last exactly); a snapshot each."""
+def unsee_run(out: Path, seed: int, epochs: int, every: int, changes: dict | None = None) -> list[dict]:
+    """The toyworld-ddpo recipe (with `changes` to its settings), in segments of `every` epochs (each resumes the
+    last exactly); a snapshot each."""
     from unsee.recipes import recipe
     from unsee.rl import RLConfig, rl
 
@@ -51,7 +53,9 @@ def unsee_run(out: Path, seed: int, epochs: int, every: int) -> list[dict]:
     for end in range(every, epochs + 1, every):
         snap = out / f"epoch-{end}"
         if not (snap / "snapshot.json").exists():
-            settings = recipe("toyworld-ddpo", "rl") | dict(epochs=end, seed=seed, checkpoint_every=every)
+            settings = (
+                recipe("toyworld-ddpo", "rl") | (changes or {}) | dict(epochs=end, seed=seed, checkpoint_every=every)
+            )
             rl(RLConfig(model="toyworld", out=str(run), **settings), progress=False)
             with open(run / "run" / "epochs.csv") as f:
                 rows = list(csv.DictReader(f))
@@ -163,7 +167,18 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=100, help="images a prompt set at each evaluation")
     ap.add_argument("--trl-python", default=".venv-trl/bin/python")
     ap.add_argument("--only", choices=("unsee", "trl"), default=None)
+    ap.add_argument(
+        "--unsee-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="change one of the recipe's settings for unsee's run (repeatable), to screen a candidate recipe; "
+        "its runs go to their own folders",
+    )
     args = ap.parse_args()
+    changes = {k.replace("-", "_"): json.loads(v) for k, v in (c.split("=", 1) for c in args.unsee_set)}
+    unsee_name = "unsee toyworld-ddpo" + "".join(f" {k}={v}" for k, v in changes.items())
+    unsee_tag = "".join(f"-{k}{v}" for k, v in changes.items())
     out = Path(args.out)
     judge = Judge(args.images)
     base_path = out / f"base-{args.images}.json"
@@ -176,7 +191,8 @@ def main() -> None:
     runs: dict[tuple[str, int], list[dict]] = {}
     for seed in (int(s) for s in args.seeds.split(",")):
         if args.only in (None, "unsee"):
-            runs[("unsee toyworld-ddpo", seed)] = unsee_run(out / f"unsee-s{seed}", seed, args.epochs, args.eval_every)
+            folder = out / f"unsee{unsee_tag}-s{seed}"
+            runs[(unsee_name, seed)] = unsee_run(folder, seed, args.epochs, args.eval_every, changes)
         if args.only in (None, "trl"):
             for lr in args.trl_lrs.split(","):
                 folder = out / f"trl-lr{lr}-s{seed}"
@@ -201,7 +217,7 @@ def main() -> None:
                 reached[(name, seed)] = s["seconds"]
     print("\ntime to target (seconds of training until the bar first holds):")
     for seed in sorted({s for _, s in runs}):
-        ours = reached.get(("unsee toyworld-ddpo", seed))
+        ours = reached.get((unsee_name, seed))
         theirs = [v for (n, s), v in reached.items() if s == seed and n.startswith("trl") and v is not None]
         best = min(theirs) if theirs else None
         ratio = f"{ours / best:.2f}x" if ours and best else "n/a (a trainer never reached the bar)"

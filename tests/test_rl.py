@@ -311,6 +311,34 @@ def test_rl_without_benign_prompts_samples_only_the_unsafe_ones(tmp_path):
 
 
 @needs_world
+@pytest.mark.parametrize("start", ["random", "first"])
+def test_train_steps_from_picks_the_trained_timesteps(tmp_path, monkeypatch, start):
+    """--train-steps-from first trains only each chain's noisiest steps; random draws them from the whole chain."""
+    import unsee.rl as rl_module
+
+    trained, forward = [], rl_module._cfg_noise_per_t
+
+    def spy(pipe, z, t, *rest):
+        if torch.is_grad_enabled():  # the trained forward, not the KL reference
+            trained.extend(t.tolist())
+        return forward(pipe, z, t, *rest)
+
+    monkeypatch.setattr(rl_module, "_cfg_noise_per_t", spy)
+    cfg = _cfg(tmp_path / start, epochs=3, ddim_steps=8, train_timesteps=0.25, train_steps_from=start)
+    rl(cfg, progress=False)
+    from unsee.models import load_pipeline
+
+    chain = load_pipeline("toyworld").scheduler
+    chain.set_timesteps(8)
+    first_two = set(chain.timesteps[:2].tolist())
+    assert len(trained) == 3 * 4 * 2  # epochs x samples x trained steps
+    if start == "first":
+        assert set(trained) == first_two
+    else:
+        assert not set(trained) <= first_two
+
+
+@needs_world
 def test_two_processes_gather_rewards_and_end_with_the_same_weights(tmp_path):
     """DDPO on 2 CPU processes: each samples its own trajectories, the epoch's rewards are gathered (both ranks log
     the same mean), and both end with the same LoRA weights."""

@@ -56,6 +56,14 @@ def test_resume_equals_an_uninterrupted_run(tmp_path):
     assert steps == sorted(set(steps))  # no row logged twice across the kill
 
 
+def test_a_longer_run_continues_from_where_the_last_one_ended(tmp_path):
+    full = _train(tmp_path / "full", 12, accumulation=2, ema_decay=0.9, checkpoint_every=5)
+    _train(tmp_path / "extended", 7, accumulation=2, ema_decay=0.9, checkpoint_every=5)
+    _, meta = load_checkpoint(tmp_path / "extended" / "checkpoint", restore_rng=False)
+    assert meta["step"] == 7  # the end is kept, not only step 5
+    assert torch.equal(full, _train(tmp_path / "extended", 12, accumulation=2, ema_decay=0.9, checkpoint_every=5))
+
+
 def test_ema_tracks_and_can_stand_in(tmp_path):
     m = Regression()
     t = Trainer(m, TrainConfig(steps=30, lr=0.05, ema_decay=0.8, checkpoint_every=0), tmp_path, progress=False)

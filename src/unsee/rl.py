@@ -63,6 +63,7 @@ class RLConfig(TrainingLevers):
             "inner_epochs",
             "ddim_steps",
             "train_timesteps",
+            "train_steps_from",
             "guidance",
             "eta",
             "lr",
@@ -106,6 +107,12 @@ class RLConfig(TrainingLevers):
     inner_epochs: int = field(1, help="Passes over an epoch's samples.")
     ddim_steps: int = field(50, help="DDIM steps per trajectory.")
     train_timesteps: float = field(1.0, help="Share of each trajectory's steps trained on (DDPO's timestep_fraction).")
+    train_steps_from: Literal["random", "first"] = field(
+        "random",
+        help="Which steps --train-timesteps trains: a random subset of each trajectory's (DDPO), or its first, "
+        "noisiest ones, where the sampler settles what the image shows (an object is there or not) rather than how "
+        "its details look.",
+    )
     guidance: float = field(5.0, help="CFG scale when sampling and in the training forward.")
     eta: float = field(1.0, help="DDIM eta (1: the stochastic sampler DDPO's log-probabilities need).")
     lr: float = field(3e-4, help="AdamW learning rate.")
@@ -407,7 +414,7 @@ class DDPOMethod:
             adv_all[mine].to(unet.device),
             torch.tensor([g == "benign" for g in groups[mine]], dtype=torch.float32, device=unet.device),
             order=[torch.randperm(len(prompts), generator=g) for _ in range(cfg.inner_epochs)],
-            steps=[torch.randperm(cfg.ddim_steps, generator=g)[: cfg.trained_steps] for _ in range(len(prompts))],
+            steps=[self._trained_steps(g) for _ in range(len(prompts))],
         )
         self.epoch = epoch
         # Where an epoch's time goes: sampling (UNet + VAE), the reward (on its thread, overlapping sampling; the
@@ -431,6 +438,13 @@ class DDPOMethod:
         if len(everyone) == 1:
             return prompts, rewards
         return [p for ps, _ in everyone for p in ps], torch.tensor([r for _, rs in everyone for r in rs])
+
+    def _trained_steps(self, g: torch.Generator) -> torch.Tensor:
+        """One trajectory's trained step indices, in the order its micro-batches take them."""
+        cfg = self.cfg
+        if cfg.train_steps_from == "first":
+            return torch.randperm(cfg.trained_steps, generator=g)
+        return torch.randperm(cfg.ddim_steps, generator=g)[: cfg.trained_steps]
 
     # ------------------------------------------------------------ training
     def loss(self, step: int, micro: int, g: torch.Generator):

@@ -426,6 +426,9 @@ class Trainer:
             self._report(reporter, log_path, step, logs)
             if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < cfg.steps:
                 self.save()
+        if cfg.checkpoint_every and self.step > start:
+            # The end too: a rerun asking for more steps (a longer run) continues from here, not from the last interval.
+            self.save()
         bar.close()
         if reporter is not None:
             reporter.finish()
