@@ -315,6 +315,7 @@ def test_rl_without_benign_prompts_samples_only_the_unsafe_ones(tmp_path):
 def test_train_steps_from_picks_the_trained_timesteps(tmp_path, monkeypatch, start):
     """--train-steps-from first trains only each chain's noisiest steps; random draws them from the whole chain."""
     import unsee.rl as rl_module
+    from unsee.models import load_pipeline
 
     trained, forward = [], rl_module._cfg_noise_per_t
 
@@ -326,8 +327,6 @@ def test_train_steps_from_picks_the_trained_timesteps(tmp_path, monkeypatch, sta
     monkeypatch.setattr(rl_module, "_cfg_noise_per_t", spy)
     cfg = _cfg(tmp_path / start, epochs=3, ddim_steps=8, train_timesteps=0.25, train_steps_from=start)
     rl(cfg, progress=False)
-    from unsee.models import load_pipeline
-
     chain = load_pipeline("toyworld").scheduler
     chain.set_timesteps(8)
     first_two = set(chain.timesteps[:2].tolist())

@@ -424,11 +424,9 @@ class Trainer:
             bar.update(1)
             bar.set_postfix(loss=f"{logs['loss']:.4f}")
             self._report(reporter, log_path, step, logs)
-            if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < cfg.steps:
+            # The end too: a rerun asking for more steps (a longer run) continues from there, not from the last interval.
+            if cfg.checkpoint_every and (self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps):
                 self.save()
-        if cfg.checkpoint_every and self.step > start:
-            # The end too: a rerun asking for more steps (a longer run) continues from here, not from the last interval.
-            self.save()
         bar.close()
         if reporter is not None:
             reporter.finish()
