@@ -1,6 +1,8 @@
 """Mixed precision and gradient checkpointing: fp32 master weights, loss scaling that skips an overflow, and the
 fp32 path's weights unchanged."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from diffusers import StableDiffusionPipeline
@@ -16,14 +18,27 @@ def _erase(model, out, **kw):
     return erase(tiny_erase_config(model, out, **kw), progress=False)
 
 
-def test_the_fp32_path_keeps_its_weights(tiny_model_dir, tmp_path):
-    """The digests of a tiny SDD and ESD run, as before mixed precision existed (same torch build and CPU)."""
-    assert (
-        _erase(tiny_model_dir, tmp_path / "sdd", method="sdd")["weights_digest"] == "c0d0799ba0c8831c3f2a3df307494456"
-    )
-    assert (
-        _erase(tiny_model_dir, tmp_path / "esd", method="esd")["weights_digest"] == "1f0367e4b1b084d9e12f64da2420ef6c"
-    )
+@pytest.mark.parametrize("method", ["sdd", "esd"])
+def test_the_fp32_path_keeps_its_weights(tiny_model_dir, tmp_path, method):
+    """A tiny fp32 SDD and ESD run lands on the weights the code wrote before mixed precision existed.
+
+    tests/data/fp32_erase_*.safetensors hold the trained tensors from that code (the parent of the commit that added
+    mixed precision), whose digests matched today's bit for bit on the same CPU. Bits differ between CPUs' kernels,
+    so the test allows 1e-3 of the update's own size: a 1% change of the learning rate moves the weights 1e-2, and
+    bf16 0.4 (ESD) to 17 (SDD)."""
+    from safetensors.torch import load_file
+
+    _erase(tiny_model_dir, tmp_path / method, method=method)
+    reference = load_file(Path(__file__).parent / "data" / f"fp32_erase_{method}.safetensors")
+    base = StableDiffusionPipeline.from_pretrained(tiny_model_dir).unet.state_dict()
+    out = StableDiffusionPipeline.from_pretrained(tmp_path / method).unet.state_dict()
+    assert {k for k in base if not torch.equal(base[k], out[k])} == set(reference)
+
+    def norm(tensors):
+        return float(sum((t.double() ** 2).sum() for t in tensors) ** 0.5)
+
+    update = norm(reference[k] - base[k] for k in reference)
+    assert update > 0 and norm(out[k] - reference[k] for k in reference) <= 1e-3 * update
 
 
 @pytest.mark.parametrize("method", ["sdd", "esd"])
