@@ -17,7 +17,7 @@ Each run's snapshots and figures are kept under --out, so a rerun resumes and ad
 
 Run: .venv/bin/python benchmarks/rl_time_to_target.py --seeds 0,1 [--epochs 60] [--eval-every 10]
      [--trl-lrs 3e-4,1e-3,3e-3] [--images 100] [--trl-python .venv-trl/bin/python] [--only unsee|trl]
-     [--unsee-set inner_epochs=2 ...]
+     [--unsee-set inner_epochs=2 --unsee-set 'lora_targets=["attn2.to_k","attn2.to_v"]' ...]
 """
 
 from __future__ import annotations
@@ -177,8 +177,10 @@ def main() -> None:
     )
     args = ap.parse_args()
     changes = {k.replace("-", "_"): json.loads(v) for k, v in (c.split("=", 1) for c in args.unsee_set)}
-    unsee_name = "unsee toyworld-ddpo" + "".join(f" {k}={v}" for k, v in changes.items())
-    unsee_tag = "".join(f"-{k}{v}" for k, v in changes.items())
+    changes = {k: tuple(v) if isinstance(v, list) else v for k, v in changes.items()}  # a JSON list: a repeatable flag
+    shown = {k: "+".join(map(str, v)) if isinstance(v, tuple) else v for k, v in changes.items()}
+    unsee_name = "unsee toyworld-ddpo" + "".join(f" {k}={v}" for k, v in shown.items())
+    unsee_tag = "".join(f"-{k}{v}" for k, v in shown.items())
     out = Path(args.out)
     judge = Judge(args.images)
     base_path = out / f"base-{args.images}.json"

@@ -338,6 +338,24 @@ def test_train_steps_from_picks_the_trained_timesteps(tmp_path, monkeypatch, sta
 
 
 @needs_world
+def test_lora_targets_put_the_adapter_only_on_the_named_modules(tmp_path):
+    """--lora-targets attn2.to_k attn2.to_v: the saved adapter holds only cross-attention key/value layers, and
+    plain diffusers loads it; a target that names no module is refused before any training."""
+    from diffusers import StableDiffusionPipeline
+    from safetensors.torch import load_file
+
+    out = tmp_path / "kv"
+    rl(_cfg(out, epochs=1, lora_targets=("attn2.to_k", "attn2.to_v")), progress=False)
+    keys = load_file(out / "pytorch_lora_weights.safetensors")
+    assert keys and all(".attn2.to_k." in k or ".attn2.to_v." in k for k in keys)
+    assert any(".attn2.to_k." in k for k in keys) and any(".attn2.to_v." in k for k in keys)
+    StableDiffusionPipeline.from_pretrained(WORLD / PIPELINE).load_lora_weights(out)
+    with pytest.raises(UnseeError, match="attn3.to_k names no module"):
+        rl(_cfg(tmp_path / "typo", epochs=1, lora_targets=("attn3.to_k",)), progress=False)
+    assert not (tmp_path / "typo" / "pytorch_lora_weights.safetensors").exists()
+
+
+@needs_world
 def test_two_processes_gather_rewards_and_end_with_the_same_weights(tmp_path):
     """DDPO on 2 CPU processes: each samples its own trajectories, the epoch's rewards are gathered (both ranks log
     the same mean), and both end with the same LoRA weights."""

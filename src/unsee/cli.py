@@ -612,7 +612,7 @@ def evaluate(cfg: EvaluateConfig, *, progress: bool) -> str:
 @cli.command(
     epilog="""\b
 Examples:
-  unsee demo                 # the whole loop, ~1.5 h on 2 cores; writes out/demo/
+  unsee demo                 # the whole loop, ~30 min on 2 cores; writes out/demo/
   unsee demo --out /tmp/d    # resumes if run again
   unsee demo --grid-only     # just the base model's grid and what the oracle reads in it
 

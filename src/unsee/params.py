@@ -74,6 +74,13 @@ def select_parameters(
         from peft import LoraConfig
 
         lora = lora or LoraSettings()
+        names = [n for n, _ in unet.named_modules()]
+        missing = [t for t in lora.target_modules if not any(n == t or n.endswith(f".{t}") for n in names)]
+        if missing:
+            raise UnseeError(
+                f"LoRA target {', '.join(missing)} names no module of this UNet; give the end of a module's name, "
+                "as to_k or attn2.to_v"
+            )
         config = LoraConfig(
             r=lora.rank,
             lora_alpha=lora.alpha,
@@ -94,14 +101,20 @@ def select_parameters(
     return params
 
 
-def trained_unet_params(pipe, which: ParamSet, lora_rank: int, seed: int) -> dict[str, torch.nn.Parameter]:
+def trained_unet_params(
+    pipe, which: ParamSet, lora_rank: int, seed: int, lora_targets: tuple[str, ...] | None = None
+) -> dict[str, torch.nn.Parameter]:
     """The UNet parameters a training command updates, by name, as fp32 master weights whatever the frozen dtype;
-    the VAE and text encoder are frozen."""
+    the VAE and text encoder are frozen. `lora_targets`: the modules that get LoRA layers (default: every attention
+    projection)."""
     from unsee.trainer import fp32_master
 
     pipe.vae.requires_grad_(False)
     pipe.text_encoder.requires_grad_(False)
-    trained = select_parameters(pipe.unet, which, LoraSettings(rank=lora_rank, alpha=float(lora_rank)), seed=seed)
+    lora = LoraSettings(
+        rank=lora_rank, alpha=float(lora_rank), **({"target_modules": lora_targets} if lora_targets else {})
+    )
+    trained = select_parameters(pipe.unet, which, lora, seed=seed)
     names = {id(p): n for n, p in pipe.unet.named_parameters()}
     return fp32_master({names[id(p)]: p for p in trained})
 

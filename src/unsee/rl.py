@@ -56,6 +56,7 @@ class RLConfig(TrainingLevers):
         "Training": (
             "params",
             "lora_rank",
+            "lora_targets",
             "epochs",
             "samples_per_epoch",
             "sample_batch",
@@ -100,6 +101,12 @@ class RLConfig(TrainingLevers):
     )
     params: ParamSet = field("lora", help="Which UNet parameters train: lora (default), xattn, noxattn, full.")
     lora_rank: int = field(4, help="LoRA rank (--params lora).")
+    lora_targets: tuple[str, ...] = field(
+        ("to_q", "to_k", "to_v", "to_out.0"),
+        help="Modules that get LoRA layers (--params lora), by the end of their name; repeat the flag for each. "
+        "attn2.to_k and attn2.to_v alone change only how the prompt's words reach the picture (as ESD-x and UCE "
+        "edit it), not how the UNet draws anything it is asked for.",
+    )
     epochs: int = field(50, help="Epochs: sample, score, then train on the samples.")
     samples_per_epoch: int = field(32, help="Trajectories sampled per epoch (per process).")
     sample_batch: int = field(16, help="Trajectories sampled at once.")
@@ -540,7 +547,7 @@ def rl(cfg: RLConfig, *, progress: bool = True) -> dict:
     pipe = load_pipeline(
         cfg.model, device=device, dtype=cfg.weights_dtype, gradient_checkpointing=cfg.gradient_checkpointing
     )
-    params = trained_unet_params(pipe, cfg.params, cfg.lora_rank, cfg.seed)
+    params = trained_unet_params(pipe, cfg.params, cfg.lora_rank, cfg.seed, cfg.lora_targets)
     method = DDPOMethod(pipe, cfg, unsafe, benign, reward, params)
     out = Path(cfg.out)
     shown = unsafe[:2] + benign[:2]
