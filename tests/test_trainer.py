@@ -64,6 +64,38 @@ def test_a_longer_run_continues_from_where_the_last_one_ended(tmp_path):
     assert torch.equal(full, _train(tmp_path / "extended", 12, accumulation=2, ema_decay=0.9, checkpoint_every=5))
 
 
+def test_a_setting_added_since_a_run_resumes_it_at_its_default_and_refuses_another(tmp_path):
+    """A checkpoint written before a setting existed ran at that setting's default: a rerun at the default resumes,
+    one that changes it is refused."""
+    import dataclasses
+
+    from unsee.trainer import run_settings
+
+    @dataclasses.dataclass
+    class Old:
+        lr: float = 0.05
+
+    @dataclasses.dataclass
+    class New(Old):
+        targets: tuple[str, ...] = ("a", "b")
+
+    def run(out, settings, steps):
+        Trainer(
+            Regression(),
+            TrainConfig(steps=steps, lr=0.05, checkpoint_every=2),
+            out,
+            progress=False,
+            settings=settings,
+        ).run()
+
+    for out in (tmp_path / "kept", tmp_path / "changed"):
+        run(out, run_settings(Old()), 2)
+    run(tmp_path / "kept", run_settings(New()), 4)
+    assert load_checkpoint(tmp_path / "kept" / "checkpoint", restore_rng=False)[1]["step"] == 4
+    with pytest.raises(UnseeError, match=r"other settings \(targets: \['a', 'b'\] there, \['c'\] now\)"):
+        run(tmp_path / "changed", run_settings(New(targets=("c",))), 4)
+
+
 def test_ema_tracks_and_can_stand_in(tmp_path):
     m = Regression()
     t = Trainer(m, TrainConfig(steps=30, lr=0.05, ema_decay=0.8, checkpoint_every=0), tmp_path, progress=False)

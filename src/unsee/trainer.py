@@ -281,9 +281,26 @@ RESUME_MAY_CHANGE = frozenset(
 )
 
 
-def run_settings(cfg: Any) -> dict[str, Any]:
+class RunSettings(dict):
+    """The settings a resumed run must share, with each one's default: a checkpoint written before a setting existed
+    resumes when the setting is at its default, which is what that run used."""
+
+    def __init__(self, values: dict[str, Any], defaults: dict[str, Any]):
+        super().__init__(values)
+        self.defaults = defaults
+
+
+def run_settings(cfg: Any) -> RunSettings:
     """A command's dataclass config as the settings a resumed run must share (`Trainer(settings=...)`)."""
-    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RESUME_MAY_CHANGE}
+    defaults = {
+        f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        for f in dataclasses.fields(cfg)
+        if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+    }
+    return RunSettings(
+        {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RESUME_MAY_CHANGE},
+        json.loads(json.dumps(defaults, default=str)),
+    )
 
 
 class Trainer:
@@ -307,6 +324,7 @@ class Trainer:
             raise UnseeError(f"--sample-every must be >= 0, got {cfg.sample_every}")
         # the command's settings, kept in each checkpoint: a rerun with other ones is refused, not silently mixed
         self.settings = json.loads(json.dumps(settings, default=str)) if settings is not None else None
+        self.settings_defaults = getattr(settings, "defaults", {})
         self.state = process_state()
         self.device = torch.device(device)
         self.params = method.parameters()
@@ -364,7 +382,9 @@ class Trainer:
             return 0
         tensors, meta = load_checkpoint(self.ckpt, optimizer=self.optimizer, restore_rng=False)
         if self.settings is not None and "settings" in meta:  # checkpoints from before settings were kept: no check
-            old = meta["settings"]
+            added = (self.settings.keys() & self.settings_defaults.keys()) - meta["settings"].keys()
+            old = {k: self.settings_defaults[k] for k in added}
+            old |= meta["settings"]  # a setting added since that run: it ran at the default
             if diff := sorted(k for k in old.keys() | self.settings.keys() if old.get(k) != self.settings.get(k)):
                 k = diff[0]
                 raise UnseeError(
