@@ -28,13 +28,15 @@ PARAM_SETS: tuple[str, ...] = ("xattn", "xattn-kv", "noxattn", "full", "lora")
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 
 
+# every attention projection, self- and cross-
+LORA_TARGETS: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
+
+
 @dataclasses.dataclass
 class LoraSettings:
     rank: int = field(4, help="LoRA rank r.")
     alpha: float = field(4.0, help="LoRA alpha; the update is scaled by alpha / r.")
-    target_modules: tuple[str, ...] = field(
-        ("to_q", "to_k", "to_v", "to_out.0"), help="Module names that get LoRA layers."
-    )
+    target_modules: tuple[str, ...] = field(LORA_TARGETS, help="Module names that get LoRA layers.")
 
     def __post_init__(self) -> None:
         if self.rank <= 0:
@@ -111,9 +113,7 @@ def trained_unet_params(
 
     pipe.vae.requires_grad_(False)
     pipe.text_encoder.requires_grad_(False)
-    lora = LoraSettings(
-        rank=lora_rank, alpha=float(lora_rank), **({"target_modules": lora_targets} if lora_targets else {})
-    )
+    lora = LoraSettings(rank=lora_rank, alpha=float(lora_rank), target_modules=lora_targets or LORA_TARGETS)
     trained = select_parameters(pipe.unet, which, lora, seed=seed)
     names = {id(p): n for n, p in pipe.unet.named_parameters()}
     return fp32_master({names[id(p)]: p for p in trained})

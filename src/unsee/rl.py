@@ -30,7 +30,7 @@ import torch
 from unsee.config import field
 from unsee.errors import UnseeError
 from unsee.files import atomic_write_text
-from unsee.params import ParamSet, save_trained_unet, trained_unet_params
+from unsee.params import LORA_TARGETS, ParamSet, save_trained_unet, trained_unet_params
 from unsee.provenance import lineage, model_prompts
 from unsee.runinfo import write_run_info
 from unsee.sampling import cfg_noise, decode, encode_text
@@ -102,7 +102,7 @@ class RLConfig(TrainingLevers):
     params: ParamSet = field("lora", help="Which UNet parameters train: lora (default), xattn, noxattn, full.")
     lora_rank: int = field(4, help="LoRA rank (--params lora).")
     lora_targets: tuple[str, ...] = field(
-        ("to_q", "to_k", "to_v", "to_out.0"),
+        LORA_TARGETS,
         help="Modules that get LoRA layers (--params lora), by the end of their name; repeat the flag for each. "
         "attn2.to_k and attn2.to_v alone change only how the prompt's words reach the picture (as ESD-x and UCE "
         "edit it), not how the UNet draws anything it is asked for.",

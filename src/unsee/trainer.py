@@ -281,6 +281,11 @@ RESUME_MAY_CHANGE = frozenset(
 )
 
 
+def _as_json(value: Any) -> Any:
+    """`value` as a checkpoint's JSON gives it back (tuples as lists, paths as strings), so the two compare."""
+    return json.loads(json.dumps(value, default=str))
+
+
 class RunSettings(dict):
     """The settings a resumed run must share, with each one's default: a checkpoint written before a setting existed
     resumes when the setting is at its default, which is what that run used."""
@@ -297,10 +302,7 @@ def run_settings(cfg: Any) -> RunSettings:
         for f in dataclasses.fields(cfg)
         if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
     }
-    return RunSettings(
-        {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RESUME_MAY_CHANGE},
-        json.loads(json.dumps(defaults, default=str)),
-    )
+    return RunSettings({k: v for k, v in dataclasses.asdict(cfg).items() if k not in RESUME_MAY_CHANGE}, defaults)
 
 
 class Trainer:
@@ -323,8 +325,8 @@ class Trainer:
         if cfg.sample_every < 0:
             raise UnseeError(f"--sample-every must be >= 0, got {cfg.sample_every}")
         # the command's settings, kept in each checkpoint: a rerun with other ones is refused, not silently mixed
-        self.settings = json.loads(json.dumps(settings, default=str)) if settings is not None else None
-        self.settings_defaults = getattr(settings, "defaults", {})
+        self.settings = _as_json(settings) if settings is not None else None
+        self.settings_defaults = _as_json(getattr(settings, "defaults", {}))
         self.state = process_state()
         self.device = torch.device(device)
         self.params = method.parameters()
@@ -382,9 +384,8 @@ class Trainer:
             return 0
         tensors, meta = load_checkpoint(self.ckpt, optimizer=self.optimizer, restore_rng=False)
         if self.settings is not None and "settings" in meta:  # checkpoints from before settings were kept: no check
-            added = (self.settings.keys() & self.settings_defaults.keys()) - meta["settings"].keys()
-            old = {k: self.settings_defaults[k] for k in added}
-            old |= meta["settings"]  # a setting added since that run: it ran at the default
+            # a setting added since that run is missing from its checkpoint: it ran at the default
+            old = {k: v for k, v in self.settings_defaults.items() if k in self.settings} | meta["settings"]
             if diff := sorted(k for k in old.keys() | self.settings.keys() if old.get(k) != self.settings.get(k)):
                 k = diff[0]
                 raise UnseeError(
