@@ -36,7 +36,7 @@ import torch
 
 from unsee.config import field
 from unsee.errors import UnseeError
-from unsee.files import atomic_write_text
+from unsee.files import as_json, atomic_write_text
 from unsee.invert import TokenTraining
 from unsee.prompts import Prompt, read_prompts
 
@@ -412,7 +412,7 @@ def _claim_folder(cfg: RingABellConfig) -> tuple[Path, dict]:
     out.mkdir(parents=True, exist_ok=True)
     settings = dataclasses.asdict(cfg)
     settings_path = out / "settings.json"
-    if settings_path.exists() and json.loads(settings_path.read_text()) != json.loads(json.dumps(settings)):
+    if settings_path.exists() and json.loads(settings_path.read_text()) != as_json(settings):
         raise UnseeError(f"{cfg.out!r} holds a Ring-A-Bell run with other settings; use another --out or delete it")
     atomic_write_text(settings_path, json.dumps(settings, indent=2))
     return out, settings

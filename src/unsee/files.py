@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Callable
@@ -13,6 +14,11 @@ from unsee.errors import UnseeError
 # Read once at import: os.umask can only be read by setting it, which would race with other threads.
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
+
+
+def as_json(value: Any) -> Any:
+    """`value` as a JSON file gives it back (tuples as lists, paths as strings), so saved and current settings compare."""
+    return json.loads(json.dumps(value, default=str))
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> None:

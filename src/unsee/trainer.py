@@ -20,7 +20,6 @@ import contextlib
 import csv
 import dataclasses
 import hashlib
-import json
 import logging
 import math
 import time
@@ -33,6 +32,7 @@ import torch
 from unsee.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 from unsee.config import field
 from unsee.errors import UnseeError
+from unsee.files import as_json
 from unsee.runtime import average_gradients, distributed, gather
 from unsee.tracking import Preview, open_reporter
 
@@ -281,11 +281,6 @@ RESUME_MAY_CHANGE = frozenset(
 )
 
 
-def _as_json(value: Any) -> Any:
-    """`value` as a checkpoint's JSON gives it back (tuples as lists, paths as strings), so the two compare."""
-    return json.loads(json.dumps(value, default=str))
-
-
 class RunSettings(dict):
     """The settings a resumed run must share, with each one's default: a checkpoint written before a setting existed
     resumes when the setting is at its default, which is what that run used."""
@@ -325,8 +320,8 @@ class Trainer:
         if cfg.sample_every < 0:
             raise UnseeError(f"--sample-every must be >= 0, got {cfg.sample_every}")
         # the command's settings, kept in each checkpoint: a rerun with other ones is refused, not silently mixed
-        self.settings = _as_json(settings) if settings is not None else None
-        self.settings_defaults = _as_json(getattr(settings, "defaults", {}))
+        self.settings = as_json(settings) if settings is not None else None
+        self.settings_defaults = as_json(getattr(settings, "defaults", {}))
         self.state = process_state()
         self.device = torch.device(device)
         self.params = method.parameters()

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from unsee.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 from unsee.config import field
-from unsee.files import atomic_write_text
+from unsee.files import as_json, atomic_write_text
 from unsee.toyworld import CARD, CLIP, ORACLE, PIPELINE, PROMPTS
 from unsee.toyworld.render import SIZE, render_many
 from unsee.toyworld.world import (
@@ -726,11 +726,10 @@ def build(cfg: BuildConfig, *, progress: bool = True) -> Path:
     cfg_path = out / "build_config.json"
     resolved = dataclasses.asdict(cfg) | {"out": str(out)}
     if cfg_path.exists():
-        as_json = lambda d: {k: v for k, v in json.loads(json.dumps(d)).items() if k != "out"}  # noqa: E731  tuples -> lists
         # A setting added after a build was made reads as what that build did, so it still resumes.
         defaults = {f.name: f.default for f in dataclasses.fields(BuildConfig) if f.default is not dataclasses.MISSING}
         saved = defaults | BEFORE_THE_SETTING | json.loads(cfg_path.read_text())
-        if as_json(saved) != as_json(resolved):
+        if as_json(saved) | {"out": None} != as_json(resolved) | {"out": None}:
             from unsee.errors import UnseeError
 
             raise UnseeError(f"{str(out)!r} holds a build with other settings; use another --out to build anew")
