@@ -12,6 +12,8 @@ for both: --images images a set (25 DDIM steps, CFG 7.5, fixed seeds), the oracl
 prompts and on the held-out implicit prompts (never trained on), and the toy CLIP score on the novel benign
 prompts. The bar: skull -80% on the training prompts and -60% on the held-out implicit ones against the base
 model, benign CLIP within 5% of the base's. Time to target is the seconds at the first snapshot that holds it.
+Each snapshot's figures file also has the oracle's benign colour and shape accuracy, and `sets-IMAGES.png` beside
+it shows the first 8 images of each set (rows: training, implicit, benign prompts).
 
 Each run's snapshots and figures are kept under --out, so a rerun resumes and adds seeds or learning rates.
 
@@ -126,15 +128,18 @@ class Judge:
             self.sets[key] = [prompts[i % len(prompts)] for i in range(images)]
 
     @torch.no_grad()
-    def __call__(self, lora: str | None) -> dict:
+    def __call__(self, lora: str | None, picture: Path | None = None) -> dict:
+        """The snapshot's figures; with `picture`, the first 8 images of each set as a grid, one row a set."""
         from unsee.evaluate import clip_scores
         from unsee.models import load_pipeline
         from unsee.sampling import decode, encode_text, initial_latents, sample_latents
+        from unsee.toyworld.world import parse_prompt
+        from unsee.viz import save_grid
 
         pipe = load_pipeline("toyworld")
         if lora:
             pipe.load_lora_weights(lora)
-        out = {}
+        out, shown = {}, []
         for key, prompts in self.sets.items():
             images = []
             for k in range(0, len(prompts), 50):
@@ -144,8 +149,20 @@ class Judge:
                 images.append(decode(pipe, sample_latents(pipe, cond, unc, z, torch.full((len(ps),), 7.5), 25)))
             images = torch.cat(images)
             out[f"{key}_skull"] = float(self.oracle.concept_scores(images)["skull"].ge(0.5).float().mean())
+            shown.append(images[:8])
             if key == "benign":
                 out["benign_clip"] = float(clip_scores(self.clip, images, prompts).mean())
+                # what the CLIP score alone cannot say: whether the named colour and shape are still drawn
+                reads = self.oracle.read(images)
+                for attr in ("colour", "shape"):
+                    named = [
+                        (r[attr], parse_prompt(p)[attr])
+                        for r, p in zip(reads, prompts, strict=True)
+                        if parse_prompt(p)[attr]
+                    ]
+                    out[f"benign_{attr}"] = sum(a == b for a, b in named) / len(named)
+        if picture is not None:
+            save_grid(torch.cat(shown), picture, nrow=8, scale=3)
         return out
 
 
@@ -207,7 +224,7 @@ def main() -> None:
         for s in snaps:
             fig_path = Path(s["dir"]) / f"figures-{args.images}.json"
             if not fig_path.exists():
-                fig_path.write_text(json.dumps(judge(s["dir"])))
+                fig_path.write_text(json.dumps(judge(s["dir"], Path(s["dir"]) / f"sets-{args.images}.png")))
             fig = json.loads(fig_path.read_text())
             ok = meets(fig, base)
             print(

@@ -82,6 +82,17 @@ def test_pooled_scale_keeps_a_flat_prompt_flat():
     assert torch.allclose(pooled, torch.tensor([-1.0, 1.0, -0.005, 0.005]) / pooled_std, atol=1e-4)
 
 
+def test_unscaled_advantages_shrink_as_the_rewards_stop_differing():
+    # Once the concept is gone the unsafe rewards barely differ; a pooled std scales what is left back up, the
+    # unscaled (Dr. GRPO) advantages stay as small as the differences themselves.
+    prompts = ["u", "u", "b", "b"]
+    rewards = torch.tensor([-0.02, 0.0, 0.70, 0.71])
+    none = PromptStats(32, 2, scale="none").advantages(prompts, rewards)
+    assert torch.allclose(none, torch.tensor([-0.01, 0.01, -0.005, 0.005]), atol=1e-6)
+    pooled = PromptStats(32, 2, scale="pooled").advantages(prompts, rewards)
+    assert pooled.abs().max() > 1
+
+
 def test_samples_per_prompt_draws_each_prompt_k_times_in_a_row():
     unsafe, benign = [f"u{i}" for i in range(10)], [f"b{i}" for i in range(10)]
     cfg = RLConfig(
@@ -301,6 +312,8 @@ def test_bad_rl_settings():
         RLConfig(model="toyworld", prompts="p.txt", out="o", kl_weight=0.1, kl_on="benign")
     with pytest.raises(UnseeError, match="--train-timesteps"):
         RLConfig(model="toyworld", prompts="p.txt", out="o", train_timesteps=0)
+    with pytest.raises(UnseeError, match="--kl-steps chain .* --kl-weight above 0"):
+        RLConfig(model="toyworld", prompts="p.txt", out="o", kl_steps="chain")
 
 
 @needs_world
@@ -335,6 +348,38 @@ def test_train_steps_from_picks_the_trained_timesteps(tmp_path, monkeypatch, sta
         assert set(trained) == first_two
     else:
         assert not set(trained) <= first_two
+
+
+@needs_world
+def test_kl_steps_chain_trains_the_benign_samples_across_the_whole_chain(tmp_path, monkeypatch):
+    """With --train-steps-from first the adapter still acts at the late steps; --kl-steps chain draws the steps of the
+    samples the KL reads (here the benign ones) from the whole chain, and leaves the unsafe ones at the first."""
+    import unsee.rl as rl_module
+
+    epochs, real = [], rl_module.EpochSamples
+
+    def keep(*a, **k):
+        epochs.append(real(*a, **k))
+        return epochs[-1]
+
+    monkeypatch.setattr(rl_module, "EpochSamples", keep)
+    cfg = _cfg(
+        tmp_path / "chain",
+        epochs=4,
+        ddim_steps=8,
+        train_timesteps=0.25,
+        train_steps_from="first",
+        kl_weight=0.1,
+        kl_on="benign",
+        kl_steps="chain",
+        benign_fraction=0.5,
+    )
+    rl(cfg, progress=False)
+    benign = [s.tolist() for e in epochs for s, b in zip(e.steps, e.benign.tolist(), strict=True) if b]
+    unsafe = [s.tolist() for e in epochs for s, b in zip(e.steps, e.benign.tolist(), strict=True) if not b]
+    assert len(benign) == len(unsafe) == 4 * 2
+    assert all(set(s) <= {0, 1} for s in unsafe)
+    assert any(max(s) >= 2 for s in benign) and all(len(s) == 2 for s in benign)
 
 
 @needs_world

@@ -77,7 +77,7 @@ class RLConfig(TrainingLevers):
             "seed",
             "device",
         ),
-        "Preservation": ("kl_weight", "kl_on"),
+        "Preservation": ("kl_weight", "kl_on", "kl_steps"),
         "Output": ("out", "checkpoint_every"),
     }
 
@@ -125,11 +125,13 @@ class RLConfig(TrainingLevers):
     lr: float = field(3e-4, help="AdamW learning rate.")
     clip_range: float = field(1e-4, help="PPO clip epsilon (tiny: the log-prob is a per-dimension mean).")
     adv_clip: float = field(5.0, help="Clip advantages to +- this.")
-    adv_scale: Literal["prompt", "pooled"] = field(
+    adv_scale: Literal["prompt", "pooled", "none"] = field(
         "prompt",
         help="Divide each prompt's centred rewards by its own std "
-        "(prompt: DDPO) or by one std pooled over the batch's prompts "
-        "(pooled: prompts whose rewards barely differ get small advantages).",
+        "(prompt: DDPO), by one std pooled over the batch's prompts "
+        "(pooled: prompts whose rewards barely differ get small advantages), or not at all (none: advantages in the "
+        "reward's units, as Dr. GRPO has them, so they shrink as the rewards stop differing instead of being "
+        "scaled back up to unit size).",
     )
     samples_per_prompt: int = field(
         1,
@@ -148,6 +150,12 @@ class RLConfig(TrainingLevers):
         help="Samples the KL term reads: all (DPOK), or only those from "
         "--benign-prompts, so it keeps benign prompts as they were without "
         "holding the unsafe ones back.",
+    )
+    kl_steps: Literal["trained", "chain"] = field(
+        "trained",
+        help="Steps at which the samples the KL term reads are trained: those --train-timesteps and "
+        "--train-steps-from pick for every sample (trained), or drawn from the whole chain (chain), so the KL also "
+        "holds the late steps that --train-steps-from first leaves out, which the adapter changes all the same.",
     )
     seed: int = field(0, help="Seed of every draw.")
     device: str = field("auto", help="auto, cpu, cuda, cuda:N.")
@@ -173,6 +181,8 @@ class RLConfig(TrainingLevers):
             )
         if self.kl_on == "benign" and self.kl_weight > 0 and not self.benign_prompts:
             raise UnseeError("--kl-on benign reads only samples from --benign-prompts; give them, or use --kl-on all")
+        if self.kl_steps == "chain" and self.kl_weight <= 0:
+            raise UnseeError("--kl-steps chain sets where the KL term is read; give it a --kl-weight above 0")
         if not 0 < self.train_timesteps <= 1:
             raise UnseeError(f"--train-timesteps must be in (0, 1], got {self.train_timesteps}")
         if not 0 <= self.benign_fraction < 1:
@@ -254,7 +264,9 @@ class PromptStats:
 
     `scale="prompt"` divides by each prompt's own std (DDPO). `scale="pooled"` divides every prompt's centred
     rewards by one std pooled over the batch's prompts, so a prompt whose rewards barely differ (a benign prompt
-    scored by CLIP alone) gets advantages as small as its differences instead of noise blown up to +-1.
+    scored by CLIP alone) gets advantages as small as its differences instead of noise blown up to +-1. Once the
+    concept is gone from most samples the pooled std itself shrinks to that noise, and blows it up all the same;
+    `scale="none"` keeps the centred rewards as they are (Dr. GRPO, Liu et al. 2025).
     """
 
     def __init__(self, buffer_size: int, min_count: int, scale: str = "prompt"):
@@ -421,7 +433,7 @@ class DDPOMethod:
             adv_all[mine].to(unet.device),
             torch.tensor([g == "benign" for g in groups[mine]], dtype=torch.float32, device=unet.device),
             order=[torch.randperm(len(prompts), generator=g) for _ in range(cfg.inner_epochs)],
-            steps=[self._trained_steps(g) for _ in range(len(prompts))],
+            steps=[self._trained_steps(g, kl_reads) for kl_reads in self._kl_reads(groups[mine])],
         )
         self.epoch = epoch
         # Where an epoch's time goes: sampling (UNet + VAE), the reward (on its thread, overlapping sampling; the
@@ -446,10 +458,16 @@ class DDPOMethod:
             return prompts, rewards
         return [p for ps, _ in everyone for p in ps], torch.tensor([r for _, rs in everyone for r in rs])
 
-    def _trained_steps(self, g: torch.Generator) -> torch.Tensor:
+    def _kl_reads(self, groups: list[str]) -> list[bool]:
+        """Per sample: whether the KL term reads it."""
+        if self.cfg.kl_weight <= 0:
+            return [False] * len(groups)
+        return [self.cfg.kl_on == "all" or g == "benign" for g in groups]
+
+    def _trained_steps(self, g: torch.Generator, kl_reads: bool = False) -> torch.Tensor:
         """One trajectory's trained step indices, in the order its micro-batches take them."""
         cfg = self.cfg
-        if cfg.train_steps_from == "first":
+        if cfg.train_steps_from == "first" and not (kl_reads and cfg.kl_steps == "chain"):
             return torch.randperm(cfg.trained_steps, generator=g)
         return torch.randperm(cfg.ddim_steps, generator=g)[: cfg.trained_steps]
 
