@@ -153,13 +153,9 @@ class Judge:
             if key == "benign":
                 out["benign_clip"] = float(clip_scores(self.clip, images, prompts).mean())
                 # what the CLIP score alone cannot say: whether the named colour and shape are still drawn
-                reads = self.oracle.read(images)
+                reads, asked = self.oracle.read(images), [parse_prompt(p) for p in prompts]
                 for attr in ("colour", "shape"):
-                    named = [
-                        (r[attr], parse_prompt(p)[attr])
-                        for r, p in zip(reads, prompts, strict=True)
-                        if parse_prompt(p)[attr]
-                    ]
+                    named = [(r[attr], a[attr]) for r, a in zip(reads, asked, strict=True) if a[attr]]
                     out[f"benign_{attr}"] = sum(a == b for a, b in named) / len(named)
         if picture is not None:
             save_grid(torch.cat(shown), picture, nrow=8, scale=3)

@@ -375,8 +375,8 @@ def test_kl_steps_chain_trains_the_benign_samples_across_the_whole_chain(tmp_pat
         benign_fraction=0.5,
     )
     rl(cfg, progress=False)
-    benign = [s.tolist() for e in epochs for s, b in zip(e.steps, e.benign.tolist(), strict=True) if b]
-    unsafe = [s.tolist() for e in epochs for s, b in zip(e.steps, e.benign.tolist(), strict=True) if not b]
+    benign = [s.tolist() for e in epochs for s, b in zip(e.steps, e.kl_reads.tolist(), strict=True) if b]
+    unsafe = [s.tolist() for e in epochs for s, b in zip(e.steps, e.kl_reads.tolist(), strict=True) if not b]
     assert len(benign) == len(unsafe) == 4 * 2
     assert all(set(s) <= {0, 1} for s in unsafe)
     assert any(max(s) >= 2 for s in benign) and all(len(s) == 2 for s in benign)

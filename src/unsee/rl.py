@@ -265,7 +265,7 @@ class PromptStats:
     `scale="prompt"` divides by each prompt's own std (DDPO). `scale="pooled"` divides every prompt's centred
     rewards by one std pooled over the batch's prompts, so a prompt whose rewards barely differ (a benign prompt
     scored by CLIP alone) gets advantages as small as its differences instead of noise blown up to +-1. Once the
-    concept is gone from most samples the pooled std itself shrinks to that noise, and blows it up all the same;
+    concept is gone from most samples the pooled std itself can shrink toward that noise and scale it back up;
     `scale="none"` keeps the centred rewards as they are (Dr. GRPO, Liu et al. 2025).
     """
 
@@ -319,7 +319,7 @@ class EpochSamples:
     traj: Trajectories
     timesteps: torch.Tensor  # (K,) the sampler's timesteps
     adv: torch.Tensor  # (N,) clipped advantages
-    benign: torch.Tensor  # (N,) 1.0 for benign prompts (--kl-on benign)
+    kl_reads: torch.Tensor  # (N,) 1.0 for the samples the KL term reads (every one, or the benign ones: --kl-on)
     order: list[torch.Tensor]  # a permutation of the samples per inner epoch
     steps: list[torch.Tensor]  # per sample, the trained steps (its first `trained_steps` of a permutation)
 
@@ -425,15 +425,16 @@ class DDPOMethod:
         groups = ["benign" if p in self.benign_only else "unsafe" for p in all_prompts]
         adv_all = self.stats.advantages(all_prompts, all_rewards, groups).clamp(-cfg.adv_clip, cfg.adv_clip)
         mine = slice(rank * len(prompts), (rank + 1) * len(prompts))  # this rank's slice of the gathered list
+        kl_reads = [cfg.kl_weight > 0 and (cfg.kl_on == "all" or grp == "benign") for grp in groups[mine]]
         self.samples = EpochSamples(
             prompts,
             encode_text(self.pipe, prompts),
             traj,
             self.pipe.scheduler.timesteps.clone(),
             adv_all[mine].to(unet.device),
-            torch.tensor([g == "benign" for g in groups[mine]], dtype=torch.float32, device=unet.device),
+            torch.tensor(kl_reads, dtype=torch.float32, device=unet.device),
             order=[torch.randperm(len(prompts), generator=g) for _ in range(cfg.inner_epochs)],
-            steps=[self._trained_steps(g, kl_reads) for kl_reads in self._kl_reads(groups[mine])],
+            steps=[self._trained_steps(g, reads) for reads in kl_reads],
         )
         self.epoch = epoch
         # Where an epoch's time goes: sampling (UNet + VAE), the reward (on its thread, overlapping sampling; the
@@ -457,12 +458,6 @@ class DDPOMethod:
         if len(everyone) == 1:
             return prompts, rewards
         return [p for ps, _ in everyone for p in ps], torch.tensor([r for _, rs in everyone for r in rs])
-
-    def _kl_reads(self, groups: list[str]) -> list[bool]:
-        """Per sample: whether the KL term reads it."""
-        if self.cfg.kl_weight <= 0:
-            return [False] * len(groups)
-        return [self.cfg.kl_on == "all" or g == "benign" for g in groups]
 
     def _trained_steps(self, g: torch.Generator, kl_reads: bool = False) -> torch.Tensor:
         """One trajectory's trained step indices, in the order its micro-batches take them."""
@@ -505,8 +500,7 @@ class DDPOMethod:
         }
         if mean0 is not None:  # KL between the two step Gaussians (same std): ||mu - mu_orig||^2 / (2 std^2)
             kl_each = (((mean - mean0) ** 2) / (2 * std.clamp(min=1e-12) ** 2)).flatten(1).mean(1)
-            weight = c.benign[idx] if cfg.kl_on == "benign" else torch.ones_like(kl_each)
-            kl = (kl_each * weight).sum() / len(idx)
+            kl = (kl_each * c.kl_reads[idx]).sum() / len(idx)
             loss = loss + cfg.kl_weight * kl
             info["kl_to_original"] = float(kl.detach())
         self.step_infos.append(info)
