@@ -193,7 +193,7 @@ def main() -> None:
     changes = {k: tuple(v) if isinstance(v, list) else v for k, v in changes.items()}  # a JSON list: a repeatable flag
     shown = {k: "+".join(map(str, v)) if isinstance(v, tuple) else v for k, v in changes.items()}
     unsee_name = "unsee toyworld-ddpo" + "".join(f" {k}={v}" for k, v in shown.items())
-    unsee_tag = "".join(f"-{k}{v}" for k, v in shown.items())
+    unsee_tag = "".join(f"-{k}{v}" for k, v in shown.items()).replace("/", "_")  # a path setting: one folder
     out = Path(args.out)
     judge = Judge(args.images)
     base_path = out / f"base-{args.images}.json"
