@@ -133,6 +133,7 @@ class Judge:
         from unsee.evaluate import clip_scores
         from unsee.models import load_pipeline
         from unsee.sampling import decode, encode_text, initial_latents, sample_latents
+        from unsee.toyworld.check import attribute_accuracy
         from unsee.toyworld.world import parse_prompt
         from unsee.viz import save_grid
 
@@ -153,10 +154,12 @@ class Judge:
             if key == "benign":
                 out["benign_clip"] = float(clip_scores(self.clip, images, prompts).mean())
                 # what the CLIP score alone cannot say: whether the named colour and shape are still drawn
-                reads, asked = self.oracle.read(images), [parse_prompt(p) for p in prompts]
-                for attr in ("colour", "shape"):
-                    named = [(r[attr], a[attr]) for r, a in zip(reads, asked, strict=True) if a[attr]]
-                    out[f"benign_{attr}"] = sum(a == b for a, b in named) / len(named)
+                rows = [
+                    {"named": parse_prompt(p), "read": r}
+                    for p, r in zip(prompts, self.oracle.read(images), strict=True)
+                ]
+                accuracy = attribute_accuracy(rows)
+                out |= {f"benign_{attr}": accuracy[attr] for attr in ("colour", "shape")}
         if picture is not None:
             save_grid(torch.cat(shown), picture, nrow=8, scale=3)
         return out
