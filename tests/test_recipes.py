@@ -38,9 +38,7 @@ def _asdict(cfg, drop=("out",)):
 def test_each_toy_world_erase_recipe_is_what_the_demo_runs(captured, tmp_path):
     token = tmp_path / "token.safetensors"
     configs = demo.erase_configs(tmp_path / "models", token)
-    for name, recipe_name, keyed_on_token, extra in demo.ERASE_RUNS:
-        if extra:  # uce-hfi: the recipe applied to uce-word's output, for the token alone
-            continue
+    for name, recipe_name, keyed_on_token in demo.ERASE_RUNS:
         captured.clear()
         result = _run(
             "erase",

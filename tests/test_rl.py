@@ -350,10 +350,22 @@ def test_train_steps_from_picks_the_trained_timesteps(tmp_path, monkeypatch, sta
         assert not set(trained) <= first_two
 
 
-@needs_world
-def test_kl_steps_chain_trains_the_benign_samples_across_the_whole_chain(tmp_path, monkeypatch):
-    """With --train-steps-from first the adapter still acts at the late steps; --kl-steps chain draws the steps of the
-    samples the KL reads (here the benign ones) from the whole chain, and leaves the unsafe ones at the first."""
+# Four short epochs, half of each benign, the first quarter of each chain trained, a KL on the benign samples read
+# across the whole chain.
+KL_CHAIN = dict(
+    epochs=4,
+    ddim_steps=8,
+    train_timesteps=0.25,
+    train_steps_from="first",
+    kl_weight=0.1,
+    kl_on="benign",
+    kl_steps="chain",
+    benign_fraction=0.5,
+)
+
+
+def _capture_epochs(monkeypatch) -> list:
+    """Every epoch's EpochSamples, as the run builds them."""
     import unsee.rl as rl_module
 
     epochs, real = [], rl_module.EpochSamples
@@ -363,23 +375,40 @@ def test_kl_steps_chain_trains_the_benign_samples_across_the_whole_chain(tmp_pat
         return epochs[-1]
 
     monkeypatch.setattr(rl_module, "EpochSamples", keep)
-    cfg = _cfg(
-        tmp_path / "chain",
-        epochs=4,
-        ddim_steps=8,
-        train_timesteps=0.25,
-        train_steps_from="first",
-        kl_weight=0.1,
-        kl_on="benign",
-        kl_steps="chain",
-        benign_fraction=0.5,
-    )
+    return epochs
+
+
+@needs_world
+def test_kl_steps_chain_trains_the_benign_samples_across_the_whole_chain(tmp_path, monkeypatch):
+    """With --train-steps-from first the adapter still acts at the late steps; --kl-steps chain draws the steps of the
+    samples the KL reads (here the benign ones) from the whole chain, and leaves the unsafe ones at the first."""
+    epochs = _capture_epochs(monkeypatch)
+    cfg = _cfg(tmp_path / "chain", **KL_CHAIN)
     rl(cfg, progress=False)
     benign = [s.tolist() for e in epochs for s, b in zip(e.steps, e.kl_reads.tolist(), strict=True) if b]
     unsafe = [s.tolist() for e in epochs for s, b in zip(e.steps, e.kl_reads.tolist(), strict=True) if not b]
     assert len(benign) == len(unsafe) == 4 * 2
     assert all(set(s) <= {0, 1} for s in unsafe)
     assert any(max(s) >= 2 for s in benign) and all(len(s) == 2 for s in benign)
+
+
+@needs_world
+def test_kl_after_trains_on_the_reward_alone_then_holds_the_benign_samples(tmp_path, monkeypatch):
+    """--kl-after 2: the first two epochs have no KL term (no sample read, every step at the chain's start, no
+    kl_to_original logged); from the third the benign samples are read across the chain, and the log gains the
+    column without shifting the earlier rows."""
+    epochs = _capture_epochs(monkeypatch)
+    out = tmp_path / "after"
+    cfg = _cfg(out, **KL_CHAIN, kl_after=2)
+    rl(cfg, progress=False)
+    assert [int(e.kl_reads.sum()) for e in epochs] == [0, 0, 2, 2]
+    assert all(set(s.tolist()) <= {0, 1} for e in epochs[:2] for s in e.steps)
+    rows = list(csv.DictReader((out / "run" / "epochs.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4] and all(None not in r for r in rows)
+    assert [r["kl_to_original"] == "" for r in rows] == [True, True, False, False]
+    assert all(float(r["kl_to_original"]) >= 0 for r in rows[2:]) and all(float(r["clipfrac"]) >= 0 for r in rows)
+    with pytest.raises(UnseeError, match="--kl-after delays the KL term"):
+        _cfg(tmp_path / "x", kl_after=2)
 
 
 @needs_world

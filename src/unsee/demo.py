@@ -50,16 +50,16 @@ EVAL_SETS = ("object_explicit", "object_implicit", "object_neighbour", "benign")
 # Each set in the shipped template (seen) and in phrasings no training here used (novel): an erasure that only learned
 # its training template shows it in the second.
 EVAL_SPLITS = ("seen", "novel")
-# The erasure runs: (name, recipe, keyed on the learned token too, settings over the recipe's). Every recipe trains
-# where the word sits (the held-out explicit prompts as --context) and toward the mask (--anchor); HFI-SDD also pushes
-# the held-out trigger-word prompts off the token and the word (--flagged). "uce-word" is only the base of "uce-hfi",
-# UCE keyed on the token applied on top of the word's edit, and is not evaluated on its own.
-ERASE_RUNS: tuple[tuple[str, str, bool, dict[str, Any]], ...] = (
-    ("sdd-text", "toyworld-sdd", False, {}),
-    ("sdd-hfi", "toyworld-hfi-sdd", True, {}),
-    ("esd-x", "toyworld-esd-x", False, {}),
-    ("uce-word", "toyworld-uce", False, {}),
-    ("uce-hfi", "toyworld-uce", True, {"model": "uce-word", "concept": ()}),
+# The erasure runs: (name, recipe, keyed on the learned token too). Every recipe trains where the word sits (the
+# held-out explicit prompts as --context) and toward the mask (--anchor); HFI-SDD also pushes the held-out trigger-word
+# prompts off the token and the word (--flagged). UCE is keyed on the word alone: on the shipped world a second closed
+# form keyed on the token, on top of the word's, reaches no trigger-word prompt and undoes half the word's edit
+# (docs/results/erase.md).
+ERASE_RUNS: tuple[tuple[str, str, bool], ...] = (
+    ("sdd-text", "toyworld-sdd", False),
+    ("sdd-hfi", "toyworld-hfi-sdd", True),
+    ("esd-x", "toyworld-esd-x", False),
+    ("uce", "toyworld-uce", False),
 )
 RL_RECIPE = "toyworld-ddpo"
 HFI_RECIPE = "toyworld-hfi"
@@ -238,10 +238,11 @@ def erase_configs(d: Path, token: Path) -> dict[str, Any]:
     from unsee.recipes import recipe
 
     configs = {}
-    for name, recipe_name, keyed_on_token, extra in ERASE_RUNS:
-        kw = recipe(recipe_name, "erase") | extra
-        kw["model"] = str(d / kw["model"]) if "model" in kw else TOYWORLD
-        configs[name] = EraseConfig(out=str(d / name), token=str(token) if keyed_on_token else None, **kw)
+    for name, recipe_name, keyed_on_token in ERASE_RUNS:
+        kw = recipe(recipe_name, "erase")
+        configs[name] = EraseConfig(
+            model=TOYWORLD, out=str(d / name), token=str(token) if keyed_on_token else None, **kw
+        )
     return configs
 
 
@@ -249,14 +250,12 @@ def _erase_all(d: Path, token: Path, progress: bool, say: Callable[[str], None])
     from unsee.erase import erase
 
     d.mkdir(parents=True, exist_ok=True)
-    bases = {extra["model"] for *_, extra in ERASE_RUNS if "model" in extra}
     models = {}
     for name, cfg in erase_configs(d, token).items():
         say(f"5/7 erase: {name}")
         if not (Path(cfg.out) / "unsee.json").exists():
             erase(cfg, progress=progress)
-        if name not in bases:
-            models[name] = cfg.out
+        models[name] = cfg.out
     return models
 
 

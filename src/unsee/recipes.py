@@ -205,8 +205,7 @@ RECIPES: dict[str, Recipe] = {
         Recipe(
             "toyworld-uce",
             "erase",
-            "UCE on 'skull' in the held-out explicit prompts, toward the mask, the world's "
-            "parts kept; with --token and no --concept the demo applies it again for the token",
+            "UCE on 'skull' in the held-out explicit prompts, toward the mask, the world's parts kept",
             "docs/results/erase.md",
             _toyworld_erase("uce"),
         ),

@@ -77,7 +77,7 @@ class RLConfig(TrainingLevers):
             "seed",
             "device",
         ),
-        "Preservation": ("kl_weight", "kl_on", "kl_steps"),
+        "Preservation": ("kl_weight", "kl_on", "kl_steps", "kl_after"),
         "Output": ("out", "checkpoint_every"),
     }
 
@@ -157,6 +157,11 @@ class RLConfig(TrainingLevers):
         "--train-steps-from pick for every sample (trained), or drawn from the whole chain (chain), so the KL also "
         "holds the late steps that --train-steps-from first leaves out, which the adapter changes all the same.",
     )
+    kl_after: int = field(
+        0,
+        help="Epochs trained on the reward alone before the KL term starts: a schedule that first lets the policy "
+        "move freely, then pulls what it changed on the prompts the KL reads back toward the original model.",
+    )
     seed: int = field(0, help="Seed of every draw.")
     device: str = field("auto", help="auto, cpu, cuda, cuda:N.")
     checkpoint_every: int = field(5, help="Checkpoint interval in epochs; a rerun resumes.")
@@ -181,6 +186,10 @@ class RLConfig(TrainingLevers):
             )
         if self.kl_on == "benign" and self.kl_weight > 0 and not self.benign_prompts:
             raise UnseeError("--kl-on benign reads only samples from --benign-prompts; give them, or use --kl-on all")
+        if self.kl_after and self.kl_weight <= 0:
+            raise UnseeError("--kl-after delays the KL term; give it a --kl-weight above 0")
+        if self.kl_after < 0:
+            raise UnseeError(f"--kl-after must be >= 0, got {self.kl_after}")
         if self.kl_steps == "chain" and self.kl_weight <= 0:
             raise UnseeError("--kl-steps chain sets where the KL term is read; give it a --kl-weight above 0")
         if not 0 < self.train_timesteps <= 1:
@@ -425,7 +434,8 @@ class DDPOMethod:
         groups = ["benign" if p in self.benign_only else "unsafe" for p in all_prompts]
         adv_all = self.stats.advantages(all_prompts, all_rewards, groups).clamp(-cfg.adv_clip, cfg.adv_clip)
         mine = slice(rank * len(prompts), (rank + 1) * len(prompts))  # this rank's slice of the gathered list
-        kl_reads = [cfg.kl_weight > 0 and (cfg.kl_on == "all" or grp == "benign") for grp in groups[mine]]
+        kl_now = cfg.kl_weight > 0 and epoch >= cfg.kl_after
+        kl_reads = [kl_now and (cfg.kl_on == "all" or grp == "benign") for grp in groups[mine]]
         self.samples = EpochSamples(
             prompts,
             encode_text(self.pipe, prompts),
@@ -483,7 +493,7 @@ class DDPOMethod:
         unc = self.uncond.expand(len(idx), -1, -1)
         s = torch.full((len(idx),), cfg.guidance, device=unet.device)
         mean0 = None
-        if cfg.kl_weight > 0:
+        if cfg.kl_weight > 0 and epoch >= cfg.kl_after:
             # The reference step first: swapping the original weights in after the trained forward would overwrite
             # tensors that forward's graph still needs (an in-place error at backward for every --params but lora).
             with torch.no_grad(), original_weights(self.pipe.unet, self.params, self.original):

@@ -256,11 +256,27 @@ def original_weights(
 
 
 def append_csv_row(path: Path, row: dict[str, Any]) -> None:
-    """Append one row to a CSV log, writing the header when the file is new."""
-    new = not path.exists()
+    """Append one row to a CSV log, writing the header when the file is new. A row with a column the file lacks (a
+    term that starts part-way through a run) rewrites the file with that column added, empty in the earlier rows."""
+    row = {k: v for k, v in row.items() if k is not None}  # a value past a short header, read back from an old log
+    header: list[str] = []
+    if path.exists():
+        with path.open(newline="") as f:
+            header = next(csv.reader(f), [])
+    if header and not set(row) <= set(header):
+        with path.open(newline="") as f:
+            rows = [{k: v for k, v in r.items() if k is not None} for r in csv.DictReader(f)]
+        fields = header + [k for k in row if k not in header]
+        tmp = path.with_name(path.name + ".tmp")
+        with tmp.open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=fields)
+            w.writeheader()
+            w.writerows(rows)
+        tmp.replace(path)
+        header = fields
     with path.open("a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(row), extrasaction="ignore")
-        if new:
+        w = csv.DictWriter(f, fieldnames=header or list(row), extrasaction="ignore")
+        if not header:
             w.writeheader()
         w.writerow(row)
 
