@@ -186,16 +186,20 @@ class RLConfig(TrainingLevers):
             )
         if self.kl_on == "benign" and self.kl_weight > 0 and not self.benign_prompts:
             raise UnseeError("--kl-on benign reads only samples from --benign-prompts; give them, or use --kl-on all")
-        if self.kl_after and self.kl_weight <= 0:
-            raise UnseeError("--kl-after delays the KL term; give it a --kl-weight above 0")
         if self.kl_after < 0:
             raise UnseeError(f"--kl-after must be >= 0, got {self.kl_after}")
+        if self.kl_after and self.kl_weight <= 0:
+            raise UnseeError("--kl-after delays the KL term; give it a --kl-weight above 0")
         if self.kl_steps == "chain" and self.kl_weight <= 0:
             raise UnseeError("--kl-steps chain sets where the KL term is read; give it a --kl-weight above 0")
         if not 0 < self.train_timesteps <= 1:
             raise UnseeError(f"--train-timesteps must be in (0, 1], got {self.train_timesteps}")
         if not 0 <= self.benign_fraction < 1:
             raise UnseeError(f"--benign-fraction must be in [0, 1), got {self.benign_fraction}")
+
+    def kl_in(self, epoch: int) -> bool:
+        """Whether the KL term is on in `epoch` (0-based): weighted, and past --kl-after."""
+        return self.kl_weight > 0 and epoch >= self.kl_after
 
     def benign_samples(self, has_benign: bool) -> int:
         """Samples an epoch draws from the benign prompts (the rest come from the unsafe ones)."""
@@ -434,8 +438,7 @@ class DDPOMethod:
         groups = ["benign" if p in self.benign_only else "unsafe" for p in all_prompts]
         adv_all = self.stats.advantages(all_prompts, all_rewards, groups).clamp(-cfg.adv_clip, cfg.adv_clip)
         mine = slice(rank * len(prompts), (rank + 1) * len(prompts))  # this rank's slice of the gathered list
-        kl_now = cfg.kl_weight > 0 and epoch >= cfg.kl_after
-        kl_reads = [kl_now and (cfg.kl_on == "all" or grp == "benign") for grp in groups[mine]]
+        kl_reads = [cfg.kl_in(epoch) and (cfg.kl_on == "all" or grp == "benign") for grp in groups[mine]]
         self.samples = EpochSamples(
             prompts,
             encode_text(self.pipe, prompts),
@@ -493,7 +496,7 @@ class DDPOMethod:
         unc = self.uncond.expand(len(idx), -1, -1)
         s = torch.full((len(idx),), cfg.guidance, device=unet.device)
         mean0 = None
-        if cfg.kl_weight > 0 and epoch >= cfg.kl_after:
+        if cfg.kl_in(epoch):
             # The reference step first: swapping the original weights in after the trained forward would overwrite
             # tensors that forward's graph still needs (an in-place error at backward for every --params but lora).
             with torch.no_grad(), original_weights(self.pipe.unet, self.params, self.original):
