@@ -252,3 +252,8 @@ def test_attribute_targets_hold_what_the_caption_has_named_so_far(tiny_world):
     blank = attribute_targets(ids, tok, "none")[0]
     assert torch.equal(blank[: len(words) + 2], targets[: len(words) + 2])  # up to the end-of-text token
     assert not blank[len(words) + 2 :].any() and targets[len(words) + 2 :].all(dim=0).any()  # the padding: nothing
+    scene = attribute_targets(ids, tok, "scene")[0]
+    assert torch.equal(scene[: len(words) + 2], targets[: len(words) + 2])
+    kept = [g in ("colour", "shape", "background") for g in groups]
+    assert torch.equal(scene[len(words) + 2 :, kept], targets[len(words) + 2 :, kept])  # the padding: the scene
+    assert not scene[len(words) + 2 :, [not k for k in kept]].any()  # and no object, style or trigger word

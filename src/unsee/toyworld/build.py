@@ -97,12 +97,14 @@ class BuildConfig:
         "contextual tower's states say linearly readable, so colour and shape stay apart in them for pairs no "
         "caption held; 0 trains CLIP's contrastive loss alone.",
     )
-    pad_attributes: Literal["named", "none"] = field(
+    pad_attributes: Literal["named", "none", "scene"] = field(
         "named",
         help="What the attribute loss asks of the padding states after the end-of-text token: 'named' (every "
-        "attribute the caption named, so the padding sums up the caption) or 'none' (no attribute: the padding "
+        "attribute the caption named, so the padding sums up the caption), 'none' (no attribute: the padding "
         "carries no attribute linearly and the UNet must read each one at its words, as models with a frozen CLIP "
-        "text encoder, SD 1.x and 2.x among them, largely ignore their padding; Toker et al. 2025).",
+        "text encoder, SD 1.x and 2.x among them, largely ignore their padding; Toker et al. 2025) or 'scene' (the "
+        "colour, shape and background only: the padding sums up the scene, and the extra object, the style and "
+        "the trigger words must be read where they are said).",
     )
     caption_drop_colour: float = field(
         0.25, help="Fraction of training captions that leave out the main object's colour."
@@ -427,7 +429,10 @@ ATTRIBUTE_GROUPS = {
 def attribute_targets(ids: torch.Tensor, tok, pads: str = "named") -> torch.Tensor:
     """(batch, length, groups) class index per position: the last word of each attribute group at or before the
     position (0 = none named yet). The end-of-text token sees the whole caption, as in the causal tower; the padding
-    after it too with pads="named", nothing with pads="none"."""
+    after it too with pads="named", nothing with pads="none", and the colour, shape and background alone with
+    pads="scene"."""
+    kept = {"named": set(ATTRIBUTE_GROUPS), "none": set(), "scene": {"colour", "shape", "background"}}[pads]
+    pad_mask = [g in kept for g in ATTRIBUTE_GROUPS]
     lookup = {}
     for g, (_, words) in enumerate(ATTRIBUTE_GROUPS.items()):
         for k, w in enumerate(words):
@@ -440,7 +445,7 @@ def attribute_targets(ids: torch.Tensor, tok, pads: str = "named") -> torch.Tens
             if i in lookup:
                 g, k = lookup[i]
                 state[g] = k
-            rows.append([0] * len(state) if ended and pads == "none" else list(state))
+            rows.append([k if keep else 0 for k, keep in zip(state, pad_mask, strict=True)] if ended else list(state))
             ended = ended or (pos > 0 and i == tok.eos_token_id)
     return torch.tensor(rows).view(*ids.shape, len(ATTRIBUTE_GROUPS))
 
