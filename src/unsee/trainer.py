@@ -32,7 +32,7 @@ import torch
 from unsee.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 from unsee.config import field
 from unsee.errors import UnseeError
-from unsee.files import as_json
+from unsee.files import as_json, atomic_write
 from unsee.runtime import average_gradients, distributed, gather
 from unsee.tracking import Preview, open_reporter
 
@@ -255,6 +255,24 @@ def original_weights(
             yield
 
 
+def _read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """A CSV log's header and rows, without the values some old logs wrote past their header."""
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        rows = [{k: v for k, v in r.items() if k is not None} for r in reader]
+        return list(reader.fieldnames or []), rows
+
+
+def _rewrite_csv(path: Path, header: list[str], rows: list[dict[str, Any]]) -> None:
+    def write(tmp: Path) -> None:
+        with tmp.open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=header)
+            w.writeheader()
+            w.writerows(rows)
+
+    atomic_write(path, write)
+
+
 def append_csv_row(path: Path, row: dict[str, Any]) -> None:
     """Append one row to a CSV log, writing the header when the file is new. A row with a column the file lacks (a
     term that starts part-way through a run) rewrites the file with that column added, empty in the earlier rows."""
@@ -264,16 +282,9 @@ def append_csv_row(path: Path, row: dict[str, Any]) -> None:
         with path.open(newline="") as f:
             header = next(csv.reader(f), [])
     if header and not set(row) <= set(header):
-        with path.open(newline="") as f:
-            rows = [{k: v for k, v in r.items() if k is not None} for r in csv.DictReader(f)]
-        fields = header + [k for k in row if k not in header]
-        tmp = path.with_name(path.name + ".tmp")
-        with tmp.open("w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=fields)
-            w.writeheader()
-            w.writerows(rows)
-        tmp.replace(path)
-        header = fields
+        header, rows = _read_csv(path)
+        header += [k for k in row if k not in header]
+        _rewrite_csv(path, header, rows)
     with path.open("a", newline="") as f:
         w = csv.DictWriter(f, fieldnames=header or list(row), extrasaction="ignore")
         if not header:
@@ -283,11 +294,12 @@ def append_csv_row(path: Path, row: dict[str, Any]) -> None:
 
 def keep_csv_rows(path: Path, keep) -> None:
     """Rewrite a CSV log with only the rows `keep(row)` accepts (on resume: drop what came after the checkpoint)."""
-    with path.open(newline="") as f:
-        rows = [r for r in csv.DictReader(f) if keep(r)]
-    path.unlink()
-    for r in rows:
-        append_csv_row(path, r)
+    header, rows = _read_csv(path)
+    rows = [r for r in rows if keep(r)]
+    if rows:
+        _rewrite_csv(path, header, rows)
+    else:
+        path.unlink()
 
 
 # Settings a rerun may change and still resume: a longer run, another checkpoint interval, device, progress bar, or
