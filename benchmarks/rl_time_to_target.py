@@ -11,7 +11,8 @@ reward and update: not loading, saving or this evaluation). Every snapshot is th
 for both: --images images a set (25 DDIM steps, CFG 7.5, fixed seeds), the oracle reading the skull on the training
 prompts and on the held-out implicit prompts (never trained on), and the toy CLIP score on the novel benign
 prompts. The bar: skull -80% on the training prompts and -60% on the held-out implicit ones against the base
-model, benign CLIP within 5% of the base's. Time to target is the seconds at the first snapshot that holds it.
+model, benign CLIP within 5% of the base's. Time to target is the seconds at the first snapshot that holds it; where a
+trainer never reached the bar, the ratio printed is the bound its seconds of training allow ("< 0.40x").
 Each snapshot's figures file also has the oracle's benign colour and shape accuracy, and `sets-IMAGES.png` beside
 it shows the first 8 images of each set (rows: training, implicit, benign prompts).
 
@@ -173,6 +174,28 @@ def meets(fig: dict, base: dict) -> bool:
     )
 
 
+def ratio_text(ours: tuple[float | None, float], theirs: list[tuple[float | None, float]]) -> str:
+    """unsee's time to target over trl's best, from (seconds at which the bar first held or None, seconds the run
+    trained) for unsee's run and each of trl's: exact where both reached it, otherwise the bound the runs allow.
+
+    A run that never reached the bar would reach it, if ever, after the seconds it trained: its time to target is
+    more than those. So trl's best time is the least of its runs' figures when that least is a time at which the bar
+    held, and more than it otherwise."""
+    if not theirs:
+        return "n/a (no trl run)"
+    hit, trained = ours
+    ours_low = hit if hit is not None else trained
+    floor = min(h if h is not None else t for h, t in theirs)
+    exact = any(h == floor for h, _ in theirs)
+    if hit is not None and exact:
+        return f"{hit / floor:.2f}x"
+    if hit is not None:
+        return f"< {hit / floor:.2f}x (no trl rate reached the bar; the best would take over {floor:.0f} s)"
+    if exact:
+        return f"> {ours_low / floor:.2f}x (unsee did not reach the bar in {trained:.0f} s)"
+    return "n/a (neither trainer reached the bar)"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs/rl-time-to-target")
@@ -218,8 +241,10 @@ def main() -> None:
                 runs[(f"trl lr {lr}", seed)] = snaps
     print(f"\n{'run':24} {'seed':>4} {'epoch':>5} {'seconds':>8} {'train':>6} {'implicit':>8} {'benign CLIP':>11}  bar")
     reached: dict[tuple[str, int], float | None] = {}
+    trained: dict[tuple[str, int], float] = {}
     for (name, seed), snaps in runs.items():
         reached[(name, seed)] = None
+        trained[(name, seed)] = max((s["seconds"] for s in snaps), default=0.0)
         for s in snaps:
             fig_path = Path(s["dir"]) / f"figures-{args.images}.json"
             if not fig_path.exists():
@@ -236,9 +261,12 @@ def main() -> None:
     print("\ntime to target (seconds of training until the bar first holds):")
     for seed in sorted({s for _, s in runs}):
         ours = reached.get((unsee_name, seed))
-        theirs = [v for (n, s), v in reached.items() if s == seed and n.startswith("trl") and v is not None]
-        best = min(theirs) if theirs else None
-        ratio = f"{ours / best:.2f}x" if ours and best else "n/a (a trainer never reached the bar)"
+        theirs = [(v, trained[k]) for k, v in reached.items() if k[1] == seed and k[0].startswith("trl")]
+        best = min((v for v, _ in theirs if v is not None), default=None)
+        if (unsee_name, seed) in runs:
+            ratio = ratio_text((ours, trained[(unsee_name, seed)]), theirs)
+        else:
+            ratio = "n/a (no unsee run)"
         print(f"  seed {seed}: unsee {ours}, trl best {best} -> unsee / trl = {ratio}")
 
 
