@@ -184,7 +184,6 @@ def ratio_text(ours: tuple[float | None, float], theirs: list[tuple[float | None
     if not theirs:
         return "n/a (no trl run)"
     hit, trained = ours
-    ours_low = hit if hit is not None else trained
     floor = min(h if h is not None else t for h, t in theirs)
     exact = any(h == floor for h, _ in theirs)
     if hit is not None and exact:
@@ -192,7 +191,7 @@ def ratio_text(ours: tuple[float | None, float], theirs: list[tuple[float | None
     if hit is not None:
         return f"< {hit / floor:.2f}x (no trl rate reached the bar; the best would take over {floor:.0f} s)"
     if exact:
-        return f"> {ours_low / floor:.2f}x (unsee did not reach the bar in {trained:.0f} s)"
+        return f"> {trained / floor:.2f}x (unsee did not reach the bar in {trained:.0f} s)"
     return "n/a (neither trainer reached the bar)"
 
 
