@@ -41,7 +41,7 @@ $(TRL_VENV)/.installed: $(STAMP)
 	  $$($(PY) -m pip freeze | grep -iE '^(diffusers|transformers|peft|accelerate)==')
 	touch $@
 
-# Rebuild the toy world from scratch (about 95 min on 2 cores) and ship it inside the package.
+# Rebuild the toy world from scratch (about 95 min on 2 cores, its check included) and ship it inside the package.
 TW_BUILD ?= runs/toyworld
 TW_ASSETS := src/unsee/toyworld/assets
 toyworld: $(STAMP)

@@ -149,8 +149,9 @@ def test_toyworld_provenance_and_auto_clip(tmp_path):
         ("2*banana", "unknown reward term"),
         ("clip+clip", "appears twice"),
         ("oracle:dragon", "toy-world concept"),
-        ("oracle:skull:exp", "toy-world concept"),
-        ("nudity:sqrt", "takes no argument"),
+        ("oracle:skull:exp", "log@K"),
+        ("oracle:skull:log@-1", "log@K"),
+        ("nudity:sqrt", "log@K"),
         ("learned", "reward model folder"),
     ],
 )
@@ -162,6 +163,7 @@ def test_bad_reward_specs_are_refused(spec, message):
 @needs_world
 def test_reward_terms_on_rendered_scenes():
     """oracle:skull scores a skull scene below the same scene without; weights compose linearly."""
+    from unsee.rewards import _penalty
     from unsee.toyworld.render import render_many
     from unsee.toyworld.world import Scene
 
@@ -192,6 +194,8 @@ def test_reward_terms_on_rendered_scenes():
     p = -parts["oracle:skull"]
     assert torch.allclose(logs["oracle:skull:log"], (1 - p).clamp(min=1e-6).log(), atol=1e-6)
     assert logs["oracle:skull:log"][0] < -2 and logs["oracle:skull:log"][1] > math.log(0.5)
+    _, sharp = parse_reward("oracle:skull:log@4")(images, prompts)
+    assert torch.allclose(sharp["oracle:skull:log@4"], _penalty(p, True, 4.0), atol=1e-6)
 
 
 def test_nudity_term_runs_nudenet_once_a_batch(monkeypatch):
@@ -219,6 +223,26 @@ def test_log_penalty_ranks_what_a_sure_detector_cannot():
     assert (_penalty(p, log=False).diff().abs() < 0.01).all()  # below the clip term's noise
     assert (_penalty(p, log=True).diff() < -2).all()  # a step of about log(10) per decade
     assert _penalty(torch.tensor([1.0]), log=True).item() == pytest.approx(math.log(1e-6))
+
+
+def test_sharpened_log_penalty_separates_faint_from_clean():
+    from unsee.errors import UnseeError
+    from unsee.rewards import _mode, _penalty
+
+    faint, clean = torch.tensor([0.6]), torch.tensor([0.3])
+    gap = (_penalty(clean, True) - _penalty(faint, True)).item()
+    sharp_gap = (_penalty(clean, True, 4.0) - _penalty(faint, True, 4.0)).item()
+    assert gap == pytest.approx(math.log(0.7 / 0.4), abs=1e-5) and sharp_gap > 3 * gap
+    # the same order everywhere, 0 for a clean image, the floor for a sure one, exactly log(1 - p) at K = 1
+    p = torch.tensor([0.0, 0.01, 0.3, 0.5, 0.6, 0.99, 1.0])
+    sharp = _penalty(p, True, 4.0)
+    assert (sharp.diff() <= 0).all() and sharp[0].item() == pytest.approx(0.0, abs=1e-6)
+    assert sharp[-2:].tolist() == pytest.approx([math.log(1e-6)] * 2)
+    assert _penalty(torch.tensor([0.5]), True, 4.0).item() == pytest.approx(math.log(0.5), abs=1e-6)
+    assert _mode("log@4", "x") == (True, 4.0) and _mode("log", "x") == (True, 1.0) and _mode(None, "x") == (False, 1.0)
+    for bad in ("log@0", "log@", "log4", "sq"):
+        with pytest.raises(UnseeError, match="log@K"):
+            _mode(bad, "oracle:skull")
 
 
 def _cfg(out, **kw):

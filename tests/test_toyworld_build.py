@@ -171,7 +171,8 @@ def test_cross_attention_at_full_latent_resolution_is_a_setting():
 
     cfg = BuildConfig(out="unused", unet_channels=(16, 32), unet_attn_full_res=True)
     assert make_unet(cfg).config.down_block_types == ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D")
-    assert make_unet(BuildConfig(out="unused", unet_channels=(16, 32))).config.down_block_types[0] == "DownBlock2D"
+    off = BuildConfig(out="unused", unet_channels=(16, 32), unet_attn_full_res=False)
+    assert make_unet(off).config.down_block_types[0] == "DownBlock2D"
 
 
 def test_text_encoder_layers_out_of_range_is_refused_before_anything_is_written(tmp_path):

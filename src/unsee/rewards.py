@@ -12,6 +12,10 @@ Terms (higher is safer / better):
   log(1e-6). A detector that is sure saturates: images that all score p ~ 0.99 differ by ~0.01 in -p, less
   than the clip term's noise, so a policy that always shows the concept gets no signal to move; log(1 - p)
   still ranks them (0.99 vs 0.999 is -4.6 vs -6.9), and it stops paying once the concept is gone (-> 0);
+- `...:log@K`: the same on p sharpened about the detector's 0.5, sigmoid(K * logit(p)). Late in a run the
+  concept that remains is faint (p near 0.5), where log(1 - p) separates a faint image from a clean one by well
+  under a nat (0.6 vs 0.3: -0.92 vs -0.36); K = 4 makes that -1.80 vs -0.03, while sure images sink to the floor
+  and stop outweighing them in a batch's spread;
 - `learned:PATH[,PATH...][#LABEL]`: minus the reward model's score (it scores *flagged* images high); with several
   models (e.g. `unsee reward train --seed K`, each with its own split and initialisation) minus the highest of their
   scores, a conservative ensemble: an image a policy found to fool one model still counts as flagged if another
@@ -23,11 +27,13 @@ Terms (higher is safer / better):
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 
 from unsee.errors import UnseeError
 
@@ -116,22 +122,39 @@ def parse_reward(
     return reward
 
 
-def _penalty(p: torch.Tensor, log: bool) -> torch.Tensor:
-    """-p, or log(1 - p) floored at log(1e-6) (see the module docstring)."""
-    return (1 - p.float()).clamp(min=1e-6).log() if log else -p.float()
+def _penalty(p: torch.Tensor, log: bool, sharpness: float = 1.0) -> torch.Tensor:
+    """-p, or log(1 - p) floored at log(1e-6), p first sharpened to sigmoid(sharpness * logit(p)) (see the module
+    docstring)."""
+    p = p.float()
+    if not log:
+        return -p
+    if sharpness != 1.0:
+        # log(1 - sigmoid(x)) = -softplus(x): exact where 1 - p rounds to 0
+        x = sharpness * (p.clamp(1e-12, 1 - 1e-7).logit())
+        return (-F.softplus(x)).clamp(min=math.log(1e-6))
+    return (1 - p).clamp(min=1e-6).log()
+
+
+def _mode(arg: str | None, what: str) -> tuple[bool, float]:
+    """'' / None -> -p; 'log' -> log(1 - p); 'log@K' -> log(1 - p) on p sharpened by K > 0."""
+    if not arg:
+        return False, 1.0
+    m = re.fullmatch(r"log(?:@(\d+\.?\d*|\.\d+))?", arg)
+    if not m or (m[1] is not None and float(m[1]) <= 0):
+        raise UnseeError(f"{what} takes ':log' or ':log@K' (K > 0, e.g. log@4), got {arg!r}")
+    return True, float(m[1]) if m[1] else 1.0
 
 
 def _term(name: str, arg: str | None, clip_spec: str, clip_target: str, unsafe_words, device) -> TermFn:
     if name == "nudity":
         from unsee.detectors import NUDENET_EXPLICIT, nudenet_detector
 
-        if arg not in (None, "log"):
-            raise UnseeError(f"nudity takes no argument but ':log', got {arg!r}")
+        log, sharp = _mode(arg, "nudity")
         detect, _ = nudenet_detector()
 
         def nudity(images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
             scores = detect(images)  # once for all classes: NudeNet is the slow part
-            return torch.stack([_penalty(scores[c], arg == "log") for c in NUDENET_EXPLICIT]).sum(0)
+            return torch.stack([_penalty(scores[c], log, sharp) for c in NUDENET_EXPLICIT]).sum(0)
 
         return nudity
     if name == "oracle":
@@ -139,10 +162,11 @@ def _term(name: str, arg: str | None, clip_spec: str, clip_target: str, unsafe_w
         from unsee.toyworld.oracle import CONCEPTS
 
         label, _, mode = (arg or "").partition(":")
-        if label not in CONCEPTS or mode not in ("", "log"):
+        if label not in CONCEPTS:
             raise UnseeError(f"oracle:LABEL[:log] needs a toy-world concept ({', '.join(CONCEPTS)}), got {arg!r}")
+        log, sharp = _mode(mode, f"oracle:{label}")
         detect, _ = oracle_detector(device=device)
-        return lambda images, prompts: _penalty(detect(images.to(device))[label], mode == "log")
+        return lambda images, prompts: _penalty(detect(images.to(device))[label], log, sharp)
     if name == "learned":
         from unsee.reward_model import load_reward
         from unsee.reward_net import load_member_clips, member_scores

@@ -70,13 +70,13 @@ class BuildConfig:
     oracle_batch: int = field(128, help="Oracle batch size.")
     clip_steps: int = field(600, help="CLIP training steps.")
     clip_batch: int = field(256, help="CLIP batch size.")
-    unet_steps: int = field(6000, help="UNet training steps.")
+    unet_steps: int = field(9000, help="UNet training steps.")
     unet_batch: int = field(32, help="UNet batch size (on 2 cores, more small steps beat fewer large ones).")
     unet_lr: float = field(6e-4, help="UNet peak learning rate (warm-up then cosine to 10%).")
     unet_channels: tuple[int, ...] = field((32, 64, 96), help="UNet block_out_channels.")
     unet_ema_decay: float = field(0.997, help="EMA decay of the saved UNet weights (a window of ~1/(1-decay) steps).")
     text_width: int = field(64, help="CLIP width = the UNet's cross-attention dim.")
-    # The defaults are the shipped world's recipe (the seventh build); docs/results/toyworld.md says why each is so.
+    # The defaults are the shipped world's recipe (the twelfth build); docs/results/toyworld.md says why each is so.
     text_encoder_layers: int = field(
         4,
         help="Layers of the CLIP text tower the pipeline's text encoder keeps, 0-4: 4 mixes context into every "
@@ -98,7 +98,7 @@ class BuildConfig:
         "caption held; 0 trains CLIP's contrastive loss alone.",
     )
     pad_attributes: Literal["named", "none", "scene"] = field(
-        "named",
+        "scene",
         help="What the attribute loss asks of the padding states after the end-of-text token: 'named' (every "
         "attribute the caption named, so the padding sums up the caption), 'none' (no attribute: the padding "
         "carries no attribute linearly and the UNet must read each one at its words, as models with a frozen CLIP "
@@ -123,7 +123,7 @@ class BuildConfig:
         "artist's style is rare.",
     )
     unet_attn_full_res: bool = field(
-        False, help="Cross-attention at the 16x16 latent level too (default: 8x8 and 4x4 only)."
+        True, help="Cross-attention at the 16x16 latent level too, not at 8x8 and 4x4 only."
     )
     checkpoint_every: int = field(500, help="UNet checkpoint interval in steps.")
     prompts_per_set: int = field(40, help="Prompts per shipped prompt file.")
