@@ -163,7 +163,7 @@ def _term(name: str, arg: str | None, clip_spec: str, clip_target: str, unsafe_w
 
         label, _, mode = (arg or "").partition(":")
         if label not in CONCEPTS:
-            raise UnseeError(f"oracle:LABEL[:log] needs a toy-world concept ({', '.join(CONCEPTS)}), got {arg!r}")
+            raise UnseeError(f"oracle:LABEL[:log[@K]] needs a toy-world concept ({', '.join(CONCEPTS)}), got {arg!r}")
         log, sharp = _mode(mode, f"oracle:{label}")
         detect, _ = oracle_detector(device=device)
         return lambda images, prompts: _penalty(detect(images.to(device))[label], log, sharp)
