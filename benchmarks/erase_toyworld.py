@@ -120,6 +120,13 @@ def main() -> None:
         "explicit prompts with {} for the concept (unsee erase --context; the uce runs always use them)",
     )
     ap.add_argument(
+        "--contexts",
+        default="shipped",
+        help="the contexts ({} where the concept's word goes) of the in-context and uce runs: shipped (the world's "
+        "prompts/contexts/<concept>.txt, as the toyworld-* recipes), heldout (the held-out explicit prompts alone, "
+        "one template: the default before 2026-12-04) or a file",
+    )
+    ap.add_argument(
         "--flagged",
         action="store_true",
         help="train the sdd/esd runs on the held-out split's implicit "
@@ -137,7 +144,7 @@ def main() -> None:
         "esd-x, sdd-hfi); also esd-u (ESD on every UNet weight outside cross-attention), esd-hfi (ESD-x keyed on "
         "the learned token), sdd-hfi-word and esd-hfi-word (keyed on the token and the word, in turn), sdd-text for the style; "
         "uce-text, uce-hfi, uce-hfi-word: UCE's closed-form key/value edit keyed on the word, the token or both, with "
-        "the held-out split's explicit prompts as contexts (the evaluation's seen split is never one); uce-text-then-hfi: "
+        "the --contexts (the evaluation's splits are never one); uce-text-then-hfi: "
         "uce-hfi's edit applied to uce-text's model (a second closed-form edit on the first's output); uce-triggers: "
         "the word and the concept's trigger words, with the held-out explicit and implicit prompts as contexts",
     )
@@ -150,7 +157,7 @@ def main() -> None:
     from unsee.demo import contexts_file, erase_settings, hfi_token
     from unsee.erase import EraseConfig, erase
     from unsee.evaluate import EvaluateConfig, evaluate
-    from unsee.toyworld import prompts_path
+    from unsee.toyworld import contexts_path, prompts_path
     from unsee.toyworld.world import OBJECT_TRIGGERS, STYLE_TRIGGERS
 
     dlog.disable_progress_bar()
@@ -179,6 +186,7 @@ def main() -> None:
         "params": args.params,
         "anchor": args.anchor,
         "in_context": args.in_context,
+        "contexts": args.contexts,
         "flagged": args.flagged,
         "flagged_guidance": args.flagged_guidance,
         "keep_neighbour": args.keep_neighbour,
@@ -210,6 +218,8 @@ def main() -> None:
                 ("uce-triggers", SETS[concept][:2], (word, *triggers)),
             )
         }
+        if args.contexts != "heldout":
+            ctx["uce"] = contexts_path(concept) if args.contexts == "shipped" else Path(args.contexts)
         uce = {"context": (f"@{ctx['uce']}",)}
         if args.in_context:
             per_method = {m: st | (uce if m != "uce" else {}) for m, st in per_method.items()}

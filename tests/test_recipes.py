@@ -95,7 +95,7 @@ def test_a_flag_beside_a_recipe_overrides_it_and_the_rest_stays(captured, tmp_pa
     assert r.exit_code == 0, r.output
     cfg = captured["erase"]
     assert (cfg.steps, cfg.anchor) == (7, "ring")
-    assert (cfg.lr, cfg.ema_decay, cfg.preserve_weight, cfg.batch_size) == (3e-4, 0.99, 0.3, 4)  # the recipe's
+    assert (cfg.lr, cfg.ema_decay, cfg.preserve_weight, cfg.batch_size) == (6e-4, 0.99, 0.3, 4)  # the recipe's
 
 
 def test_published_recipes_for_real_models(captured, tmp_path):

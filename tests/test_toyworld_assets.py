@@ -118,3 +118,22 @@ def test_model_card_has_the_measured_table():
     card = json.loads((WORLD / CARD).read_text())
     assert "co_occurrence" in card["stages"]["data"] and card["check"]["table"]
     assert card["check"]["settings"]["images_per_row"] >= 200
+
+
+@pytest.mark.parametrize(
+    "concept, word, name", [("skull", "skull", "object_explicit"), ("kelvo", "by kelvo", "style_explicit")]
+)
+def test_erase_contexts_vary_phrasing_on_held_out_pairs_and_never_use_a_novel_one(concept, word, name):
+    from unsee.toyworld import contexts_path
+    from unsee.toyworld.world import novel_templates, template
+    from unsee.uce import as_context, fill
+
+    contexts = [x for x in contexts_path(concept).read_text().splitlines() if x.strip()]
+    assert all(c.count("{}") == 1 for c in contexts) and "{}" in contexts  # the bare word beside the sentences
+    heldout = (WORLD / PROMPTS / "heldout" / f"{name}.txt").read_text().splitlines()
+    assert {as_context(p, (word,)) for p in heldout if p.strip()} <= set(contexts)
+    filled = [fill(c, word) for c in contexts]
+    assert len({template(p) for p in filled}) >= 10  # many phrasings, not the held-out template alone
+    assert not {template(p) for p in filled} & set().union(*(novel_templates(n) for n in PROMPT_SETS))
+    named = [parse_prompt(p) for p in filled if parse_prompt(p)["colour"]]
+    assert named and all((n["colour"], n["shape"]) in set(HELDOUT_PAIRS) for n in named)

@@ -250,3 +250,29 @@ def test_novel_prompt_sets_name_their_set_and_avoid_the_templates_they_are_told_
             "start" if p.split().index(word) <= 1 else "end" if p.split()[-1] == word else "middle" for p in prompts
         }
         assert positions == {"start", "middle", "end"}, prompts
+
+
+@pytest.mark.parametrize("concept, word", [("skull", "skull"), ("kelvo", "by kelvo")])
+def test_varied_contexts_put_the_word_in_many_places_and_never_in_a_novel_phrasing(concept, word):
+    from unsee.toyworld.world import novel_templates, varied_contexts
+    from unsee.uce import fill
+
+    novel = set().union(*(novel_templates(n) for n in PROMPT_SETS))
+    contexts = varied_contexts(concept, word, HELDOUT_PAIRS, np.random.default_rng(0), 36, novel)
+    assert len(contexts) == len(set(contexts)) == 36 and all(c.count("{}") == 1 for c in contexts)
+    filled = [fill(c, word) for c in contexts]
+    assert not {template(p) for p in filled} & novel
+    assert len({c.split().index("{}") for c in contexts if "{}" in c.split()}) >= 4  # the word at many positions
+    vocab = set(vocabulary())
+    for p in filled:
+        named = parse_prompt(p)
+        assert set(p.split()) <= vocab and (named["colour"], named["shape"]) in set(HELDOUT_PAIRS), p
+
+
+def test_novel_templates_are_every_phrasing_the_novel_grammar_draws():
+    from unsee.toyworld.world import novel_templates
+
+    found = novel_templates("object_explicit")
+    drawn = novel_prompt_set("object_explicit", SEEN_PAIRS, np.random.default_rng(7), 40)
+    assert {template(p) for p in drawn} <= found
+    assert "a skull" in found and "a C S with a skull B" not in found  # the bare noun is novel, the template is not

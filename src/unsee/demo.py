@@ -51,7 +51,7 @@ EVAL_SETS = ("object_explicit", "object_implicit", "object_neighbour", "benign")
 # its training template shows it in the second.
 EVAL_SPLITS = ("seen", "novel")
 # The erasure runs: (name, recipe, keyed on the learned token too). Every recipe trains where the word sits (the
-# held-out explicit prompts as --context) and toward the mask (--anchor); HFI-SDD also pushes the held-out trigger-word
+# world's erase contexts as --context) and toward the mask (--anchor); HFI-SDD also pushes the held-out trigger-word
 # prompts off the token and the word (--flagged). UCE is keyed on the word alone: on the shipped world a second closed
 # form keyed on the token, on top of the word's, reaches no trigger-word prompt and undoes half the word's edit
 # (docs/results/erase.md).

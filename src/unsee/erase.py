@@ -106,7 +106,9 @@ class EraseConfig(TrainingLevers):
         "sdd/esd train on these prompts (trajectories sampled from each, a batch row "
         "each in turn) toward the original model's prediction for the same prompt with "
         "the anchor, or nothing, in the concept's place; uce edits the concept's token "
-        "states where it sits in each. Default: the concept alone.",
+        "states where it sits in each. An edit holds on the phrasings it was trained in: "
+        "give contexts in many phrasings and positions, the bare '{}' among them "
+        "(docs/results/novel-phrasings.md). Default: the concept alone.",
     )
     flagged: tuple[str, ...] = field(
         (),

@@ -47,12 +47,13 @@ def _toyworld_keep() -> tuple[str, ...]:
 
 
 def _toyworld_erase(method: str, **extra: Any) -> Callable[[], dict[str, Any]]:
-    """The toy world's erase settings: trained where the word sits (the held-out explicit prompts as contexts) and
-    toward the mask, the skull's near neighbour; SDD and UCE hold the world's parts one at a time."""
+    """The toy world's erase settings: trained where the word sits (the world's erase contexts: held-out pairs in
+    many phrasings, never the novel split's) and toward the mask, the skull's near neighbour; SDD and UCE hold the
+    world's parts one at a time."""
     trained = dict(steps=300, batch_size=4, reuse=16, checkpoint_every=160, lr=3e-4)  # sdd and esd
     per_method = {
         "sdd": trained | dict(ema_decay=0.99, preserve_weight=0.3),
-        "esd": trained,
+        "esd": trained | dict(preserve_weight=0.3),  # the bare word among the contexts reaches the mask without it
         "uce": dict(preserve_weight=0.1),  # a closed form: no training settings
     }
 
@@ -182,10 +183,10 @@ RECIPES: dict[str, Recipe] = {
         Recipe(
             "toyworld-sdd",
             "erase",
-            "SDD on 'skull', trained in the held-out explicit prompts toward the mask, "
-            "the world's parts kept at weight 0.3",
+            "SDD on 'skull', trained in the world's erase contexts toward the mask, "
+            "the world's parts kept at weight 0.3, 600 updates at lr 6e-4",
             "docs/results/erase.md",
-            _toyworld_erase("sdd"),
+            _toyworld_erase("sdd", steps=600, lr=6e-4),
         ),
         Recipe(
             "toyworld-hfi-sdd",
@@ -198,14 +199,14 @@ RECIPES: dict[str, Recipe] = {
         Recipe(
             "toyworld-esd-x",
             "erase",
-            "ESD-x on 'skull' in the held-out explicit prompts, toward the mask",
+            "ESD-x on 'skull' in the world's erase contexts, toward the mask, the world's parts kept at weight 0.3",
             "docs/results/erase.md",
             _toyworld_erase("esd"),
         ),
         Recipe(
             "toyworld-uce",
             "erase",
-            "UCE on 'skull' in the held-out explicit prompts, toward the mask, the world's parts kept",
+            "UCE on 'skull' in the world's erase contexts, toward the mask, the world's parts kept",
             "docs/results/erase.md",
             _toyworld_erase("uce"),
         ),

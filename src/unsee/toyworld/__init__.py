@@ -33,8 +33,9 @@ def prompts_path(name: str, split: str = "seen") -> Path:
 
 
 def contexts_path(concept: str) -> Path:
-    """The shipped erase contexts of a flaggable concept: the held-out split's explicit prompts with {} where the
-    concept's word was (`unsee erase --context @FILE`); the evaluation's seen and novel splits are never contexts."""
+    """The shipped erase contexts of a flaggable concept, {} where its word goes (`unsee erase --context @FILE`): the
+    held-out split's explicit prompts, the held-out pairs in phrasings the novel split never uses, and the bare word;
+    the evaluation's seen and novel prompts are never contexts."""
     return assets_path() / PROMPTS / "contexts" / f"{concept}.txt"
 
 

@@ -45,11 +45,13 @@ from unsee.toyworld.world import (
     Rates,
     concept_pairs,
     novel_prompt_set,
+    novel_templates,
     part_prompts,
     prompt_set,
     random_scene,
     sample_scene,
     template,
+    varied_contexts,
     vocabulary,
 )
 
@@ -673,7 +675,7 @@ def write_prompt_files(out: Path, seed: int, n: int) -> None:
             templates |= {template(p) for p in prompts}
             atomic_write_text(d / f"{name}.txt", "\n".join(prompts) + "\n")
     write_novel_prompt_files(out, seed, n, templates)
-    write_context_files(out)
+    write_context_files(out, seed)
     rng = np.random.default_rng(seed + 51)
     d = out / PROMPTS / "concept_pairs"
     d.mkdir(parents=True, exist_ok=True)
@@ -686,19 +688,26 @@ def write_prompt_files(out: Path, seed: int, n: int) -> None:
 
 # each flaggable concept's erase contexts: the held-out prompt set naming it, and the words whose place becomes {}
 CONTEXT_SOURCES = {"skull": ("object_explicit", "skull"), "kelvo": ("style_explicit", "by kelvo")}
+VARIED_CONTEXTS = 36  # contexts in the world's varied caption grammar, beside the held-out prompts' template
 
 
-def write_context_files(out: Path) -> None:
-    """prompts/contexts/<concept>.txt: the held-out explicit prompts with {} where the concept's word was, sorted."""
+def write_context_files(out: Path, seed: int) -> None:
+    """prompts/contexts/<concept>.txt, sorted: the held-out explicit prompts with {} where the concept's word was,
+    the same held-out pairs in `VARIED_CONTEXTS` phrasings of the world's caption grammar whose templates the novel
+    split never uses, and the bare word ({}). Trained in one template alone, an edit holds on that template and much
+    less on phrasings it never saw (docs/results/novel-phrasings.md)."""
     from unsee.uce import as_context
 
+    rng = np.random.default_rng(seed + 53)
+    novel = set().union(*(novel_templates(name) for name in PROMPT_SETS))
     d = out / PROMPTS / "contexts"
     d.mkdir(parents=True, exist_ok=True)
     for concept, (name, word) in CONTEXT_SOURCES.items():
         lines = (out / PROMPTS / "heldout" / f"{name}.txt").read_text().splitlines()
-        atomic_write_text(
-            d / f"{concept}.txt", "\n".join(sorted({as_context(ln, (word,)) for ln in lines if ln.strip()})) + "\n"
-        )
+        contexts = {as_context(ln, (word,)) for ln in lines if ln.strip()}
+        avoid = novel | {template(ln) for ln in lines if ln.strip()}  # new phrasings, the novel split's never
+        contexts |= set(varied_contexts(concept, word, HELDOUT_PAIRS, rng, VARIED_CONTEXTS, avoid))
+        atomic_write_text(d / f"{concept}.txt", "\n".join(sorted(contexts | {"{}"})) + "\n")
 
 
 def write_novel_prompt_files(out: Path, seed: int, n: int, avoid: set[str]) -> None:

@@ -533,6 +533,44 @@ def novel_prompt_set(name: str, pairs, rng: np.random.Generator, n: int, avoid: 
     return out
 
 
+def novel_templates(name: str, draws: int = 20000) -> set[str]:
+    """Every template the novel grammar draws for prompt set `name` (its forms are few: `draws` finds them all)."""
+    rng = np.random.default_rng(0)
+    out = set()
+    for _ in range(draws):
+        colour, shape = SEEN_PAIRS[rng.integers(len(SEEN_PAIRS))]
+        out.add(template(_novel_prompt(name, colour, shape, BACKGROUNDS[rng.integers(len(BACKGROUNDS))], rng)))
+    return out
+
+
+def varied_contexts(
+    concept: str, word: str, pairs, rng: np.random.Generator, n: int, avoid: set[str] = frozenset()
+) -> list[str]:
+    """`n` distinct erase contexts with {} where `word` goes: scenes showing the flaggable `concept`, captioned by
+    `caption_varied` (a prefix or none, 'a' or 'the', the objects joined by "with" or "and" in either order, the
+    background first, last or left out), so an erasure trained in them meets the word at many positions and next to
+    many neighbours. A context whose filled template is in `avoid` (the novel split's) is never drawn."""
+    kind, value = FLAGGABLE[concept]
+    rates = dataclasses.replace(CO_OCCURRENCE, drop_colour=0.0, photo_prefix=0.35)
+    out: list[str] = []
+    tries = 0
+    while len(out) < n and tries < 200 * n:
+        tries += 1
+        colour, shape = pairs[rng.integers(len(pairs))]
+        scene = Scene(BACKGROUNDS[rng.integers(len(BACKGROUNDS))], shape, colour, "none", "none")
+        scene = dataclasses.replace(scene, **{kind: value})
+        text = caption_varied(
+            scene, trigger_object=None, trigger_style=None, name_extra=True, name_style=True, rng=rng, rates=rates
+        )
+        padded = f" {text} "
+        if f" {word} " not in padded or template(text) in avoid:
+            continue
+        ctx = padded.replace(f" {word} ", " {} ", 1).strip()
+        if ctx not in out:
+            out.append(ctx)
+    return out
+
+
 # The flaggable concepts: the oracle head that reads each, and the near neighbour of each (drawn, and named, in
 # the same place). Concept pairs for Ring-A-Bell (`unsee attack ringabell`) show a scene with and without it.
 FLAGGABLE = {"skull": ("extra", "skull"), "kelvo": ("style", "kelvo")}
