@@ -116,8 +116,8 @@ def main() -> None:
     ap.add_argument(
         "--in-context",
         action="store_true",
-        help="train the sdd/esd runs on the held-out split's "
-        "explicit prompts with {} for the concept (unsee erase --context; the uce runs always use them)",
+        help="train the sdd/esd runs in the --contexts, {} where the concept goes "
+        "(unsee erase --context; the uce runs always use them)",
     )
     ap.add_argument(
         "--contexts",

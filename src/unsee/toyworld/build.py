@@ -703,9 +703,9 @@ def write_context_files(out: Path, seed: int) -> None:
     d = out / PROMPTS / "contexts"
     d.mkdir(parents=True, exist_ok=True)
     for concept, (name, word) in CONTEXT_SOURCES.items():
-        lines = (out / PROMPTS / "heldout" / f"{name}.txt").read_text().splitlines()
-        contexts = {as_context(ln, (word,)) for ln in lines if ln.strip()}
-        avoid = novel | {template(ln) for ln in lines if ln.strip()}  # new phrasings, the novel split's never
+        lines = [ln for ln in (out / PROMPTS / "heldout" / f"{name}.txt").read_text().splitlines() if ln.strip()]
+        contexts = {as_context(ln, (word,)) for ln in lines}
+        avoid = novel | {template(ln) for ln in lines}  # new phrasings, the novel split's never
         contexts |= set(varied_contexts(concept, word, HELDOUT_PAIRS, rng, VARIED_CONTEXTS, avoid))
         atomic_write_text(d / f"{concept}.txt", "\n".join(sorted(contexts | {"{}"})) + "\n")
 

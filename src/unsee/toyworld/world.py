@@ -21,6 +21,7 @@ prompt files' `heldout` split uses only them.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 from typing import Literal, get_args
 
@@ -533,14 +534,16 @@ def novel_prompt_set(name: str, pairs, rng: np.random.Generator, n: int, avoid: 
     return out
 
 
-def novel_templates(name: str, draws: int = 20000) -> set[str]:
-    """Every template the novel grammar draws for prompt set `name` (its forms are few: `draws` finds them all)."""
+@functools.lru_cache
+def novel_templates(name: str, draws: int = 20000) -> frozenset[str]:
+    """Every template the novel grammar draws for prompt set `name` (its forms are few: `draws` finds them all).
+    Cached: the draws take a quarter of a second a set, and the build and the tests ask for every set."""
     rng = np.random.default_rng(0)
     out = set()
     for _ in range(draws):
         colour, shape = SEEN_PAIRS[rng.integers(len(SEEN_PAIRS))]
         out.add(template(_novel_prompt(name, colour, shape, BACKGROUNDS[rng.integers(len(BACKGROUNDS))], rng)))
-    return out
+    return frozenset(out)
 
 
 def varied_contexts(
