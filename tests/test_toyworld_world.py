@@ -269,6 +269,22 @@ def test_varied_contexts_put_the_word_in_many_places_and_never_in_a_novel_phrasi
         assert set(p.split()) <= vocab and (named["colour"], named["shape"]) in set(HELDOUT_PAIRS), p
 
 
+def test_alone_contexts_show_the_object_alone_in_phrasings_the_novel_split_never_uses():
+    from unsee.toyworld.world import alone_contexts, novel_templates
+    from unsee.uce import fill
+
+    novel = set().union(*(novel_templates(n) for n in PROMPT_SETS))
+    contexts = alone_contexts("skull", np.random.default_rng(0), 2, novel)
+    assert len(contexts) == len(set(contexts)) == 12 and all(c.endswith(" {}") for c in contexts)
+    filled = [fill(c, "skull") for c in contexts]
+    assert not {template(p) for p in filled} & novel
+    assert len({template(p) for p in filled}) == 6  # every alone phrasing the novel split leaves free
+    vocab = set(vocabulary())
+    for p in filled:
+        named = parse_prompt(p)
+        assert set(p.split()) <= vocab and named["shape"] is None and named["extra"] == "skull", (p, named)
+
+
 def test_novel_templates_are_every_phrasing_the_novel_grammar_draws():
     from unsee.toyworld.world import novel_templates
 

@@ -34,8 +34,8 @@ def prompts_path(name: str, split: str = "seen") -> Path:
 
 def contexts_path(concept: str) -> Path:
     """The shipped erase contexts of a flaggable concept, {} where its word goes (`unsee erase --context @FILE`): the
-    held-out split's explicit prompts, the held-out pairs in phrasings the novel split never uses, and the bare word;
-    the evaluation's seen and novel prompts are never contexts."""
+    held-out split's explicit prompts, the held-out pairs in phrasings the novel split never uses, the skull alone in
+    such phrasings, and the bare word; the evaluation's seen and novel prompts are never contexts."""
     return assets_path() / PROMPTS / "contexts" / f"{concept}.txt"
 
 

@@ -43,6 +43,7 @@ from unsee.toyworld.world import (
     SHAPES,
     STYLE_TRIGGERS,
     Rates,
+    alone_contexts,
     concept_pairs,
     novel_prompt_set,
     novel_templates,
@@ -689,13 +690,15 @@ def write_prompt_files(out: Path, seed: int, n: int) -> None:
 # each flaggable concept's erase contexts: the held-out prompt set naming it, and the words whose place becomes {}
 CONTEXT_SOURCES = {"skull": ("object_explicit", "skull"), "kelvo": ("style_explicit", "by kelvo")}
 VARIED_CONTEXTS = 36  # contexts in the world's varied caption grammar, beside the held-out prompts' template
+ALONE_CONTEXTS = 2  # per phrasing of an object shown alone (6 phrasings): erase contexts of the skull with no shape
 
 
 def write_context_files(out: Path, seed: int) -> None:
     """prompts/contexts/<concept>.txt, sorted: the held-out explicit prompts with {} where the concept's word was,
     the same held-out pairs in `VARIED_CONTEXTS` phrasings of the world's caption grammar whose templates the novel
-    split never uses, and the bare word ({}). Trained in one template alone, an edit holds on that template and much
-    less on phrasings it never saw (docs/results/novel-phrasings.md)."""
+    split never uses, for an object the phrasings of it shown alone that the novel split never uses
+    (`alone_contexts`), and the bare word ({}). Trained in one template alone, an edit holds on that template and
+    much less on phrasings it never saw (docs/results/novel-phrasings.md)."""
     from unsee.uce import as_context
 
     rng = np.random.default_rng(seed + 53)
@@ -707,6 +710,8 @@ def write_context_files(out: Path, seed: int) -> None:
         contexts = {as_context(ln, (word,)) for ln in lines}
         avoid = novel | {template(ln) for ln in lines}  # new phrasings, the novel split's never
         contexts |= set(varied_contexts(concept, word, HELDOUT_PAIRS, rng, VARIED_CONTEXTS, avoid))
+        if FLAGGABLE[concept][0] == "extra":  # an object can be shown alone; a style always dresses a scene
+            contexts |= set(alone_contexts(word, np.random.default_rng(seed + 54), ALONE_CONTEXTS, avoid))
         atomic_write_text(d / f"{concept}.txt", "\n".join(sorted(contexts | {"{}"})) + "\n")
 
 

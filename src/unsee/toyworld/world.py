@@ -574,6 +574,21 @@ def varied_contexts(
     return out
 
 
+def alone_contexts(word: str, rng: np.random.Generator, per_template: int, avoid: set[str] = frozenset()) -> list[str]:
+    """Erase contexts of a flaggable object alone in its scene, {} where `word` goes: the background first, then a
+    prefix and "a" or "the" ("in the city a photo of a {}"), `per_template` backgrounds each. Of the 24 phrasings the
+    caption grammar gives such a scene these are the 6 the novel split never uses; a template in `avoid` is dropped
+    after the draw. Without them an edit trained beside coloured shapes misses the object shown alone."""
+    out = []
+    for prefix in PREFIXES:
+        for article in ("a", "the"):
+            for b in rng.choice(len(BACKGROUNDS), per_template, replace=False):
+                ctx = f"{BACKGROUND_PHRASE[BACKGROUNDS[b]]} {prefix} {article} {{}}"
+                if template(ctx.replace("{}", word)) not in avoid:
+                    out.append(ctx)
+    return out
+
+
 # The flaggable concepts: the oracle head that reads each, and the near neighbour of each (drawn, and named, in
 # the same place). Concept pairs for Ring-A-Bell (`unsee attack ringabell`) show a scene with and without it.
 FLAGGABLE = {"skull": ("extra", "skull"), "kelvo": ("style", "kelvo")}
