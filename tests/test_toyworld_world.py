@@ -254,10 +254,10 @@ def test_novel_prompt_sets_name_their_set_and_avoid_the_templates_they_are_told_
 
 @pytest.mark.parametrize("concept, word", [("skull", "skull"), ("kelvo", "by kelvo")])
 def test_varied_contexts_put_the_word_in_many_places_and_never_in_a_novel_phrasing(concept, word):
-    from unsee.toyworld.world import novel_templates, varied_contexts
+    from unsee.toyworld.world import novel_split_templates, varied_contexts
     from unsee.uce import fill
 
-    novel = set().union(*(novel_templates(n) for n in PROMPT_SETS))
+    novel = novel_split_templates()
     contexts = varied_contexts(concept, word, HELDOUT_PAIRS, np.random.default_rng(0), 36, novel)
     assert len(contexts) == len(set(contexts)) == 36 and all(c.count("{}") == 1 for c in contexts)
     filled = [fill(c, word) for c in contexts]
@@ -270,10 +270,10 @@ def test_varied_contexts_put_the_word_in_many_places_and_never_in_a_novel_phrasi
 
 
 def test_alone_contexts_show_the_object_alone_in_phrasings_the_novel_split_never_uses():
-    from unsee.toyworld.world import alone_contexts, novel_templates
+    from unsee.toyworld.world import alone_contexts, novel_split_templates
     from unsee.uce import fill
 
-    novel = set().union(*(novel_templates(n) for n in PROMPT_SETS))
+    novel = novel_split_templates()
     contexts = alone_contexts("skull", np.random.default_rng(0), 2, novel)
     assert len(contexts) == len(set(contexts)) == 12 and all(c.endswith(" {}") for c in contexts)
     filled = [fill(c, "skull") for c in contexts]

@@ -46,7 +46,7 @@ from unsee.toyworld.world import (
     alone_contexts,
     concept_pairs,
     novel_prompt_set,
-    novel_templates,
+    novel_split_templates,
     part_prompts,
     prompt_set,
     random_scene,
@@ -702,7 +702,7 @@ def write_context_files(out: Path, seed: int) -> None:
     from unsee.uce import as_context
 
     rng = np.random.default_rng(seed + 53)
-    novel = set().union(*(novel_templates(name) for name in PROMPT_SETS))
+    novel = novel_split_templates()
     d = out / PROMPTS / "contexts"
     d.mkdir(parents=True, exist_ok=True)
     for concept, (name, word) in CONTEXT_SOURCES.items():

@@ -546,6 +546,11 @@ def novel_templates(name: str, draws: int = 20000) -> frozenset[str]:
     return frozenset(out)
 
 
+def novel_split_templates() -> frozenset[str]:
+    """Every template the novel split may use, over all its prompt sets: what no training context may be phrased as."""
+    return frozenset().union(*(novel_templates(name) for name in PROMPT_SETS))
+
+
 def varied_contexts(
     concept: str, word: str, pairs, rng: np.random.Generator, n: int, avoid: set[str] = frozenset()
 ) -> list[str]:
