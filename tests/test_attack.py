@@ -319,3 +319,40 @@ def test_evaluate_attack_counts_pre_adversarial_and_post_attack_on_known_flags(t
 def _write(path, lines):
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def test_evaluate_refuses_an_inversion_against_weights_it_is_not_given(tmp_path, tiny_model_dir):
+    """A concept-inversion token belongs to the weights it was trained against: paired with none of the models
+    evaluated (say a model folder that moved), it is an error before any image is made, not a row silently left out."""
+    from unsee.attack import ATTACK_JSON, TOKEN_FILE, _prompt_rows
+    from unsee.evaluate import EvaluateConfig, evaluate
+
+    src = list(read_prompts(_write(tmp_path / "s.txt", ["a man"])))
+    folder = tmp_path / "invert-moved"
+    folder.mkdir()
+    (folder / SOURCE_CSV).write_text(_prompt_rows(src, ["a man"], 0))
+    (folder / PROMPTS_CSV).write_text(_prompt_rows(src, ["a <attack>"], 0))
+    (folder / TOKEN_FILE).write_bytes(b"")
+    (folder / ATTACK_JSON).write_text(json.dumps({"kind": "invert", "label": None, "model": str(tmp_path / "gone")}))
+    cfg = EvaluateConfig(
+        model=(str(tiny_model_dir),), prompts=(), attack=(str(folder),), out=str(tmp_path / "eval"), device="cpu"
+    )
+    with pytest.raises(UnseeError, match="concept inversion against .*gone.* not among the --model given"):
+        evaluate(cfg, progress=False)
+    assert not (tmp_path / "eval").exists()
+
+
+def test_the_demo_trains_an_inversion_again_when_its_model_is_elsewhere(tmp_path):
+    from unsee.attack import ATTACK_JSON
+    from unsee.demo import _stale_inversion
+    from unsee.models import model_id
+
+    model = tmp_path / "models" / "esd-x"
+    model.mkdir(parents=True)
+    folder = tmp_path / "invert-esd-x"
+    assert not _stale_inversion(folder, str(model))  # nothing there yet: trained as usual
+    folder.mkdir()
+    (folder / ATTACK_JSON).write_text(json.dumps({"kind": "invert", "model": model_id(str(model))}))
+    assert not _stale_inversion(folder, str(model))
+    (folder / ATTACK_JSON).write_text(json.dumps({"kind": "invert", "model": "/runs/demo/models/esd-x"}))
+    assert _stale_inversion(folder, str(model))

@@ -422,6 +422,38 @@ def test_flagged_prompts_move_off_the_concept(tiny_model_dir, tmp_path, method):
     assert info["config"]["flagged"] == [flagged] and summary["unet_passes_per_update"] > 0
 
 
+def test_flagged_prompts_move_off_the_concept_toward_the_anchor(tiny_model_dir, tmp_path):
+    """With --anchor, a flagged prompt's base is itself with the anchor named after it: eps*(p a) - eta (eps*(p c) -
+    eps*(p a)), so a prompt that already draws the concept is moved toward the anchor, not held where it was."""
+    kw = dict(steps=40, reuse=8, checkpoint_every=40, lr=1e-3, ema_decay=0.5, flagged_guidance=2.0)
+    flagged = "a scary animal at night"
+    erase(_cfg(tiny_model_dir, tmp_path / "flag", flagged=(flagged,), anchor="a blue dog", **kw), progress=False)
+    _, pa = _kv_and_eps(tiny_model_dir, f"{flagged} a blue dog")
+    _, pc = _kv_and_eps(tiny_model_dir, f"{flagged} a red cat")
+    _, p = _kv_and_eps(tiny_model_dir, flagged)
+    target, unanchored = pa - 2.0 * (pc - pa), p - 2.0 * (pc - p)
+    _, flag = _kv_and_eps(tmp_path / "flag", flagged)
+    assert (flag - target).norm() < 0.8 * (p - target).norm() and (flag - target).norm() < (flag - unanchored).norm()
+
+
+def test_with_a_word_a_token_and_flagged_prompts_the_word_keys_the_contexts_and_the_token_the_flagged(tmp_path):
+    """The word where a prompt names the concept, the token where it shows it unnamed; without flagged prompts both
+    key every context."""
+    from unsee.erase import EraseConfig, row_keys, training_prompts
+
+    def cfg(**kw):
+        return EraseConfig(model="m", out=str(tmp_path / "o"), concept=("skull",), context=("a {} at night",), **kw)
+
+    both = cfg(token=str(tmp_path / "t.safetensors"), flagged=("a spooky night",), anchor="mask")
+    assert row_keys(both, ["skull", "<t>"]) == (["skull"], ["<t>"])
+    assert training_prompts(both, ["skull", "<t>"]) == sorted(
+        ["a skull at night", "a mask at night", "a spooky night", "a spooky night <t>", "a spooky night mask"]
+    )
+    no_flagged = cfg(token=str(tmp_path / "t.safetensors"))
+    assert row_keys(no_flagged, ["skull", "<t>"]) == (["skull", "<t>"], ["skull", "<t>"])
+    assert row_keys(cfg(flagged=("a spooky night",)), ["skull"]) == (["skull"], ["skull"])
+
+
 @pytest.mark.parametrize("anchor", ["blue", "a very blue", ""])
 def test_uce_rows_run_from_the_concept_through_the_padding_aligned_on_its_end(tiny_model_dir, anchor):
     """With a text encoder that mixes context (the tiny one has layers), the states after the concept carry it: the

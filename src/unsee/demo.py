@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,9 +53,9 @@ EVAL_SETS = ("object_explicit", "object_implicit", "object_neighbour", "benign")
 EVAL_SPLITS = ("seen", "novel")
 # The erasure runs: (name, recipe, keyed on the learned token too). Every recipe trains where the word sits (the
 # world's erase contexts as --context) and toward the mask (--anchor); HFI-SDD also pushes the held-out trigger-word
-# prompts off the token and the word (--flagged). UCE is keyed on the word alone: on the shipped world a second closed
-# form keyed on the token, on top of the word's, reaches no trigger-word prompt and undoes half the word's edit
-# (docs/results/erase.md).
+# prompts off the learned token toward the mask (--flagged). UCE is keyed on the word alone: on the shipped world a
+# second closed form keyed on the token, on top of the word's, reaches no trigger-word prompt and undoes half the
+# word's edit (docs/results/erase.md).
 ERASE_RUNS: tuple[tuple[str, str, bool], ...] = (
     ("sdd-text", "toyworld-sdd", False),
     ("sdd-hfi", "toyworld-hfi-sdd", True),
@@ -335,6 +336,9 @@ def _attack_all(d: Path, models: dict[str, str], progress: bool, say: Callable[[
             continue
         say(f"6/7 attack: concept inversion against {name}")
         folder = d / f"invert-{name}"
+        if _stale_inversion(folder, model):
+            say(f"6/7 attack: {folder} was trained against weights that are elsewhere now; training it again")
+            shutil.rmtree(folder)
         if not (folder / ATTACK_JSON).exists():
             concept_inversion(
                 AttackInvertConfig(
@@ -350,6 +354,16 @@ def _attack_all(d: Path, models: dict[str, str], progress: bool, say: Callable[[
             )
         folders.append(folder)
     return [str(f) for f in folders]
+
+
+def _stale_inversion(folder: Path, model: str) -> bool:
+    """A finished inversion attack against a model at another path (a demo folder copied or moved): its token is
+    kept for the weights it was trained against, so evaluate would not pair it with `model`; it is trained again."""
+    from unsee.attack import ATTACK_JSON
+    from unsee.models import model_id
+
+    path = folder / ATTACK_JSON
+    return path.exists() and json.loads(path.read_text()).get("model") != model_id(model)
 
 
 def _evaluate(

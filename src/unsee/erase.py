@@ -12,8 +12,8 @@ With `--anchor TEXT` the concept is replaced by that text instead of by nothing
 hold), ESD's is eps*(z_t, t, a) - eta (eps*(z_t, t, c) - eps*(z_t, t, a)).
 With `--context` the concept is trained where it sits in whole prompts, and the anchor is the same prompt with
 the anchor text (or nothing) in its place; `--flagged` prompts show the concept without naming it and are trained
-toward the original's prediction for themselves pushed away from the concept (ESD's guidance, keyed on the word or
-token named after the prompt). UCE (`--method uce`) is the closed form in `unsee.uce`, no training.
+toward the original's prediction for themselves with the anchor named after them, pushed away from the concept
+(ESD's guidance, keyed on the token named after the prompt, or the word without one). UCE (`--method uce`) is the closed form in `unsee.uce`, no training.
 Cost: by default (`reuse` 1) every update samples fresh trajectories up to the
 step k it trains at, as the public codes do. With `reuse` N, `batch_size`
 trajectories are sampled at once with every DDIM step kept and the next N updates
@@ -89,8 +89,9 @@ class EraseConfig(TrainingLevers):
     token: str | None = field(
         None,
         help="A learned token file from `unsee invert` to erase (HFI); with --concept too, "
-        "both are erased, one per update in turn (the word where a prompt names the "
-        "concept, the token where it shows it unnamed).",
+        "both are erased, one per update in turn; with --flagged prompts as well, the word "
+        "keys the contexts (where a prompt names the concept) and the token the flagged "
+        "prompts (where it shows it unnamed).",
     )
     anchor: str | None = field(
         None,
@@ -115,8 +116,8 @@ class EraseConfig(TrainingLevers):
         help="A prompt whose images show the concept without naming it (repeatable; "
         "@FILE reads one a line), e.g. the prompts of the images people flagged (HFI). "
         "sdd/esd train each such prompt p too, toward the original model's prediction for "
-        "it guided away from the concept: eps*(p) - eta (eps*(p + ' ' + concept) - eps*(p)), "
-        "eta = --flagged-guidance. An edit keyed on the word or the token reaches a prompt "
+        "it guided away from the concept: eps*(b) - eta (eps*(p + ' ' + concept) - eps*(b)), "
+        "b = p + ' ' + anchor with --anchor, else p; eta = --flagged-guidance. An edit keyed on the word or the token reaches a prompt "
         "that never holds either only through what the two share "
         "(docs/results/erase.md). The concept's own rows then train as with "
         "--context '{}' when no --context is given.",
@@ -264,12 +265,25 @@ class EraseConfig(TrainingLevers):
         return _expand(self.context) or ["{}"]
 
 
+def row_keys(cfg: EraseConfig, concepts: list[str]) -> tuple[list[str], list[str]]:
+    """Which concepts key the contexts' rows and which the flagged prompts' rows. With words, a learned token and
+    flagged prompts together, the word where a prompt names the concept and the token where it shows it unnamed:
+    crossing every context with the token too would spread a run's updates over twice the rows, and the token's
+    rows in contexts add nothing the word's do not (docs/results/novel-phrasings.md). Otherwise every concept
+    keys both."""
+    if cfg.token and cfg.concept and cfg.flagged:
+        return concepts[:-1], concepts[-1:]  # the token is loaded last
+    return concepts, concepts
+
+
 def training_prompts(cfg: EraseConfig, concepts: list[str]) -> list[str]:
     """Every prompt an erase run conditions on: the concept in each context and the anchor in its place, the flagged
-    prompts with and without the concept named after them, and the kept prompts."""
+    prompts alone, with the concept named after them and with the anchor, and the kept prompts."""
     contexts = cfg.context_prompts()
-    own = [fill(ctx, x) for ctx in contexts for x in [*concepts, cfg.anchor or ""]]
-    own += [q for p in cfg.flagged_prompts() for q in (p, *(f"{p} {x}" for x in concepts))]
+    named, unnamed = row_keys(cfg, concepts)
+    own = [fill(ctx, x) for ctx in contexts for x in [*named, cfg.anchor or ""]]
+    after = [*unnamed, *([cfg.anchor] if cfg.anchor else [])]
+    own += [q for p in cfg.flagged_prompts() for q in (p, *(f"{p} {x}" for x in after))]
     if contexts == ["{}"] and not cfg.flagged:
         own.append(", ".join(concepts))  # the bare-concept run samples from all concepts at once
     return lineage([p for p in own + cfg.preserve_prompts() if p], model=cfg.model, token=cfg.token)
@@ -313,10 +327,13 @@ def training_rows(pipe, cfg: EraseConfig, concepts: list[str], uncond: torch.Ten
         # sampling prompt: all concepts; training prompts: one concept per update, cycled
         return Rows(encode_text(pipe, concepts), anchor, sample=encode_text(pipe, [", ".join(concepts)]))
     # rows (context x concept): trajectories are sampled from each row's prompt and trained on it, toward the same
-    # context with the anchor, or nothing, in the concept's place; a flagged prompt is its own base, pushed away from
-    # itself with the concept named after it (the third prompt)
-    named = [(fill(ctx, x), fill(ctx, cfg.anchor or ""), None) for ctx in contexts for x in concepts]
-    unnamed = [(p, p, f"{p} {x}") for p in flagged for x in concepts]
+    # context with the anchor, or nothing, in the concept's place. A flagged prompt has no word to replace: its base
+    # is itself with the anchor named after it (or itself alone), pushed away from itself with the concept named
+    # after it (the third prompt). Against its own prediction as the base the push is weak where the prompt already
+    # draws the concept, and those rows then hold the concept against the named rows' edit.
+    words, tokens = row_keys(cfg, concepts)
+    named = [(fill(ctx, x), fill(ctx, cfg.anchor or ""), None) for ctx in contexts for x in words]
+    unnamed = [(p, f"{p} {cfg.anchor}" if cfg.anchor else p, f"{p} {x}") for p in flagged for x in tokens]
     # the two kinds alternate, so that a short run, which cycles through the rows in order, trains both
     rows = [r for pair in itertools.zip_longest(named, unnamed) for r in pair if r is not None]
     out = Rows(encode_text(pipe, [r[0] for r in rows]), encode_text(pipe, [r[1] for r in rows]))

@@ -291,6 +291,13 @@ def evaluate(cfg: EvaluateConfig, *, progress: bool = True) -> dict[str, Any]:
     # Everything that can fail on bad input fails before any image is made.
     judges = _load_judges(cfg, device)
     attacks = _read_attacks(cfg)
+    evaluated = {model_id(m) for m in cfg.model}
+    for attack in attacks.values():
+        if attack["kind"] == "invert" and attack["model"] not in evaluated:
+            raise UnseeError(
+                f"attack folder {attack['folder']!r} is a concept inversion against {attack['model']!r}, which is "
+                "not among the --model given; add that model, or rerun the attack against the model where it is now"
+            )
 
     results: dict[str, dict[str, Any]] = {}
     grids: dict[str, dict[str, list[dict]]] = {s: {} for s in sets}

@@ -193,10 +193,10 @@ RECIPES: dict[str, Recipe] = {
         Recipe(
             "toyworld-hfi-sdd",
             "erase",
-            "HFI-SDD: toyworld-sdd keyed on the learned token too (give --token), the "
-            "held-out trigger-word prompts pushed off it (--flagged, eta 8), 600 updates",
+            "HFI-SDD: toyworld-sdd with the held-out trigger-word prompts pushed off the learned "
+            "token (give --token) toward the mask (--flagged, eta 2), the world's parts kept at weight 1",
             "docs/results/erase.md",
-            _toyworld_erase("sdd", flagged=True, flagged_guidance=8.0, steps=600, preserve_weight=2.0),
+            _toyworld_erase("sdd", flagged=True, flagged_guidance=2.0, steps=1200, lr=6e-4, preserve_weight=1.0),
         ),
         Recipe(
             "toyworld-esd-x",
