@@ -13,7 +13,8 @@ hold), ESD's is eps*(z_t, t, a) - eta (eps*(z_t, t, c) - eps*(z_t, t, a)).
 With `--context` the concept is trained where it sits in whole prompts, and the anchor is the same prompt with
 the anchor text (or nothing) in its place; `--flagged` prompts show the concept without naming it and are trained
 toward the original's prediction for themselves with the anchor named after them, pushed away from the concept
-(ESD's guidance, keyed on the token named after the prompt, or the word without one). UCE (`--method uce`) is the closed form in `unsee.uce`, no training.
+(ESD's guidance, keyed on the token named after the prompt, or the word without one). UCE (`--method uce`) is the
+closed form in `unsee.uce`, no training.
 Cost: by default (`reuse` 1) every update samples fresh trajectories up to the
 step k it trains at, as the public codes do. With `reuse` N, `batch_size`
 trajectories are sampled at once with every DDIM step kept and the next N updates
@@ -117,8 +118,9 @@ class EraseConfig(TrainingLevers):
         "@FILE reads one a line), e.g. the prompts of the images people flagged (HFI). "
         "sdd/esd train each such prompt p too, toward the original model's prediction for "
         "it guided away from the concept: eps*(b) - eta (eps*(p + ' ' + concept) - eps*(b)), "
-        "b = p + ' ' + anchor with --anchor, else p; eta = --flagged-guidance. An edit keyed on the word or the token reaches a prompt "
-        "that never holds either only through what the two share "
+        "b = p + ' ' + anchor with --anchor, else p; eta = --flagged-guidance. An edit "
+        "keyed on the word or the token reaches a prompt that never holds either only "
+        "through what the two share "
         "(docs/results/erase.md). The concept's own rows then train as with "
         "--context '{}' when no --context is given.",
     )
