@@ -281,13 +281,10 @@ def row_keys(cfg: EraseConfig, concepts: list[str]) -> tuple[list[str], list[str
 def training_prompts(cfg: EraseConfig, concepts: list[str]) -> list[str]:
     """Every prompt an erase run conditions on: the concept in each context and the anchor in its place, the flagged
     prompts alone, with the concept named after them and with the anchor, and the kept prompts."""
-    contexts = cfg.context_prompts()
-    named, unnamed = row_keys(cfg, concepts)
-    own = [fill(ctx, x) for ctx in contexts for x in [*named, cfg.anchor or ""]]
-    after = [*unnamed, *([cfg.anchor] if cfg.anchor else [])]
-    own += [q for p in cfg.flagged_prompts() for q in (p, *(f"{p} {x}" for x in after))]
-    if contexts == ["{}"] and not cfg.flagged:
-        own.append(", ".join(concepts))  # the bare-concept run samples from all concepts at once
+    if cfg.context_prompts() == ["{}"] and not cfg.flagged:  # the bare-concept run samples from all of them at once
+        own = [*concepts, cfg.anchor or "", ", ".join(concepts)]
+    else:
+        own = [text for row in row_texts(cfg, concepts) for text in row if text]
     return lineage([p for p in own + cfg.preserve_prompts() if p], model=cfg.model, token=cfg.token)
 
 
@@ -321,6 +318,20 @@ class Rows:
         return self.sample is None
 
 
+def row_texts(cfg: EraseConfig, concepts: list[str]) -> list[tuple[str, str, str | None]]:
+    """The in-context rows as text: (prompt, the target's base, the prompt to push away from, for a flagged row)."""
+    # rows (context x concept): trajectories are sampled from each row's prompt and trained on it, toward the same
+    # context with the anchor, or nothing, in the concept's place. A flagged prompt has no word to replace: its base
+    # is itself with the anchor named after it (or itself alone), pushed away from itself with the concept named
+    # after it (the third prompt). Against its own prediction as the base the push is weak where the prompt already
+    # draws the concept, and those rows then hold the concept against the named rows' edit.
+    words, tokens = row_keys(cfg, concepts)
+    named = [(fill(ctx, x), fill(ctx, cfg.anchor or ""), None) for ctx in cfg.context_prompts() for x in words]
+    unnamed = [(p, f"{p} {cfg.anchor}" if cfg.anchor else p, f"{p} {x}") for p in cfg.flagged_prompts() for x in tokens]
+    # the two kinds alternate, so that a short run, which cycles through the rows in order, trains both
+    return [r for pair in itertools.zip_longest(named, unnamed) for r in pair if r is not None]
+
+
 def training_rows(pipe, cfg: EraseConfig, concepts: list[str], uncond: torch.Tensor) -> Rows:
     """The rows of `Rows` for these settings, encoded."""
     contexts, flagged = cfg.context_prompts(), cfg.flagged_prompts()
@@ -328,16 +339,7 @@ def training_rows(pipe, cfg: EraseConfig, concepts: list[str], uncond: torch.Ten
         anchor = encode_text(pipe, [cfg.anchor]) if cfg.anchor is not None else uncond  # what the targets use
         # sampling prompt: all concepts; training prompts: one concept per update, cycled
         return Rows(encode_text(pipe, concepts), anchor, sample=encode_text(pipe, [", ".join(concepts)]))
-    # rows (context x concept): trajectories are sampled from each row's prompt and trained on it, toward the same
-    # context with the anchor, or nothing, in the concept's place. A flagged prompt has no word to replace: its base
-    # is itself with the anchor named after it (or itself alone), pushed away from itself with the concept named
-    # after it (the third prompt). Against its own prediction as the base the push is weak where the prompt already
-    # draws the concept, and those rows then hold the concept against the named rows' edit.
-    words, tokens = row_keys(cfg, concepts)
-    named = [(fill(ctx, x), fill(ctx, cfg.anchor or ""), None) for ctx in contexts for x in words]
-    unnamed = [(p, f"{p} {cfg.anchor}" if cfg.anchor else p, f"{p} {x}") for p in flagged for x in tokens]
-    # the two kinds alternate, so that a short run, which cycles through the rows in order, trains both
-    rows = [r for pair in itertools.zip_longest(named, unnamed) for r in pair if r is not None]
+    rows = row_texts(cfg, concepts)
     out = Rows(encode_text(pipe, [r[0] for r in rows]), encode_text(pipe, [r[1] for r in rows]))
     if flagged:
         out.away = encode_text(pipe, [r[2] or r[0] for r in rows])
