@@ -98,6 +98,41 @@ def test_a_flag_beside_a_recipe_overrides_it_and_the_rest_stays(captured, tmp_pa
     assert (cfg.lr, cfg.ema_decay, cfg.preserve_weight, cfg.batch_size) == (6e-4, 0.99, 0.3, 4)  # the recipe's
 
 
+@pytest.mark.parametrize(
+    "name, method, held",
+    [
+        ("toyworld-sdd-kelvo", "sdd", ("benign", "style_neighbour")),
+        ("toyworld-esd-x-kelvo", "esd", ("benign", "style_neighbour")),
+        ("toyworld-uce-kelvo", "uce", ("benign",)),
+    ],
+)
+def test_the_style_recipes_erase_kelvo_toward_ravo_holding_scenes_no_evaluation_reads(
+    captured, tmp_path, name, method, held
+):
+    from unsee.erase import training_prompts
+    from unsee.prompts import read_prompts
+    from unsee.provenance import overlap
+    from unsee.toyworld import prompts_path
+
+    r = _run("erase", "--recipe", name, "--model", "toyworld", "--out", str(tmp_path / "k"))
+    assert r.exit_code == 0, r.output
+    cfg = captured["erase"]
+    assert (cfg.method, cfg.concept, cfg.anchor, cfg.preserve_weight) == (method, ("kelvo",), "ravo", 1.0)
+    assert cfg.context_prompts()[0].endswith("{}") and not any("kelvo" in p for p in cfg.context_prompts())
+    kept = cfg.preserve_prompts()
+    for split in held:  # scenes without a style, and (trained recipes) the neighbour's scenes
+        assert {p.text for p in read_prompts(prompts_path(split, "heldout"))} <= set(kept), split
+    assert ("style_neighbour" in held) == any(p.endswith(" by ravo") and p != "a scene by ravo" for p in kept)
+    assert {"a scene by ravo", "a red object", ""} <= set(kept)
+    # neither split the evaluation reads is trained on: the novel split not even in phrasing
+    trained = set(training_prompts(cfg, ["kelvo"]))
+    for prompts in ("style_explicit", "style_implicit", "style_neighbour", "benign"):
+        novel = [p.text for p in read_prompts(prompts_path(prompts, "novel"))]
+        assert overlap(novel, trained)["trained_phrasings"] == 0, prompts
+        seen = [p.text for p in read_prompts(prompts_path(prompts, "seen"))]
+        assert overlap(seen, trained)["trained_prompts"] == 0, prompts
+
+
 def test_published_recipes_for_real_models(captured, tmp_path):
     assert _run("erase", "--recipe", "esd-u", "--model", "m", "--concept", "nudity", "--out", "o").exit_code == 0
     cfg = captured["erase"]

@@ -46,10 +46,19 @@ def _toyworld_keep() -> tuple[str, ...]:
     return tuple(part_prompts())
 
 
-def _toyworld_erase(method: str, **extra: Any) -> Callable[[], dict[str, Any]]:
+# what the style's recipes hold besides the world's parts: scenes without a style, and the neighbour's scenes
+_STYLE_KEEP = ("benign", "style_neighbour")
+
+# each flaggable concept's near neighbour, which its erasures train toward
+_TOYWORLD_NEIGHBOUR = {"skull": "mask", "kelvo": "ravo"}
+
+
+def _toyworld_erase(method: str, concept: str = "skull", **extra: Any) -> Callable[[], dict[str, Any]]:
     """The toy world's erase settings: trained where the word sits (the world's erase contexts: held-out pairs in
-    many phrasings, never the novel split's) and toward the mask, the skull's near neighbour; SDD and UCE hold the
-    world's parts one at a time."""
+    many phrasings, never the novel split's) and toward the concept's near neighbour; the world's parts are held one
+    at a time. `keep_heldout` also holds those held-out prompt sets: a style erased toward its neighbour otherwise
+    leaks the neighbour's style into scenes that name no style, through the scene words the contexts share, and
+    draws the neighbour so strongly where it is named that the scene's colour and shape are lost."""
     trained = dict(steps=300, batch_size=4, reuse=16, checkpoint_every=160, lr=3e-4)  # sdd and esd
     per_method = {
         "sdd": trained | dict(ema_decay=0.99, preserve_weight=0.3),
@@ -64,14 +73,16 @@ def _toyworld_erase(method: str, **extra: Any) -> Callable[[], dict[str, Any]]:
 
         s = dict(
             method=method,
-            concept=("skull",),
-            anchor="mask",
-            context=(f"@{contexts_path('skull')}",),
+            concept=(concept,),
+            anchor=_TOYWORLD_NEIGHBOUR[concept],
+            context=(f"@{contexts_path(concept)}",),
             **per_method[method],
         )
         if s.get("preserve_weight"):
             s["preserve"] = _toyworld_keep()
         s |= extra
+        if keep := s.pop("keep_heldout", ()):
+            s["preserve"] = (*s["preserve"], *(f"@{prompts_path(k, 'heldout')}" for k in keep))
         if s.pop("flagged", False):
             s["flagged"] = (f"@{prompts_path('object_implicit', 'heldout')}",)
         return s
@@ -206,11 +217,36 @@ RECIPES: dict[str, Recipe] = {
             _toyworld_erase("esd"),
         ),
         Recipe(
+            "toyworld-sdd-kelvo",
+            "erase",
+            "SDD on the style 'kelvo' in its erase contexts, toward ravo, its near neighbour; the world's parts and "
+            "the held-out benign and ravo scenes kept at weight 1, 1200 updates at lr 6e-4",
+            "docs/results/novel-phrasings.md",
+            _toyworld_erase("sdd", "kelvo", steps=1200, lr=6e-4, preserve_weight=1.0, keep_heldout=_STYLE_KEEP),
+        ),
+        Recipe(
+            "toyworld-esd-x-kelvo",
+            "erase",
+            "ESD-x on the style 'kelvo' in its erase contexts, toward ravo, its near neighbour; the world's parts and "
+            "the held-out benign and ravo scenes kept at weight 1",
+            "docs/results/novel-phrasings.md",
+            _toyworld_erase("esd", "kelvo", preserve_weight=1.0, keep_heldout=_STYLE_KEEP),
+        ),
+        Recipe(
             "toyworld-uce",
             "erase",
             "UCE on 'skull' in the world's erase contexts, toward the mask, the world's parts kept at weight 1",
             "docs/results/erase.md",
             _toyworld_erase("uce"),
+        ),
+        Recipe(
+            "toyworld-uce-kelvo",
+            "erase",
+            "UCE on the style 'kelvo' in its erase contexts, toward ravo; the world's parts and the held-out benign "
+            "scenes kept at weight 1",
+            "docs/results/novel-phrasings.md",
+            # not ravo's scenes: in the closed form they also hold the states the trigger words share with them
+            _toyworld_erase("uce", "kelvo", keep_heldout=("benign",)),
         ),
         Recipe(
             "toyworld-ddpo",
