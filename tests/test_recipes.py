@@ -99,15 +99,15 @@ def test_a_flag_beside_a_recipe_overrides_it_and_the_rest_stays(captured, tmp_pa
 
 
 @pytest.mark.parametrize(
-    "name, method, held",
+    "name, method, weight, held",
     [
-        ("toyworld-sdd-kelvo", "sdd", ("benign", "style_neighbour")),
-        ("toyworld-esd-x-kelvo", "esd", ("benign", "style_neighbour")),
-        ("toyworld-uce-kelvo", "uce", ("benign",)),
+        ("toyworld-sdd-kelvo", "sdd", 1.0, ("benign", "style_neighbour")),
+        ("toyworld-esd-x-kelvo", "esd", 2.0, ("benign", "style_neighbour")),
+        ("toyworld-uce-kelvo", "uce", 1.0, ("benign",)),
     ],
 )
 def test_the_style_recipes_erase_kelvo_toward_ravo_holding_scenes_no_evaluation_reads(
-    captured, tmp_path, name, method, held
+    captured, tmp_path, name, method, weight, held
 ):
     from unsee.erase import training_prompts
     from unsee.prompts import read_prompts
@@ -117,7 +117,7 @@ def test_the_style_recipes_erase_kelvo_toward_ravo_holding_scenes_no_evaluation_
     r = _run("erase", "--recipe", name, "--model", "toyworld", "--out", str(tmp_path / "k"))
     assert r.exit_code == 0, r.output
     cfg = captured["erase"]
-    assert (cfg.method, cfg.concept, cfg.anchor, cfg.preserve_weight) == (method, ("kelvo",), "ravo", 1.0)
+    assert (cfg.method, cfg.concept, cfg.anchor, cfg.preserve_weight) == (method, ("kelvo",), "ravo", weight)
     assert cfg.context_prompts()[0].endswith("{}") and not any("kelvo" in p for p in cfg.context_prompts())
     kept = cfg.preserve_prompts()
     for split in held:  # scenes without a style, and (trained recipes) the neighbour's scenes

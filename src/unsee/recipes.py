@@ -228,9 +228,10 @@ RECIPES: dict[str, Recipe] = {
             "toyworld-esd-x-kelvo",
             "erase",
             "ESD-x on the style 'kelvo' in its erase contexts, toward ravo, its near neighbour; the world's parts and "
-            "the held-out benign and ravo scenes kept at weight 1",
+            "the held-out benign and ravo scenes kept at weight 2",
             "docs/results/novel-phrasings.md",
-            _toyworld_erase("esd", "kelvo", preserve_weight=1.0, keep_heldout=_STYLE_KEEP),
+            # at weight 1 benign colour sits 3 points under the base's; 2 keeps it for a smaller trigger-word cut
+            _toyworld_erase("esd", "kelvo", preserve_weight=2.0, keep_heldout=_STYLE_KEEP),
         ),
         Recipe(
             "toyworld-uce",
