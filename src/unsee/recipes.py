@@ -49,9 +49,6 @@ def _toyworld_keep() -> tuple[str, ...]:
 # what the style's recipes hold besides the world's parts: scenes without a style, and the neighbour's scenes
 _STYLE_KEEP = ("benign", "style_neighbour")
 
-# each flaggable concept's near neighbour, which its erasures train toward
-_TOYWORLD_NEIGHBOUR = {"skull": "mask", "kelvo": "ravo"}
-
 
 def _toyworld_erase(method: str, concept: str = "skull", **extra: Any) -> Callable[[], dict[str, Any]]:
     """The toy world's erase settings: trained where the word sits (the world's erase contexts: held-out pairs in
@@ -70,11 +67,12 @@ def _toyworld_erase(method: str, concept: str = "skull", **extra: Any) -> Callab
 
     def settings() -> dict[str, Any]:
         from unsee.toyworld import contexts_path, prompts_path
+        from unsee.toyworld.world import NEIGHBOURS
 
         s = dict(
             method=method,
             concept=(concept,),
-            anchor=_TOYWORLD_NEIGHBOUR[concept],
+            anchor=NEIGHBOURS[concept],  # its near neighbour
             context=(f"@{contexts_path(concept)}",),
             **per_method[method],
         )
