@@ -102,6 +102,7 @@ def test_a_flag_beside_a_recipe_overrides_it_and_the_rest_stays(captured, tmp_pa
     "name, method, weight, held",
     [
         ("toyworld-sdd-kelvo", "sdd", 1.0, ("benign", "style_neighbour")),
+        ("toyworld-hfi-sdd-kelvo", "sdd", 1.0, ("benign", "style_neighbour")),
         ("toyworld-esd-x-kelvo", "esd", 2.0, ("benign", "style_neighbour")),
         ("toyworld-uce-kelvo", "uce", 1.0, ("benign",)),
     ],
@@ -124,6 +125,9 @@ def test_the_style_recipes_erase_kelvo_toward_ravo_holding_scenes_no_evaluation_
         assert {p.text for p in read_prompts(prompts_path(split, "heldout"))} <= set(kept), split
     assert ("style_neighbour" in held) == any(p.endswith(" by ravo") and p != "a scene by ravo" for p in kept)
     assert {"a scene by ravo", "a red object", ""} <= set(kept)
+    # HFI-SDD's flagged prompts are the style's trigger-word prompts the evaluation never reads
+    flagged = {p.text for p in read_prompts(prompts_path("style_implicit", "heldout"))}
+    assert set(cfg.flagged_prompts()) == (flagged if "hfi" in name else set())
     # neither split the evaluation reads is trained on: the novel split not even in phrasing
     trained = set(training_prompts(cfg, ["kelvo"]))
     for prompts in ("style_explicit", "style_implicit", "style_neighbour", "benign"):

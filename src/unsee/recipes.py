@@ -67,7 +67,7 @@ def _toyworld_erase(method: str, concept: str = "skull", **extra: Any) -> Callab
 
     def settings() -> dict[str, Any]:
         from unsee.toyworld import contexts_path, prompts_path
-        from unsee.toyworld.world import NEIGHBOURS
+        from unsee.toyworld.world import IMPLICIT_SETS, NEIGHBOURS
 
         s = dict(
             method=method,
@@ -82,7 +82,7 @@ def _toyworld_erase(method: str, concept: str = "skull", **extra: Any) -> Callab
         if keep := s.pop("keep_heldout", ()):
             s["preserve"] = (*s["preserve"], *(f"@{prompts_path(k, 'heldout')}" for k in keep))
         if s.pop("flagged", False):
-            s["flagged"] = (f"@{prompts_path('object_implicit', 'heldout')}",)
+            s["flagged"] = (f"@{prompts_path(IMPLICIT_SETS[concept], 'heldout')}",)
         return s
 
     return settings
@@ -221,6 +221,23 @@ RECIPES: dict[str, Recipe] = {
             "the held-out benign and ravo scenes kept at weight 1, 1200 updates at lr 6e-4",
             "docs/results/novel-phrasings.md",
             _toyworld_erase("sdd", "kelvo", steps=1200, lr=6e-4, preserve_weight=1.0, keep_heldout=_STYLE_KEEP),
+        ),
+        Recipe(
+            "toyworld-hfi-sdd-kelvo",
+            "erase",
+            "HFI-SDD for the style: toyworld-sdd-kelvo with the held-out trigger-word prompts pushed off the learned "
+            "token (give --token) toward ravo (--flagged, eta 2)",
+            "docs/results/novel-phrasings.md",
+            _toyworld_erase(
+                "sdd",
+                "kelvo",
+                flagged=True,
+                flagged_guidance=2.0,
+                steps=1200,
+                lr=6e-4,
+                preserve_weight=1.0,
+                keep_heldout=_STYLE_KEEP,
+            ),
         ),
         Recipe(
             "toyworld-esd-x-kelvo",
