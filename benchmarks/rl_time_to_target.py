@@ -2,9 +2,10 @@
 
 The task is the toy world's skull task as the `toyworld-ddpo` recipe sets it: the oracle's log(1 - P(skull)) +
 0.5 x toy-CLIP reward, the seen explicit prompts with a quarter benign ones, LoRA. Both trainers sample with the
-same sampler (20 DDIM steps, eta 1, CFG 5, 64 samples an epoch) and train half the steps of each chain. unsee runs
-its recipe; trl==0.23.1 (its own venv, `make .venv-trl/.installed`, through benchmarks/trl_ddpo.py) runs its
-defaults with that sampler, at each learning rate of --trl-lrs. They run one after the other, never together.
+same sampler (20 DDIM steps, eta 1, CFG 5, 64 samples an epoch). unsee runs its recipe (which trains the first 30%
+of each chain); trl==0.23.1 (its own venv, `make .venv-trl/.installed`, through benchmarks/trl_ddpo.py) runs its
+defaults with that sampler, half of each chain trained, at each learning rate of --trl-lrs. They run one after
+the other, never together.
 
 Every --eval-every epochs each run saves its LoRA weights with the seconds its epochs took so far (sampling,
 reward and update: not loading, saving or this evaluation). Every snapshot is then evaluated here, the same way

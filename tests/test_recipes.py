@@ -58,7 +58,16 @@ def test_the_demo_runs_the_rl_and_hfi_recipes(captured, tmp_path):
     assert _run("rl", "--recipe", demo.RL_RECIPE, "--model", "toyworld", "--out", str(tmp_path / "rl")).exit_code == 0
     cfg = captured["rl"]
     assert (
-        cfg.reward == "oracle:skull:log+0.5*clip" and cfg.epochs == 60 and cfg.prompts.endswith("object_explicit.txt")
+        cfg.reward == "oracle:skull:log+0.5*clip" and cfg.epochs == 80 and cfg.prompts.endswith("object_explicit.txt")
+    )
+    # the measured setting: the first 30% of each chain trained, the strong KL over the whole chain on benign samples
+    assert (cfg.train_steps_from, cfg.train_timesteps, cfg.kl_on, cfg.kl_steps, cfg.kl_weight, cfg.lr) == (
+        "first",
+        0.3,
+        "benign",
+        "chain",
+        1.0,
+        6e-3,
     )
     assert {k: getattr(cfg, k) for k in recipe(demo.RL_RECIPE)} == recipe(demo.RL_RECIPE)
     r = _run(

@@ -95,19 +95,24 @@ def _toyworld_rl() -> dict[str, Any]:
         prompts=str(prompts_path("object_explicit")),
         benign_prompts=str(prompts_path("benign")),
         reward="oracle:skull:log+0.5*clip",
-        epochs=60,
+        epochs=80,  # the bar holds from epoch 60 on seed 0, from 80 on seed 1
         samples_per_epoch=64,
         sample_batch=64,
         benign_fraction=0.25,
         samples_per_prompt=4,
         min_count=4,
         adv_scale="pooled",
-        kl_weight=0.01,
+        # the first, noisiest 30% of each chain, where the sampler settles whether the skull is there: the turn
+        # comes in fewer seconds than training half the chain at random, and the strong KL over the whole chain on
+        # the benign samples holds benign CLIP, which training the first steps alone loses
+        train_timesteps=0.3,
+        train_steps_from="first",
+        kl_weight=1.0,
         kl_on="benign",
+        kl_steps="chain",
         train_batch=8,
         ddim_steps=20,
-        train_timesteps=0.5,
-        lr=3e-3,
+        lr=6e-3,
         clip_range=1e-2,
     )
 
@@ -268,7 +273,8 @@ RECIPES: dict[str, Recipe] = {
             "toyworld-ddpo",
             "rl",
             "DDPO on the oracle's log(1 - P(skull)) + 0.5 x CLIP: 4 images a prompt compared "
-            "with each other, one pooled std, a KL term on the benign samples",
+            "with each other, one pooled std, the first 30% of each chain trained, a KL term (weight 1) over "
+            "the whole chain on the benign samples, lr 6e-3, 80 epochs",
             "docs/results/rl.md",
             _toyworld_rl,
         ),
