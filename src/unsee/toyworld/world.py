@@ -598,7 +598,7 @@ def alone_contexts(word: str, rng: np.random.Generator, per_template: int, avoid
 # the same place). Concept pairs for Ring-A-Bell (`unsee attack ringabell`) show a scene with and without it.
 FLAGGABLE = {"skull": ("extra", "skull"), "kelvo": ("style", "kelvo")}
 NEIGHBOURS = {"skull": "mask", "kelvo": "ravo"}
-# The prompt sets that show each one where it is named and through its trigger words alone (the sets users flag)
+# The prompt set that shows each one through its trigger words alone, never named (the prompts users flag)
 IMPLICIT_SETS = {"skull": "object_implicit", "kelvo": "style_implicit"}
 
 
